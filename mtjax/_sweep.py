@@ -1,0 +1,453 @@
+"""Vmapped, chunked, resumable parameter sweeps of `simulate`.
+
+A sweep is a spec (see `_spec.py`) plus a grid of axes.  Axes that change shapes or loop
+structure (data sizes, depth, width, single-task mode) split the grid into *compile groups*;
+within a group every other axis is an array field, so each chunk of runs is **one**
+jit-compiled `jax.vmap` program.  Each finished chunk is written atomically to
+``<out>/parts/``; a rerun skips finished chunks, so an interrupted sweep resumes without
+duplicating rows.  The merged tables are ``curves.csv`` (run x evaluation x task) and
+``summary.csv`` (run x task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ._experiment import Experiment, Seeds
+from ._spec import experiment_from_spec, normalise_spec
+from ._train import History, make_inputs, simulate
+
+# Dynamic axes: name -> function(experiment, scalar) setting that array field of one run.
+# Axes named *_b set task 2 and every further task.
+
+
+def _set(where: Callable, index=None):
+    def setter(exp: Experiment, v):
+        old = where(exp)
+        new = jnp.full(old.shape, v, old.dtype) if index is None else old.at[index].set(v)
+        return eqx.tree_at(where, exp, new)
+
+    return setter
+
+
+DYNAMIC_AXES: dict[str, Callable] = {
+    "relatedness": _set(lambda e: e.teacher.relatedness),
+    "s_a": _set(lambda e: e.teacher.scale, 0),
+    "s_b": _set(lambda e: e.teacher.scale, slice(1, None)),
+    "sigma_a": _set(lambda e: e.teacher.noise, 0),
+    "sigma_b": _set(lambda e: e.teacher.noise, slice(1, None)),
+    "eps_a": _set(lambda e: e.teacher.flip, 0),
+    "eps_b": _set(lambda e: e.teacher.flip, slice(1, None)),
+    "q": _set(lambda e: e.teacher.noisy_fraction),
+    "readout_alignment": _set(lambda e: e.teacher.readout_alignment),
+    "lr": _set(lambda e: e.train.learning_rate),
+    "w_b": _set(lambda e: e.train.task_weights, slice(1, None)),
+    "init_scale": _set(lambda e: e.student.init_scale),
+}
+SEED_AXES = ("seed", "realisation")
+# Static axes: name -> (spec section, key).  Each distinct value is a separate compile.
+STATIC_AXES = {
+    "ntrain": ("train", "n_train"),
+    "ntrain_b": ("train", "n_train"),
+    "depth": ("student", "depth"),
+    "width": ("student", "width"),
+    "single_task": ("train", "single_task"),
+}
+# Axes that do not affect task 1 when it is trained alone: single-task runs are not repeated
+# over them (their table entries are NaN) and they are dropped when pairing for the benefit.
+TASK2_AXES = ("relatedness", "s_b", "sigma_b", "eps_b", "w_b", "ntrain_b", "readout_alignment")
+
+
+def _apply_static(spec: dict, values: dict) -> dict:
+    spec = json.loads(json.dumps(spec))
+    for name, v in values.items():
+        sec, key = STATIC_AXES[name]
+        spec.setdefault(sec, {})
+        if name in ("ntrain", "ntrain_b"):
+            cur = spec[sec].get(key)
+            if cur is None:
+                cur = [400, 400]
+            cur = [cur, cur] if isinstance(cur, int) else list(cur)
+            if name == "ntrain":
+                cur[0] = int(v)
+                if "ntrain_b" not in values:
+                    cur[1:] = [int(v)] * (len(cur) - 1)
+            else:
+                cur[1:] = [int(v)] * (len(cur) - 1)
+            spec[sec][key] = cur
+            spec[sec].pop("n_pool", None) if spec.get("preset") == "paper" else None
+        else:
+            spec[sec][key] = v.item() if hasattr(v, "item") else v
+    return spec
+
+
+def expand_grid(grid: dict[str, list]) -> pd.DataFrame:
+    """Cartesian product of the grid axes, one row per run, with single-task runs deduplicated."""
+    for name in grid:
+        if name not in DYNAMIC_AXES and name not in STATIC_AXES and name not in SEED_AXES:
+            allowed = sorted([*DYNAMIC_AXES, *STATIC_AXES, *SEED_AXES])
+            raise ValueError(f"unknown grid axis {name!r}; allowed axes: {allowed}")
+        if len(grid[name]) == 0:
+            raise ValueError(f"grid axis {name!r} has no values")
+    grid = dict(grid)
+    grid.setdefault("seed", [0])
+    grid.setdefault("realisation", [0])
+    names = list(grid)
+    df = pd.DataFrame(list(itertools.product(*[grid[n] for n in names])), columns=names)
+    if "single_task" in df:
+        single = df["single_task"].astype(bool)
+        for ax in TASK2_AXES:
+            if ax in df:
+                df[ax] = df[ax].astype(float)
+                df.loc[single, ax] = np.nan
+        df = df.drop_duplicates(ignore_index=True)
+    df.insert(0, "run", np.arange(len(df)))
+    return df
+
+
+def _seeds(rows: pd.DataFrame, scope: str) -> Seeds:
+    seed = rows["seed"].to_numpy(np.int64)
+    real = rows["realisation"].to_numpy(np.int64)
+    if scope == "train":
+        return Seeds(real, real, real, seed)
+    s = (seed + 1_000_003 * real) % (2**31 - 1)
+    return Seeds.same(s)
+
+
+def _bytes_per_run(exp: Experiment, shared_inputs: bool) -> int:
+    """Rough peak memory of one run inside a vmapped chunk (float32), for chunk sizing."""
+    tr, te, st = exp.train, exp.teacher, exp.student
+    N, C, H, L = te.n_features, te.n_classes, st.width, st.depth
+    n_pool = tr.n_pool if tr.protocol != "online" else (0,) * tr.n_tasks
+    rows = sum(n_pool) + tr.n_tasks * tr.n_test
+    data = 0 if shared_inputs else rows * N
+    labels_and_logits = rows * (2 + 3 * C)
+    fans = [N] + [H] * L
+    params = sum(a * H for a in fans[:-1]) + tr.n_tasks * fans[-1] * C
+    acts = 4 * tr.batch_size * (N + L * H + C) * tr.n_tasks
+    hist = 3 * tr.n_evals * tr.n_tasks
+    return 4 * (data + labels_and_logits + 6 * params + acts + hist) + 4096
+
+
+def _chunk_size(exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None) -> int:
+    c = max(1, int(memory_budget // _bytes_per_run(exp, shared)))
+    if max_chunk is not None:
+        c = min(c, max_chunk)
+    return max(1, min(c, n_runs))
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Merged tables of a finished sweep and the folder holding them (None if not written)."""
+
+    curves: pd.DataFrame | None
+    summary: pd.DataFrame
+    out_dir: Path | None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder + os.replace: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
+    _atomic_write_text(path, df.to_csv(index=False))
+
+
+@eqx.filter_jit
+def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
+    """One compiled program: `simulate` vmapped over the runs of a chunk.
+
+    `axes`: name -> (n,) values of the dynamic axes; `inputs`: shared by all runs, or None
+    (then every run draws its own from its data seed)."""
+
+    def one(ax, sd):
+        e = exp
+        for name, v in ax.items():
+            e = DYNAMIC_AXES[name](e, v)
+        return simulate(e, sd, inputs)
+
+    return jax.vmap(one)(axes, seeds)
+
+
+_make_inputs_jit = eqx.filter_jit(make_inputs)
+
+PARAM_COLUMNS = (
+    "relatedness", "s_a", "s_b", "sigma_a", "sigma_b", "eps_a", "eps_b", "q", "readout_alignment",
+    "lr", "w_b", "init_scale", "ntrain", "ntrain_b", "depth", "width", "single_task", "seed", "realisation",
+)  # fmt: skip
+
+
+def param_values(exp: Experiment) -> dict[str, Any]:
+    """The sweep-axis parameters of one (unbatched) experiment, as Python scalars."""
+    t, tr, st = exp.teacher, exp.train, exp.student
+    K = t.n_tasks
+
+    def b(a):  # task-2 entry, NaN for K = 1
+        return float(np.asarray(a)[0]) if K > 1 and np.size(a) else math.nan
+
+    return {
+        "relatedness": b(t.relatedness),
+        "s_a": float(t.scale[0]),
+        "s_b": b(t.scale[1:]),
+        "sigma_a": float(t.noise[0]),
+        "sigma_b": b(t.noise[1:]),
+        "eps_a": float(t.flip[0]),
+        "eps_b": b(t.flip[1:]),
+        "q": float(t.noisy_fraction[0]),
+        "readout_alignment": b(t.readout_alignment),
+        "lr": float(tr.learning_rate),
+        "w_b": b(tr.task_weights[1:]),
+        "init_scale": float(st.init_scale),
+        "ntrain": tr.n_train[0],
+        "ntrain_b": tr.n_train[1] if K > 1 else math.nan,
+        "depth": st.depth,
+        "width": st.width,
+        "single_task": tr.single_task,
+    }
+
+
+def history_tables(hist: History, rows: pd.DataFrame, exp: Experiment, *, source: str = "simulation", curves: bool = True):
+    """Tidy tables of a batch of runs: (summary, curves).
+
+    `rows` has one row per run (its parameter columns); `hist` has a leading run axis."""
+    h = jax.tree_util.tree_map(np.asarray, hist)
+    active = list(exp.train.active_tasks)
+    n = len(rows)
+    base = rows.reset_index(drop=True)
+    es, ess, fl = (np.asarray(a) for a in (hist.early_stopped_loss, hist.early_stopped_step, hist.final_loss))
+    summ = []
+    for k in active:
+        d = base.copy()
+        d["task"] = k + 1
+        d["early_stopped_loss"] = es[:, k]
+        d["early_stopped_step"] = ess[:, k]
+        d["early_stopped_time"] = np.where(ess[:, k] >= 0, ess[:, k] * d["lr"].to_numpy(float), np.nan)
+        d["final_loss"] = fl[:, k]
+        d["final_acc"] = h.test_acc[:, -1, k]
+        d["diverged"] = h.diverged
+        d["source"] = source
+        summ.append(d)
+    summary = pd.concat(summ, ignore_index=True)
+    if not curves:
+        return summary, None
+    T = h.step.shape[-1]
+    cur = []
+    for k in active:
+        d = base.loc[base.index.repeat(T)].reset_index(drop=True)
+        d["task"] = k + 1
+        d["step"] = np.tile(h.step[0] if h.step.ndim > 1 else h.step, n)
+        d["time"] = h.time.reshape(-1)
+        d["train_loss"] = h.train_loss[:, :, k].reshape(-1)
+        d["test_loss"] = h.test_loss[:, :, k].reshape(-1)
+        d["test_acc"] = h.test_acc[:, :, k].reshape(-1)
+        d["diverged"] = np.repeat(h.diverged, T)
+        d["source"] = source
+        cur.append(d)
+    return summary, pd.concat(cur, ignore_index=True)
+
+
+def _fingerprint(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sweep(
+    spec: dict[str, Any],
+    grid: dict[str, list] | None = None,
+    *,
+    name: str | None = None,
+    out_dir: str | os.PathLike | None = "results",
+    memory_budget: float = 2 * 2**30,
+    max_chunk: int | None = None,
+    resume: bool = True,
+    save_curves: bool = True,
+    progress: bool = True,
+) -> SweepResult:
+    """Run every point of `grid` on the experiment of `spec`, vmapped and chunked.
+
+    **Arguments:**
+
+    - `spec`: experiment spec (see `mtjax.paper_spec`; sections teacher/student/train).
+    - `grid`: axis name -> list of values (defaults to `spec["grid"]`). Axes:
+      dynamic (vmapped): relatedness, s_a, s_b, sigma_a, sigma_b, eps_a, eps_b, q,
+      readout_alignment, lr, w_b, init_scale; seeds: seed, realisation; static (one compile
+      each): ntrain, ntrain_b, depth, width, single_task. `*_b` axes apply to tasks 2..K.
+    - `name`, `out_dir`: results go to `<out_dir>/<name>/` (`out_dir=None`: nothing written).
+    - `memory_budget`: bytes per chunk; chunk size = budget / estimated bytes per run.
+    - `max_chunk`: optional cap on runs per chunk.
+    - `resume`: skip runs whose results are already on disk (same spec and grid required).
+    - `save_curves`: also keep the per-evaluation table.
+
+    **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
+    loss and accuracy, `diverged`) and `curves` (run x evaluation x task).
+
+    Seeds: with `seed_scope="train"` (the paper preset) teacher, data and student init come
+    from `realisation` and only the training subset and order from `seed`; with `"all"`
+    everything is drawn from (seed, realisation).
+    """
+    raw = json.loads(json.dumps(spec, default=list))
+    norm = normalise_spec(raw)
+    grid = grid if grid is not None else norm.get("grid")
+    if not grid:
+        raise ValueError("sweep needs a grid: pass grid= or put a [grid] table in the spec")
+    name = name or norm.get("name") or "sweep"
+    scope = norm.get("seed_scope", "all")
+    runs = expand_grid(grid)
+    static_cols = [c for c in STATIC_AXES if c in runs]
+    dyn_cols = [c for c in DYNAMIC_AXES if c in runs]
+
+    out = None if out_dir is None else Path(out_dir) / name
+    done: set[int] = set()
+    if out is not None:
+        manifest = {
+            "name": name,
+            "spec": raw,
+            "grid": {k: list(map(lambda x: x.item() if hasattr(x, "item") else x, v)) for k, v in grid.items()},
+            "n_runs": len(runs),
+            "mtjax_version": _version(),
+            "jax_version": jax.__version__,
+            "backend": jax.default_backend(),
+        }
+        manifest["fingerprint"] = _fingerprint({"spec": raw, "grid": manifest["grid"]})
+        mpath = out / "manifest.json"
+        if mpath.exists():
+            old = json.loads(mpath.read_text())
+            if old.get("fingerprint") != manifest["fingerprint"]:
+                raise ValueError(
+                    f"{out} holds a different sweep (fingerprint {old.get('fingerprint')} != {manifest['fingerprint']}): "
+                    "choose another name or out_dir, or delete it"
+                )
+            if not resume:
+                raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
+            done = _done_runs(out)
+        else:
+            _atomic_write_text(mpath, json.dumps(manifest, indent=2, default=str))
+
+    todo = runs[~runs["run"].isin(done)]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc=f"sweep {name}", unit="run")
+    new_summaries, new_curves = [], []
+    groups = todo.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), todo)]
+    for key, rows in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        static_vals = {c: v for c, v in zip(static_cols, key) if not (isinstance(v, float) and math.isnan(v))}
+        exp = experiment_from_spec(_apply_static(raw, static_vals))
+        base_params = param_values(exp)
+        shared = scope == "train"
+        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk)
+        for start in range(0, len(rows), c):
+            chunk = rows.iloc[start : start + c]
+            n = len(chunk)
+            # Pad to the chunk size so that every chunk of a group reuses one compilation.
+            padded = pd.concat([chunk] + [chunk.iloc[-1:]] * (c - n), ignore_index=True)
+            axes = {}
+            for col in dyn_cols:
+                v = padded[col].to_numpy(float)
+                axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
+            seeds = _seeds(padded, scope)
+            inputs = None
+            if shared and len(set(padded["realisation"])) == 1:
+                inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
+            elif shared:
+                raise ValueError("internal: a chunk mixes realisations")  # groups are split below
+            hist = _run_chunk(exp, axes, seeds, inputs)
+            hist = jax.tree_util.tree_map(lambda a: a[:n], hist)
+            table_rows = chunk.copy()
+            for col, v in base_params.items():
+                if col not in table_rows:
+                    table_rows[col] = v
+            summary, curves = history_tables(hist, table_rows, exp, curves=save_curves)
+            summary["protocol"] = exp.train.protocol
+            if out is not None:
+                tag = f"part-{int(chunk['run'].iloc[0]):07d}-{n}"
+                if curves is not None:
+                    _atomic_write_csv(out / "parts" / f"{tag}.curves.csv", curves)
+                _atomic_write_csv(out / "parts" / f"{tag}.summary.csv", summary)
+            new_summaries.append(summary)
+            if curves is not None:
+                new_curves.append(curves)
+            bar.update(n)
+    bar.close()
+
+    if out is None:
+        summary = pd.concat(new_summaries, ignore_index=True)
+        curves = pd.concat(new_curves, ignore_index=True) if new_curves else None
+        return SweepResult(curves, summary, None)
+    summary, curves = merge_parts(out)
+    return SweepResult(curves, summary, out)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _summary_parts(out: Path) -> list[Path]:
+    return sorted((out / "parts").glob("part-*.summary.csv")) if (out / "parts").exists() else []
+
+
+def _done_runs(out: Path) -> set[int]:
+    done: set[int] = set()
+    for p in _summary_parts(out):
+        done.update(pd.read_csv(p, usecols=["run"])["run"].tolist())
+    return done
+
+
+def merge_parts(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Assemble `summary.csv` and `curves.csv` from the finished parts of a sweep directory.
+
+    A chunk counts as finished only when its summary part exists (it is written last), so
+    a curves part orphaned by an interruption is ignored and later overwritten."""
+    out = Path(out)
+    sparts = _summary_parts(out)
+    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
+    cparts = [p.with_name(p.name.replace(".summary.csv", ".curves.csv")) for p in sparts]
+    cparts = [p for p in cparts if p.exists()]
+    curves = None
+    if cparts:
+        curves = pd.concat([pd.read_csv(p) for p in cparts], ignore_index=True)
+        curves = curves.sort_values(["run", "task", "step"], ignore_index=True)
+        _atomic_write_csv(out / "curves.csv", curves)
+    _atomic_write_csv(out / "summary.csv", summary)
+    return summary, curves
+
+
+def multitask_benefit(summary: pd.DataFrame, task: int = 1, metric: str = "early_stopped_loss") -> pd.DataFrame:
+    """Pair every multitask run with the single-task run of the same task-1 setting.
+
+    **Returns:** the multitask rows of `task` with columns `single_loss`, `multi_loss` and
+    `benefit` = single − multi (nats; positive = training with the other tasks helped).
+    Diverged runs give NaN benefits (never silently averaged)."""
+    s = summary[summary["task"] == task]
+    if "single_task" not in s:
+        raise ValueError("summary has no single_task column: sweep with single_task = [true, false]")
+    single = s[s["single_task"].astype(bool)]
+    multi = s[~s["single_task"].astype(bool)]
+    keys = [c for c in PARAM_COLUMNS if c in s and c not in TASK2_AXES and c != "single_task"]
+    keys = [c for c in keys if single[c].notna().all()]
+    merged = multi.merge(single[keys + [metric]].rename(columns={metric: "single_loss"}), on=keys, how="left")
+    merged = merged.rename(columns={metric: "multi_loss"})
+    merged["benefit"] = merged["single_loss"] - merged["multi_loss"]
+    return merged
