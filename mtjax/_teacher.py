@@ -115,19 +115,35 @@ class TeacherConfig(eqx.Module):
 def orthonormal_rows(key: PRNGKeyArray, n_rows: int, n_cols: int) -> Float[Array, "n_rows n_cols"]:
     """A Haar-random matrix with orthonormal rows (n_rows <= n_cols), like `torch.nn.init.orthogonal_`.
 
-    The sign of each row is fixed by the diagonal of R in the QR factorisation, which
-    makes the draw uniform on the Stiefel manifold.
+    Gram–Schmidt (each projection applied twice, "CGS2", for orthogonality to rounding) of
+    Gaussian rows, which is Haar-distributed on the Stiefel manifold.  Written with plain
+    matrix-vector products rather than LAPACK's QR: jaxlib's batched LAPACK custom calls
+    deadlocked inside large vmapped sweeps on a 2-core CPU.
     """
-    a = jax.random.normal(key, (n_cols, n_rows))
-    q, r = jnp.linalg.qr(a)
-    q = q * jnp.sign(jnp.diagonal(r))[None, :]
-    return q.T
+    if n_rows > n_cols:
+        raise ValueError(f"n_rows={n_rows} must be <= n_cols={n_cols}")
+    a = jax.random.normal(key, (n_rows, n_cols))
+
+    def body(i, q):
+        v = a[i]
+        for _ in range(2):
+            v = v - q.T @ (q @ v)
+        return q.at[i].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, n_rows, body, jnp.zeros((n_rows, n_cols), a.dtype))
 
 
-def _polar(a: Float[Array, "m n"]) -> Float[Array, "m n"]:
-    """Closest matrix with orthonormal columns (polar factor)."""
-    u, _, vt = jnp.linalg.svd(a, full_matrices=False)
-    return u @ vt
+def _polar(a: Float[Array, "m n"], iterations: int = 40) -> Float[Array, "m n"]:
+    """Closest matrix with orthonormal columns (polar factor), by Newton–Schulz iteration.
+
+    Scaling by the Frobenius norm puts every singular value in (0, 1], where the iteration
+    X <- X (3 I - XᵀX) / 2 converges to the polar factor (no LAPACK call, see above)."""
+    x = a / jnp.linalg.norm(a)
+
+    def body(_, x):
+        return 1.5 * x - 0.5 * x @ (x.T @ x)
+
+    return jax.lax.fori_loop(0, iterations, body, x)
 
 
 class Teacher(eqx.Module):
