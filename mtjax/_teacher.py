@@ -154,11 +154,14 @@ class Teacher(eqx.Module):
     - `config`: the `TeacherConfig`.
     - `U`: input subspaces, shape (K, R, N), orthonormal rows, U_k = r_k U_1 + sqrt(1-r_k²) U_k⊥.
     - `w`: readouts, shape (K, C, R), orthonormal columns.
+    - `basis`: E, shape (K·R, N), orthonormal rows spanning every U_k (U_k = T_k E, see
+      `coefficients`); the population theory works in this basis.
     """
 
     config: TeacherConfig
     U: Float[Array, "K R N"]
     w: Float[Array, "K C R"]
+    basis: Float[Array, "KR N"]
 
     @classmethod
     def sample(cls, config: TeacherConfig, *, key: PRNGKeyArray) -> "Teacher":
@@ -176,7 +179,12 @@ class Teacher(eqx.Module):
         # factor (equal up to rounding); keeping the draw avoids an SVD in the gradient path.
         w_rest = jnp.where(a == 0.0, w_raw[1:], w_rest)
         w = jnp.concatenate([w_raw[:1], w_rest], axis=0)
-        return cls(config=config, U=U, w=w)
+        return cls(config=config, U=U, w=w, basis=basis.reshape(K * R, N))
+
+    @property
+    def coefficients(self) -> Float[Array, "K R KR"]:
+        """T_k with U_k = T_k E: T_1 = [I 0 ...], T_k = r_k [I 0 ...] + sqrt(1-r_k²) (block k)."""
+        return teacher_coefficients(self.config)
 
     def fields(self, x: Float[Array, "... N"]) -> Float[Array, "... K R"]:
         """Teacher fields u_k = U_k x for every task."""
@@ -215,6 +223,17 @@ class Teacher(eqx.Module):
         # as in the authors' generator: the effective flip rate is ε (C-1)/C.
         flip = jax.random.uniform(kflip, (n,)) < cfg.flip[task]
         return jnp.where(flip, jax.random.randint(kcls, (n,), 0, C), y)
+
+
+def teacher_coefficients(config: TeacherConfig) -> Float[Array, "K R KR"]:
+    """The teacher subspaces in the basis E of `Teacher.sample`: U_k = T_k E (shape (K, R, K·R))."""
+    K, R = config.n_tasks, config.rank
+    eye = jnp.eye(R)
+    blocks = jnp.zeros((K, R, K, R))
+    blocks = blocks.at[:, :, 0, :].set(jnp.concatenate([eye[None], config.relatedness[:, None, None] * eye], 0))
+    for k in range(1, K):
+        blocks = blocks.at[k, :, k, :].set(jnp.sqrt(jnp.clip(1.0 - config.relatedness[k - 1] ** 2, 0.0)) * eye)
+    return blocks.reshape(K, R, K * R)
 
 
 def sample_inputs(key: PRNGKeyArray, n: int, n_features: int) -> Float[Array, "n N"]:

@@ -1,0 +1,146 @@
+"""Gaussian expectations of softmax quantities, and the teacher constants Λ and π.
+
+For student logits z ~ N(a, S) with S = A Aᵀ (C x C) the population dynamics needs
+
+    E[p],   J̄ = E[diag(p) − p pᵀ],   E[lse(z)]          (p = softmax z).
+
+They are estimated with *common random numbers*: fixed antithetic standard-normal draws g_i
+(±g pairs cancel every odd term of the integrand's expansion about a), z_i = a + L g_i with
+L the Cholesky factor of S.  The estimate is then a smooth, deterministic function of (a, A),
+so an adaptive ODE solver and `jax.grad` see an ordinary differentiable vector field.  The
+accuracy knob is the number of draws; the standard error is reported from the spread of the
+antithetic pair means (docs/theory.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._custom_types import Array, Float, PRNGKeyArray
+from ._teacher import Teacher
+
+
+def antithetic_normals(key: PRNGKeyArray, n: int, dim: int) -> Float[Array, "n dim"]:
+    """n (even) standard-normal draws in `dim` dimensions, as n/2 antithetic pairs (g, −g)."""
+    if n % 2:
+        raise ValueError(f"n={n} must be even (antithetic pairs)")
+    half = jax.random.normal(key, (n // 2, dim))
+    return jnp.concatenate([half, -half], axis=0)
+
+
+def sobol_normals(n: int, dim: int, seed: int = 0) -> Float[Array, "n dim"]:
+    """n scrambled-Sobol points mapped to standard normals (quasi-Monte Carlo), as antithetic
+    pairs: for smooth integrands in moderate dimension the error falls close to 1/n instead of
+    1/sqrt(n).  Generated once in NumPy/SciPy (a constant of the computation)."""
+    from scipy.stats import qmc
+
+    if n % 2:
+        raise ValueError(f"n={n} must be even (antithetic pairs)")
+    pts = qmc.Sobol(dim, scramble=True, seed=seed).random(n // 2)
+    half = jax.scipy.special.ndtri(jnp.asarray(np.clip(pts, 1e-12, 1 - 1e-12), dtype=jnp.float32))
+    return jnp.concatenate([half, -half], axis=0)
+
+
+def cholesky(s: Float[Array, "C C"], jitter: float = 1e-9) -> Float[Array, "C C"]:
+    """Lower Cholesky factor of a PSD matrix, in plain jnp (no LAPACK custom call: jaxlib's
+    batched LAPACK calls deadlocked inside large vmapped programs on a 2-core CPU).
+
+    A relative jitter keeps rank-deficient covariances (e.g. a zero-initialised head) finite."""
+    c = s.shape[0]
+    s = s + (jitter * (jnp.trace(s) / c + 1e-12)) * jnp.eye(c)
+
+    def body(j, L):
+        row = L[j]
+        d = jnp.sqrt(jnp.maximum(s[j, j] - row @ row, 1e-30))
+        col = (s[:, j] - L @ row) / d
+        col = jnp.where(jnp.arange(c) > j, col, 0.0)
+        return L.at[:, j].set(col).at[j, j].set(d)
+
+    return jax.lax.fori_loop(0, c, body, jnp.zeros_like(s))
+
+
+class SoftmaxMoments(eqx.Module):
+    """Estimates for z ~ N(a, A Aᵀ): `mean_p` (C,), `jac` J̄ (C, C), `lse` E[lse z] with its
+    standard error `lse_se`."""
+
+    mean_p: Float[Array, " C"]
+    jac: Float[Array, "C C"]
+    lse: Float[Array, ""]
+    lse_se: Float[Array, ""]
+
+
+def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"]) -> SoftmaxMoments:
+    """Common-random-number estimates of E[p], E[diag p − p pᵀ], E[lse z] for z ~ N(a, A Aᵀ).
+
+    `g`: antithetic standard-normal draws (n, C) from `antithetic_normals`."""
+    L = cholesky(A @ A.T)
+    z = a + g @ L.T
+    lse = jax.nn.logsumexp(z, axis=-1)
+    p = jnp.exp(z - lse[:, None])
+    n = g.shape[0]
+    mean_p = jnp.mean(p, axis=0)
+    jac = jnp.diag(mean_p) - p.T @ p / n
+    pairs = 0.5 * (lse[: n // 2] + lse[n // 2 :])
+    return SoftmaxMoments(mean_p, jac, jnp.mean(lse), jnp.std(pairs) / math.sqrt(n // 2))
+
+
+def expected_max_normal(c: int) -> float:
+    """E[max of c i.i.d. N(0,1)] = ∫ x c φ(x) Φ(x)^(c-1) dx, by a fine trapezoid rule (|error| < 1e-10)."""
+    from math import erf
+
+    x = np.linspace(-12.0, 12.0, 200001)
+    phi = np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
+    Phi = 0.5 * (1.0 + np.vectorize(erf)(x / math.sqrt(2.0))) if c > 1 else np.ones_like(x)
+    return float(np.trapezoid(x * c * phi * Phi ** (c - 1), x))
+
+
+class TeacherConstants(eqx.Module):
+    """Λ_k = E[e_{y_k} u_kᵀ] (K, C, R) and π_k = E[e_{y_k}] (K, C) of the label distribution."""
+
+    Lam: Float[Array, "K C R"]
+    pi: Float[Array, "K C"]
+
+
+def teacher_constants(teacher: Teacher, *, n_samples: int = 2**18, key: PRNGKeyArray | None = None) -> TeacherConstants:
+    """Λ and π of every task, including logit noise on a fraction q and label flips ε.
+
+    Closed form when R = C (docs/theory.md §4): with ρ = s / sqrt(s² + σ²) and
+    κ_C = E[max of C normals] / (C − 1),
+
+        Λ = (1 − ε) (q ρ + 1 − q) κ_C (I − 11ᵀ/C) w,      π = 1/C,
+
+    smooth in (s, σ, ε, q), so `jax.grad` flows through it.  For R < C the label distribution
+    is not isotropic: Λ and π are Monte-Carlo means over `n_samples` draws (standard error
+    ~ 1/sqrt(n_samples)), which are piecewise constant in (s, σ) — gradients w.r.t. those then
+    do not flow through Λ."""
+    cfg = teacher.config
+    K, R, C = cfg.n_tasks, cfg.rank, cfg.n_classes
+    eps, q = cfg.flip[:, None, None], cfg.noisy_fraction[:, None, None]
+    if R == C:
+        kappa = expected_max_normal(C) / (C - 1)
+        rho = cfg.scale / jnp.sqrt(cfg.scale**2 + cfg.noise**2 + 1e-30)
+        centre = jnp.eye(C) - 1.0 / C
+        Lam = (1 - eps) * (q * rho[:, None, None] + 1 - q) * kappa * jnp.einsum("ij,kjr->kir", centre, teacher.w)
+        return TeacherConstants(Lam, jnp.full((K, C), 1.0 / C))
+    key = jax.random.key(0) if key is None else key
+    ku, kx = jax.random.split(key)
+    u = jax.random.normal(ku, (n_samples, R))
+    xi = jax.random.normal(kx, (n_samples, C))
+
+    def one(k):
+        z0 = cfg.scale[k] * u @ teacher.w[k].T
+        out = []
+        for z in (z0, z0 + cfg.noise[k] * xi):
+            e = jax.nn.one_hot(jnp.argmax(z, -1), C)
+            out.append((e.T @ u / n_samples, jnp.mean(e, 0)))
+        (L0, p0), (Ls, ps) = out
+        qk, ek = cfg.noisy_fraction[k], cfg.flip[k]
+        return (1 - ek) * (qk * Ls + (1 - qk) * L0), (1 - ek) * (qk * ps + (1 - qk) * p0) + ek / C
+
+    Lam, pi = jax.vmap(one)(jnp.arange(K))
+    return TeacherConstants(Lam, pi)
