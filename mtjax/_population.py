@@ -115,22 +115,17 @@ def reduce_student(student: Student, basis: Float[Array, "D N"]) -> Student:
 
 
 def population_vector_field(student: Student, consts: TeacherConstants, T: Float[Array, "K R Dp"], rho, g, active) -> Student:
-    """dθ/dt = −Σ_k ρ_k ∂L_k/∂θ for the reduced student θ (population Stein gradients)."""
-    Gs = {}
-    for k in active:
-        A, a = student.effective_linear(k)
+    """dθ/dt = −Σ_k ρ_k ∂L_k/∂θ for the reduced student θ (population Stein gradients).
+
+    The chain rule from (A_k, a_k) to every weight is a vector–Jacobian product with the Stein
+    gradients as cotangents, so the field stays differentiable in θ, Λ, π and T (needed to
+    differentiate the solution with respect to r, s, σ, ... for fitting)."""
+    maps, vjp = jax.vjp(lambda s: tuple(s.effective_linear(k) for k in active), student)
+    cot = []
+    for k, (A, a) in zip(active, maps):
         mom = softmax_moments(a, A, g)
-        Gs[k] = (mom.jac @ A - consts.Lam[k] @ T[k], mom.mean_p - consts.pi[k])
-    Gs = jax.lax.stop_gradient(Gs)
-
-    def surrogate(st):
-        total = 0.0
-        for k in active:
-            A, a = st.effective_linear(k)
-            total = total + rho[k] * (jnp.sum(Gs[k][0] * A) + Gs[k][1] @ a)
-        return total
-
-    grad = jax.grad(surrogate)(student)
+        cot.append((rho[k] * (mom.jac @ A - consts.Lam[k] @ T[k]), rho[k] * (mom.mean_p - consts.pi[k])))
+    (grad,) = vjp(tuple(cot))
     return jax.tree_util.tree_map(jnp.negative, grad)
 
 

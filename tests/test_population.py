@@ -1,0 +1,195 @@
+"""Population (infinite-data) theory: constants, quadrature, the reduction, and theory = simulation."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtjax
+from mtjax._gaussian import sobol_normals, softmax_moments, teacher_constants
+from mtjax._population import (
+    PopulationSolver,
+    population_theory,
+    population_vector_field,
+    reduce_student,
+    task_rates,
+)
+from helpers import replace
+
+
+def _spec(protocol="online", **train):
+    tr = {"protocol": protocol, "n_steps": 600, "eval_every": 150, "learning_rate": 0.01, "batch_size": 512, "n_test": 20000}
+    tr.update(train)
+    return {
+        "teacher": {"n_features": 40, "rank": 3, "n_classes": 3, "scale": [3.0, 2.0], "relatedness": 0.5},
+        "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+        "train": tr,
+    }
+
+
+SOLVER = PopulationSolver(n_quad=2048, n_quad_eval=8192)
+
+
+@pytest.mark.parametrize("R, C", [(3, 3), (2, 4)])
+def test_teacher_constants_match_the_label_generator(R, C):
+    cfg = mtjax.TeacherConfig(30, R, C, scale=[2.0, 0.5], noise=0.7, flip=[0.1, 0.0], noisy_fraction=[1.0, 0.5])
+    t = mtjax.Teacher.sample(cfg, key=jax.random.key(0))
+    c = teacher_constants(t, key=jax.random.key(9))
+    n = 200_000
+    x = mtjax.sample_inputs(jax.random.key(1), n, 30)
+    for k in range(2):
+        y = t.label(x, k, key=jax.random.key(2 + k))
+        e = jax.nn.one_hot(y, C)
+        lam = e.T @ (x @ t.U[k].T) / n
+        # |entries| of e_y u are <= |u|, variance <= 1/C: 5 s.e. (+ the MC error of the R < C path)
+        tol = 5 * math.sqrt(1.0 / (C * n)) * (1 if R == C else 2)
+        assert np.abs(np.asarray(lam - c.Lam[k])).max() < tol
+        assert np.abs(np.asarray(e.mean(0) - c.pi[k])).max() < 5 * math.sqrt(0.25 / n) * (1 if R == C else 2)
+
+
+def test_quadrature_converges_and_reports_error():
+    A = jnp.array([[2.0, 0.5, 0.0], [0.0, 1.5, -1.0], [0.3, 0.0, 1.0], [1.0, 1.0, 1.0]])
+    a = jnp.array([0.1, -0.2, 0.0, 0.3])
+    ref = softmax_moments(a, A, sobol_normals(2**18, 4, seed=7))
+    errs = []
+    for n in (2**8, 2**11, 2**14):
+        m = softmax_moments(a, A, sobol_normals(n, 4, seed=1))
+        errs.append(float(jnp.abs(m.jac - ref.jac).max()))
+        assert float(m.lse_se) > 0
+        assert abs(float(m.lse - ref.lse)) < 5 * float(m.lse_se) + 1e-5
+    assert errs[2] < errs[1] < errs[0]
+    assert errs[2] < 5e-4
+
+
+def test_stein_gradient_equals_autodiff_of_the_quadrature_loss():
+    # L(A, a) = E[lse(a + A x)] - E[z_y] with E[z_y] = πᵀa + tr(A Tᵀ Λᵀ); autodiff of its
+    # Sobol estimate must match the Stein form J̄ A − Λ T, E[p] − π (up to quadrature error).
+    C, D = 3, 5
+    A = 0.8 * jax.random.normal(jax.random.key(0), (C, D))
+    a = jnp.array([0.2, -0.1, 0.0])
+    Lam = 0.3 * jax.random.normal(jax.random.key(1), (C, 2))
+    T = jnp.eye(2, D)
+    pi = jnp.full(C, 1 / C)
+    x = sobol_normals(2**16, D, seed=3)
+
+    def loss(A, a):
+        return jnp.mean(jax.nn.logsumexp(x @ A.T + a, -1)) - (pi @ a + jnp.sum((A @ T.T) * Lam))
+
+    gA, ga = jax.grad(loss, argnums=(0, 1))(A, a)
+    mom = softmax_moments(a, A, sobol_normals(2**16, C, seed=4))
+    np.testing.assert_allclose(gA, mom.jac @ A - Lam @ T, atol=2e-3)
+    np.testing.assert_allclose(ga, mom.mean_p - pi, atol=2e-3)
+
+
+def _overlaps(st, U):
+    out = []
+    for k in range(len(st.heads)):
+        A, a = st.effective_linear(k)
+        out += [A @ A.T, A @ U[k].T, a]
+    return out
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_reduction_is_exact(depth):
+    # The reduced flow must move every loss-relevant invariant (A_k A_kᵀ, A_k U_kᵀ, a_k) exactly as
+    # the full-parameter population flow does (same quadrature points, so to rounding).
+    e = mtjax.experiment_from_spec({**_spec(), "student": {"depth": depth, "width": 8}})
+    t = mtjax.Teacher.sample(e.teacher, key=jax.random.key(0))
+    st = mtjax.Student.init(e.student, 40, 3, 2, key=jax.random.key(1))
+    consts = teacher_constants(t)
+    g = sobol_normals(1024, 3, seed=0)
+    rho = jnp.array([1.0, 0.7])
+    full_field = population_vector_field(st, consts, t.U, rho, g, (0, 1))
+    red = reduce_student(st, t.basis)
+    D = t.basis.shape[0]
+    Dp = (red.layers[0].weight if red.layers else red.heads[0].weight).shape[1]
+    T = jnp.pad(t.coefficients, ((0, 0), (0, 0), (0, Dp - D)))
+    red_field = population_vector_field(red, consts, T, rho, g, (0, 1))
+    _, d_full = jax.jvp(lambda s: _overlaps(s, t.U), (st,), (full_field,))
+    _, d_red = jax.jvp(lambda s: _overlaps(s, T), (red,), (red_field,))
+    for x, y in zip(_overlaps(st, t.U), _overlaps(red, T)):
+        np.testing.assert_allclose(x, y, atol=2e-5)
+    for x, y in zip(d_full, d_red):
+        np.testing.assert_allclose(x, y, atol=2e-4, rtol=1e-3)
+
+
+def test_population_field_equals_huge_batch_gradient():
+    # Full-parameter Stein field vs autodiff of the empirical loss on a huge fresh batch (N = 40).
+    e = mtjax.experiment_from_spec(_spec())
+    t = mtjax.Teacher.sample(e.teacher, key=jax.random.key(0))
+    st = mtjax.Student.init(e.student, 40, 3, 2, key=jax.random.key(1))
+    field = population_vector_field(st, teacher_constants(t), t.U, jnp.array([1.0, 0.0]), sobol_normals(8192, 3), (0,))
+    n = 400_000
+    x = mtjax.sample_inputs(jax.random.key(5), n, 40)
+    y = t.label(x, 0, key=jax.random.key(6))
+    g = jax.grad(lambda s: mtjax.cross_entropy(s(x, 0), y))(st)
+    fw, gw = field.layers[0].weight, -g.layers[0].weight
+    # per-entry s.e. of a mean gradient ~ |grad sample| / sqrt(n); 6 s.e. band
+    assert float(jnp.abs(fw - gw).max()) < 6 * 1.0 / math.sqrt(n) * 3 + 2e-3
+    np.testing.assert_allclose(field.heads[0].bias, -g.heads[0].bias, atol=3e-3)
+
+
+def test_alternation_maps_to_task_rates():
+    paper = mtjax.paper(n_train=100, n_train_b=300)
+    np.testing.assert_allclose(task_rates(paper), [1.0, 3.0])
+    np.testing.assert_allclose(task_rates(mtjax.paper(n_train=100, single_task=True)), [1.0, 0.0])
+    on = mtjax.experiment_from_spec(_spec(task_weights=[1.0, 0.5]))
+    np.testing.assert_allclose(task_rates(on), [1.0, 0.5])
+    # Theory of a single-task run leaves task 2 untrained and reports NaN for it.
+    th = population_theory(mtjax.experiment_from_spec(_spec(single_task=True)), mtjax.Seeds.same(0), solver=SOLVER)
+    assert np.all(np.isnan(th.test_loss[:, 1])) and np.all(np.isfinite(th.test_loss[:, 0]))
+
+
+@pytest.fixture(scope="module")
+def sim_and_theory():
+    e = mtjax.experiment_from_spec(_spec(learning_rate=0.005, n_steps=1200, eval_every=300))
+    seeds = mtjax.Seeds(jnp.zeros(4, int), jnp.zeros(4, int), jnp.zeros(4, int), jnp.arange(4))
+    batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (4,) + a.shape), e)
+    sims = mtjax.simulate_batch(batch, seeds)
+    th = eqx.filter_jit(population_theory)(e, mtjax.Seeds(0), solver=SOLVER)
+    return e, sims, th
+
+
+def test_theory_equals_online_simulation(sim_and_theory):
+    # Same teacher and initial student; the online runs differ only in their batches (seeds).
+    e, sims, th = sim_and_theory
+    assert bool(th.success) and not bool(th.diverged)
+    mean = np.asarray(sims.test_loss.mean(0))
+    se = np.asarray(sims.test_loss.std(0, ddof=1)) / 2 + 3e-3  # seed s.e. + test-set noise (20000 examples)
+    diff = np.abs(mean - np.asarray(th.test_loss))
+    assert np.all(diff < 3 * se + 0.005), (mean, np.asarray(th.test_loss))
+    acc_diff = np.abs(np.asarray(sims.test_acc.mean(0)) - np.asarray(th.test_acc))
+    assert np.all(acc_diff < 0.02)
+    np.testing.assert_allclose(th.time, sims.time[0], rtol=1e-6)
+
+
+def test_theory_vmapped_equals_looped():
+    e = mtjax.experiment_from_spec(_spec(n_steps=200, eval_every=100))
+    rs = jnp.array([0.0, 1.0])
+    f = eqx.filter_jit(lambda r: population_theory(replace(e, lambda m: m.teacher.relatedness, r[None]), mtjax.Seeds(0), solver=SOLVER).test_loss)
+    batched = jax.vmap(f)(rs)
+    for i in range(2):
+        np.testing.assert_allclose(batched[i], f(rs[i]), rtol=1e-5, atol=1e-6)
+
+
+def test_theory_is_differentiable_in_r_and_s_b():
+    e = mtjax.experiment_from_spec(_spec(n_steps=200, eval_every=100))
+
+    def final_loss(params):
+        r, sb = params
+        ee = replace(e, lambda m: m.teacher.relatedness, r[None])
+        ee = eqx.tree_at(lambda m: m.teacher.scale, ee, jnp.stack([jnp.asarray(3.0), sb]))
+        return population_theory(ee, mtjax.Seeds(0), solver=SOLVER).test_loss[-1, 0]
+
+    p = jnp.array([0.5, 2.0])
+    g = eqx.filter_jit(jax.grad(final_loss))(p)
+    assert np.all(np.isfinite(g)) and np.abs(g).max() > 1e-4
+    f = eqx.filter_jit(final_loss)
+    h = 0.05
+    for i in range(2):
+        d = jnp.zeros(2).at[i].set(h)
+        fd = (f(p + d) - f(p - d)) / (2 * h)
+        assert abs(float(fd) - float(g[i])) < 0.05 * abs(float(g[i])) + 2e-3, (i, fd, g)
