@@ -9,6 +9,21 @@ from ._spec import (
     paper as paper,
     paper_spec as paper_spec,
 )
+from ._gaussian import (
+    SoftmaxMoments as SoftmaxMoments,
+    TeacherConstants as TeacherConstants,
+    softmax_moments as softmax_moments,
+    sobol_normals as sobol_normals,
+    teacher_constants as teacher_constants,
+)
+from ._population import (
+    PopulationSolver as PopulationSolver,
+    TheoryResult as TheoryResult,
+    population_theory as population_theory,
+    reduce_student as reduce_student,
+    task_rates as task_rates,
+    theory_history as theory_history,
+)
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
 from ._sweep import (
     SweepResult as SweepResult,
@@ -17,7 +32,12 @@ from ._sweep import (
     multitask_benefit as multitask_benefit,
     sweep as sweep,
 )
-from ._teacher import Teacher as Teacher, TeacherConfig as TeacherConfig, sample_inputs as sample_inputs
+from ._teacher import (
+    Teacher as Teacher,
+    TeacherConfig as TeacherConfig,
+    sample_inputs as sample_inputs,
+    teacher_coefficients as teacher_coefficients,
+)
 from ._train import (
     History as History,
     TaskData as TaskData,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Array, Bool, Float, Int, PRNGKeyArray
+from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._gaussian import TeacherConstants, cholesky, sobol_normals, softmax_moments, teacher_constants
 from ._student import Dense, Student
@@ -101,17 +101,31 @@ def reduce_student(student: Student, basis: Float[Array, "D N"]) -> Student:
     The first weight matrix W (W_1, or the stacked heads when L = 0) becomes [W Eᵀ, F] with
     F F ᵀ = W (I − EᵀE) Wᵀ (F lower-triangular, H' = rows of W): only F Fᵀ enters the flow, so
     this is exact (docs/theory.md §5)."""
-    first = [l.weight for l in student.layers[:1]] or [h.weight for h in student.heads]
-    W = jnp.concatenate(first, axis=0)
+    W = _first_matrix(student)
     omega = W @ basis.T
     F = cholesky(W @ W.T - omega @ omega.T)
-    new = jnp.concatenate([omega, F], axis=1)
+    return _with_first_matrix(student, jnp.concatenate([omega, F], axis=1))
+
+
+def _first_matrix(student: Student) -> Float[Array, "rows N"]:
+    """The matrix that multiplies the input: W_1, or the stacked heads when L = 0."""
     if student.layers:
-        l0 = student.layers[0]
-        return eqx.tree_at(lambda s: s.layers[0], student, Dense(new, l0.bias))
+        return student.layers[0].weight
+    return jnp.concatenate([h.weight for h in student.heads], axis=0)
+
+
+def _with_first_matrix(student: Student, new: Float[Array, "rows Dp"]) -> Student:
+    if student.layers:
+        return eqx.tree_at(lambda s: s.layers[0], student, Dense(new, student.layers[0].bias))
     C = student.heads[0].weight.shape[0]
     heads = tuple(Dense(new[k * C : (k + 1) * C], h.bias) for k, h in enumerate(student.heads))
     return eqx.tree_at(lambda s: s.heads, student, heads)
+
+
+def typical_reduced(student: Student, D: int, gain) -> Student:
+    """Reduced initial student in the N → ∞ limit: first weight matrix [0, gain · I]."""
+    rows = _first_matrix(student).shape[0]
+    return _with_first_matrix(student, jnp.concatenate([jnp.zeros((rows, D)), gain * jnp.eye(rows)], axis=1))
 
 
 def population_vector_field(student: Student, consts: TeacherConstants, T: Float[Array, "K R Dp"], rho, g, active) -> Student:
@@ -178,6 +192,7 @@ def population_theory(
     *,
     solver: PopulationSolver = PopulationSolver(),
     student: Student | None = None,
+    initial: str = "quenched",
 ) -> TheoryResult:
     """Integrate the population gradient flow of `experiment`'s linear student and report curves.
 
@@ -189,6 +204,10 @@ def population_theory(
       given); with independent seeds it is a typical draw from the init distribution.
     - `ts`: times t = lr x steps to save at; default: the simulation's evaluation times.
     - `solver`: `PopulationSolver` settings (quadrature sizes, tolerances).
+    - `initial`: `"quenched"` (default): the exact reduced projection of the initial student;
+      `"typical"`: the high-dimensional limit N → ∞ of the init distribution, where the first
+      layer has no overlap with the teacher subspace (Ω = 0) and Gram matrix init_scale² I
+      (orthogonal and Gaussian init alike); deeper layers and heads are drawn as in simulation.
 
     **Returns:** `TheoryResult`. Pure and jit/vmap-able over the experiment's array fields.
     """
@@ -201,9 +220,14 @@ def population_theory(
             experiment.student, experiment.teacher.n_features, experiment.teacher.n_classes,
             experiment.teacher.n_tasks, key=seeds.key("init"),
         )  # fmt: skip
-    st0 = reduce_student(student, teacher.basis)
+    if initial == "quenched":
+        st0 = reduce_student(student, teacher.basis)
+    elif initial == "typical":
+        st0 = typical_reduced(student, teacher.basis.shape[0], experiment.student.init_scale)
+    else:
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
     D = teacher.basis.shape[0]
-    Dp = (st0.layers[0].weight if st0.layers else st0.heads[0].weight).shape[1]
+    Dp = _first_matrix(st0).shape[1]
     T = jnp.pad(teacher_coefficients(experiment.teacher), ((0, 0), (0, 0), (0, Dp - D)))
     consts = teacher_constants(teacher)
     rho = task_rates(experiment)
@@ -231,7 +255,8 @@ def population_theory(
         max_steps=solver.max_steps,
         throw=False,
     )
-    metrics = jax.vmap(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active))(sol.ys)
+    # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
+    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active), sol.ys)
     loss, se, acc, AA, AU = metrics
     code = jnp.asarray(sol.result._value, jnp.int32)
     success = code == 0
@@ -241,3 +266,11 @@ def population_theory(
 
 
 population_theory_jit = eqx.filter_jit(population_theory)
+
+
+def theory_history(th: TheoryResult):
+    """A `TheoryResult` as a `History` (train loss = NaN: the population has no training set),
+    so sweeps, tables, benefits and plots treat theory and simulation alike."""
+    from ._train import History
+
+    return History(th.step.astype(jnp.int32), th.time, jnp.full_like(th.test_loss, jnp.nan), th.test_loss, th.test_acc, th.diverged)

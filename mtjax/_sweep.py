@@ -143,8 +143,23 @@ def _bytes_per_run(exp: Experiment, shared_inputs: bool) -> int:
     return 4 * (data + labels_and_logits + 6 * params + acts + hist) + 4096
 
 
-def _chunk_size(exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None) -> int:
-    c = max(1, int(memory_budget // _bytes_per_run(exp, shared)))
+def _theory_bytes_per_point(exp: Experiment, solver) -> int:
+    """Rough peak memory of one theory point: quadrature of one saved time, the solver's
+    stages, and the saved states and overlaps."""
+    t, st, tr = exp.teacher, exp.student, exp.train
+    C = t.n_classes
+    Dp = t.n_tasks * t.rank + (st.width if st.depth else t.n_tasks * C)
+    evals = solver.n_quad_eval * (4 * C + Dp) * tr.n_tasks  # one saved time at a time (lax.map)
+    field = 8 * solver.n_quad * C * tr.n_tasks
+    fans = [Dp] + [st.width] * st.depth
+    params = sum(a * st.width for a in fans[:-1]) + tr.n_tasks * fans[-1] * C
+    saved = tr.n_evals * (params + tr.n_tasks * (3 + C * C * tr.n_tasks + C * t.rank))
+    return 4 * (evals + field + 12 * params + saved) + 4096
+
+
+def _chunk_size(exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None, solver=None) -> int:
+    per = _bytes_per_run(exp, shared) if solver is None else _theory_bytes_per_point(exp, solver)
+    c = max(1, int(memory_budget // per))
     if max_chunk is not None:
         c = min(c, max_chunk)
     return max(1, min(c, n_runs))
@@ -186,6 +201,20 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
         for name, v in ax.items():
             e = DYNAMIC_AXES[name](e, v)
         return simulate(e, sd, inputs)
+
+    return jax.vmap(one)(axes, seeds)
+
+
+@eqx.filter_jit
+def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str) -> History:
+    """The population theory vmapped over the points of a chunk (as `History`s)."""
+    from ._population import population_theory, theory_history
+
+    def one(ax, sd):
+        e = exp
+        for name, v in ax.items():
+            e = DYNAMIC_AXES[name](e, v)
+        return theory_history(population_theory(e, sd, solver=solver, initial=initial))
 
     return jax.vmap(one)(axes, seeds)
 
@@ -282,6 +311,9 @@ def sweep(
     resume: bool = True,
     save_curves: bool = True,
     progress: bool = True,
+    source: str = "simulation",
+    solver=None,
+    initial: str = "quenched",
 ) -> SweepResult:
     """Run every point of `grid` on the experiment of `spec`, vmapped and chunked.
 
@@ -297,6 +329,9 @@ def sweep(
     - `max_chunk`: optional cap on runs per chunk.
     - `resume`: skip runs whose results are already on disk (same spec and grid required).
     - `save_curves`: also keep the per-evaluation table.
+    - `source`: `"simulation"` (train networks) or `"theory"` (integrate the population
+      mean-field dynamics, `mtjax.population_theory`, with `solver` and `initial`); the tables
+      have the same columns and a `source` column, so the two can be joined.
 
     **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
     loss and accuracy, `diverged`) and `curves` (run x evaluation x task).
@@ -305,6 +340,12 @@ def sweep(
     from `realisation` and only the training subset and order from `seed`; with `"all"`
     everything is drawn from (seed, realisation).
     """
+    if source not in ("simulation", "theory"):
+        raise ValueError(f"source={source!r} is not one of ['simulation', 'theory']")
+    if source == "theory" and solver is None:
+        from ._population import PopulationSolver
+
+        solver = PopulationSolver()
     raw = json.loads(json.dumps(spec, default=list))
     norm = normalise_spec(raw)
     grid = grid if grid is not None else norm.get("grid")
@@ -328,7 +369,11 @@ def sweep(
             "jax_version": jax.__version__,
             "backend": jax.default_backend(),
         }
-        manifest["fingerprint"] = _fingerprint({"spec": raw, "grid": manifest["grid"]})
+        manifest["source"] = source
+        if source == "theory":
+            manifest["solver"] = {"n_quad": solver.n_quad, "n_quad_eval": solver.n_quad_eval, "rtol": float(solver.rtol),
+                                  "atol": float(solver.atol), "max_steps": solver.max_steps, "initial": initial}
+        manifest["fingerprint"] = _fingerprint({"spec": raw, "grid": manifest["grid"], "source": source, "solver": manifest.get("solver")})
         mpath = out / "manifest.json"
         if mpath.exists():
             old = json.loads(mpath.read_text())
@@ -355,7 +400,7 @@ def sweep(
         exp = experiment_from_spec(_apply_static(raw, static_vals))
         base_params = param_values(exp)
         shared = scope == "train"
-        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk)
+        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk, solver if source == "theory" else None)
         for start in range(0, len(rows), c):
             chunk = rows.iloc[start : start + c]
             n = len(chunk)
@@ -366,18 +411,19 @@ def sweep(
                 v = padded[col].to_numpy(float)
                 axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
             seeds = _seeds(padded, scope)
-            inputs = None
-            if shared and len(set(padded["realisation"])) == 1:
-                inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
-            elif shared:
-                raise ValueError("internal: a chunk mixes realisations")  # groups are split below
-            hist = _run_chunk(exp, axes, seeds, inputs)
+            if source == "theory":
+                hist = _run_theory_chunk(exp, axes, seeds, solver, initial)
+            else:
+                inputs = None
+                if shared and len(set(padded["realisation"])) == 1:
+                    inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
+                hist = _run_chunk(exp, axes, seeds, inputs)
             hist = jax.tree_util.tree_map(lambda a: a[:n], hist)
             table_rows = chunk.copy()
             for col, v in base_params.items():
                 if col not in table_rows:
                     table_rows[col] = v
-            summary, curves = history_tables(hist, table_rows, exp, curves=save_curves)
+            summary, curves = history_tables(hist, table_rows, exp, source=source, curves=save_curves)
             summary["protocol"] = exp.train.protocol
             if out is not None:
                 tag = f"part-{int(chunk['run'].iloc[0]):07d}-{n}"

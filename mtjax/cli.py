@@ -20,6 +20,7 @@ on task 2 helps task 1 (multitask benefit = single-task loss − multitask loss)
 Start here:
   mtjax demo                          a one-minute multitask sweep with a table and a plot
   mtjax simulate --config FILE.toml   a sweep described in a TOML file (see README)
+  mtjax theory --config FILE.toml     the same grid predicted by the mean-field theory
   mtjax plot results/NAME             figures of a finished sweep
 """
 
@@ -111,7 +112,7 @@ def _write_outputs(res, benefit_needed: bool = True) -> None:
         print(f"wrote {out}/summary.csv, curves.csv, " + ("benefit.csv, " if benefit is not None else "") + "overview.png")
 
 
-def cmd_simulate(args) -> None:
+def cmd_simulate(args, source: str = "simulation") -> None:
     import mtjax
 
     spec = _load_config(args.config) if args.config else {}
@@ -131,9 +132,22 @@ def cmd_simulate(args) -> None:
         max_chunk=args.max_chunk,
         save_curves=not args.no_curves,
         progress=not args.quiet,
+        source=source,
+        **(_theory_kwargs(args) if source == "theory" else {}),
     )
     print(f"finished in {time.time() - t0:.1f} s")
     _write_outputs(res)
+
+
+def _theory_kwargs(args) -> dict:
+    import mtjax
+
+    solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
+    return {"solver": solver, "initial": args.initial}
+
+
+def cmd_theory(args) -> None:
+    cmd_simulate(args, source="theory")
 
 
 def cmd_demo(args) -> None:
@@ -170,6 +184,21 @@ def cmd_plot(args) -> None:
     print(f"wrote {out}")
 
 
+def _shared_sweep_args():
+    return [
+        (("--config",), dict(help="TOML file describing the experiment and its grid")),
+        (("--preset",), dict(choices=["paper"], help="start from the authors' protocol")),
+        (("--set",), dict(action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. train.n_epochs=100")),
+        (("--grid",), dict(action="append", metavar="AXIS=V1,V2", help="set a grid axis, e.g. s_b=0.01,1,10")),
+        (("--name",), dict(help="results go to OUT/NAME (default: the config file's stem)")),
+        (("--out",), dict(default="results", help="results folder (default: results)")),
+        (("--memory-budget",), dict(type=float, default=2048, help="MiB per vmapped chunk (default 2048)")),
+        (("--max-chunk",), dict(type=int, help="at most this many runs per chunk")),
+        (("--no-curves",), dict(action="store_true", help="keep only the per-run summary table")),
+        (("--quiet",), dict(action="store_true", help="no progress bar")),
+    ]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtjax", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -179,17 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a sweep. The TOML file has optional keys `preset` (\"paper\"), `name`, `seed_scope`,\n"
                        "and tables [teacher], [student], [train] (keyword arguments of TeacherConfig, StudentConfig,\n"
                        "TrainConfig) and [grid] (axis = [values]). Rerunning the same command resumes an interrupted sweep.")
-    s.add_argument("--config", help="TOML file describing the experiment and its grid")
-    s.add_argument("--preset", choices=["paper"], help="start from the authors' protocol")
-    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value, e.g. train.n_epochs=100")
-    s.add_argument("--grid", action="append", metavar="AXIS=V1,V2", help="set a grid axis, e.g. s_b=0.01,1,10")
-    s.add_argument("--name", help="results go to OUT/NAME (default: the config file's stem)")
-    s.add_argument("--out", default="results", help="results folder (default: results)")
-    s.add_argument("--memory-budget", type=float, default=2048, help="MiB per vmapped chunk (default 2048)")
-    s.add_argument("--max-chunk", type=int, help="at most this many runs per chunk")
-    s.add_argument("--no-curves", action="store_true", help="keep only the per-run summary table")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    for a, kw in _shared_sweep_args():
+        s.add_argument(*a, **kw)
     s.set_defaults(func=cmd_simulate)
+
+    th = sub.add_parser("theory", help="integrate the population mean-field dynamics over a grid (same tables)",
+                        description="Same config and flags as `simulate`; instead of training it integrates the population\n"
+                        "(infinite-data) mean-field dynamics of the linear student with diffrax and writes the same tables\n"
+                        "with source = theory, so simulation and theory can be joined and plotted together.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for a, kw in _shared_sweep_args():
+        th.add_argument(*a, **kw)
+    th.add_argument("--n-quad", type=int, default=4096, help="Sobol points for the vector field (default 4096)")
+    th.add_argument("--n-quad-eval", type=int, default=16384, help="points for reported losses (default 16384)")
+    th.add_argument("--rtol", type=float, default=1e-4)
+    th.add_argument("--atol", type=float, default=1e-6)
+    th.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
+                    help="initial condition: projection of the simulation's exact init, or its N -> inf limit")
+    th.set_defaults(func=cmd_theory)
 
     d = sub.add_parser("demo", help="a small multitask sweep (about a minute on 2 cores): table + PNG")
     d.add_argument("--out", default="results", help="results folder (default: results)")

@@ -59,3 +59,15 @@ def test_bad_input_is_a_clear_error(tmp_path):
         assert "rank" in str(e) and "allowed range" in str(e)
     else:
         raise AssertionError("expected an error")
+
+
+def test_theory_end_to_end_same_tables(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG.replace('protocol = "full_batch"', 'protocol = "online"').replace("seed = [0, 1]", "seed = [0]"))
+    main(["theory", "--config", str(cfg), "--out", str(tmp_path), "--quiet", "--n-quad", "512", "--n-quad-eval", "1024", "--name", "th"])
+    s = pd.read_csv(tmp_path / "th" / "summary.csv")
+    assert set(s["source"]) == {"theory"} and not s["diverged"].any()
+    c = pd.read_csv(tmp_path / "th" / "curves.csv")
+    sim_cols = set(pd.read_csv(tmp_path / "th" / "summary.csv").columns)
+    assert {"task", "step", "time", "test_loss", "test_acc", "source"} <= set(c.columns) and "early_stopped_loss" in sim_cols
+    assert (tmp_path / "th" / "benefit.csv").exists()

@@ -193,3 +193,19 @@ def test_theory_is_differentiable_in_r_and_s_b():
         d = jnp.zeros(2).at[i].set(h)
         fd = (f(p + d) - f(p - d)) / (2 * h)
         assert abs(float(fd) - float(g[i])) < 0.05 * abs(float(g[i])) + 2e-3, (i, fd, g)
+
+
+def test_typical_initial_condition_has_no_teacher_overlap():
+    e = mtjax.experiment_from_spec(_spec(n_steps=200, eval_every=100))
+    th = population_theory(e, mtjax.Seeds(0), solver=SOLVER, initial="typical")
+    np.testing.assert_allclose(th.overlap_AU[0], 0.0, atol=1e-6)
+    assert float(jnp.abs(th.overlap_AU[-1]).max()) > 1e-3  # the flow builds the overlap
+    assert float(th.test_loss[-1, 0]) < float(th.test_loss[0, 0])
+    with pytest.raises(ValueError, match="initial"):
+        population_theory(e, mtjax.Seeds(0), solver=SOLVER, initial="random")
+
+
+def test_theory_needs_a_linear_student():
+    e = mtjax.experiment_from_spec({**_spec(), "student": {"depth": 1, "width": 8, "activation": "relu"}})
+    with pytest.raises(ValueError, match="linear"):
+        population_theory(e, mtjax.Seeds(0), solver=SOLVER)
