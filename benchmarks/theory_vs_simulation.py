@@ -2,7 +2,7 @@
 
 Run: python benchmarks/theory_vs_simulation.py [--seeds 4] [--steps 1200] [--lr 0.005]
 
-Grid (72 points): r in {0, .5, 1} x s_a in {1, 4} x s_b in {0.3, 3} x eps in {0, .2} (both tasks) x
+Grid (72 points): r in {0, .5, 1} x s_a in {1, 4} x s_b in {0.3, 3} x eps_a in {0, .2} (task 1) x
 depth L in {0, 1, 2}; N = 200, C = R = 4, width 16, sigma = 1/sqrt(N), online SGD (fresh batches of
 512 per task and step, joint loss) at a small learning rate, test sets of 20000 examples.
 Teacher, test set and initial student are shared by the seeds (seed_scope = "train"), so the seed
@@ -39,31 +39,26 @@ def main():
     grid = {"relatedness": [0.0, 0.5, 1.0], "s_a": [1.0, 4.0], "s_b": [0.3, 3.0], "eps_a": [0.0, 0.2], "depth": [0, 1, 2]}
     solver = mtjax.PopulationSolver()
     t0 = time.time()
-    sim = mtjax.sweep(spec, {**grid, "seed": list(range(args.seeds))}, out_dir=None, progress=True)
+    # Written to results/ so that an interrupted benchmark resumes instead of re-simulating.
+    sim = mtjax.sweep(spec, {**grid, "seed": list(range(args.seeds))}, name=f"tvs-sim-{args.seeds}-{args.steps}-{args.lr}",
+                      out_dir="results", progress=True)
     t_sim = time.time() - t0
     t0 = time.time()
-    th = mtjax.sweep(spec, grid, out_dir=None, progress=True, source="theory", solver=solver)
+    th = mtjax.sweep(spec, grid, name=f"tvs-theory-{args.steps}-{args.lr}", out_dir="results", progress=True,
+                     source="theory", solver=solver)
     t_th = time.time() - t0
 
     keys = ["relatedness", "s_a", "s_b", "eps_a", "depth", "task", "step"]
     sc = sim.curves
-    # eps_a drives both tasks' flips here: the *_a axis sets task 1; mirror it on task 2 below.
     g = sc.groupby(keys)
     s = g["test_loss"].agg(["mean", "std", "count"]).join(g["test_acc"].agg(acc_mean="mean", acc_std="std"))
     s = s.reset_index()
     tc = th.curves[keys + ["test_loss", "test_acc"]].rename(columns={"test_loss": "theory_loss", "test_acc": "theory_acc"})
     m = s.merge(tc, on=keys)
-    n_eval_q = solver.n_quad_eval
-    # Test-set s.e. of the simulation's loss ~ spread of per-example CE / sqrt(n_test); the spread
-    # is estimated by the theory's quadrature s.e. x sqrt(n_quad_eval / 2) (antithetic pairs).
-    th_se = th.curves[keys + ["test_loss"]].copy()
     m["seed_se"] = m["std"] / np.sqrt(m["count"])
     m["diff"] = (m["theory_loss"] - m["mean"]).abs()
     m["acc_diff"] = (m["theory_acc"] - m["acc_mean"]).abs()
     point = ["relatedness", "s_a", "s_b", "eps_a", "depth", "task"]
-    # per-example CE spread: binomial-like bound from the loss itself is too loose; use the
-    # seed-to-seed spread of the shared-test-set runs as the dominant term and add the test-set
-    # term from the CE spread measured on the theory side.
     per = m.groupby(point).agg(max_diff=("diff", "max"), max_acc_diff=("acc_diff", "max"),
                                max_seed_se=("seed_se", "max"), final_sim=("mean", "last"), final_theory=("theory_loss", "last"))
     per = per.reset_index()

@@ -240,8 +240,13 @@ def population_theory(
         ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
     ts = jnp.asarray(ts, float)
 
+    # The ODE state is the tuple of the student's arrays: diffrax's save buffers reject the empty
+    # `layers` node of a depth-0 student.
+    leaves0, treedef = jax.tree_util.tree_flatten(st0)
+
     def field(t, y, args):
-        return population_vector_field(y, consts, T, rho, g, active)
+        st = jax.tree_util.tree_unflatten(treedef, list(y))
+        return tuple(jax.tree_util.tree_leaves(population_vector_field(st, consts, T, rho, g, active)))
 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(field),
@@ -249,14 +254,15 @@ def population_theory(
         t0=0.0,
         t1=ts[-1],
         dt0=None,
-        y0=st0,
+        y0=tuple(leaves0),
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=solver.rtol, atol=solver.atol),
         max_steps=solver.max_steps,
         throw=False,
     )
     # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
-    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active), sol.ys)
+    ys = jax.tree_util.tree_unflatten(treedef, list(sol.ys))
+    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active), ys)
     loss, se, acc, AA, AU = metrics
     code = jnp.asarray(sol.result._value, jnp.int32)
     success = code == 0
