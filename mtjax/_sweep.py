@@ -189,6 +189,13 @@ def _atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
     _atomic_write_text(path, df.to_csv(index=False))
 
 
+def apply_axes(exp: Experiment, values: dict) -> Experiment:
+    """Set the dynamic sweep axes `values` (name -> scalar) on one experiment."""
+    for name, v in values.items():
+        exp = DYNAMIC_AXES[name](exp, v)
+    return exp
+
+
 @eqx.filter_jit
 def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
     """One compiled program: `simulate` vmapped over the runs of a chunk.
@@ -197,10 +204,7 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
     (then every run draws its own from its data seed)."""
 
     def one(ax, sd):
-        e = exp
-        for name, v in ax.items():
-            e = DYNAMIC_AXES[name](e, v)
-        return simulate(e, sd, inputs)
+        return simulate(apply_axes(exp, ax), sd, inputs)
 
     return jax.vmap(one)(axes, seeds)
 
@@ -211,10 +215,7 @@ def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial
     from ._population import population_theory, theory_history
 
     def one(ax, sd):
-        e = exp
-        for name, v in ax.items():
-            e = DYNAMIC_AXES[name](e, v)
-        return theory_history(population_theory(e, sd, solver=solver, initial=initial))
+        return theory_history(population_theory(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
     return jax.vmap(one)(axes, seeds)
 
