@@ -209,3 +209,27 @@ def test_theory_needs_a_linear_student():
     e = mtjax.experiment_from_spec({**_spec(), "student": {"depth": 1, "width": 8, "activation": "relu"}})
     with pytest.raises(ValueError, match="linear"):
         population_theory(e, mtjax.Seeds(0), solver=SOLVER)
+
+
+def test_paper_alternation_follows_the_rate_mapped_flow():
+    # Paper protocol with m = n_2 // n_1 = 3 on plentiful data (alpha = 75 examples per input
+    # dimension, 6 epochs): its task-1 curve must follow the theory with rates (1, 3), and be
+    # told apart from the theory with (1, 1) when the second task is strong and related.
+    spec = {
+        "seed_scope": "train",
+        "teacher": {"n_features": 40, "rank": 3, "n_classes": 3, "scale": [2.0, 4.0], "relatedness": 1.0},
+        "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+        "train": {"protocol": "paper", "n_train": [3000, 9000], "batch_size": 300, "n_epochs": 6, "eval_every": 2,
+                  "learning_rate": 0.02, "n_test": 20000},
+    }
+    e = mtjax.experiment_from_spec(spec)
+    assert e.train.task_multiplicity == (1, 3)
+    h = eqx.filter_jit(mtjax.simulate)(e, mtjax.Seeds(0))
+    th = eqx.filter_jit(population_theory)(e, mtjax.Seeds(0), solver=SOLVER)
+    e11 = replace(e, lambda m: m.train.task_weights, [1.0, 1.0 / 3.0])  # rates (1, 1)
+    th11 = eqx.filter_jit(population_theory)(e11, mtjax.Seeds(0), solver=SOLVER)
+    d13 = np.abs(np.asarray(h.test_loss[:, 0] - th.test_loss[:, 0])).max()
+    d11 = np.abs(np.asarray(h.test_loss[:, 0] - th11.test_loss[:, 0])).max()
+    print("alternation: max|sim - theory(1,3)| =", d13, " max|sim - theory(1,1)| =", d11)
+    assert d13 < 0.03, (h.test_loss[:, 0], th.test_loss[:, 0])
+    assert d13 < d11
