@@ -4,7 +4,7 @@ For student logits z ~ N(a, S) with S = A Aᵀ (C x C) the population dynamics n
 
     E[p],   J̄ = E[diag(p) − p pᵀ],   E[lse(z)]          (p = softmax z).
 
-They are estimated with *common random numbers*: fixed antithetic standard-normal draws g_i
+They are estimated with *common random numbers*: fixed scrambled-Sobol normal points g_i (`sobol_normals`)
 (±g pairs cancel every odd term of the integrand's expansion about a), z_i = a + L g_i with
 L the Cholesky factor of S.  The estimate is then a smooth, deterministic function of (a, A),
 so an adaptive ODE solver and `jax.grad` see an ordinary differentiable vector field.  The
@@ -23,14 +23,6 @@ import numpy as np
 
 from ._custom_types import Array, Float, PRNGKeyArray
 from ._teacher import Teacher
-
-
-def antithetic_normals(key: PRNGKeyArray, n: int, dim: int) -> Float[Array, "n dim"]:
-    """n (even) standard-normal draws in `dim` dimensions, as n/2 antithetic pairs (g, −g)."""
-    if n % 2:
-        raise ValueError(f"n={n} must be even (antithetic pairs)")
-    half = jax.random.normal(key, (n // 2, dim))
-    return jnp.concatenate([half, -half], axis=0)
 
 
 def sobol_normals(n: int, dim: int, seed: int = 0) -> Float[Array, "n dim"]:
@@ -77,7 +69,7 @@ class SoftmaxMoments(eqx.Module):
 def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"]) -> SoftmaxMoments:
     """Common-random-number estimates of E[p], E[diag p − p pᵀ], E[lse z] for z ~ N(a, A Aᵀ).
 
-    `g`: antithetic standard-normal draws (n, C) from `antithetic_normals`."""
+    `g`: antithetic standard-normal points (n, C) from `sobol_normals`."""
     L = cholesky(A @ A.T)
     z = a + g @ L.T
     lse = jax.nn.logsumexp(z, axis=-1)

@@ -333,8 +333,6 @@ def simulate(
     return _train_full_batch(student, data, subsets, tcfg, tkey)
 
 
-simulate_jit = eqx.filter_jit(simulate)
-
 
 @eqx.filter_jit
 def simulate_batch(

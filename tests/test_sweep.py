@@ -7,7 +7,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest

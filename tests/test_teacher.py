@@ -3,7 +3,6 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -125,7 +124,6 @@ def test_paper_preset_conventions():
 
 def test_paper_dataset_noisy_half_exact():
     # In the preset exactly half of each generated set (pool + validation) is noisy.
-    e = mtjax.paper(n_train=100)
     e = mtjax.experiment_from_spec({"preset": "paper", "teacher": {"noise": 1e6}, "train": {"n_train": [100, 100]}})
     seeds = mtjax.Seeds(0)
     t = mtjax.Teacher.sample(e.teacher, key=seeds.key("teacher"))
