@@ -120,12 +120,15 @@ def expand_grid(grid: dict[str, list]) -> pd.DataFrame:
 
 
 def _seeds(rows: pd.DataFrame, scope: str) -> Seeds:
+    """The runs' seeds; a seed equal for all rows is returned as a scalar, so that `_run_chunk`
+    keeps it (and all it determines) unbatched."""
     seed = rows["seed"].to_numpy(np.int64)
     real = rows["realisation"].to_numpy(np.int64)
     if scope == "train":
-        return Seeds(real, real, real, seed)
-    s = (seed + 1_000_003 * real) % (2**31 - 1)
-    return Seeds.same(s)
+        fields = (real, real, real, seed)
+    else:
+        fields = ((seed + 1_000_003 * real) % (2**31 - 1),) * 4
+    return Seeds(*(f[0] if np.all(f == f[0]) else f for f in fields))
 
 
 def _bytes_per_run(exp: Experiment, shared_inputs: bool) -> int:
@@ -203,10 +206,17 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
     `axes`: name -> (n,) values of the dynamic axes; `inputs`: shared by all runs, or None
     (then every run draws its own from its data seed)."""
 
-    def one(ax, sd):
-        return simulate(apply_axes(exp, ax), sd, inputs)
+    shared = inputs is not None and seeds.data.ndim == 0 and seeds.train.ndim == 0
 
-    return jax.vmap(one)(axes, seeds)
+    def one(ax, sd):
+        return simulate(apply_axes(exp, ax), sd, inputs, shared_subsets=shared)
+
+    # Seeds shared by the whole chunk arrive as scalars and stay unbatched: then everything
+    # derived from them (training subset, minibatch order, and so the minibatch inputs
+    # when the inputs are shared too) is one array for all runs, and each layer's product
+    # with it is one large matrix product over the runs instead of a batch of small ones.
+    seed_axes = jax.tree_util.tree_map(lambda a: 0 if a.ndim else None, seeds)
+    return jax.vmap(one, in_axes=(0, seed_axes))(axes, seeds)
 
 
 @eqx.filter_jit
@@ -217,10 +227,14 @@ def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial
     def one(ax, sd):
         return theory_history(population_theory(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
-    return jax.vmap(one)(axes, seeds)
+    seed_axes = jax.tree_util.tree_map(lambda a: 0 if a.ndim else None, seeds)
+    return jax.vmap(one, in_axes=(0, seed_axes))(axes, seeds)
 
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
+
+# Smallest per-(realisation, seed) block that the sweep chunks on its own (see `sweep`).
+SEED_BLOCK_MIN_RUNS = 32
 
 PARAM_COLUMNS = (
     "relatedness", "s_a", "s_b", "sigma_a", "sigma_b", "eps_a", "eps_b", "q", "readout_alignment",
@@ -401,9 +415,18 @@ def sweep(
         exp = experiment_from_spec(_apply_static(raw, static_vals))
         base_params = param_values(exp)
         shared = scope == "train"
-        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk, solver if source == "theory" else None)
-        for start in range(0, len(rows), c):
-            chunk = rows.iloc[start : start + c]
+        blocks = [rows]
+        if shared and source == "simulation":
+            # Runs of one (realisation, seed) share their data, training subset and minibatch
+            # order; chunking them separately lets every layer's product with the data be one
+            # large matmul over the chunk (see `_run_chunk`), worth it once blocks are big.
+            by_seed = [g for _, g in rows.groupby(["realisation", "seed"], sort=False)]
+            if min(len(g) for g in by_seed) >= SEED_BLOCK_MIN_RUNS:
+                blocks = by_seed
+        c = _chunk_size(exp, max(len(b) for b in blocks), memory_budget, shared, max_chunk,
+                        solver if source == "theory" else None)
+        chunks = [b.iloc[i : i + c] for b in blocks for i in range(0, len(b), c)]
+        for chunk in chunks:
             n = len(chunk)
             # Pad to the chunk size so that every chunk of a group reuses one compilation.
             padded = pd.concat([chunk] + [chunk.iloc[-1:]] * (c - n), ignore_index=True)

@@ -122,7 +122,7 @@ def _batches(key: PRNGKeyArray, n: int, batch: int) -> tuple[Int[Array, "nb B"],
     return idx, mask
 
 
-def _evaluate(student: Student, data, subsets, cfg: TrainConfig):
+def _evaluate(student: Student, data, subsets, cfg: TrainConfig, shared_subsets: bool = False):
     """(train_loss, test_loss, test_acc), each (K,), NaN for untrained tasks."""
     nan = jnp.array(jnp.nan)
     tr, te, acc = [], [], []
@@ -134,9 +134,13 @@ def _evaluate(student: Student, data, subsets, cfg: TrainConfig):
         if subsets is None:
             tr.append(nan)
         else:
-            # Logits of the whole pool then a gather: when the pool is shared by a vmapped
-            # chunk this is one large matmul instead of a per-run gather of inputs.
-            lp = student.logits(d.x_pool, k)[subsets[k]]
+            if shared_subsets:
+                # Subset shared by the chunk: gather once, then one large matmul over the runs.
+                lp = student.logits(d.x_pool[subsets[k]], k)
+            else:
+                # Logits of the whole pool then a gather: when the pool is shared by a vmapped
+                # chunk this is one large matmul instead of a per-run gather of inputs.
+                lp = student.logits(d.x_pool, k)[subsets[k]]
             w = (jnp.arange(cfg.n_train[k]) < cfg.n_train_active[k]).astype(float)
             tr.append(cross_entropy(lp, d.y_pool[subsets[k]], w))
         lt = student.logits(d.x_test, k)
@@ -167,7 +171,7 @@ def _scan_evals(block, carry, evaluate, cfg):
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
 
-def _train_paper(student, data, subsets, cfg: TrainConfig, key) -> History:
+def _train_paper(student, data, subsets, cfg: TrainConfig, key, shared_subsets: bool = False) -> History:
     opt = cfg.make_optimizer()
     B = cfg.batch_size
     m = cfg.task_multiplicity
@@ -230,11 +234,11 @@ def _train_paper(student, data, subsets, cfg: TrainConfig, key) -> History:
 
         return jax.lax.scan(body, carry, jnp.arange(cfg.eval_every))[0]
 
-    evals = _scan_evals(block, carry0, lambda c: _evaluate(c[0], data, subsets, cfg), cfg)
+    evals = _scan_evals(block, carry0, lambda c: _evaluate(c[0], data, subsets, cfg, shared_subsets), cfg)
     return _record(cfg, evals)
 
 
-def _train_full_batch(student, data, subsets, cfg: TrainConfig, key) -> History:
+def _train_full_batch(student, data, subsets, cfg: TrainConfig, key, shared_subsets: bool = False) -> History:
     del key  # deterministic given the data
     opt = cfg.make_optimizer()
     train = [(data[k].x_pool[subsets[k]], data[k].y_pool[subsets[k]]) for k in range(cfg.n_tasks)]
@@ -256,7 +260,7 @@ def _train_full_batch(student, data, subsets, cfg: TrainConfig, key) -> History:
         return jax.lax.scan(body, carry, None, length=cfg.eval_every)[0]
 
     carry0 = (student, opt.init(student))
-    evals = _scan_evals(block, carry0, lambda c: _evaluate(c[0], data, subsets, cfg), cfg)
+    evals = _scan_evals(block, carry0, lambda c: _evaluate(c[0], data, subsets, cfg, shared_subsets), cfg)
     return _record(cfg, evals)
 
 
@@ -293,6 +297,7 @@ def simulate(
     inputs: tuple[Float[Array, "n N"], ...] | None = None,
     *,
     student: Student | None = None,
+    shared_subsets: bool = False,
 ) -> History:
     """Train one student on the experiment's teacher data and record its metrics.
 
@@ -303,6 +308,9 @@ def simulate(
     - `inputs`: optional precomputed `make_inputs(experiment, key=seeds.key("data"))`, so that
       runs sharing a data seed share one copy.
     - `student`: optional initial student (else initialised from `seeds.init`).
+    - `shared_subsets`: a performance hint for vmapped callers, no effect on results: True
+      when every run of the batch has the same data and train seeds and shares `inputs`, so
+      the training inputs are gathered once and evaluated in one large matmul over runs.
 
     **Returns:** a `History` (T evaluations x K tasks).
 
@@ -329,8 +337,8 @@ def simulate(
         jax.random.permutation(skeys[k], tcfg.n_pool[k])[: tcfg.n_train[k]] for k in range(tcfg.n_tasks)
     )
     if tcfg.protocol == "paper":
-        return _train_paper(student, data, subsets, tcfg, jax.random.fold_in(tkey, 1))
-    return _train_full_batch(student, data, subsets, tcfg, tkey)
+        return _train_paper(student, data, subsets, tcfg, jax.random.fold_in(tkey, 1), shared_subsets)
+    return _train_full_batch(student, data, subsets, tcfg, tkey, shared_subsets)
 
 
 
