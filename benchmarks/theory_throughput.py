@@ -56,6 +56,24 @@ def main():
     print(f"\ntheory wall time for {n_points} points: {t_th:.1f} s (target < 120 s); solved without failure: {ok}/{n_points}")
     print(f"theory / simulation speed ratio: {rate_th * t_sim:.0f}x (target >= 100x)")
 
+    # Accuracy of the benchmarked solver settings against a tight reference on a few corners of
+    # the grid (the clean, related corner is where a cheap quadrature of J̄ breaks down).
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from mtjax._sweep import apply_axes
+
+    ref = mtjax.PopulationSolver(n_quad=4096, n_quad_eval=16384, rtol=1e-5, atol=1e-7)
+    exp0 = mtjax.experiment_from_spec(spec)
+    solve = eqx.filter_jit(mtjax.population_theory)
+    print(f"\naccuracy of the benchmarked settings vs reference (n_quad 4096, n_quad_eval 16384, rtol 1e-5):")
+    print(f"{'r':>5s} {'s_a':>6s} {'s_b':>6s}  max|Δ loss| task 1, task 2 over the curve")
+    for r, sa, sb in [(0.0, 0.1, 0.1), (0.5, 1.0, 1.0), (0.0, 10.0, 0.1), (1.0, 10.0, 10.0)]:
+        e = apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
+        a_, b_ = solve(e, mtjax.Seeds(0), solver=solver), solve(e, mtjax.Seeds(0), solver=ref)
+        d = jnp.max(jnp.abs(a_.test_loss - b_.test_loss), axis=0)
+        print(f"{r:5.2f} {sa:6.2f} {sb:6.2f}  {float(d[0]):.4f}, {float(d[1]):.4f}")
+
 
 if __name__ == "__main__":
     main()

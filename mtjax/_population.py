@@ -279,4 +279,5 @@ def theory_history(th: TheoryResult):
     so sweeps, tables, benefits and plots treat theory and simulation alike."""
     from ._train import History
 
-    return History(th.step.astype(jnp.int32), th.time, jnp.full_like(th.test_loss, jnp.nan), th.test_loss, th.test_acc, th.diverged)
+    return History(th.step.astype(jnp.int32), th.time, jnp.full_like(th.test_loss, jnp.nan), th.test_loss,
+                   th.test_loss_se, th.test_acc, th.diverged)

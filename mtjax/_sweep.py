@@ -304,6 +304,7 @@ def history_tables(hist: History, rows: pd.DataFrame, exp: Experiment, *, source
         d["time"] = h.time.reshape(-1)
         d["train_loss"] = h.train_loss[:, :, k].reshape(-1)
         d["test_loss"] = h.test_loss[:, :, k].reshape(-1)
+        d["test_loss_se"] = h.test_loss_se[:, :, k].reshape(-1)
         d["test_acc"] = h.test_acc[:, :, k].reshape(-1)
         d["diverged"] = np.repeat(h.diverged, T)
         d["source"] = source

@@ -37,6 +37,8 @@ class History(eqx.Module):
     - `time`: (T,) t = learning_rate × step.
     - `train_loss`, `test_loss`: (T, K) mean cross-entropy in nats on the training set / test set
       (NaN for tasks not trained; `train_loss` is NaN for the online protocol, which has no training set).
+    - `test_loss_se`: (T, K) standard error (nats) of `test_loss` from the finite test set
+      (std of the per-example loss / sqrt(n_test)); for theory, the quadrature's error estimate.
     - `test_acc`: (T, K) test accuracy in [0, 1].
     - `diverged`: () True if any recorded loss of a trained task is NaN or inf.
     """
@@ -45,6 +47,7 @@ class History(eqx.Module):
     time: Float[Array, " T"]
     train_loss: Float[Array, "T K"]
     test_loss: Float[Array, "T K"]
+    test_loss_se: Float[Array, "T K"]
     test_acc: Float[Array, "T K"]
     diverged: Bool[Array, ""]
 
@@ -123,12 +126,12 @@ def _batches(key: PRNGKeyArray, n: int, batch: int) -> tuple[Int[Array, "nb B"],
 
 
 def _evaluate(student: Student, data, subsets, cfg: TrainConfig, shared_subsets: bool = False):
-    """(train_loss, test_loss, test_acc), each (K,), NaN for untrained tasks."""
+    """(train_loss, test_loss, test_loss_se, test_acc), each (K,), NaN for untrained tasks."""
     nan = jnp.array(jnp.nan)
-    tr, te, acc = [], [], []
+    tr, te, se, acc = [], [], [], []
     for k in range(cfg.n_tasks):
         if k not in cfg.active_tasks:
-            tr.append(nan), te.append(nan), acc.append(nan)
+            tr.append(nan), te.append(nan), se.append(nan), acc.append(nan)
             continue
         d = data[k]
         if subsets is None:
@@ -144,19 +147,21 @@ def _evaluate(student: Student, data, subsets, cfg: TrainConfig, shared_subsets:
             w = (jnp.arange(cfg.n_train[k]) < cfg.n_train_active[k]).astype(float)
             tr.append(cross_entropy(lp, d.y_pool[subsets[k]], w))
         lt = student.logits(d.x_test, k)
-        te.append(cross_entropy(lt, d.y_test))
+        ll = jax.nn.logsumexp(lt, axis=-1) - jnp.take_along_axis(lt, d.y_test[:, None], axis=-1)[:, 0]
+        te.append(jnp.mean(ll))
+        se.append(jnp.std(ll) / jnp.sqrt(ll.shape[0]))
         acc.append(accuracy(lt, d.y_test))
-    return jnp.stack(tr), jnp.stack(te), jnp.stack(acc)
+    return jnp.stack(tr), jnp.stack(te), jnp.stack(se), jnp.stack(acc)
 
 
 def _record(cfg, evals) -> History:
-    tr, te, acc = evals
+    tr, te, se, acc = evals
     step = jnp.asarray(cfg.eval_steps)
     active = jnp.asarray([k in cfg.active_tasks for k in range(cfg.n_tasks)])
     diverged = ~jnp.all(jnp.where(active, jnp.isfinite(te), True))
     if cfg.protocol != "online":
         diverged = diverged | ~jnp.all(jnp.where(active, jnp.isfinite(tr), True))
-    return History(step, cfg.learning_rate * step, tr, te, acc, diverged)
+    return History(step, cfg.learning_rate * step, tr, te, se, acc, diverged)
 
 
 def _scan_evals(block, carry, evaluate, cfg):
