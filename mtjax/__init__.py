@@ -19,6 +19,7 @@ from ._gaussian import (
 from ._population import (
     PopulationSolver as PopulationSolver,
     TheoryResult as TheoryResult,
+    lift_student as lift_student,
     population_theory as population_theory,
     reduce_student as reduce_student,
     task_rates as task_rates,

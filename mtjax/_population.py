@@ -68,6 +68,9 @@ class TheoryResult(eqx.Module):
     - `overlap_AA`: (T, K, K, C, C) student overlaps A_j A_kᵀ; `overlap_AU`: (T, K, C, R) A_k U_kᵀ.
     - `result`: () diffrax result code (0 = success); `success`: () bool.
     - `diverged`: () True if the solve failed or produced non-finite losses.
+    - `states`: the reduced student at every saved time (leaves with a leading T axis), or
+      None unless requested (`population_theory(..., save_states=True)`); `lift_student`
+      maps one back to the full N-dimensional network.
     """
 
     time: Float[Array, " T"]
@@ -80,6 +83,7 @@ class TheoryResult(eqx.Module):
     result: Int[Array, ""]
     success: Bool[Array, ""]
     diverged: Bool[Array, ""]
+    states: Student | None = None
 
     @property
     def early_stopped_loss(self):
@@ -105,6 +109,34 @@ def reduce_student(student: Student, basis: Float[Array, "D N"]) -> Student:
     omega = W @ basis.T
     F = cholesky(W @ W.T - omega @ omega.T)
     return _with_first_matrix(student, jnp.concatenate([omega, F], axis=1))
+
+
+def lift_student(reduced: Student, initial: Student, basis: Float[Array, "D N"]) -> Student:
+    """The full network (N inputs) whose population flow the reduced student `reduced` follows.
+
+    With W_0 the initial first matrix (`initial`, the student `reduce_student` was applied to),
+    its part orthogonal to the teacher subspace is F_0 Qᵀ (F_0 = the reduced F at t = 0, Q with
+    orthonormal columns, fixed by the flow), so W(t) = Ω(t) E + F(t) Qᵀ.  Lets the theory's
+    network be evaluated on any concrete test set, e.g. the simulation's own (common random
+    numbers: both sides then share the test set's sampling error)."""
+    W0 = _first_matrix(initial)
+    D = basis.shape[0]
+    perp = W0 - (W0 @ basis.T) @ basis
+    F0 = _first_matrix(reduce_student(initial, basis))[:, D:]
+    Qt = _forward_substitution(F0, perp)
+    Wr = _first_matrix(reduced)
+    return _with_first_matrix(reduced, Wr[:, :D] @ basis + Wr[:, D:] @ Qt)
+
+
+def _forward_substitution(L: Float[Array, "n n"], B: Float[Array, "n m"]) -> Float[Array, "n m"]:
+    """L⁻¹ B for lower-triangular L, in plain jnp (see `cholesky` on LAPACK in vmaps)."""
+    n = L.shape[0]
+
+    def body(i, X):
+        row = (B[i] - L[i] @ X) / L[i, i]
+        return X.at[i].set(row)
+
+    return jax.lax.fori_loop(0, n, body, jnp.zeros_like(B))
 
 
 def _first_matrix(student: Student) -> Float[Array, "rows N"]:
@@ -193,6 +225,7 @@ def population_theory(
     solver: PopulationSolver = PopulationSolver(),
     student: Student | None = None,
     initial: str = "quenched",
+    save_states: bool = False,
 ) -> TheoryResult:
     """Integrate the population gradient flow of `experiment`'s linear student and report curves.
 
@@ -208,6 +241,7 @@ def population_theory(
       `"typical"`: the high-dimensional limit N → ∞ of the init distribution, where the first
       layer has no overlap with the teacher subspace (Ω = 0) and Gram matrix init_scale² I
       (orthogonal and Gaussian init alike); deeper layers and heads are drawn as in simulation.
+    - `save_states`: also return the reduced student at every saved time (`TheoryResult.states`).
 
     **Returns:** `TheoryResult`. Pure and jit/vmap-able over the experiment's array fields.
     """
@@ -268,7 +302,8 @@ def population_theory(
     success = code == 0
     finite = jnp.all(jnp.where(jnp.isnan(loss) & ~jnp.asarray([k in active for k in range(tr.n_tasks)]), True, jnp.isfinite(loss)))
     diverged = ~success | ~finite
-    return TheoryResult(ts, ts / tr.learning_rate, loss, se, acc, AA, AU, code, success, diverged)
+    return TheoryResult(ts, ts / tr.learning_rate, loss, se, acc, AA, AU, code, success, diverged,
+                        ys if save_states else None)
 
 
 population_theory_jit = eqx.filter_jit(population_theory)

@@ -17,7 +17,7 @@ from mtjax._population import (
     reduce_student,
     task_rates,
 )
-from helpers import replace
+from helpers import replace, tree_allclose
 
 
 def _spec(protocol="online", **train):
@@ -233,3 +233,30 @@ def test_paper_alternation_follows_the_rate_mapped_flow():
     print("alternation: max|sim - theory(1,3)| =", d13, " max|sim - theory(1,1)| =", d11)
     assert d13 < 0.03, (h.test_loss[:, 0], th.test_loss[:, 0])
     assert d13 < d11
+
+
+@pytest.mark.parametrize("depth", [0, 1])
+def test_lifted_theory_network_matches_its_reduced_state(depth):
+    # lift_student maps the reduced state back to N inputs: at t = 0 it is the initial student
+    # itself, and at any t its overlaps with the teacher subspace and Gram matrix are those of
+    # the reduced state (so evaluating it on a concrete test set estimates the same loss).
+    spec = _spec(n_steps=200, eval_every=100)
+    spec["student"]["depth"] = depth
+    e = mtjax.experiment_from_spec(spec)
+    seeds = mtjax.Seeds(0)
+    th = eqx.filter_jit(population_theory)(e, seeds, solver=SOLVER, save_states=True)
+    teacher = mtjax.Teacher.sample(e.teacher, key=seeds.key("teacher"))
+    st0 = mtjax.Student.init(e.student, 40, 3, 2, key=seeds.key("init"))
+    E = teacher.basis
+    first = jax.tree_util.tree_map(lambda a: a[0], th.states)
+    lifted0 = mtjax.lift_student(first, st0, E)
+    assert tree_allclose(lifted0, st0, rtol=1e-4, atol=1e-5)
+    last = jax.tree_util.tree_map(lambda a: a[-1], th.states)
+    lifted = mtjax.lift_student(last, st0, E)
+    for k in range(2):
+        A, a = lifted.effective_linear(k)
+        Ar, ar = last.effective_linear(k)
+        assert float(jnp.abs(A - st0.effective_linear(k)[0]).max()) > 1e-2  # it did move
+        np.testing.assert_allclose(A @ E.T, Ar[:, : E.shape[0]], atol=1e-5)
+        np.testing.assert_allclose(A @ A.T, Ar @ Ar.T, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, ar, atol=1e-6)
