@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import _distributed
 from ._experiment import Experiment, Seeds
 from ._spec import experiment_from_spec, normalise_spec
 from ._train import History, make_inputs, simulate
@@ -157,12 +158,12 @@ def _theory_bytes_per_point(exp: Experiment, solver) -> int:
     return 4 * (evals + field + 12 * params + saved) + 4096
 
 
-def _chunk_size(exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None, solver=None) -> int:
+def _chunk_size(
+    exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None, solver=None, n_devices: int = 1
+) -> int:
+    """Runs per chunk: `memory_budget` (bytes) is per device, so the chunk grows with the devices."""
     per = _bytes_per_run(exp, shared) if solver is None else _theory_bytes_per_point(exp, solver)
-    c = max(1, int(memory_budget // per))
-    if max_chunk is not None:
-        c = min(c, max_chunk)
-    return max(1, min(c, n_runs))
+    return _distributed.chunk_size(int(memory_budget // per), n_runs, n_devices, max_chunk)
 
 
 @dataclasses.dataclass
@@ -172,6 +173,9 @@ class SweepResult:
     curves: pd.DataFrame | None
     summary: pd.DataFrame
     out_dir: Path | None
+    # False only for a process of a multi-process sweep that finished its slice before the
+    # others: `summary` then holds the runs on disk so far and no merged file was written.
+    complete: bool = True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -197,27 +201,28 @@ def apply_axes(exp: Experiment, values: dict) -> Experiment:
 
 
 @eqx.filter_jit
-def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
+def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> History:
     """One compiled program: `simulate` vmapped over the runs of a chunk.
 
     `axes`: name -> (n,) values of the dynamic axes; `inputs`: shared by all runs, or None
-    (then every run draws its own from its data seed)."""
+    (then every run draws its own from its data seed); `mesh`: a `"runs"` mesh to split the
+    chunk over (n divisible by its size), or None for one device."""
 
     def one(ax, sd):
         return simulate(apply_axes(exp, ax), sd, inputs)
 
-    return jax.vmap(one)(axes, seeds)
+    return _distributed.map_runs(one, (axes, seeds), mesh)
 
 
 @eqx.filter_jit
-def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str) -> History:
+def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str, mesh=None) -> History:
     """The population theory vmapped over the points of a chunk (as `History`s)."""
     from ._population import population_theory, theory_history
 
     def one(ax, sd):
         return theory_history(population_theory(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
-    return jax.vmap(one)(axes, seeds)
+    return _distributed.map_runs(one, (axes, seeds), mesh)
 
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
@@ -315,6 +320,10 @@ def sweep(
     source: str = "simulation",
     solver=None,
     initial: str = "quenched",
+    devices: int | list | None = None,
+    distributed: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> SweepResult:
     """Run every point of `grid` on the experiment of `spec`, vmapped and chunked.
 
@@ -326,16 +335,30 @@ def sweep(
       readout_alignment, lr, w_b, init_scale; seeds: seed, realisation; static (one compile
       each): ntrain, ntrain_b, depth, width, single_task. `*_b` axes apply to tasks 2..K.
     - `name`, `out_dir`: results go to `<out_dir>/<name>/` (`out_dir=None`: nothing written).
-    - `memory_budget`: bytes per chunk; chunk size = budget / estimated bytes per run.
-    - `max_chunk`: optional cap on runs per chunk.
+    - `memory_budget`: bytes per device; chunk size = devices x budget / estimated bytes
+      per run.
+    - `max_chunk`: optional cap on runs per chunk (but at least one run per device).
     - `resume`: skip runs whose results are already on disk (same spec and grid required).
     - `save_curves`: also keep the per-evaluation table.
     - `source`: `"simulation"` (train networks) or `"theory"` (integrate the population
       mean-field dynamics, `mtjax.population_theory`, with `solver` and `initial`); the tables
       have the same columns and a `source` column, so the two can be joined.
+    - `devices`: the local devices each chunk is split over (its run axis on a
+      `jax.sharding.Mesh`, see `mtjax._distributed`): None = all of `jax.local_devices()`,
+      an int n = the first n, or a list of devices. The table does not depend on it.
+    - `distributed`: start JAX's distributed runtime (`jax.distributed.initialize` from the
+      environment: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, or
+      SLURM/MPI auto-detection; call `mtjax.distributed_initialize` first to pass them
+      explicitly) and sweep only this process's slice of the grid (runs with
+      `run % process_count == process_index`).
+    - `process_index`, `process_count`: the slice explicitly, without `jax.distributed`
+      (e.g. independent jobs of an array job writing to one shared folder).
 
     **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
-    loss and accuracy, `diverged`) and `curves` (run x evaluation x task).
+    loss and accuracy, `diverged`) and `curves` (run x evaluation x task). In a multi-process
+    sweep every process writes its own part files; whichever process finds every run done
+    writes the merged tables, and the others return `complete=False` with the runs on disk
+    so far. Rerunning (any number of processes) re-runs what a dead process left undone.
 
     Seeds: with `seed_scope="train"` (the paper preset) teacher, data and student init come
     from `realisation` and only the training subset and order from `seed`; with `"all"`
@@ -347,6 +370,16 @@ def sweep(
         from ._population import PopulationSolver
 
         solver = PopulationSolver()
+    # --- distribution: this process's slice of the grid and its devices --------------------
+    if distributed:
+        process_index, process_count = _distributed.initialize()
+    if (process_index is None) != (process_count is None):
+        raise ValueError(f"pass both process_index and process_count or neither (got {process_index}, {process_count})")
+    process_index, process_count = (0, 1) if process_count is None else (int(process_index), int(process_count))
+    multi = process_count > 1
+    mesh = _distributed.local_mesh(devices)
+    n_dev = _distributed.mesh_size(mesh)
+    # -----------------------------------------------------------------------------------------
     raw = json.loads(json.dumps(spec, default=list))
     norm = normalise_spec(raw)
     grid = grid if grid is not None else norm.get("grid")
@@ -355,6 +388,7 @@ def sweep(
     name = name or norm.get("name") or "sweep"
     scope = norm.get("seed_scope", "all")
     runs = expand_grid(grid)
+    mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count)
     static_cols = [c for c in STATIC_AXES if c in runs]
     dyn_cols = [c for c in DYNAMIC_AXES if c in runs]
 
@@ -383,16 +417,22 @@ def sweep(
                     f"{out} holds a different sweep (fingerprint {old.get('fingerprint')} != {manifest['fingerprint']}): "
                     "choose another name or out_dir, or delete it"
                 )
-            if not resume:
-                raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
             done = _done_runs(out)
+            # Processes of one multi-process sweep share the folder and its manifest, so only
+            # this process's own finished runs make resume=False an error.
+            if not resume and (not multi or runs["run"][mine].isin(done).any()):
+                raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
         else:
+            # Every process of a multi-process sweep may get here at once: they write the same
+            # bytes, atomically, so whichever replace lands last changes nothing.
             _atomic_write_text(mpath, json.dumps(manifest, indent=2, default=str))
 
-    todo = runs[~runs["run"].isin(done)]
+    todo = runs[mine & ~runs["run"].isin(done)]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc=f"sweep {name}", unit="run")
+    n_mine = int(mine.sum())
+    desc = f"sweep {name}" + (f" [process {process_index}/{process_count}]" if multi else "")
+    bar = tqdm(total=n_mine, initial=n_mine - len(todo), disable=not progress, desc=desc, unit="run")
     new_summaries, new_curves = [], []
     groups = todo.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), todo)]
     for key, rows in groups:
@@ -401,7 +441,7 @@ def sweep(
         exp = experiment_from_spec(_apply_static(raw, static_vals))
         base_params = param_values(exp)
         shared = scope == "train"
-        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk, solver if source == "theory" else None)
+        c = _chunk_size(exp, len(rows), memory_budget, shared, max_chunk, solver if source == "theory" else None, n_dev)
         for start in range(0, len(rows), c):
             chunk = rows.iloc[start : start + c]
             n = len(chunk)
@@ -412,13 +452,14 @@ def sweep(
                 v = padded[col].to_numpy(float)
                 axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
             seeds = _seeds(padded, scope)
+            axes, seeds = _distributed.shard((axes, seeds), mesh)
             if source == "theory":
-                hist = _run_theory_chunk(exp, axes, seeds, solver, initial)
+                hist = _run_theory_chunk(exp, axes, seeds, solver, initial, mesh)
             else:
                 inputs = None
                 if shared and len(set(padded["realisation"])) == 1:
                     inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
-                hist = _run_chunk(exp, axes, seeds, inputs)
+                hist = _run_chunk(exp, axes, seeds, inputs, mesh)
             hist = jax.tree_util.tree_map(lambda a: a[:n], hist)
             table_rows = chunk.copy()
             for col, v in base_params.items():
@@ -428,6 +469,8 @@ def sweep(
             summary["protocol"] = exp.train.protocol
             if out is not None:
                 tag = f"part-{int(chunk['run'].iloc[0]):07d}-{n}"
+                if multi:  # part names unique per process, whatever the chunking
+                    tag += f"-p{process_index}"
                 if curves is not None:
                     _atomic_write_csv(out / "parts" / f"{tag}.curves.csv", curves)
                 _atomic_write_csv(out / "parts" / f"{tag}.summary.csv", summary)
@@ -438,11 +481,14 @@ def sweep(
     bar.close()
 
     if out is None:
-        summary = pd.concat(new_summaries, ignore_index=True)
+        summary = pd.concat(new_summaries, ignore_index=True) if new_summaries else pd.DataFrame(columns=["run", "task"])
         curves = pd.concat(new_curves, ignore_index=True) if new_curves else None
-        return SweepResult(curves, summary, None)
-    summary, curves = merge_parts(out)
-    return SweepResult(curves, summary, out)
+        return SweepResult(curves, summary, None, complete=not multi)
+    # Another process may still be sweeping its slice: only a complete set of runs is merged
+    # into summary.csv/curves.csv (the last process to finish sees it complete).
+    complete = _done_runs(out) >= set(runs["run"])
+    summary, curves = merge_parts(out, write=complete)
+    return SweepResult(curves, summary, out, complete=complete)
 
 
 def _version() -> str:
@@ -462,22 +508,31 @@ def _done_runs(out: Path) -> set[int]:
     return done
 
 
-def merge_parts(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def merge_parts(out: str | os.PathLike, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Assemble `summary.csv` and `curves.csv` from the finished parts of a sweep directory.
 
     A chunk counts as finished only when its summary part exists (it is written last), so
-    a curves part orphaned by an interruption is ignored and later overwritten."""
+    a curves part orphaned by an interruption is ignored and later overwritten. Parts of
+    every process are read; a run found in several parts (two processes that swept it
+    concurrently, e.g. a resume started while the original job was alive) is kept once, from
+    the first part by name. `write=False` only returns the tables."""
     out = Path(out)
     sparts = _summary_parts(out)
-    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
+    if not sparts:  # e.g. a process whose slice is empty, before any other process finished
+        return pd.DataFrame(columns=["run", "task"]), None
+    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True)
+    summary = summary.drop_duplicates(["run", "task"], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
     cparts = [p.with_name(p.name.replace(".summary.csv", ".curves.csv")) for p in sparts]
     cparts = [p for p in cparts if p.exists()]
     curves = None
     if cparts:
         curves = pd.concat([pd.read_csv(p) for p in cparts], ignore_index=True)
+        curves = curves.drop_duplicates(["run", "task", "step"], ignore_index=True)
         curves = curves.sort_values(["run", "task", "step"], ignore_index=True)
-        _atomic_write_csv(out / "curves.csv", curves)
-    _atomic_write_csv(out / "summary.csv", summary)
+        if write:
+            _atomic_write_csv(out / "curves.csv", curves)
+    if write:
+        _atomic_write_csv(out / "summary.csv", summary)
     return summary, curves
 
 
