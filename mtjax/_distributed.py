@@ -11,15 +11,21 @@ at all:
   by the same per-run arithmetic as in the single-device program.
 - **Processes**: `jax.distributed.initialize` (JAX's own runtime; coordinator address,
   process count and id from arguments, the environment, or cluster auto-detection such as
-  SLURM) tells each process its index; process `i` of `P` takes the runs with
-  `run % P == i`. This split depends only on the run id, never on what is already on disk,
-  so processes that start at different times, or a rerun with another process count, can
-  never disagree about who owns a run. Each process writes its own part files (their names
-  carry the process index) and no process waits for another: a dead process only loses its
-  unfinished chunk, and its slice is re-run on resume.
+  SLURM) tells each process its index. Process 0 reads which runs are already on disk and
+  broadcasts that list (`multihost_utils.broadcast_one_to_all`, the only cross-process
+  communication of a sweep), so every process splits the *same* list of runs still to do,
+  round-robin: a resume after a failure is shared evenly by all processes, and no write of
+  a fast process can make the others disagree about who owns a run. Each process writes
+  its own part files (their names carry the process index); the chunk computations
+  themselves never communicate.
 
-`jax.distributed` is used for rendezvous and process identity only; the sweep emits no
-cross-process collective, so the CPU backend needs no collectives implementation.
+Failure model (JAX's): if any process dies, the coordination service stops the others
+within seconds. Every finished chunk is already on disk (atomic part files), so rerunning
+the same command, with any number of processes, runs exactly what is missing.
+
+Without `jax.distributed` (e.g. the tasks of an array job started at different times) a
+slice can be given explicitly: process `i` of `P` takes the runs with `run % P == i`, a
+split that depends on the run id alone.
 """
 
 from __future__ import annotations
@@ -62,6 +68,12 @@ def initialize(
             num_processes = int(os.environ["JAX_NUM_PROCESSES"])
         if process_id is None and os.environ.get("JAX_PROCESS_ID"):
             process_id = int(os.environ["JAX_PROCESS_ID"])
+        # At exit every process waits at JAX's shutdown barrier for the others, and process 0
+        # hosts the coordination service, so it must not leave (which would stop everyone)
+        # while another process is still on its last chunks. JAX's default wait is 5 min,
+        # shorter than one chunk of a large sweep can take; a hung process is for the
+        # scheduler's wall-clock limit to end.
+        kwargs.setdefault("shutdown_timeout_seconds", 6 * 3600)
         jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
     return jax.process_index(), jax.process_count()
 
@@ -136,12 +148,36 @@ def shard(tree, mesh: Mesh | None):
     return jax.device_put(tree, NamedSharding(mesh, P(RUN_AXIS)))
 
 
-def process_runs(run_ids: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
-    """Boolean mask of the runs that process `process_index` of `process_count` owns.
-
-    Round-robin by run id (`run % process_count == process_index`): it depends on the run id
-    alone (so it is stable across restarts and independent of what is done) and interleaves
-    the processes over every compile group, so each process gets an even share of each."""
+def _check_index(process_index: int, process_count: int) -> None:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in 0..{process_count - 1} (process_count={process_count})")
+
+
+def process_runs(run_ids: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """Static slice: mask of the runs with `run % process_count == process_index`.
+
+    It depends on the run id alone, so processes that start at different times, or a rerun
+    with the same count, agree without talking; round-robin gives every process an even share
+    of every compile group."""
+    _check_index(process_index, process_count)
     return np.asarray(run_ids) % process_count == process_index
+
+
+def share_todo(todo: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+    """Balanced slice: mask of this process's share of the runs still to do.
+
+    `todo`: (n_runs,) bool, identical on every process (see `agree`). The runs to do are dealt
+    round-robin in run order, so after a failure all processes share the remainder evenly."""
+    _check_index(process_index, process_count)
+    mine = np.zeros(len(todo), bool)
+    mine[np.flatnonzero(todo)[process_index::process_count]] = True
+    return mine
+
+
+def agree(mask: np.ndarray) -> np.ndarray:
+    """Process 0's `mask` on every process (a collective: every process must call it).
+
+    On CPU this goes through JAX's default cross-process collectives (gloo)."""
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(mask)), bool)

@@ -346,13 +346,14 @@ def sweep(
     - `devices`: the local devices each chunk is split over (its run axis on a
       `jax.sharding.Mesh`, see `mtjax._distributed`): None = all of `jax.local_devices()`,
       an int n = the first n, or a list of devices. The table does not depend on it.
-    - `distributed`: start JAX's distributed runtime (`jax.distributed.initialize` from the
-      environment: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, or
-      SLURM/MPI auto-detection; call `mtjax.distributed_initialize` first to pass them
-      explicitly) and sweep only this process's slice of the grid (runs with
-      `run % process_count == process_index`).
-    - `process_index`, `process_count`: the slice explicitly, without `jax.distributed`
-      (e.g. independent jobs of an array job writing to one shared folder).
+    - `distributed`: start JAX's distributed runtime if needed (`jax.distributed.initialize`
+      from the environment: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
+      or SLURM/MPI auto-detection; call `mtjax.distributed_initialize` first to pass them
+      explicitly) and sweep this process's share of the runs not yet done (process 0's list,
+      broadcast, dealt round-robin). Implied when `jax.distributed` is already running.
+    - `process_index`, `process_count`: a static slice without `jax.distributed` (runs with
+      `run % process_count == process_index`), e.g. the tasks of an array job writing to one
+      shared folder.
 
     **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
     loss and accuracy, `diverged`) and `curves` (run x evaluation x task). In a multi-process
@@ -371,12 +372,18 @@ def sweep(
 
         solver = PopulationSolver()
     # --- distribution: this process's slice of the grid and its devices --------------------
-    if distributed:
-        process_index, process_count = _distributed.initialize()
     if (process_index is None) != (process_count is None):
         raise ValueError(f"pass both process_index and process_count or neither (got {process_index}, {process_count})")
+    if distributed and process_count is not None:
+        raise ValueError("pass distributed=True or an explicit process_index/process_count, not both")
+    # A process of a running jax.distributed job must never sweep the whole grid by mistake.
+    distributed = distributed or (process_count is None and jax.distributed.is_initialized())
+    if distributed:
+        process_index, process_count = _distributed.initialize()
     process_index, process_count = (0, 1) if process_count is None else (int(process_index), int(process_count))
     multi = process_count > 1
+    if multi and not resume:
+        raise ValueError("resume=False with several processes: they share one folder and always resume; delete it to start afresh")
     mesh = _distributed.local_mesh(devices)
     n_dev = _distributed.mesh_size(mesh)
     # -----------------------------------------------------------------------------------------
@@ -388,7 +395,6 @@ def sweep(
     name = name or norm.get("name") or "sweep"
     scope = norm.get("seed_scope", "all")
     runs = expand_grid(grid)
-    mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count)
     static_cols = [c for c in STATIC_AXES if c in runs]
     dyn_cols = [c for c in DYNAMIC_AXES if c in runs]
 
@@ -417,22 +423,27 @@ def sweep(
                     f"{out} holds a different sweep (fingerprint {old.get('fingerprint')} != {manifest['fingerprint']}): "
                     "choose another name or out_dir, or delete it"
                 )
-            done = _done_runs(out)
-            # Processes of one multi-process sweep share the folder and its manifest, so only
-            # this process's own finished runs make resume=False an error.
-            if not resume and (not multi or runs["run"][mine].isin(done).any()):
+            if not resume:
                 raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
+            done = _done_runs(out)
         else:
             # Every process of a multi-process sweep may get here at once: they write the same
             # bytes, atomically, so whichever replace lands last changes nothing.
             _atomic_write_text(mpath, json.dumps(manifest, indent=2, default=str))
 
-    todo = runs[mine & ~runs["run"].isin(done)]
+    not_done = ~runs["run"].isin(done).to_numpy()
+    if distributed and multi:
+        # One list for all: process 0's view of what is done. No process writes a part before
+        # this collective has completed on every process.
+        mine = _distributed.share_todo(_distributed.agree(not_done), process_index, process_count)
+    else:
+        mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count) & not_done
+    todo = runs[mine]
     from tqdm.auto import tqdm
 
-    n_mine = int(mine.sum())
     desc = f"sweep {name}" + (f" [process {process_index}/{process_count}]" if multi else "")
-    bar = tqdm(total=n_mine, initial=n_mine - len(todo), disable=not progress, desc=desc, unit="run")
+    n_before = len(runs) - int(not_done.sum()) if not multi else 0
+    bar = tqdm(total=n_before + len(todo), initial=n_before, disable=not progress, desc=desc, unit="run")
     new_summaries, new_curves = [], []
     groups = todo.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), todo)]
     for key, rows in groups:
