@@ -142,14 +142,15 @@ def cmd_simulate(args, source: str = "simulation") -> None:
         distributed=distributed,
         **(_theory_kwargs(args) if source == "theory" else {}),
     )
-    print(f"finished in {time.time() - t0:.1f} s")
+    print(f"finished in {time.time() - t0:.1f} s", flush=True)
     if not res.complete:
         import jax
 
         print(
             f"process {jax.process_index()}/{jax.process_count()} finished its slice; "
             f"{res.summary['run'].nunique()} runs are on disk so far. The last process to finish writes "
-            f"summary.csv; if a process died, rerun the same command (it re-runs only what is missing)."
+            f"summary.csv; if a process died, rerun the same command (it re-runs only what is missing).",
+            flush=True,  # a cluster log must show it even if the process is then stopped at JAX's shutdown barrier
         )
         return
     _write_outputs(res)
