@@ -1,7 +1,7 @@
 """Spreading a sweep over the devices of a host and over processes (hosts).
 
-Runs of a sweep are independent, so scaling out needs no communication between devices
-at all:
+Runs of a sweep are independent, so the computation itself needs no communication
+between devices or processes:
 
 - **Devices of one process**: the run axis of a chunk is placed on a one-axis
   `jax.sharding.Mesh` (axis name `"runs"`) over the process's local devices, and the
@@ -20,7 +20,7 @@ at all:
   themselves never communicate.
 
 Failure model (JAX's): if any process dies, the coordination service stops the others
-within seconds. Every finished chunk is already on disk (atomic part files), so rerunning
+(at the latest after its heartbeat timeout, 100 s by default). Every finished chunk is already on disk (atomic part files), so rerunning
 the same command, with any number of processes, runs exactly what is missing.
 
 Without `jax.distributed` (e.g. the tasks of an array job started at different times) a
