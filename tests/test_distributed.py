@@ -96,6 +96,17 @@ def test_merge_drops_duplicate_runs(tmp_path):
     assert pd.read_csv(tmp_path / "summary.csv")["run"].tolist() == [0, 1, 2]
 
 
+def test_merge_command_reports_missing_runs(tmp_path, capsys):
+    from mtjax.cli import main
+
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "manifest.json").write_text(json.dumps({"n_runs": 3}))
+    pd.DataFrame([dict(run=r, task=1) for r in (0, 2)]).to_csv(tmp_path / "parts" / "part-0000000-2-p0.summary.csv", index=False)
+    main(["merge", str(tmp_path)])
+    assert "2 of 3 runs (incomplete" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "summary.csv")["run"].tolist() == [0, 2]
+
+
 def test_explicit_slices_merge_when_the_last_finishes(tmp_path):
     grid = {"s_b": [0.5, 3.0], "seed": [0, 1]}
     kw = dict(name="s", out_dir=tmp_path, progress=False, save_curves=False)
