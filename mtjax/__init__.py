@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._distributed import initialize as distributed_initialize, local_mesh as local_mesh
 from ._experiment import Experiment as Experiment, Seeds as Seeds, TrainConfig as TrainConfig
 from ._spec import (
     experiment_from_spec as experiment_from_spec,

@@ -222,7 +222,7 @@ def population_theory(
     seeds: Seeds,
     ts: Float[Array, " T"] | None = None,
     *,
-    solver: PopulationSolver = PopulationSolver(),
+    solver: PopulationSolver | None = None,
     student: Student | None = None,
     initial: str = "quenched",
     save_states: bool = False,
@@ -236,7 +236,8 @@ def population_theory(
       *quenched* projection of the simulation's exact initial student (or of `student`, if
       given); with independent seeds it is a typical draw from the init distribution.
     - `ts`: times t = lr x steps to save at; default: the simulation's evaluation times.
-    - `solver`: `PopulationSolver` settings (quadrature sizes, tolerances).
+    - `solver`: `PopulationSolver` settings (quadrature sizes, tolerances); default
+      `PopulationSolver()`.
     - `initial`: `"quenched"` (default): the exact reduced projection of the initial student;
       `"typical"`: the high-dimensional limit N → ∞ of the init distribution, where the first
       layer has no overlap with the teacher subspace (Ω = 0) and Gram matrix init_scale² I
@@ -247,6 +248,9 @@ def population_theory(
     """
     if experiment.student.activation != "linear":
         raise ValueError("population_theory needs a linear student (activation='linear')")
+    # Built here, not as the default argument: arrays created at import would start JAX's
+    # backend on `import mtjax`, after which `jax.distributed.initialize` is refused.
+    solver = PopulationSolver() if solver is None else solver
     tr = experiment.train
     teacher = Teacher.sample(experiment.teacher, key=seeds.key("teacher"))
     if student is None:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import _distributed
 from ._experiment import Experiment, Seeds
 from ._spec import experiment_from_spec, normalise_spec
 from ._train import History, make_inputs, simulate
@@ -160,12 +161,12 @@ def _theory_bytes_per_point(exp: Experiment, solver) -> int:
     return 4 * (evals + field + 12 * params + saved) + 4096
 
 
-def _chunk_size(exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None, solver=None) -> int:
+def _chunk_size(
+    exp: Experiment, n_runs: int, memory_budget: float, shared: bool, max_chunk: int | None, solver=None, n_devices: int = 1
+) -> int:
+    """Runs per chunk: `memory_budget` (bytes) is per device, so the chunk grows with the devices."""
     per = _bytes_per_run(exp, shared) if solver is None else _theory_bytes_per_point(exp, solver)
-    c = max(1, int(memory_budget // per))
-    if max_chunk is not None:
-        c = min(c, max_chunk)
-    return max(1, min(c, n_runs))
+    return _distributed.chunk_size(int(memory_budget // per), n_runs, n_devices, max_chunk)
 
 
 @dataclasses.dataclass
@@ -175,6 +176,9 @@ class SweepResult:
     curves: pd.DataFrame | None
     summary: pd.DataFrame
     out_dir: Path | None
+    # False only for a process of a multi-process sweep that finished its slice before the
+    # others: `summary` then holds the runs on disk so far and no merged file was written.
+    complete: bool = True
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -200,35 +204,37 @@ def apply_axes(exp: Experiment, values: dict) -> Experiment:
 
 
 @eqx.filter_jit
-def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs) -> History:
+def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> History:
     """One compiled program: `simulate` vmapped over the runs of a chunk.
 
     `axes`: name -> (n,) values of the dynamic axes; `inputs`: shared by all runs, or None
-    (then every run draws its own from its data seed)."""
+    (then every run draws its own from its data seed); `mesh`: a `"runs"` mesh to split the
+    chunk over (n divisible by its size), or None for one device."""
 
     shared = inputs is not None and seeds.data.ndim == 0 and seeds.train.ndim == 0
 
     def one(ax, sd):
-        return simulate(apply_axes(exp, ax), sd, inputs, shared_subsets=shared)
+        return simulate(apply_axes(exp, ax), eqx.combine(sd, shared_seeds), inputs, shared_subsets=shared)
 
-    # Seeds shared by the whole chunk arrive as scalars and stay unbatched: then everything
-    # derived from them (training subset, minibatch order, and so the minibatch inputs
-    # when the inputs are shared too) is one array for all runs, and each layer's product
-    # with it is one large matrix product over the runs instead of a batch of small ones.
-    seed_axes = jax.tree_util.tree_map(lambda a: 0 if a.ndim else None, seeds)
-    return jax.vmap(one, in_axes=(0, seed_axes))(axes, seeds)
+    # Seeds shared by the whole chunk arrive as scalars and stay unbatched (closed over, so
+    # replicated on a mesh): then everything derived from them (training subset, minibatch
+    # order, and so the minibatch inputs when the inputs are shared too) is one array for all
+    # runs, and each layer's product with it is one large matrix product over the runs
+    # instead of a batch of small ones.
+    run_seeds, shared_seeds = eqx.partition(seeds, lambda a: a.ndim > 0)
+    return _distributed.map_runs(one, (axes, run_seeds), mesh)
 
 
 @eqx.filter_jit
-def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str) -> History:
+def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str, mesh=None) -> History:
     """The population theory vmapped over the points of a chunk (as `History`s)."""
     from ._population import population_theory, theory_history
 
     def one(ax, sd):
         return theory_history(population_theory(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
-    seed_axes = jax.tree_util.tree_map(lambda a: 0 if a.ndim else None, seeds)
-    return jax.vmap(one, in_axes=(0, seed_axes))(axes, seeds)
+    run_seeds, shared_seeds = eqx.partition(seeds, lambda a: a.ndim > 0)
+    return _distributed.map_runs(lambda ax, sd: one(ax, eqx.combine(sd, shared_seeds)), (axes, run_seeds), mesh)
 
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
@@ -330,6 +336,10 @@ def sweep(
     source: str = "simulation",
     solver=None,
     initial: str = "quenched",
+    devices: int | list | None = None,
+    distributed: bool = False,
+    process_index: int | None = None,
+    process_count: int | None = None,
 ) -> SweepResult:
     """Run every point of `grid` on the experiment of `spec`, vmapped and chunked.
 
@@ -341,16 +351,31 @@ def sweep(
       readout_alignment, lr, w_b, init_scale; seeds: seed, realisation; static (one compile
       each): ntrain, ntrain_b, depth, width, single_task. `*_b` axes apply to tasks 2..K.
     - `name`, `out_dir`: results go to `<out_dir>/<name>/` (`out_dir=None`: nothing written).
-    - `memory_budget`: bytes per chunk; chunk size = budget / estimated bytes per run.
-    - `max_chunk`: optional cap on runs per chunk.
+    - `memory_budget`: bytes per device; chunk size = devices x budget / estimated bytes
+      per run.
+    - `max_chunk`: optional cap on runs per chunk (but at least one run per device).
     - `resume`: skip runs whose results are already on disk (same spec and grid required).
     - `save_curves`: also keep the per-evaluation table.
     - `source`: `"simulation"` (train networks) or `"theory"` (integrate the population
       mean-field dynamics, `mtjax.population_theory`, with `solver` and `initial`); the tables
       have the same columns and a `source` column, so the two can be joined.
+    - `devices`: the local devices each chunk is split over (its run axis on a
+      `jax.sharding.Mesh`, see `mtjax._distributed`): None = all of `jax.local_devices()`,
+      an int n = the first n, or a list of devices. The table does not depend on it.
+    - `distributed`: start JAX's distributed runtime if needed (`jax.distributed.initialize`
+      from the environment: `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`,
+      or SLURM/MPI auto-detection; call `mtjax.distributed_initialize` first to pass them
+      explicitly) and sweep this process's share of the runs not yet done (process 0's list,
+      broadcast, dealt round-robin). Implied when `jax.distributed` is already running.
+    - `process_index`, `process_count`: a static slice without `jax.distributed` (runs with
+      `run % process_count == process_index`), e.g. the tasks of an array job writing to one
+      shared folder.
 
     **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
-    loss and accuracy, `diverged`) and `curves` (run x evaluation x task).
+    loss and accuracy, `diverged`) and `curves` (run x evaluation x task). In a multi-process
+    sweep every process writes its own part files; whichever process finds every run done
+    writes the merged tables, and the others return `complete=False` with the runs on disk
+    so far. Rerunning (any number of processes) re-runs what a dead process left undone.
 
     Seeds: with `seed_scope="train"` (the paper preset) teacher, data and student init come
     from `realisation` and only the training subset and order from `seed`; with `"all"`
@@ -362,6 +387,22 @@ def sweep(
         from ._population import PopulationSolver
 
         solver = PopulationSolver()
+    # --- distribution: this process's slice of the grid and its devices --------------------
+    if (process_index is None) != (process_count is None):
+        raise ValueError(f"pass both process_index and process_count or neither (got {process_index}, {process_count})")
+    if distributed and process_count is not None:
+        raise ValueError("pass distributed=True or an explicit process_index/process_count, not both")
+    # A process of a running jax.distributed job must never sweep the whole grid by mistake.
+    distributed = distributed or (process_count is None and jax.distributed.is_initialized())
+    if distributed:
+        process_index, process_count = _distributed.initialize()
+    process_index, process_count = (0, 1) if process_count is None else (int(process_index), int(process_count))
+    multi = process_count > 1
+    if multi and not resume:
+        raise ValueError("resume=False with several processes: they share one folder and always resume; delete it to start afresh")
+    mesh = _distributed.local_mesh(devices)
+    n_dev = _distributed.mesh_size(mesh)
+    # -----------------------------------------------------------------------------------------
     raw = json.loads(json.dumps(spec, default=list))
     norm = normalise_spec(raw)
     grid = grid if grid is not None else norm.get("grid")
@@ -402,12 +443,23 @@ def sweep(
                 raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
             done = _done_runs(out)
         else:
+            # Every process of a multi-process sweep may get here at once: they write the same
+            # bytes, atomically, so whichever replace lands last changes nothing.
             _atomic_write_text(mpath, json.dumps(manifest, indent=2, default=str))
 
-    todo = runs[~runs["run"].isin(done)]
+    not_done = ~runs["run"].isin(done).to_numpy()
+    if distributed and multi:
+        # One list for all: process 0's view of what is done. No process writes a part before
+        # this collective has completed on every process.
+        mine = _distributed.share_todo(_distributed.agree(not_done), process_index, process_count)
+    else:
+        mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count) & not_done
+    todo = runs[mine]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), disable=not progress, desc=f"sweep {name}", unit="run")
+    desc = f"sweep {name}" + (f" [process {process_index}/{process_count}]" if multi else "")
+    n_before = len(runs) - int(not_done.sum()) if not multi else 0
+    bar = tqdm(total=n_before + len(todo), initial=n_before, disable=not progress, desc=desc, unit="run")
     new_summaries, new_curves = [], []
     groups = todo.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), todo)]
     for key, rows in groups:
@@ -425,7 +477,7 @@ def sweep(
             if min(len(g) for g in by_seed) >= SEED_BLOCK_MIN_RUNS:
                 blocks = by_seed
         c = _chunk_size(exp, max(len(b) for b in blocks), memory_budget, shared, max_chunk,
-                        solver if source == "theory" else None)
+                        solver if source == "theory" else None, n_dev)
         chunks = [b.iloc[i : i + c] for b in blocks for i in range(0, len(b), c)]
         for chunk in chunks:
             n = len(chunk)
@@ -436,13 +488,14 @@ def sweep(
                 v = padded[col].to_numpy(float)
                 axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
             seeds = _seeds(padded, scope)
+            axes, seeds = _distributed.shard((axes, seeds), mesh)
             if source == "theory":
-                hist = _run_theory_chunk(exp, axes, seeds, solver, initial)
+                hist = _run_theory_chunk(exp, axes, seeds, solver, initial, mesh)
             else:
                 inputs = None
                 if shared and len(set(padded["realisation"])) == 1:
                     inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
-                hist = _run_chunk(exp, axes, seeds, inputs)
+                hist = _run_chunk(exp, axes, seeds, inputs, mesh)
             hist = jax.tree_util.tree_map(lambda a: a[:n], hist)
             table_rows = chunk.copy()
             for col, v in base_params.items():
@@ -452,6 +505,8 @@ def sweep(
             summary["protocol"] = exp.train.protocol
             if out is not None:
                 tag = f"part-{int(chunk['run'].iloc[0]):07d}-{n}"
+                if multi:  # part names unique per process, whatever the chunking
+                    tag += f"-p{process_index}"
                 if curves is not None:
                     _atomic_write_csv(out / "parts" / f"{tag}.curves.csv", curves)
                 _atomic_write_csv(out / "parts" / f"{tag}.summary.csv", summary)
@@ -462,11 +517,14 @@ def sweep(
     bar.close()
 
     if out is None:
-        summary = pd.concat(new_summaries, ignore_index=True)
+        summary = pd.concat(new_summaries, ignore_index=True) if new_summaries else pd.DataFrame(columns=["run", "task"])
         curves = pd.concat(new_curves, ignore_index=True) if new_curves else None
-        return SweepResult(curves, summary, None)
-    summary, curves = merge_parts(out)
-    return SweepResult(curves, summary, out)
+        return SweepResult(curves, summary, None, complete=not multi)
+    # Another process may still be sweeping its slice: only a complete set of runs is merged
+    # into summary.csv/curves.csv (the last process to finish sees it complete).
+    complete = _done_runs(out) >= set(runs["run"])
+    summary, curves = merge_parts(out, write=complete)
+    return SweepResult(curves, summary, out, complete=complete)
 
 
 def _version() -> str:
@@ -486,22 +544,31 @@ def _done_runs(out: Path) -> set[int]:
     return done
 
 
-def merge_parts(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def merge_parts(out: str | os.PathLike, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Assemble `summary.csv` and `curves.csv` from the finished parts of a sweep directory.
 
     A chunk counts as finished only when its summary part exists (it is written last), so
-    a curves part orphaned by an interruption is ignored and later overwritten."""
+    a curves part orphaned by an interruption is ignored and later overwritten. Parts of
+    every process are read; a run found in several parts (two processes that swept it
+    concurrently, e.g. a resume started while the original job was alive) is kept once, from
+    the first part by name. `write=False` only returns the tables."""
     out = Path(out)
     sparts = _summary_parts(out)
-    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
+    if not sparts:  # e.g. a process whose slice is empty, before any other process finished
+        return pd.DataFrame(columns=["run", "task"]), None
+    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True)
+    summary = summary.drop_duplicates(["run", "task"], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
     cparts = [p.with_name(p.name.replace(".summary.csv", ".curves.csv")) for p in sparts]
     cparts = [p for p in cparts if p.exists()]
     curves = None
     if cparts:
         curves = pd.concat([pd.read_csv(p) for p in cparts], ignore_index=True)
+        curves = curves.drop_duplicates(["run", "task", "step"], ignore_index=True)
         curves = curves.sort_values(["run", "task", "step"], ignore_index=True)
-        _atomic_write_csv(out / "curves.csv", curves)
-    _atomic_write_csv(out / "summary.csv", summary)
+        if write:
+            _atomic_write_csv(out / "curves.csv", curves)
+    if write:
+        _atomic_write_csv(out / "summary.csv", summary)
     return summary, curves
 
 

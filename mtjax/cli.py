@@ -22,6 +22,7 @@ Start here:
   mtjax simulate --config FILE.toml   a sweep described in a TOML file (see README)
   mtjax theory --config FILE.toml     the same grid predicted by the mean-field theory
   mtjax plot results/NAME             figures of a finished sweep
+  mtjax merge results/NAME            assemble the tables from the part files of every process
 """
 
 DEMO_GRID = {
@@ -115,6 +116,10 @@ def _write_outputs(res, benefit_needed: bool = True) -> None:
 def cmd_simulate(args, source: str = "simulation") -> None:
     import mtjax
 
+    distributed = args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
+    if distributed:
+        # Before anything else touches JAX: its distributed runtime must start first.
+        mtjax.distributed_initialize(args.coordinator, args.num_processes, args.process_id)
     spec = _load_config(args.config) if args.config else {}
     if args.preset:
         spec["preset"] = args.preset
@@ -133,9 +138,21 @@ def cmd_simulate(args, source: str = "simulation") -> None:
         save_curves=not args.no_curves,
         progress=not args.quiet,
         source=source,
+        devices=args.devices,
+        distributed=distributed,
         **(_theory_kwargs(args) if source == "theory" else {}),
     )
-    print(f"finished in {time.time() - t0:.1f} s")
+    print(f"finished in {time.time() - t0:.1f} s", flush=True)
+    if not res.complete:
+        import jax
+
+        print(
+            f"process {jax.process_index()}/{jax.process_count()} finished its slice; "
+            f"{res.summary['run'].nunique()} runs are on disk so far. The last process to finish writes "
+            f"summary.csv; if a process died, rerun the same command (it re-runs only what is missing).",
+            flush=True,  # a cluster log must show it even if the process is then stopped at JAX's shutdown barrier
+        )
+        return
     _write_outputs(res)
 
 
@@ -162,6 +179,18 @@ def cmd_demo(args) -> None:
     res = mtjax.sweep(spec, DEMO_GRID, name="demo", out_dir=args.out, progress=not args.quiet)
     print(f"demo sweep of {res.summary['run'].nunique()} runs finished in {time.time() - t0:.1f} s")
     _write_outputs(res)
+
+
+def cmd_merge(args) -> None:
+    import mtjax
+
+    d = Path(args.results)
+    if not (d / "manifest.json").exists():
+        raise SystemExit(f"{d}: no manifest.json (is it a sweep folder?)")
+    summary, _ = mtjax.merge_parts(d)
+    n = json.loads((d / "manifest.json").read_text())["n_runs"]
+    have = summary["run"].nunique()
+    print(f"wrote {d}/summary.csv: {have} of {n} runs" + ("" if have == n else " (incomplete: rerun the sweep command to finish it)"))
 
 
 def cmd_plot(args) -> None:
@@ -192,10 +221,17 @@ def _shared_sweep_args():
         (("--grid",), dict(action="append", metavar="AXIS=V1,V2", help="set a grid axis, e.g. s_b=0.01,1,10")),
         (("--name",), dict(help="results go to OUT/NAME (default: the config file's stem)")),
         (("--out",), dict(default="results", help="results folder (default: results)")),
-        (("--memory-budget",), dict(type=float, default=2048, help="MiB per vmapped chunk (default 2048)")),
+        (("--memory-budget",), dict(type=float, default=2048, help="MiB per device for a vmapped chunk (default 2048)")),
         (("--max-chunk",), dict(type=int, help="at most this many runs per chunk")),
         (("--no-curves",), dict(action="store_true", help="keep only the per-run summary table")),
         (("--quiet",), dict(action="store_true", help="no progress bar")),
+        (("--devices",), dict(type=int, metavar="N", help="split each chunk over the first N local devices (default: all)")),
+        (("--distributed",), dict(action="store_true", help="multi-process sweep: start jax.distributed (address, count and id "
+                                  "from the flags below, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, or SLURM) "
+                                  "and sweep this process's slice of the grid")),
+        (("--coordinator",), dict(metavar="HOST:PORT", help="address of process 0's coordinator (implies --distributed)")),
+        (("--num-processes",), dict(type=int, metavar="P", help="number of processes (implies --distributed)")),
+        (("--process-id",), dict(type=int, metavar="I", help="this process's id, 0..P-1 (implies --distributed)")),
     ]
 
 
@@ -233,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--lr", type=float, default=1e-2, help="SGD learning rate (default 0.01)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("merge", help="assemble summary.csv/curves.csv from the part files of a (multi-process) sweep")
+    m.add_argument("results", help="a sweep folder, e.g. results/NAME")
+    m.set_defaults(func=cmd_merge)
 
     pl = sub.add_parser("plot", help="learning-curve and benefit figure of a finished sweep")
     pl.add_argument("results", help="a sweep folder, e.g. results/demo")
