@@ -137,6 +137,13 @@ SHARDED = textwrap.dedent(
     mtjax.sweep(spec, grid, name="sharded", out_dir=out, progress=False, devices=4, max_chunk=8, **kw)
     # One device, 2 runs per program: the same per-device program as each shard above.
     mtjax.sweep(spec, grid, name="one", out_dir=out, progress=False, devices=1, max_chunk=2, **kw)
+    if what == "simulation":
+        # Paper seed scope, chunked per seed: the shared (scalar) seeds are replicated.
+        import mtjax._sweep
+        mtjax._sweep.SEED_BLOCK_MIN_RUNS = 2
+        spec = dict(spec, seed_scope="train")
+        mtjax.sweep(spec, grid, name="sharded-blocks", out_dir=out, progress=False, devices=4, max_chunk=8)
+        mtjax.sweep(spec, grid, name="one-blocks", out_dir=out, progress=False, devices=1, max_chunk=2)
     """
 )
 
@@ -167,6 +174,12 @@ def test_sharded_sweep_equals_one_device(what, sharded_simulation, tmp_path):
     curves = [pd.read_csv(out / d / "curves.csv") for d in ("sharded", "one")]
     pd.testing.assert_frame_equal(*curves, check_exact=True)
     assert sharded["source"].eq(what).all()
+    if what == "simulation":
+        blocks, one_blocks = _table(out / "sharded-blocks"), _table(out / "one-blocks")
+        assert sorted(blocks["run"].unique()) == list(range(n))
+        # Each seed's block of 5 runs is one chunk of 8 on 4 devices: 2 runs per device with
+        # the seeds replicated, the same per-device program as the one-device chunks of 2.
+        pd.testing.assert_frame_equal(blocks, one_blocks, check_exact=True)
 
 
 # ---------------------------------------- 2 processes with jax.distributed: kill, then resume
