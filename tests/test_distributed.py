@@ -47,7 +47,7 @@ def _env(n_devices: int) -> dict:
     return env
 
 
-def _run_script(script: str, n_devices: int, timeout: float = 300) -> None:
+def _run_script(script: str, n_devices: int, timeout: float = 900) -> None:
     r = subprocess.run([sys.executable, "-c", script], env=_env(n_devices), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
 
