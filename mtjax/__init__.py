@@ -27,6 +27,7 @@ from ._population import (
 from ._reproduce import (
     ReproductionResult as ReproductionResult,
     authors_table as authors_table,
+    benefit_from_runs as benefit_from_runs,
     compare as compare_with_authors,
     reproduce as reproduce,
 )

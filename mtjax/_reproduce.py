@@ -329,6 +329,22 @@ def headline(comparison: pd.DataFrame) -> dict[str, Any]:
     return h
 
 
+def benefit_from_runs(table: pd.DataFrame, experiment: str = "rank-10") -> pd.DataFrame:
+    """Per-seed multitask benefits of a run table in the authors' format, with sweep column names.
+
+    Pairs every multitask run with the single-task run of the same (main_train_pts, nlayers,
+    s_a, train_seed), like the authors. **Returns:** columns ntrain, ntrain_b, depth,
+    relatedness, s_a, s_b, seed, single_loss, multi_loss, benefit (nats, single − multi) —
+    the layout of `mtjax.multitask_benefit`, so `mtjax.plots` draws both alike."""
+    d = _normalise(table, _check_experiment(experiment))
+    single = d[d["single_task"]].drop_duplicates([*SINGLE_CELL, "train_seed"])
+    multi = d[~d["single_task"]].drop_duplicates([*MULTI_CELL, "train_seed"])
+    p = multi.merge(single[[*SINGLE_CELL, "train_seed", LOSS]].rename(columns={LOSS: "single_loss"}), on=[*SINGLE_CELL, "train_seed"])
+    p = p.rename(columns={LOSS: "multi_loss", "main_train_pts": "ntrain", "aux_train_pts": "ntrain_b", "nlayers": "depth", "train_seed": "seed"})
+    p["benefit"] = p["single_loss"] - p["multi_loss"]
+    return p[["ntrain", "ntrain_b", "depth", "relatedness", "s_a", "s_b", "seed", "single_loss", "multi_loss", "benefit"]]
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3g}"
@@ -443,12 +459,15 @@ def reproduce(
     grid = reproduction_grid(cells)
     n_epochs = spec["train"]["n_epochs"]
     out = None if out_dir is None else Path(out_dir) / f"{experiment}-{scale}"
-    tables, walls = [], []
+    tables, walls, cpus = [], [], []
     for k in range(realisations):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         res = sweep(spec, {**grid, "realisation": [k]}, name=f"realisation-{k}", out_dir=out, max_chunk=max_chunk,
                     memory_budget=memory_budget, save_curves=False, progress=progress)
         walls.append(time.time() - t0)
+        # CPU seconds of this process (all threads): on a shared machine the wall time says
+        # little, the CPU time divided by the cores it could use is the uncontended estimate.
+        cpus.append(time.process_time() - c0)
         tables.append(_ours_in_authors_format(res.summary, cells, list(authors.columns), experiment, k))
     ours_norm = [_normalise(t, EXPERIMENTS[experiment]) for t in tables]
     comparison = compare(cells, ours_norm if realisations > 1 else ours_norm[0])
@@ -457,6 +476,7 @@ def reproduce(
     full_steps = run_cost(_normalise(authors, EXPERIMENTS[experiment]), n_epochs)
     timing = {
         "wall_s_realisation_0": round(walls[0], 1),
+        "cpu_s_realisation_0": round(cpus[0], 1),
         "wall_s_all_realisations": round(sum(walls), 1),
         "runs_per_realisation": int(len(_distinct_runs(cells))),
         "sgd_steps_per_realisation": steps,

@@ -165,13 +165,11 @@ def cmd_demo(args) -> None:
     _write_outputs(res)
 
 
-def cmd_plot(args) -> None:
+def _load_sweep(d: Path):
     import pandas as pd
 
     import mtjax
-    from mtjax.plots import plot_sweep
 
-    d = Path(args.results)
     if not (d / "summary.csv").exists():
         raise SystemExit(f"{d}: no summary.csv (is it a finished sweep folder?)")
     summary = pd.read_csv(d / "summary.csv")
@@ -179,10 +177,31 @@ def cmd_plot(args) -> None:
     benefit = None
     if "single_task" in summary and summary["single_task"].astype(bool).nunique() == 2:
         benefit = mtjax.multitask_benefit(summary)
-    fig = plot_sweep(curves, benefit)
-    out = Path(args.output) if args.output else d / "overview.png"
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    return curves, benefit
+
+
+def cmd_plot(args) -> None:
+    from mtjax import plots
+
+    d = Path(args.results)
+    curves, benefit = _load_sweep(d)
+    th_curves, th_benefit = _load_sweep(Path(args.theory)) if args.theory else (None, None)
+    fmt = args.format
+    written = []
+
+    def save(fig, path):
+        fig.savefig(path, dpi=120)
+        written.append(str(path))
+
+    save(plots.plot_sweep(curves, benefit), Path(args.output) if args.output else d / f"overview.{fmt}")
+    if curves is not None:
+        save(plots.plot_curves_with_theory(curves, th_curves), d / f"curves.{fmt}")
+    if benefit is not None and benefit["benefit"].notna().any():
+        save(plots.plot_benefit_grid(benefit, th_benefit), d / f"benefit_grid.{fmt}")
+        if benefit["relatedness"].nunique() > 1 and benefit["s_b"].nunique() > 1:
+            facet = "s_a" if benefit["s_a"].nunique() > 1 else None
+            save(plots.plot_benefit_heatmap(benefit, th_benefit, facet=facet), d / f"benefit_heatmap.{fmt}")
+    print("wrote " + ", ".join(written))
 
 
 def cmd_reproduce(args) -> None:
@@ -268,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_reproduce)
 
-    pl = sub.add_parser("plot", help="learning-curve and benefit figure of a finished sweep")
+    pl = sub.add_parser("plot", help="figures of a finished sweep: curves, benefit grid and heatmap (PNG/PDF)")
     pl.add_argument("results", help="a sweep folder, e.g. results/demo")
-    pl.add_argument("--output", help="PNG or PDF path (default RESULTS/overview.png)")
+    pl.add_argument("--output", help="PNG or PDF path of the overview (default RESULTS/overview.FORMAT)")
+    pl.add_argument("--format", choices=["png", "pdf"], default="png", help="format of the figures (default png)")
+    pl.add_argument("--theory", help="a theory sweep folder (mtjax theory) of the same grid to overlay")
     pl.set_defaults(func=cmd_plot)
     return p
 
