@@ -140,23 +140,31 @@ def _near(values: pd.Series, wanted: list[float]) -> pd.Series:
     return pd.Series(np.any(np.isclose(v[:, None], np.asarray(wanted, float)[None, :], rtol=1e-3), axis=1), index=values.index)
 
 
-def select_cells(authors: pd.DataFrame, experiment: str, scale: str) -> pd.DataFrame:
-    """The authors' rows of the `scale` subset (normalised columns, see module docstring)."""
+def select_cells(authors: pd.DataFrame, experiment: str, scale: str, subset: dict[str, list] | None = None) -> pd.DataFrame:
+    """The authors' rows of the `scale` subset (normalised columns, see module docstring),
+    further restricted to `subset` = {column: values} (e.g. {"main_train_pts": [100]})."""
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r} is not one of {list(SCALES)}")
     d = _normalise(authors, _check_experiment(experiment))
-    if scale == "full":
-        return d
+    axes: dict[str, list] = {}
+    if scale == "quick":
+        axes.update(QUICK_SIZES[experiment])
+        axes.update(QUICK_AXES)
+    for col, vals in (subset or {}).items():
+        if col not in d:
+            raise ValueError(f"subset column {col!r} is not one of {sorted(set(d.columns) - {'id', LOSS})}")
+        axes[col] = list(vals) if col not in axes else [v for v in vals if np.isclose(axes[col], v, rtol=1e-3).any()]
     keep = pd.Series(True, index=d.index)
-    for col, vals in QUICK_SIZES[experiment].items():
-        keep &= d[col].isin(vals)
-    keep &= _near(d["s_a"], QUICK_AXES["s_a"])
     single = d["single_task"]
-    for col in ("relatedness", "s_b"):
-        # Single-task rows carry r and s_b only as labels; filter them on these where the file
-        # repeats them over the grid (rank-10), not where they are a constant (deep-nonlinear).
-        ok = _near(d[col], QUICK_AXES[col])
-        keep &= ok | (single & (d.loc[single, col].nunique() <= 1))
+    for col, vals in axes.items():
+        ok = _near(d[col], vals) if col in ("relatedness", "s_a", "s_b") else d[col].isin(vals)
+        if col in ("relatedness", "s_b", "aux_train_pts"):
+            # Single-task rows carry r, s_b, aux size only as labels: filter them where the file
+            # repeats them over the grid (rank-10), not where they are a constant (deep-nonlinear).
+            ok = ok | (single & (d.loc[single, col].nunique() <= 1))
+        keep &= ok
+    if not keep.any():
+        raise ValueError(f"no cells of {experiment} left after selecting {axes}")
     return d[keep].reset_index(drop=True)
 
 
@@ -249,8 +257,8 @@ def _cell_stats(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
 _CELL = ["single_task", *MULTI_CELL]
 
 
-def compare(authors: pd.DataFrame, ours: pd.DataFrame | list[pd.DataFrame]) -> pd.DataFrame:
-    """Cell-by-cell comparison of two run tables in the authors' format (normalised columns).
+def compare(authors: pd.DataFrame, ours: pd.DataFrame | list[pd.DataFrame], experiment: str = "rank-10") -> pd.DataFrame:
+    """Cell-by-cell comparison of two run tables in the authors' format (of `experiment`).
 
     `ours`: one table, or one per realisation (the first is the one compared; the others give
     the realisation spread).
@@ -261,7 +269,9 @@ def compare(authors: pd.DataFrame, ours: pd.DataFrame | list[pd.DataFrame]) -> p
     (`authors_benefit`, `ours_benefit`, `benefit_diff`, `benefit_z`, `sign_agree`: NaN where
     |authors' benefit| < SIGN_THRESHOLD).  With several realisations: `realisation_sd` and
     `benefit_realisation_sd`, the standard deviation over realisations of our cell means."""
-    ours_list = ours if isinstance(ours, list) else [ours]
+    exp = _check_experiment(experiment)
+    authors = _normalise(authors, exp)
+    ours_list = [_normalise(o, exp) for o in (ours if isinstance(ours, list) else [ours])]
 
     def keyed(t):
         # Single-task cells have no r, s_b, aux size: a sentinel instead of NaN makes them joinable.
@@ -427,6 +437,7 @@ def reproduce(
     realisations: int = 1,
     eval_every: int = 10,
     overrides: dict | None = None,
+    subset: dict[str, list] | None = None,
     max_chunk: int | None = 180,
     memory_budget: float = 2 * 2**30,
     progress: bool = True,
@@ -438,12 +449,14 @@ def reproduce(
     - `experiment`: `"rank-10"`, `"rank-3"`, `"aux-train-pts"` or `"deep-nonlinear"`.
     - `scale`: `"quick"` (the documented subset, see the module docstring) or `"full"`.
     - `data_dir`: folder of the authors' CSVs (default `default_data_dir()`).
-    - `out_dir`: results go to `<out_dir>/<experiment>-<scale>/` (None: nothing written). Each
+    - `out_dir`: results go to `<out_dir>/<experiment>-<scale>/` (with a hash suffix when
+      `subset`, `overrides` or `eval_every` differ from the standard; None: nothing written). Each
       realisation is a resumable sweep in `realisation-<k>/`; an interrupted run resumes.
     - `realisations`: how many realisations (teacher, data pool, init) to run; realisation 0
       is the one compared, the others measure the realisation spread.
     - `eval_every`: epochs between validation evaluations (the authors: 1).
     - `overrides`: {section: {key: value}} on top of the paper preset (tests: fewer epochs).
+    - `subset`: {authors' column: values} restricting the cells further (e.g. one data size).
     - `max_chunk`: runs per vmapped chunk (180 = one quick group, a fifth of a full one).
 
     **Returns:** a `ReproductionResult`. Files: `<experiment>.csv` (ours, the authors' columns),
@@ -454,11 +467,16 @@ def reproduce(
     if realisations < 1:
         raise ValueError(f"realisations={realisations} must be in [1, inf)")
     authors = authors_table(experiment, data_dir)
-    cells = select_cells(authors, experiment, scale)
+    cells = select_cells(authors, experiment, scale, subset)
     spec = reproduction_spec(experiment, eval_every=eval_every, overrides=overrides)
     grid = reproduction_grid(cells)
     n_epochs = spec["train"]["n_epochs"]
-    out = None if out_dir is None else Path(out_dir) / f"{experiment}-{scale}"
+    name = f"{experiment}-{scale}"
+    if subset or overrides or eval_every != 10:
+        # A variant gets its own folder instead of clashing with the standard run's manifest.
+        tag = json.dumps([subset, overrides, eval_every], sort_keys=True, default=str)
+        name += "-" + hashlib.sha1(tag.encode()).hexdigest()[:8]
+    out = None if out_dir is None else Path(out_dir) / name
     tables, walls, cpus = [], [], []
     for k in range(realisations):
         t0, c0 = time.time(), time.process_time()
@@ -469,8 +487,7 @@ def reproduce(
         # little, the CPU time divided by the cores it could use is the uncontended estimate.
         cpus.append(time.process_time() - c0)
         tables.append(_ours_in_authors_format(res.summary, cells, list(authors.columns), experiment, k))
-    ours_norm = [_normalise(t, EXPERIMENTS[experiment]) for t in tables]
-    comparison = compare(cells, ours_norm if realisations > 1 else ours_norm[0])
+    comparison = compare(cells, tables if realisations > 1 else tables[0], experiment)
     head = headline(comparison)
     steps = run_cost(cells, n_epochs)
     full_steps = run_cost(_normalise(authors, EXPERIMENTS[experiment]), n_epochs)

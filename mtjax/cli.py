@@ -207,9 +207,11 @@ def cmd_plot(args) -> None:
 def cmd_reproduce(args) -> None:
     import mtjax
 
+    overrides = _apply_sets({}, args.set) or None
     res = mtjax.reproduce(
         args.experiment,
         args.scale,
+        overrides=overrides,
         data_dir=args.data,
         out_dir=args.out,
         realisations=args.realisations,
@@ -284,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--realisations", type=int, default=1, help="teacher/data/init realisations; >1 measures their spread")
     rp.add_argument("--eval-every", type=int, default=10, help="epochs between validation evaluations (default 10)")
     rp.add_argument("--max-chunk", type=int, default=180, help="runs per vmapped chunk (default 180)")
+    rp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override the paper preset (results go to a separate folder), e.g. train.n_epochs=100")
     rp.add_argument("--quiet", action="store_true")
     rp.set_defaults(func=cmd_reproduce)
 
