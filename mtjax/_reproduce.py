@@ -297,6 +297,7 @@ def compare(authors: pd.DataFrame, ours: pd.DataFrame | list[pd.DataFrame], expe
         for i in range(len(stats)):
             m[f"diff_r{i}"] = means[i] - m["authors_mean"]
             m[f"benefit_r{i}"] = bens[i]
+        m["mean_diff_all"] = means.mean(axis=1) - m["authors_mean"]  # ours averaged over realisations
     m = m.reset_index()
     m.loc[m["single_task"], ["aux_train_pts", "relatedness", "s_b"]] = np.nan
     return m.sort_values(["single_task", "nlayers", "main_train_pts", "aux_train_pts", "relatedness", "s_a", "s_b"],
@@ -355,6 +356,10 @@ def benefit_from_runs(table: pd.DataFrame, experiment: str = "rank-10") -> pd.Da
     return p[["ntrain", "ntrain_b", "depth", "relatedness", "s_a", "s_b", "seed", "single_loss", "multi_loss", "benefit"]]
 
 
+def _pct(v) -> str:
+    return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1%}"
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3g}"
@@ -373,7 +378,7 @@ def report_markdown(experiment: str, scale: str, comparison: pd.DataFrame, head:
                  f"median |diff| **{head['median_abs_diff']:.3f}**, mean diff (ours − authors) {head['mean_diff']:+.3f}, "
                  f"max |diff| {head['max_abs_diff']:.3f}; |diff| < 2 pooled seed s.e.: {head['abs_z_below_2']:.1%}")
     lines.append(f"- multitask benefit: median |diff| {head['benefit_median_abs_diff']:.3f}; sign agreement where "
-                 f"|authors' benefit| >= {SIGN_THRESHOLD}: **{_fmt(head['benefit_sign_agreement'])}** "
+                 f"|authors' benefit| >= {SIGN_THRESHOLD}: **{_pct(head['benefit_sign_agreement'])}** "
                  f"of {head['benefit_cells_with_abs_ge_0.02']} cells; |diff| < 2 pooled s.e.: {head['benefit_abs_z_below_2']:.1%}")
     if "realisations" in head:
         lines.append(f"- realisation spread ({head['realisations']} realisations of teacher, data pool and init): median over "
@@ -382,14 +387,16 @@ def report_markdown(experiment: str, scale: str, comparison: pd.DataFrame, head:
                      f"{head['abs_z_below_2_with_realisation_sd']:.1%} of cells")
         lines.append("- per realisation: within 0.1 nats " + ", ".join(f"{v:.1%}" for v in head["within_0.1_nats_per_realisation"])
                      + "; median |diff| " + ", ".join(f"{v:.3f}" for v in head["median_abs_diff_per_realisation"])
-                     + "; sign agreement " + ", ".join(_fmt(v) for v in head["benefit_sign_agreement_per_realisation"]))
+                     + "; sign agreement " + ", ".join(_pct(v) for v in head["benefit_sign_agreement_per_realisation"]))
     if timing:
         lines.append("- " + "; ".join(f"{k}: {_fmt(v)}" for k, v in timing.items()))
     lines += ["", "## Per data size", ""]
     g = c.groupby(["nlayers", "main_train_pts", "single_task"], dropna=False).agg(
         cells=("diff", "size"), authors=("authors_mean", "mean"), ours=("ours_mean", "mean"),
         median_abs_diff=("diff", lambda v: v.abs().median()), within=("diff", lambda v: (v.abs() < TOLERANCE).mean()),
-        authors_benefit=("authors_benefit", "mean"), ours_benefit=("ours_benefit", "mean")).reset_index()
+        authors_benefit=("authors_benefit", "mean"), ours_benefit=("ours_benefit", "mean"),
+        **({"realisation_sd": ("realisation_sd", "median"), "mean_diff_over_realisations": ("mean_diff_all", "mean")}
+           if "realisation_sd" in c else {})).reset_index()
     lines.append(_md_table(g))
     lines += ["", "## Cells, worst |diff| first (at most 25)", ""]
     cols = ["single_task", "main_train_pts", "aux_train_pts", "nlayers", "relatedness", "s_a", "s_b", "authors_mean", "authors_sem",
