@@ -223,9 +223,10 @@ def plot_benefit_grid(
                 ax.set_ylabel(f"{row} = {rv:g}" if rv is not None else "benefit (nats)", fontsize=8)
             if i == len(rows) - 1:
                 ax.set_xlabel(x)
-    fig.supylabel("multitask benefit on task 1 (nats)", fontsize=9)
+    fig.supylabel("multitask benefit on task 1 (nats)", fontsize=9, x=0.005)
     axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
+    # Leave a margin for the shared y label so it does not overlap the per-row labels.
+    fig.tight_layout(rect=(0.03, 0.0, 1.0, 1.0))
     return fig
 
 
