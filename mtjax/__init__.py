@@ -26,6 +26,13 @@ from ._population import (
     task_rates as task_rates,
     theory_history as theory_history,
 )
+from ._reproduce import (
+    ReproductionResult as ReproductionResult,
+    authors_table as authors_table,
+    benefit_from_runs as benefit_from_runs,
+    compare as compare_with_authors,
+    reproduce as reproduce,
+)
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
 from ._sweep import (
     SweepResult as SweepResult,

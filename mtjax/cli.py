@@ -23,6 +23,7 @@ Start here:
   mtjax theory --config FILE.toml     the same grid predicted by the mean-field theory
   mtjax plot results/NAME             figures of a finished sweep
   mtjax merge results/NAME            assemble the tables from the part files of every process
+  mtjax reproduce rank-10             rerun the authors' experiment, compare with their CSV
 """
 
 DEMO_GRID = {
@@ -193,13 +194,11 @@ def cmd_merge(args) -> None:
     print(f"wrote {d}/summary.csv: {have} of {n} runs" + ("" if have == n else " (incomplete: rerun the sweep command to finish it)"))
 
 
-def cmd_plot(args) -> None:
+def _load_sweep(d: Path):
     import pandas as pd
 
     import mtjax
-    from mtjax.plots import plot_sweep
 
-    d = Path(args.results)
     if not (d / "summary.csv").exists():
         raise SystemExit(f"{d}: no summary.csv (is it a finished sweep folder?)")
     summary = pd.read_csv(d / "summary.csv")
@@ -207,10 +206,51 @@ def cmd_plot(args) -> None:
     benefit = None
     if "single_task" in summary and summary["single_task"].astype(bool).nunique() == 2:
         benefit = mtjax.multitask_benefit(summary)
-    fig = plot_sweep(curves, benefit)
-    out = Path(args.output) if args.output else d / "overview.png"
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    return curves, benefit
+
+
+def cmd_plot(args) -> None:
+    from mtjax import plots
+
+    d = Path(args.results)
+    curves, benefit = _load_sweep(d)
+    th_curves, th_benefit = _load_sweep(Path(args.theory)) if args.theory else (None, None)
+    fmt = args.format
+    written = []
+
+    def save(fig, path):
+        fig.savefig(path, dpi=120)
+        written.append(str(path))
+
+    save(plots.plot_sweep(curves, benefit), Path(args.output) if args.output else d / f"overview.{fmt}")
+    if curves is not None:
+        save(plots.plot_curves_with_theory(curves, th_curves), d / f"curves.{fmt}")
+    if benefit is not None and benefit["benefit"].notna().any():
+        save(plots.plot_benefit_grid(benefit, th_benefit), d / f"benefit_grid.{fmt}")
+        if benefit["relatedness"].nunique() > 1 and benefit["s_b"].nunique() > 1:
+            facet = "s_a" if benefit["s_a"].nunique() > 1 else None
+            save(plots.plot_benefit_heatmap(benefit, th_benefit, facet=facet), d / f"benefit_heatmap.{fmt}")
+    print("wrote " + ", ".join(written))
+
+
+def cmd_reproduce(args) -> None:
+    import mtjax
+
+    overrides = _apply_sets({}, args.set) or None
+    res = mtjax.reproduce(
+        args.experiment,
+        args.scale,
+        overrides=overrides,
+        data_dir=args.data,
+        out_dir=args.out,
+        realisations=args.realisations,
+        eval_every=args.eval_every,
+        max_chunk=args.max_chunk,
+        progress=not args.quiet,
+    )
+    print(res.report.split("\n## ")[0])
+    if res.out_dir is not None:
+        print(f"wrote {res.out_dir}/{args.experiment}.csv (the authors' columns), comparison.csv, report.md, report.json")
 
 
 def _shared_sweep_args():
@@ -274,9 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("results", help="a sweep folder, e.g. results/NAME")
     m.set_defaults(func=cmd_merge)
 
-    pl = sub.add_parser("plot", help="learning-curve and benefit figure of a finished sweep")
+    rp = sub.add_parser("reproduce", help="rerun one of the authors' experiments and compare with their CSV",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Rerun an experiment of Lee & Ndirango (2019) with the paper preset on the cells of the\n"
+                        "authors' CSV, write our runs in their column format and a cell-by-cell comparison report.\n"
+                        "quick: a documented subset (docs/reproduction.md), all seeds; full: every cell. Resumable.")
+    rp.add_argument("experiment", choices=["rank-10", "rank-3", "aux-train-pts", "deep-nonlinear"])
+    rp.add_argument("--scale", choices=["quick", "full"], default="quick", help="cell subset (default quick)")
+    rp.add_argument("--data", help="folder of the authors' CSVs (default $MTJAX_PAPER_DATA or shared/paper-data)")
+    rp.add_argument("--out", default="results/reproduce", help="results folder (default results/reproduce)")
+    rp.add_argument("--realisations", type=int, default=1, help="teacher/data/init realisations; >1 measures their spread")
+    rp.add_argument("--eval-every", type=int, default=10, help="epochs between validation evaluations (default 10)")
+    rp.add_argument("--max-chunk", type=int, default=180, help="runs per vmapped chunk (default 180)")
+    rp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override the paper preset (results go to a separate folder), e.g. train.n_epochs=100")
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(func=cmd_reproduce)
+
+    pl = sub.add_parser("plot", help="figures of a finished sweep: curves, benefit grid and heatmap (PNG/PDF)")
     pl.add_argument("results", help="a sweep folder, e.g. results/demo")
-    pl.add_argument("--output", help="PNG or PDF path (default RESULTS/overview.png)")
+    pl.add_argument("--output", help="PNG or PDF path of the overview (default RESULTS/overview.FORMAT)")
+    pl.add_argument("--format", choices=["png", "pdf"], default="png", help="format of the figures (default png)")
+    pl.add_argument("--theory", help="a theory sweep folder (mtjax theory) of the same grid to overlay")
     pl.set_defaults(func=cmd_plot)
     return p
 
