@@ -40,6 +40,9 @@ class PopulationSolver(eqx.Module):
     - `quad_seed`: scrambling seed of the point sets (static).
     - `rtol`, `atol`: PID step-size controller tolerances (arrays).
     - `max_steps`: solver step cap (static); a point that needs more is flagged, not fatal.
+    - `adjoint`: how `jax.grad` goes through the solve (a diffrax adjoint; default
+      `RecursiveCheckpointAdjoint()`, exact discretise-then-optimise gradients;
+      `BacksolveAdjoint()` saves memory at some accuracy cost, docs/fitting.md §3).
     """
 
     n_quad: int = eqx.field(static=True)
@@ -48,8 +51,10 @@ class PopulationSolver(eqx.Module):
     quad_seed: int = eqx.field(static=True)
     rtol: Float[Array, ""]
     atol: Float[Array, ""]
+    adjoint: diffrax.AbstractAdjoint
 
-    def __init__(self, n_quad: int = 4096, n_quad_eval: int = 16384, rtol=1e-4, atol=1e-6, max_steps: int = 4096, quad_seed: int = 0):
+    def __init__(self, n_quad: int = 4096, n_quad_eval: int = 16384, rtol=1e-4, atol=1e-6, max_steps: int = 4096, quad_seed: int = 0,
+                 adjoint: diffrax.AbstractAdjoint | None = None):
         self.n_quad = check_int("n_quad", n_quad, 2)
         self.quad_seed = check_int("quad_seed", quad_seed, 0)
         self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
@@ -58,6 +63,7 @@ class PopulationSolver(eqx.Module):
         check_range("atol", atol, 0.0, lo_open=True)
         self.rtol = jnp.asarray(rtol, float)
         self.atol = jnp.asarray(atol, float)
+        self.adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
 
 
 class TheoryResult(eqx.Module):
@@ -244,7 +250,10 @@ def population_theory(
     # `layers` node of a depth-0 student.
     leaves0, treedef = jax.tree_util.tree_flatten(st0)
 
+    # Everything traced travels as `args` (not closed over): BacksolveAdjoint's custom VJP
+    # rejects closed-over tracers and differentiates with respect to `args` only.
     def field(t, y, args):
+        consts, T, rho, g = args
         st = jax.tree_util.tree_unflatten(treedef, list(y))
         return tuple(jax.tree_util.tree_leaves(population_vector_field(st, consts, T, rho, g, active)))
 
@@ -255,9 +264,11 @@ def population_theory(
         t1=ts[-1],
         dt0=None,
         y0=tuple(leaves0),
+        args=(consts, T, rho, g),
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=solver.rtol, atol=solver.atol),
         max_steps=solver.max_steps,
+        adjoint=solver.adjoint,
         throw=False,
     )
     # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
