@@ -86,7 +86,7 @@ def main():
         early_stopped=True, grid=grid,
     )  # fmt: skip
     params = [Param("time_scale", 0.3, by="ntrain"), Param("sigma_a", 0.3), Param("sigma_b", 0.3)]
-    solver = mtjax.PopulationSolver(n_quad=a.n_quad, n_quad_eval=2048, rtol=1e-3, atol=1e-5)
+    solver = mtjax.PopulationSolver(n_quad=a.n_quad, n_quad_eval=2048, rtol=1e-3, atol=1e-5, smooth_loss=True)
     prob = make_problem(exp, obs, params, solver=solver, initial="typical")
     print(f"{len(cells)} cells, {obs.n_conditions} theory solves per evaluation", flush=True)
     res = fit(prob, n_starts=1, n_adam=a.adam, adam_lr=0.1, n_newton=a.newton, gtol=1e-3)

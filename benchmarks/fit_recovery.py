@@ -40,7 +40,7 @@ SPEC = {
     "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
     "train": {"protocol": "online", "n_steps": 2000, "eval_every": 200, "learning_rate": 0.005, "batch_size": 256, "n_test": 8000},
 }
-SOLVER = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=8192, rtol=1e-4, atol=1e-6)
+SOLVER = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=8192, rtol=1e-4, atol=1e-6, smooth_loss=True)
 R_UNIDENTIFIABLE_SE = 0.25
 
 
@@ -83,6 +83,7 @@ def main():
     truth = settings(a.settings, a.seed)
     times, loss = simulate_all(exp, truth, a.seeds)
     t_sim = time.time() - t0
+    print(f"simulated {a.settings} x {a.seeds} runs in {t_sim:.0f} s", flush=True)
     rows = []
     for i in range(a.settings):
         mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)

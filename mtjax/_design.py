@@ -26,7 +26,7 @@ from ._experiment import Experiment, Seeds
 from ._population import PopulationSolver, population_theory
 from ._sweep import apply_axes
 
-DESIGN_SOLVER = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6)
+DESIGN_SOLVER = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
 
 
 class DesignResult(eqx.Module):

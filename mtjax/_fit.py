@@ -361,7 +361,7 @@ def make_problem(
     params: Sequence[Param],
     *,
     seeds: Seeds = Seeds(0),
-    solver: PopulationSolver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-3, atol=1e-5),
+    solver: PopulationSolver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True),
     initial: str = "quenched",
     loss: str = "wls",
 ) -> FitProblem:
@@ -497,7 +497,8 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol):
     steps = np.zeros(S, int)
     for _ in range(n_steps):
         g = np.einsum("snp,sn->sp", J, r)
-        active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol)
+        # a start stops when its gradient is small or no damping finds a decrease (noise floor)
+        active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol) & (lam < 1e8)
         if not active.any():
             break
         A = np.einsum("snp,snq->spq", J, J)
@@ -512,7 +513,7 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol):
                 lam[s] *= 10
         r2, J2 = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(trial)))
         f2 = 0.5 * np.sum(r2**2, 1)
-        better = active & np.isfinite(f2) & (f2 <= f)
+        better = active & np.isfinite(f2) & (f2 < f)
         th = np.where(better[:, None], trial, th)
         r = np.where(better[:, None], r2, r)
         J = np.where(better[:, None, None], J2, J)
@@ -629,7 +630,7 @@ def _newton(problem, thetas, n_steps, gtol):
             w = np.maximum(np.abs(w), 1e-8) + lam[s] * np.abs(w).max()
             trial[s] = th[s] - V @ ((V.T @ g[s]) / w)
         v2, g2 = (np.asarray(a, float) for a in _value_and_grad(problem, jnp.asarray(trial)))
-        better = active & np.isfinite(v2) & (v2 <= v)
+        better = active & np.isfinite(v2) & (v2 < v)
         th = np.where(better[:, None], trial, th)
         v, g = np.where(better, v2, v), np.where(better[:, None], g2, g)
         lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))

@@ -199,7 +199,7 @@ def _spec_from_args(args) -> dict:
 def _solver_from_args(args):
     import mtjax
 
-    return mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
+    return mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol, smooth_loss=True)
 
 
 def cmd_fit(args) -> None:

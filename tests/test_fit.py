@@ -20,7 +20,7 @@ SPEC = {
 }
 # Tight tolerances: the adaptive step pattern changes with the parameters, and the jumps it
 # causes in the objective must stay below the 1e-3 recovery target.
-SOLVER = mtjax.PopulationSolver(n_quad=256, n_quad_eval=1024, rtol=1e-6, atol=1e-8)
+SOLVER = mtjax.PopulationSolver(n_quad=256, n_quad_eval=1024, rtol=1e-6, atol=1e-8, smooth_loss=True)
 TRUE = {"relatedness": 0.6, "s_a": 1.5, "s_b": 2.0}
 SE = 0.01
 
@@ -115,3 +115,12 @@ def test_optimal_task_weight_beats_equal_weights_for_a_noisy_unrelated_task():
     assert float(res.value) < 1.0
     assert float(res.loss) < float(res.baseline_loss) - 1e-3, (res.value, res.loss, res.baseline_loss)
     assert np.all(np.isfinite(np.asarray(res.grid_slope)))
+
+
+def test_cli_parses_fit_and_design():
+    from mtjax.cli import build_parser
+
+    a = build_parser().parse_args(["fit", "obs.csv", "--free", "relatedness", "s_b", "--by", "time_scale=ntrain", "--se", "se"])
+    assert a.free == ["relatedness", "s_b"] and a.by == ["time_scale=ntrain"] and a.func.__name__ == "cmd_fit"
+    a = build_parser().parse_args(["design", "w2", "--w-max", "4"])
+    assert a.what == "w2" and a.w_max == 4.0 and a.func.__name__ == "cmd_design"
