@@ -284,7 +284,7 @@ def population_theory(
     )
     # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
     ys = jax.tree_util.tree_unflatten(treedef, list(sol.ys))
-    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active), ys)
+    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active, solver.smooth_loss), ys)
     loss, se, acc, AA, AU = metrics
     code = jnp.asarray(sol.result._value, jnp.int32)
     success = code == 0
