@@ -48,7 +48,7 @@ def main():
     ref = np.array([(float(f_ref(P0 + h * e)) - float(f_ref(P0 - h * e))) / (2 * h) for e in np.eye(3)])
     print(f"reference gradient (central FD, rtol 1e-8): {ref}")
     print(f"{'adjoint':32s} {'rtol':>6} {'temp MiB':>9} {'grad s':>7} {'max rel err':>11}")
-    for rtol in (1e-3, 1e-5):
+    for rtol in (1e-4,):
         for name, adj in (("RecursiveCheckpointAdjoint", diffrax.RecursiveCheckpointAdjoint()),
                           ("BacksolveAdjoint", diffrax.BacksolveAdjoint()),
                           ("ForwardMode (jacfwd)", diffrax.ForwardMode())):
