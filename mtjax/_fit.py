@@ -537,6 +537,7 @@ def fit(
     n_newton: int = 30,
     gtol: float = 1e-6,
     hessian: str | None = None,
+    obs_covariance=None,
     key=None,
 ) -> FitResult:
     """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
@@ -554,6 +555,11 @@ def fit(
     - `hessian`: for the Laplace covariance: `"gauss-newton"` (JᵀWJ, the Fisher information of
       the weighted least-squares model; default for `"wls"`) or `"exact"` (forward-over-forward
       Hessian of the objective; default for `"gaussian"`).
+    - `obs_covariance`: optional (n, n) covariance of the observation errors (e.g. of seed-mean
+      curves, estimated from the seeds: points of one curve share their seeds, so their errors
+      are strongly correlated in time). Then the error bars are the sandwich
+      H⁻¹ (Jᵀ C J) H⁻¹ (C: the covariance of the whitened residuals) instead of H⁻¹, which
+      assumes independent errors with s.d. `se` (`loss="wls"` only).
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
 
     **Returns:** `FitResult` of the best start (by objective).
@@ -586,6 +592,19 @@ def fit(
     w, V = np.linalg.eigh(H)  # small, un-vmapped
     pd_ok = bool(np.all(w > 1e-10 * max(1.0, float(np.abs(w).max()))))
     cov = V @ np.diag(1.0 / np.where(w > 0, w, np.nan)) @ V.T if pd_ok else np.full_like(H, np.nan)
+    n_obs = int(problem.obs.value.shape[0])
+    gnorm = float(np.linalg.norm(grads[b]))
+    # Newton decrement gᵀ H⁻¹ g: the squared length, in units of the Laplace s.e., of the step
+    # that would still be taken; < 1e-2 means the optimum is reached to < 0.1 s.e. even when the
+    # solver's step-size noise keeps the raw gradient from reaching gtol.
+    decrement = float(grads[b] @ cov @ grads[b]) if pd_ok else float("nan")
+    if obs_covariance is not None:
+        if J is None:
+            raise ValueError("obs_covariance needs loss='wls'")
+        se = np.asarray(problem.obs.se, float)
+        C = np.asarray(obs_covariance, float) / np.outer(se, se)
+        Jb = J[b]
+        cov = cov @ (Jb.T @ C @ Jb) @ cov
     values = problem.unpack(theta)
     stderr, i = {}, 0
     for p, n in zip(problem.params, problem.n_levels):
@@ -593,12 +612,6 @@ def fit(
         jac = np.asarray(jax.vmap(jax.grad(lambda u, t=p.transform: _forward(t, u)))(theta[i : i + n]))
         stderr[p.name] = jnp.asarray(np.abs(jac) * np.sqrt(np.clip(np.diag(cov)[i : i + n], 0, None)))
         i += n
-    n_obs = int(problem.obs.value.shape[0])
-    gnorm = float(np.linalg.norm(grads[b]))
-    # Newton decrement gᵀ H⁻¹ g: the squared length, in units of the Laplace s.e., of the step
-    # that would still be taken; < 1e-2 means the optimum is reached to < 0.1 s.e. even when the
-    # solver's step-size noise keeps the raw gradient from reaching gtol.
-    decrement = float(grads[b] @ cov @ grads[b]) if pd_ok else float("nan")
     chi2 = 2 * vals[b] / max(1, n_obs - problem.size) if problem.loss == "wls" else np.nan
     return FitResult(
         params=values,
