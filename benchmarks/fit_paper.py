@@ -11,7 +11,7 @@ finite training set, so it is given *effective* parameters:
   s/σ, so this is the s-mapping s_eff = s σ_paper / σ_eff); the true σ is 0.1.
 
 r, s_a, s_b and single-task mode are known per cell. Theory: the paper's student shape is
-replaced by a linear trunk of `--depth` x `--width` (default 1 x 16) with the N -> inf
+replaced by a linear trunk of `--depth` x `--width` (default 1 x 8) with the N -> inf
 ("typical") initial condition, R = C = 10, rates (1, 1) as in the paper alternation with
 n_2 = n_1. Fit: weighted least squares on the cell means (weights 1/s.e.²) over the cells
 chosen by `--s-a`, `--s-b`, `--r`; then the multitask-benefit table (single − multi) of data and
@@ -61,14 +61,14 @@ def load_cells(path: str, s_a, s_b, r) -> pd.DataFrame:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=DATA)
-    ap.add_argument("--s-a", type=float, nargs="+", default=[0.6309573444801929, 2.51188643150958, 10.0])
-    ap.add_argument("--s-b", type=float, nargs="+", default=[0.15848931924611134, 2.51188643150958, 10.0])
+    ap.add_argument("--s-a", type=float, nargs="+", default=[0.6309573444801929, 10.0])
+    ap.add_argument("--s-b", type=float, nargs="+", default=[10.0])
     ap.add_argument("--r", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     ap.add_argument("--depth", type=int, default=1)
-    ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--n-quad", type=int, default=256)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--n-quad", type=int, default=128)
     ap.add_argument("--adam", type=int, default=0)
-    ap.add_argument("--newton", type=int, default=8)
+    ap.add_argument("--newton", type=int, default=4)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     t0 = time.time()
@@ -79,14 +79,14 @@ def main():
         "train": {"protocol": "online", "learning_rate": 1e-3},
     }
     exp = mtjax.experiment_from_spec(spec)
-    # theory save times: a geometric grid wide enough for τ_n t_n with τ_n in [0.02, 1.5]
-    grid = np.geomspace(0.02 * cells["time"].min(), 1.5 * cells["time"].max(), 28)
+    # theory save times: a geometric grid wide enough for τ_n t_n with τ_n in [0.02, 1]
+    grid = np.geomspace(0.02 * cells["time"].min(), cells["time"].max(), 16)
     obs, conditions = observations_from_table(
         cells, value="mean", se="se", known=["s_a", "s_b", "relatedness", "single_task"], by=["ntrain"],
         early_stopped=True, grid=grid,
     )  # fmt: skip
     params = [Param("time_scale", 0.3, by="ntrain"), Param("sigma_a", 0.3), Param("sigma_b", 0.3)]
-    solver = mtjax.PopulationSolver(n_quad=a.n_quad, n_quad_eval=2048, rtol=1e-3, atol=1e-5, smooth_loss=True)
+    solver = mtjax.PopulationSolver(n_quad=a.n_quad, n_quad_eval=2048, rtol=3e-3, atol=1e-4, smooth_loss=True)
     prob = make_problem(exp, obs, params, solver=solver, initial="typical")
     print(f"{len(cells)} cells, {obs.n_conditions} theory solves per evaluation", flush=True)
     res = fit(prob, n_starts=1, n_adam=a.adam, adam_lr=0.1, n_newton=a.newton, gtol=1e-3)
