@@ -14,7 +14,7 @@ finite training set, so it is given *effective* parameters:
   the time scales act after the solve (one plain solve per iteration).
 
 r, s_a, s_b and single-task mode are known per cell. Theory: the paper's student shape is
-replaced by a linear trunk of `--depth` x `--width` (default 1 x 8) with the N -> inf
+replaced by a linear trunk of `--depth` x `--width` (default 1 x 16; a width below C = 10 made the solve stiff: max_steps hit) with the N -> inf
 ("typical") initial condition, R = C = 10, rates (1, 1) as in the paper alternation with
 n_2 = n_1. Fit: weighted least squares on the cell means (weights 1/s.e.²) over the cells
 chosen by `--s-a`, `--s-b`, `--r`; then the multitask-benefit table (single − multi) of data and
@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--s-b", type=float, nargs="+", default=[10.0])
     ap.add_argument("--r", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     ap.add_argument("--depth", type=int, default=1)
-    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--n-quad", type=int, default=128)
     ap.add_argument("--adam", type=int, default=0)
     ap.add_argument("--newton", type=int, default=4)

@@ -589,8 +589,9 @@ def fit(
     else:
         H = J[b].T @ J[b]
     H = 0.5 * (H + H.T)
-    w, V = np.linalg.eigh(H)  # small, un-vmapped
-    pd_ok = bool(np.all(w > 1e-10 * max(1.0, float(np.abs(w).max()))))
+    finite = bool(np.all(np.isfinite(H)))
+    w, V = np.linalg.eigh(H if finite else np.eye(H.shape[0]))  # small, un-vmapped
+    pd_ok = finite and bool(np.all(w > 1e-10 * max(1.0, float(np.abs(w).max()))))
     cov = V @ np.diag(1.0 / np.where(w > 0, w, np.nan)) @ V.T if pd_ok else np.full_like(H, np.nan)
     n_obs = int(problem.obs.value.shape[0])
     gnorm = float(np.linalg.norm(grads[b]))
