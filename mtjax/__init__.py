@@ -57,6 +57,24 @@ from ._train import (
     simulate as simulate,
     simulate_batch as simulate_batch,
 )
+from ._fit import (
+    FitProblem as FitProblem,
+    FitResult as FitResult,
+    Observations as Observations,
+    Param as Param,
+    fit as fit,
+    fit_table as fit_table,
+    make_problem as make_problem,
+    observations_from_table as observations_from_table,
+)
+from ._design import (
+    DesignResult as DesignResult,
+    StoppingResult as StoppingResult,
+    early_stopped_loss as early_stopped_loss,
+    optimal_aux_data_size as optimal_aux_data_size,
+    optimal_stopping_time as optimal_stopping_time,
+    optimal_task_weight as optimal_task_weight,
+)
 from . import presets as presets
 
 try:

@@ -40,16 +40,26 @@ class PopulationSolver(eqx.Module):
     - `quad_seed`: scrambling seed of the point sets (static).
     - `rtol`, `atol`: PID step-size controller tolerances (arrays).
     - `max_steps`: solver step cap (static); a point that needs more is flagged, not fatal.
+    - `smooth_loss`: report the test loss as E[lse z] − E[z_y] with E[z_y] in closed form
+      (static; default False). The default joint Monte Carlo of lse − z_y has less variance but
+      its labels make it piecewise constant in the teacher parameters (r, s, σ, ε, q); fitting
+      needs a loss that is smooth in them (docs/fitting.md §3).
+    - `adjoint`: how `jax.grad` goes through the solve (a diffrax adjoint; default
+      `RecursiveCheckpointAdjoint()`, exact discretise-then-optimise gradients;
+      `BacksolveAdjoint()` saves memory at some accuracy cost, docs/fitting.md §3).
     """
 
     n_quad: int = eqx.field(static=True)
     n_quad_eval: int = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     quad_seed: int = eqx.field(static=True)
+    smooth_loss: bool = eqx.field(static=True)
     rtol: Float[Array, ""]
     atol: Float[Array, ""]
+    adjoint: diffrax.AbstractAdjoint
 
-    def __init__(self, n_quad: int = 4096, n_quad_eval: int = 16384, rtol=1e-4, atol=1e-6, max_steps: int = 4096, quad_seed: int = 0):
+    def __init__(self, n_quad: int = 4096, n_quad_eval: int = 16384, rtol=1e-4, atol=1e-6, max_steps: int = 4096, quad_seed: int = 0,
+                 adjoint: diffrax.AbstractAdjoint | None = None, smooth_loss: bool = False):
         self.n_quad = check_int("n_quad", n_quad, 2)
         self.quad_seed = check_int("quad_seed", quad_seed, 0)
         self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
@@ -58,6 +68,8 @@ class PopulationSolver(eqx.Module):
         check_range("atol", atol, 0.0, lo_open=True)
         self.rtol = jnp.asarray(rtol, float)
         self.atol = jnp.asarray(atol, float)
+        self.adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+        self.smooth_loss = bool(smooth_loss)
 
 
 class TheoryResult(eqx.Module):
@@ -175,7 +187,7 @@ def population_vector_field(student: Student, consts: TeacherConstants, T: Float
     return jax.tree_util.tree_map(jnp.negative, grad)
 
 
-def population_metrics(student: Student, teacher: Teacher, consts: TeacherConstants, T, x_eval, xi_eval, active):
+def population_metrics(student: Student, teacher: Teacher, consts: TeacherConstants, T, x_eval, xi_eval, active, smooth=False):
     """Test loss (with standard error), accuracy and overlaps of the reduced student.
 
     Loss: joint Monte Carlo of CE = lse(z) − z_y over (student logits, teacher fields, logit
@@ -207,7 +219,12 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         pair = 0.5 * (ce[: n // 2] + ce[n // 2 :])
         As_ = jax.lax.stop_gradient((A, a))
         ezy = consts.pi[k] @ As_[1] + jnp.sum((As_[0] @ T[k].T) * consts.Lam[k])
-        loss.append(jnp.mean(ce) - (ezy - jax.lax.stop_gradient(ezy)))
+        if smooth:  # E[lse z] (label-free quadrature) − E[z_y] (closed form): smooth in every parameter
+            ezy_full = consts.pi[k] @ a + jnp.sum((A @ T[k].T) * consts.Lam[k])
+            loss.append(jnp.mean(lse) - ezy_full)
+            pair = 0.5 * (lse[: n // 2] + lse[n // 2 :])
+        else:
+            loss.append(jnp.mean(ce) - (ezy - jax.lax.stop_gradient(ezy)))
         se.append(jnp.std(pair) / jnp.sqrt(n // 2))
         am = jnp.argmax(z, -1)
         acc.append((1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C)
@@ -282,7 +299,10 @@ def population_theory(
     # `layers` node of a depth-0 student.
     leaves0, treedef = jax.tree_util.tree_flatten(st0)
 
+    # Everything traced travels as `args` (not closed over): BacksolveAdjoint's custom VJP
+    # rejects closed-over tracers and differentiates with respect to `args` only.
     def field(t, y, args):
+        consts, T, rho, g = args
         st = jax.tree_util.tree_unflatten(treedef, list(y))
         return tuple(jax.tree_util.tree_leaves(population_vector_field(st, consts, T, rho, g, active)))
 
@@ -293,14 +313,16 @@ def population_theory(
         t1=ts[-1],
         dt0=None,
         y0=tuple(leaves0),
+        args=(consts, T, rho, g),
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=solver.rtol, atol=solver.atol),
         max_steps=solver.max_steps,
+        adjoint=solver.adjoint,
         throw=False,
     )
     # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
     ys = jax.tree_util.tree_unflatten(treedef, list(sol.ys))
-    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active), ys)
+    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active, solver.smooth_loss), ys)
     loss, se, acc, AA, AU = metrics
     code = jnp.asarray(sol.result._value, jnp.int32)
     success = code == 0

@@ -24,6 +24,8 @@ Start here:
   mtjax plot results/NAME             figures of a finished sweep
   mtjax merge results/NAME            assemble the tables from the part files of every process
   mtjax reproduce rank-10             rerun the authors' experiment, compare with their CSV
+  mtjax fit TABLE.csv --free relatedness s_a s_b    fit theory parameters to observed curves
+  mtjax design w2 --config FILE.toml  optimal task-2 weight / aux data size / stopping time
 """
 
 DEMO_GRID = {
@@ -253,6 +255,102 @@ def cmd_reproduce(args) -> None:
         print(f"wrote {res.out_dir}/{args.experiment}.csv (the authors' columns), comparison.csv, report.md, report.json")
 
 
+def _spec_from_args(args) -> dict:
+    spec = _load_config(args.config) if args.config else {}
+    if args.preset:
+        spec["preset"] = args.preset
+    spec = _apply_sets(spec, args.set)
+    for key in ("grid", "name"):
+        spec.pop(key, None)
+    return spec
+
+
+def _solver_from_args(args):
+    import mtjax
+
+    return mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol, smooth_loss=True)
+
+
+def cmd_fit(args) -> None:
+    """`mtjax fit`: a thin layer over `mtjax.fit_table`."""
+    import numpy as np
+    import pandas as pd
+
+    import mtjax
+
+    table = pd.read_csv(args.table)
+    if args.query:
+        table = table.query(args.query)
+    if args.source and "source" in table:
+        table = table[table["source"] == args.source]
+    exp = mtjax.experiment_from_spec(_spec_from_args(args))
+    inits = dict(_parse_kv(args.init, float))
+    bys = dict(_parse_kv(args.by, str))
+    params = [mtjax.Param(n, inits.get(n), by=bys.get(n)) for n in args.free]
+    mapping = {"value": args.value, "time": args.time, "task": args.task or None, "se": args.se, "early_stopped": args.early_stopped}
+    if args.known is not None:
+        mapping["known"] = args.known
+    if args.time == "step":
+        mapping["lr"] = float(exp.train.learning_rate)
+    t0 = time.time()
+    res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), solver=_solver_from_args(args),
+                                   initial=args.initial, loss=args.loss, mapping=mapping, n_starts=args.starts,
+                                   n_adam=args.adam_steps, n_newton=args.newton_steps)
+    tab = res.table()
+    print(f"fit of {res.n_obs} observations in {time.time() - t0:.1f} s: objective {float(res.loss):.4g}, "
+          f"chi2/dof {float(res.chi2_dof):.3g}, |grad| {float(res.grad_norm):.2g}, converged {bool(res.converged)}")
+    print("start objectives:", np.array2string(np.asarray(res.start_losses), precision=4))
+    print(tab.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    if args.output:
+        tab.to_csv(args.output, index=False)
+        print(f"wrote {args.output}")
+
+
+def _parse_kv(items, cast):
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"expected NAME=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        yield k, cast(v)
+
+
+def cmd_design(args) -> None:
+    """`mtjax design`: optimal task-2 weight, auxiliary data size, or stopping time (theory)."""
+    import numpy as np
+
+    import mtjax
+
+    exp = mtjax.experiment_from_spec(_spec_from_args(args))
+    seeds, solver = mtjax.Seeds(args.seed), _solver_from_args(args)
+    if args.what == "stop":
+        r = mtjax.optimal_stopping_time(exp, seeds, args.t_max, solver=solver, initial=args.initial)
+        print(f"optimal stopping time t* = {float(r.time):.4g} (step {float(r.step):.0f}), task-1 loss {float(r.loss):.4f} nats"
+              + ("  [at the horizon: the loss still falls]" if bool(r.at_horizon) else ""))
+        return
+    if args.what == "w2":
+        r = mtjax.optimal_task_weight(exp, seeds, bounds=(args.w_min, args.w_max), solver=solver, initial=args.initial)
+        name = "w_2"
+    else:
+        r = mtjax.optimal_aux_data_size(exp, seeds, max_multiple=args.max_multiple, solver=solver, initial=args.initial)
+        name = "n_2"
+    print(f"optimal {name} = {float(r.value):.4g}: task-1 early-stopped loss {float(r.loss):.4f} nats "
+          f"(baseline {name} = {float(r.baseline_value):.4g}: {float(r.baseline_loss):.4f})")
+    for g, l in zip(np.asarray(r.grid), np.asarray(r.grid_loss)):
+        print(f"  {name} = {g:10.4g}   loss {l:.4f}")
+
+
+def _theory_args(parser, n_quad=512, n_quad_eval=4096, rtol=1e-4):
+    parser.add_argument("--n-quad", type=int, default=n_quad, help=f"Sobol points for the vector field (default {n_quad})")
+    parser.add_argument("--n-quad-eval", type=int, default=n_quad_eval, help=f"points for reported losses (default {n_quad_eval})")
+    parser.add_argument("--rtol", type=float, default=rtol)
+    parser.add_argument("--atol", type=float, default=1e-6)
+    parser.add_argument("--initial", choices=["quenched", "typical"], default="quenched")
+    parser.add_argument("--seed", type=int, default=0, help="teacher/init seed of the theory (Seeds(seed))")
+    parser.add_argument("--config", help="TOML file describing the experiment (teacher/student/train)")
+    parser.add_argument("--preset", choices=["paper"])
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+
+
 def _shared_sweep_args():
     return [
         (("--config",), dict(help="TOML file describing the experiment and its grid")),
@@ -337,6 +435,42 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=["png", "pdf"], default="png", help="format of the figures (default png)")
     pl.add_argument("--theory", help="a theory sweep folder (mtjax theory) of the same grid to overlay")
     pl.set_defaults(func=cmd_plot)
+
+    f = sub.add_parser("fit", help="fit theory parameters to a table of observed learning curves",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fit the population theory to a tidy CSV (one row per observation): columns for time\n"
+                       "(or step), task (1-based), the metric, optionally its standard error and known parameters\n"
+                       "(relatedness, s_a, s_b, ..., single_task). Example, on a theory or simulate sweep folder:\n"
+                       "  mtjax fit results/NAME/curves.csv --config FILE.toml --free relatedness s_a s_b\n"
+                       "See docs/fitting.md.")
+    f.add_argument("table", help="CSV of observations")
+    _theory_args(f)
+    f.add_argument("--free", nargs="+", required=True, help="parameters to fit: relatedness s_a s_b sigma_a ... time_scale")
+    f.add_argument("--init", action="append", metavar="NAME=VALUE", help="starting value of a free parameter")
+    f.add_argument("--by", action="append", metavar="NAME=COLUMN", help="one value of NAME per distinct COLUMN value")
+    f.add_argument("--value", default="test_loss", help="metric column (default test_loss)")
+    f.add_argument("--time", default="time", help="time column (t = lr x steps), or 'step' (default time)")
+    f.add_argument("--task", default="task", help="1-based task column ('' for task 1 only)")
+    f.add_argument("--se", help="standard-error column (weights 1/se^2)")
+    f.add_argument("--known", nargs="*", help="known-parameter columns (default: those present, minus --free)")
+    f.add_argument("--early-stopped", action="store_true", help="the metric is an early-stopped minimum up to `time`")
+    f.add_argument("--query", help="pandas query selecting rows, e.g. 'time > 0'")
+    f.add_argument("--source", help="keep rows with this `source` (simulation / theory)")
+    f.add_argument("--loss", choices=["wls", "gaussian"], default="wls")
+    f.add_argument("--starts", type=int, default=4)
+    f.add_argument("--adam-steps", type=int, default=40)
+    f.add_argument("--newton-steps", type=int, default=30)
+    f.add_argument("--output", help="write the fitted parameters (CSV)")
+    f.set_defaults(func=cmd_fit)
+
+    de = sub.add_parser("design", help="optimal task-2 weight, auxiliary data size or stopping time (theory)")
+    de.add_argument("what", choices=["w2", "aux", "stop"], help="w2: loss weight of task 2; aux: n_2 (paper protocol); stop: t*")
+    _theory_args(de)
+    de.add_argument("--w-min", type=float, default=1e-3)
+    de.add_argument("--w-max", type=float, default=10.0)
+    de.add_argument("--max-multiple", type=int, default=8, help="aux: n_2 = m n_1 for m = 1..this")
+    de.add_argument("--t-max", type=float, help="stop: horizon (default: the experiment's)")
+    de.set_defaults(func=cmd_design)
     return p
 
 

@@ -1,0 +1,691 @@
+"""Fitting the differentiable population theory to observed learning curves (docs/fitting.md).
+
+The theory (`population_theory`) is a smooth function of the teacher and training parameters:
+its quadrature points are fixed (common random numbers) and every parameter enters through
+closed forms, so `jax.grad` flows through the diffrax solve.  A fit is
+
+    θ (unconstrained) --transform--> parameters (r, s, σ, ε, time scale, ...)
+      --> one theory solve per *condition* (distinct known parameters), vmapped
+      --> predictions per observation (loss at a time, or the early-stopped loss)
+      --> weighted squared error (or Gaussian negative log-likelihood)
+
+minimised by Adam (optax, reverse mode through the solve) and then Levenberg–Marquardt with the
+forward-mode Jacobian of the residuals, from several starts at once (vmapped).  Error bars are
+the Laplace approximation: the inverse Hessian of the objective at the optimum (Gauss–Newton
+JᵀWJ, or the exact forward-over-forward Hessian), mapped to the constrained parameters by the
+delta method.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from ._custom_types import Array, Bool, Float, Int
+from ._experiment import Experiment, Seeds
+from ._population import PopulationSolver, population_theory
+from ._sweep import DYNAMIC_AXES, apply_axes
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and their constraints
+
+#: Default constraint of every fittable parameter: tanh keeps r in (-1, 1), log keeps scales
+#: positive, sigmoid keeps probabilities in (0, 1).  `time_scale` multiplies every task rate
+#: (an effective learning-rate factor): the theory at rates τρ and time t equals the theory at
+#: rates ρ and time τt.
+DEFAULT_TRANSFORMS = {
+    "relatedness": "tanh",
+    "s_a": "log",
+    "s_b": "log",
+    "sigma_a": "log",
+    "sigma_b": "log",
+    "eps_a": "sigmoid",
+    "eps_b": "sigmoid",
+    "q": "sigmoid",
+    "readout_alignment": "tanh",
+    "w_b": "log",
+    "init_scale": "log",
+    "time_scale": "log",
+}
+TRANSFORMS = ("identity", "log", "tanh", "sigmoid")
+#: Table columns that name a theory parameter (besides `time_scale`) and may be known per row.
+#: `single_task` is mapped to w_b = 0: with rate 0 task 2 never moves the trunk, which is
+#: exactly the single-task flow of task 1 (and needs no separate compilation).
+KNOWN_COLUMNS = tuple(DYNAMIC_AXES) + ("single_task",)
+
+
+def _forward(transform: str, u):
+    if transform == "identity":
+        return u
+    if transform == "log":
+        return jnp.exp(u)
+    if transform == "tanh":
+        return jnp.tanh(u)
+    if transform == "sigmoid":
+        return jax.nn.sigmoid(u)
+    raise ValueError(f"transform={transform!r} is not one of {list(TRANSFORMS)}")
+
+
+def _inverse(transform: str, x):
+    x = np.asarray(x, float)
+    if transform == "identity":
+        return x
+    if transform == "log":
+        return np.log(x)
+    if transform == "tanh":
+        return np.arctanh(np.clip(x, -1 + 1e-6, 1 - 1e-6))
+    if transform == "sigmoid":
+        x = np.clip(x, 1e-6, 1 - 1e-6)
+        return np.log(x) - np.log1p(-x)
+    raise ValueError(f"transform={transform!r} is not one of {list(TRANSFORMS)}")
+
+
+class Param(eqx.Module):
+    """One free parameter of a fit.
+
+    **Arguments:**
+
+    - `name`: a theory parameter (`relatedness`, `s_a`, `s_b`, `sigma_a`, `sigma_b`, `eps_a`,
+      `eps_b`, `q`, `readout_alignment`, `w_b`, `init_scale`, `lr`) or `time_scale` (effective
+      factor on every task rate, i.e. on the learning rate).
+    - `init`: starting value (constrained units), a scalar or one value per level of `by`.
+    - `transform`: `"tanh"`, `"log"`, `"sigmoid"` or `"identity"` (default by name, see
+      `DEFAULT_TRANSFORMS`): the fit optimises the unconstrained u with value = transform(u),
+      so bounded parameters cannot leave their range.
+    - `by`: `None` (one value shared by all rows) or a column of the observation table: one
+      value per distinct value of that column (e.g. a time scale per training-set size).
+    """
+
+    name: str = eqx.field(static=True)
+    init: Any = eqx.field(static=True)
+    transform: str = eqx.field(static=True)
+    by: str | None = eqx.field(static=True)
+
+    def __init__(self, name: str, init=None, transform: str | None = None, by: str | None = None):
+        if name not in DEFAULT_TRANSFORMS and name != "lr":
+            raise ValueError(f"Param name={name!r} is not fittable; allowed: {sorted([*DEFAULT_TRANSFORMS, 'lr'])}")
+        self.name = name
+        self.transform = transform or DEFAULT_TRANSFORMS.get(name, "log")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform={self.transform!r} is not one of {list(TRANSFORMS)}")
+        default = {"relatedness": 0.0, "eps_a": 0.1, "eps_b": 0.1, "q": 0.5, "readout_alignment": 0.0}.get(name, 1.0)
+        self.init = tuple(np.atleast_1d(np.asarray(default if init is None else init, float)).tolist())
+        self.by = by
+
+
+# ---------------------------------------------------------------------------------------------
+# Observations
+
+
+class Observations(eqx.Module):
+    """A tidy table of observations mapped onto theory solves (see `observations_from_table`).
+
+    - `condition`: (n,) index of the theory solve (a distinct setting of the known parameters).
+    - `time`: (n,) time t = lr x steps of the observation (the horizon for early-stopped rows).
+    - `task`: (n,) 0-based task index.
+    - `value`: (n,) observed metric (test loss in nats); `se`: (n,) its standard error (1 if unknown).
+    - `early_stopped`: (n,) bool: the row is a minimum over the run (up to `time`), not a value at `time`.
+    - `known`: column -> (n_cond,) known parameter values of each condition.
+    - `level`: column -> (n,) level index of each row for the `by` columns of the parameters.
+    - `grid`: (T,) theory save times (sorted, > 0); `n_conditions`: number of theory solves.
+    """
+
+    condition: Int[Array, " n"]
+    time: Float[Array, " n"]
+    task: Int[Array, " n"]
+    value: Float[Array, " n"]
+    se: Float[Array, " n"]
+    early_stopped: Bool[Array, " n"]
+    known: dict
+    level: dict
+    grid: Float[Array, " T"]
+    n_conditions: int = eqx.field(static=True)
+
+
+def observations_from_table(
+    table: pd.DataFrame,
+    *,
+    value: str = "test_loss",
+    time: str = "time",
+    task: str | None = "task",
+    se: str | None = None,
+    known: Sequence[str] | None = None,
+    by: Sequence[str] = (),
+    split: Sequence[str] = (),
+    early_stopped: bool | str = False,
+    grid: Sequence[float] | None = None,
+    lr: float | None = None,
+) -> tuple[Observations, pd.DataFrame]:
+    """Map a tidy table onto theory solves.
+
+    **Column mapping:**
+
+    - `value`: the observed metric (test cross-entropy, nats).
+    - `time`: time t = lr x steps; if the table has `step` instead, pass `time="step"` and `lr`.
+    - `task`: 1-based task column (default `task`; `None`: every row is task 1).
+    - `se`: optional standard-error column (weights 1/se²); without it every row has weight 1.
+    - `known`: parameter columns known per row (default: every column of `KNOWN_COLUMNS`
+      present in the table). Rows with equal known values share one theory solve.
+    - `by`: extra columns that index per-level parameters (`Param(by=...)`).
+    - `split`: columns that must also split the theory solves: the `by` columns of every
+      per-level parameter other than `time_scale` (which acts per row, on the time axis).
+    - `early_stopped`: `True` if `value` is the minimum over a run up to `time` (e.g. the paper's
+      early-stopped validation loss), or the name of a bool column saying so per row.
+    - `grid`: theory save times (>= 0); default: the distinct observation times. Predictions
+      interpolate linearly in t on the grid (and are constant beyond its ends).
+
+    **Returns:** `(Observations, conditions)` where `conditions` has one row per theory solve.
+    """
+    d = table.reset_index(drop=True).copy()
+    for col in [value, time, *([task] if task else []), *([se] if se else []), *by, *split]:
+        if col not in d:
+            raise ValueError(f"column {col!r} is not in the table (columns: {list(d.columns)})")
+    t = d[time].to_numpy(float)
+    if time == "step" or (lr is not None):
+        if lr is None:
+            raise ValueError("time='step' needs lr= (time t = lr x steps)")
+        t = t * lr
+    if known is None:
+        known = [c for c in KNOWN_COLUMNS if c in d]
+    known = list(known)
+    for c in known:
+        if c not in KNOWN_COLUMNS:
+            raise ValueError(f"known column {c!r} is not a theory parameter; allowed: {list(KNOWN_COLUMNS)}")
+    kcols = sorted(set(known) | set(c for c in split if c in KNOWN_COLUMNS))
+    filled = d[kcols].astype(float).fillna(-1e300) if kcols else pd.DataFrame(index=d.index)
+    if kcols:
+        conds, cidx = np.unique(filled.to_numpy(), axis=0, return_inverse=True)
+    else:
+        conds, cidx = np.zeros((1, 0)), np.zeros(len(d), int)
+    # Columns by which parameters vary must also split the conditions (one solve sees one value).
+    split = [c for c in split if c not in kcols]
+    if split:
+        key = pd.DataFrame({"c": cidx, **{c: d[c] for c in split}})
+        codes, uniq = pd.factorize(pd.MultiIndex.from_frame(key))
+        cidx = codes
+        first = pd.Series(range(len(d))).groupby(codes).first().to_numpy()
+        conditions = d.loc[first, kcols + split].reset_index(drop=True)
+    else:
+        conditions = pd.DataFrame(np.where(conds == -1e300, np.nan, conds), columns=kcols)
+    kn = {}
+    for c in kcols:
+        v = conditions[c].astype(float).to_numpy()
+        kn[c] = jnp.asarray(v)
+    levels = {c: jnp.asarray(pd.factorize(d[c], sort=True)[0]) for c in by}
+    if isinstance(early_stopped, str):
+        es = d[early_stopped].astype(bool).to_numpy()
+    else:
+        es = np.full(len(d), bool(early_stopped))
+    tk = d[task].to_numpy(int) - 1 if task else np.zeros(len(d), int)
+    if np.any(t < 0):
+        raise ValueError("observation times must be >= 0 (t = lr x steps)")
+    g = np.unique(t) if grid is None else np.sort(np.asarray(grid, float))
+    if g.size == 0 or g[-1] <= 0 or g[0] < 0:
+        raise ValueError(f"grid={g} must be >= 0 with a positive last time (the theory starts at t = 0)")
+    obs = Observations(
+        condition=jnp.asarray(cidx, jnp.int32),
+        time=jnp.asarray(t),
+        task=jnp.asarray(tk, jnp.int32),
+        value=jnp.asarray(d[value].to_numpy(float)),
+        se=jnp.asarray(d[se].to_numpy(float) if se else np.ones(len(d))),
+        early_stopped=jnp.asarray(es),
+        known=kn,
+        level=levels,
+        grid=jnp.asarray(g),
+        n_conditions=int(np.max(cidx)) + 1,
+    )
+    return obs, conditions
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: parameters -> predictions
+
+
+class FitProblem(eqx.Module):
+    """Everything the objective needs: base experiment, seeds, observations, free parameters.
+
+    Build with `FitProblem(...)`; `fit` does this for you."""
+
+    experiment: Experiment
+    seeds: Seeds
+    obs: Observations
+    params: tuple[Param, ...] = eqx.field(static=True)
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+    solver: PopulationSolver
+    initial: str = eqx.field(static=True)
+    loss: str = eqx.field(static=True)
+
+    @property
+    def size(self) -> int:
+        """Length of the unconstrained vector θ (plus one noise parameter for `loss="gaussian"`)."""
+        return sum(self.n_levels) + (1 if self.loss == "gaussian" else 0)
+
+    def unpack(self, theta: Float[Array, " P"]) -> dict[str, Float[Array, " L"]]:
+        """θ -> {name: (n_levels,) constrained values}."""
+        out, i = {}, 0
+        for p, n in zip(self.params, self.n_levels):
+            out[p.name] = _forward(p.transform, theta[i : i + n])
+            i += n
+        return out
+
+    def pack(self, values: dict[str, Any]) -> Float[Array, " P"]:
+        """{name: constrained value(s)} -> θ (inverse of `unpack`)."""
+        parts = []
+        for p, n in zip(self.params, self.n_levels):
+            v = np.broadcast_to(np.asarray(values[p.name], float), (n,))
+            parts.append(_inverse(p.transform, v))
+        if self.loss == "gaussian":
+            parts.append(np.asarray([values.get("noise", -2.0)], float))
+        return jnp.asarray(np.concatenate(parts))
+
+    def initial_theta(self) -> Float[Array, " P"]:
+        return self.pack({p.name: np.asarray(p.init) for p in self.params})
+
+    def _condition_levels(self, name: str, by: str | None):
+        """Level index of every condition for a parameter varying by `by` (first row of each)."""
+        if by is None:
+            return jnp.zeros(self.obs.n_conditions, jnp.int32)
+        lev = self.obs.level[by]
+        return jax.ops.segment_max(lev, self.obs.condition, num_segments=self.obs.n_conditions)
+
+    def curves(self, theta: Float[Array, " P"]) -> Float[Array, "n_cond T K"]:
+        """Theory test loss of every condition at the grid times (time scale not applied)."""
+        vals = self.unpack(theta)
+        nc = self.obs.n_conditions
+        axes = {}
+        for c, v in self.obs.known.items():
+            if c == "single_task":
+                continue
+            axes[c] = v
+        for p in self.params:
+            if p.name == "time_scale":
+                continue
+            axes[p.name] = vals[p.name][self._condition_levels(p.name, p.by)]
+        single = self.obs.known.get("single_task")
+        w_b = None
+        if self.experiment.train.n_tasks > 1:
+            w_b = axes.get("w_b", jnp.broadcast_to(self.experiment.train.task_weights[1], (nc,)))
+        if single is not None and w_b is not None:
+            axes["w_b"] = jnp.where(single > 0.5, 0.0, w_b)
+        # Task-2 parameters of single-task rows are NaN in the tables; any finite value gives
+        # the same task-1 flow once w_b = 0, so replace NaNs by 0.5 (a harmless interior value).
+        axes = {k: jnp.where(jnp.isnan(v), 0.5, v) for k, v in axes.items()}
+
+        def one(ax):
+            th = population_theory(apply_axes(self.experiment, ax), self.seeds, self.obs.grid, solver=self.solver, initial=self.initial)
+            return jnp.where(th.diverged, jnp.nan, th.test_loss)
+
+        return jax.vmap(one)(axes) if axes else jnp.broadcast_to(one({}), (nc,) + (self.obs.grid.shape[0], self.experiment.train.n_tasks))
+
+    def predict(self, theta: Float[Array, " P"]) -> Float[Array, " n"]:
+        """Predicted metric of every observation.
+
+        Loss at time τ t by linear interpolation on the grid (exact at grid times when τ = 1);
+        early-stopped rows take the minimum over grid times <= τ t and the interpolated end."""
+        vals = self.unpack(theta)
+        cur = self.curves(theta)
+        o = self.obs
+        tau = jnp.ones(o.time.shape)
+        for p in self.params:
+            if p.name == "time_scale":
+                lev = o.level[p.by] if p.by is not None else jnp.zeros(o.time.shape, jnp.int32)
+                tau = vals[p.name][lev]
+        tt = tau * o.time
+        rows = cur[o.condition, :, o.task]  # (n, T)
+        grid = o.grid
+        at = jax.vmap(lambda r, t: jnp.interp(t, grid, r))(rows, tt)
+        before = jnp.min(jnp.where(grid[None, :] <= tt[:, None] * (1 + 1e-6), rows, jnp.inf), axis=1)
+        return jnp.where(o.early_stopped, jnp.minimum(at, before), at)
+
+    def objective(self, theta: Float[Array, " P"]) -> Float[Array, ""]:
+        """Weighted squared error ½ Σ ((pred − value)/se)², or the Gaussian negative log-likelihood
+        with variance se² + exp(2 θ_noise) (θ_noise: the last entry of θ) up to a constant."""
+        res = self.predict(theta) - self.obs.value
+        if self.loss == "gaussian":
+            var = self.obs.se**2 + jnp.exp(2 * theta[-1])
+            return 0.5 * jnp.sum(res**2 / var + jnp.log(var))
+        return 0.5 * jnp.sum((res / self.obs.se) ** 2)
+
+
+def make_problem(
+    experiment: Experiment,
+    obs: Observations,
+    params: Sequence[Param],
+    *,
+    seeds: Seeds = Seeds(0),
+    solver: PopulationSolver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True),
+    initial: str = "quenched",
+    loss: str = "wls",
+) -> FitProblem:
+    if loss not in ("wls", "gaussian"):
+        raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameters {names} are not distinct")
+    n_levels = []
+    for p in params:
+        if p.by is not None and p.by not in obs.level:
+            raise ValueError(f"Param {p.name!r} varies by {p.by!r}, which is not a `by` column of the observations")
+        n = 1 if p.by is None else int(np.max(np.asarray(obs.level[p.by]))) + 1
+        if p.by is not None and p.name != "time_scale":
+            lev, cond = np.asarray(obs.level[p.by]), np.asarray(obs.condition)
+            if any(len(set(lev[cond == c])) > 1 for c in range(obs.n_conditions)):
+                raise ValueError(f"Param {p.name!r} varies by {p.by!r} but one theory solve mixes its levels: "
+                                 f"pass split=[{p.by!r}] to observations_from_table")
+        if len(p.init) not in (1, n):
+            raise ValueError(f"Param {p.name!r}: init has {len(p.init)} values, need 1 or {n} (levels of {p.by!r})")
+        n_levels.append(n)
+    return FitProblem(experiment, seeds, obs, tuple(params), tuple(n_levels), solver, initial, loss)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fit
+
+
+class FitResult(eqx.Module):
+    """Result of `fit`.
+
+    - `params`: name -> (levels,) fitted values (constrained units).
+    - `stderr`: name -> (levels,) Laplace standard errors (delta method through the transform);
+      NaN where the Hessian is not positive definite (an unidentifiable direction).
+    - `theta`: (P,) unconstrained optimum; `covariance`: (P, P) Laplace covariance of θ (the
+      inverse Hessian of the objective); `hessian`: (P, P).
+    - `loss`: () objective at the optimum; `start_losses`: (S,) final objective of every start;
+      `start_theta`: (S, P).
+    - `n_steps`: () Adam + Levenberg–Marquardt (or Newton) iterations of the best start;
+      `grad_norm`: () |∇θ objective| there; `decrement`: () Newton decrement gᵀH⁻¹g (squared
+      remaining step in s.e. units); `converged`: () Hessian positive definite (identifiable)
+      and gradient below gtol or decrement < 1e-2.
+    - `n_obs`: number of observations; `chi2_dof`: 2·loss / (n_obs − P) for `loss="wls"`
+      (≈ 1 when the standard errors are right and the model fits).
+    """
+
+    params: dict
+    stderr: dict
+    theta: Float[Array, " P"]
+    covariance: Float[Array, "P P"]
+    hessian: Float[Array, "P P"]
+    loss: Float[Array, ""]
+    start_losses: Float[Array, " S"]
+    start_theta: Float[Array, "S P"]
+    n_steps: Int[Array, ""]
+    grad_norm: Float[Array, ""]
+    converged: Bool[Array, ""]
+    decrement: Float[Array, ""]
+    n_obs: int = eqx.field(static=True)
+    chi2_dof: Float[Array, ""]
+
+    def table(self) -> pd.DataFrame:
+        """One row per fitted value: name, level, value, stderr."""
+        rows = []
+        for k, v in self.params.items():
+            for i, (x, s) in enumerate(zip(np.atleast_1d(np.asarray(v)), np.atleast_1d(np.asarray(self.stderr[k])))):
+                rows.append({"param": k, "level": i, "value": float(x), "stderr": float(s)})
+        return pd.DataFrame(rows)
+
+
+def _with_adjoint(problem: FitProblem, adjoint) -> FitProblem:
+    return eqx.tree_at(lambda p: p.solver.adjoint, problem, adjoint)
+
+
+@eqx.filter_jit
+def _value_and_grad(problem: FitProblem, thetas: Float[Array, "S P"]):
+    """Objective and its gradient (reverse mode through the solve) for a batch of θ."""
+    return jax.vmap(jax.value_and_grad(problem.objective))(thetas)
+
+
+@eqx.filter_jit
+def _residuals_and_jacobian(problem: FitProblem, thetas: Float[Array, "S P"]):
+    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P), forward mode.
+
+    Forward mode costs P tangents however many observations there are, and diffrax's
+    reverse-mode adjoints (custom VJPs) cannot be entered by forward mode, so the solve runs
+    with `diffrax.ForwardMode()` here (same discretisation, exact derivatives)."""
+    prob = _with_adjoint(problem, diffrax.ForwardMode())
+
+    def res(th):
+        return (prob.predict(th) - prob.obs.value) / prob.obs.se
+
+    return jax.vmap(lambda th: (res(th), jax.jacfwd(res)(th)))(thetas)
+
+
+@eqx.filter_jit
+def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
+    """Hessian of the objective, forward over forward (`jax.hessian` is forward over reverse,
+    which cannot enter diffrax's reverse-mode custom VJP)."""
+    prob = _with_adjoint(problem, diffrax.ForwardMode())
+    return jax.jacfwd(jax.jacfwd(prob.objective))(theta)
+
+
+def _adam(problem, thetas, n_steps, lr):
+    """Adam (optax) on every start; the best finite iterate of each start is kept, so a step
+    into a region where the solve fails (NaN) is undone."""
+    opt = optax.adam(lr)
+    state = opt.init(thetas)
+    best_v = jnp.full(thetas.shape[0], jnp.inf)
+    best = thetas
+    th = thetas
+    for _ in range(n_steps):
+        v, g = _value_and_grad(problem, th)
+        ok = jnp.isfinite(v) & (v < best_v)
+        best = jnp.where(ok[:, None], th, best)
+        best_v = jnp.where(ok, v, best_v)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        u, state = opt.update(g, state, th)
+        th = optax.apply_updates(th, u)
+    return best, best_v
+
+
+def _levenberg_marquardt(problem, thetas, n_steps, gtol):
+    """Levenberg–Marquardt on ½|r(θ)|² for every start (small P x P systems in NumPy).
+
+    Gauss–Newton steps (JᵀJ + λ diag(JᵀJ)) δ = −Jᵀr with λ adapted per start; converges
+    quadratically on small-residual problems, and its Jacobian costs P forward tangents in one
+    compiled program (an L-BFGS line search would compile the objective a second time)."""
+    th = np.asarray(thetas, float)
+    S, P = th.shape
+    lam = np.full(S, 1e-2)
+    r, J = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(th)))
+    f = 0.5 * np.sum(r**2, 1)
+    f = np.where(np.isfinite(f), f, np.inf)
+    steps = np.zeros(S, int)
+    for _ in range(n_steps):
+        g = np.einsum("snp,sn->sp", J, r)
+        # a start stops when its gradient is small or no damping finds a decrease (noise floor)
+        active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol) & (lam < 1e8)
+        if not active.any():
+            break
+        A = np.einsum("snp,snq->spq", J, J)
+        A = np.nan_to_num(A)
+        D = np.einsum("spp->sp", A) + 1e-12
+        trial = th.copy()
+        for s in np.flatnonzero(active):
+            M = A[s] + lam[s] * np.diag(D[s])
+            try:
+                trial[s] = th[s] - np.linalg.solve(M, np.nan_to_num(g[s]))
+            except np.linalg.LinAlgError:
+                lam[s] *= 10
+        r2, J2 = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(trial)))
+        f2 = 0.5 * np.sum(r2**2, 1)
+        better = active & np.isfinite(f2) & (f2 < f)
+        th = np.where(better[:, None], trial, th)
+        r = np.where(better[:, None], r2, r)
+        J = np.where(better[:, None, None], J2, J)
+        f = np.where(better, f2, f)
+        lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
+        steps += active
+    g = np.einsum("snp,sn->sp", J, r)
+    return th, f, g, J, steps
+
+
+def fit(
+    problem: FitProblem,
+    *,
+    n_starts: int = 4,
+    start_spread: float = 0.5,
+    starts: Float[Array, "S P"] | None = None,
+    n_adam: int = 40,
+    adam_lr: float = 0.05,
+    n_newton: int = 30,
+    gtol: float = 1e-6,
+    hessian: str | None = None,
+    obs_covariance=None,
+    key=None,
+) -> FitResult:
+    """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
+
+    **Arguments:**
+
+    - `n_starts`, `start_spread`: multi-start: the `Param` inits plus `n_starts − 1` draws
+      N(init, start_spread²) in the unconstrained coordinates; all starts run at once (vmap).
+      Or pass `starts` (S, P) explicitly (unconstrained θ, see `FitProblem.pack`).
+    - `n_adam`, `adam_lr`: Adam steps (optax; robust far from the optimum; gradients by
+      reverse mode through the solve with the solver's adjoint).
+    - `n_newton`, `gtol`: second-order polish until |∇θ objective| < `gtol`:
+      Levenberg–Marquardt with the forward-mode Jacobian of the residuals (`loss="wls"`), or
+      damped Newton with the exact Hessian (`loss="gaussian"`).
+    - `hessian`: for the Laplace covariance: `"gauss-newton"` (JᵀWJ, the Fisher information of
+      the weighted least-squares model; default for `"wls"`) or `"exact"` (forward-over-forward
+      Hessian of the objective; default for `"gaussian"`).
+    - `obs_covariance`: optional (n, n) covariance of the observation errors (e.g. of seed-mean
+      curves, estimated from the seeds: points of one curve share their seeds, so their errors
+      are strongly correlated in time). Then the error bars are the sandwich
+      H⁻¹ (Jᵀ C J) H⁻¹ (C: the covariance of the whitened residuals) instead of H⁻¹, which
+      assumes independent errors with s.d. `se` (`loss="wls"` only).
+    - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
+
+    **Returns:** `FitResult` of the best start (by objective).
+    """
+    hessian = hessian or ("gauss-newton" if problem.loss == "wls" else "exact")
+    if hessian not in ("gauss-newton", "exact"):
+        raise ValueError(f"hessian={hessian!r} is not one of ['gauss-newton', 'exact']")
+    if hessian == "gauss-newton" and problem.loss != "wls":
+        raise ValueError("hessian='gauss-newton' needs loss='wls'")
+    theta0 = problem.initial_theta()
+    if starts is None:
+        key = jax.random.key(0) if key is None else key
+        jitter = start_spread * jax.random.normal(key, (max(n_starts, 1) - 1, theta0.shape[0]))
+        starts = jnp.concatenate([theta0[None], theta0[None] + jitter], 0)
+    starts = jnp.asarray(starts, float)
+    ths = _adam(problem, starts, n_adam, adam_lr)[0] if n_adam else starts
+    if problem.loss == "wls":
+        th, vals, grads, J, steps = _levenberg_marquardt(problem, ths, n_newton, gtol)
+    else:
+        th, vals, grads, steps = _newton(problem, ths, n_newton, gtol)
+        J = None
+    vals_ = np.where(np.isfinite(vals), vals, np.inf)
+    b = int(np.argmin(vals_))
+    theta = jnp.asarray(th[b])
+    if hessian == "exact":
+        H = np.asarray(_exact_hessian(problem, theta), float)
+    else:
+        H = J[b].T @ J[b]
+    H = 0.5 * (H + H.T)
+    finite = bool(np.all(np.isfinite(H)))
+    w, V = np.linalg.eigh(H if finite else np.eye(H.shape[0]))  # small, un-vmapped
+    pd_ok = finite and bool(np.all(w > 1e-10 * max(1.0, float(np.abs(w).max()))))
+    cov = V @ np.diag(1.0 / np.where(w > 0, w, np.nan)) @ V.T if pd_ok else np.full_like(H, np.nan)
+    n_obs = int(problem.obs.value.shape[0])
+    gnorm = float(np.linalg.norm(grads[b]))
+    # Newton decrement gᵀ H⁻¹ g: the squared length, in units of the Laplace s.e., of the step
+    # that would still be taken; < 1e-2 means the optimum is reached to < 0.1 s.e. even when the
+    # solver's step-size noise keeps the raw gradient from reaching gtol.
+    decrement = float(grads[b] @ cov @ grads[b]) if pd_ok else float("nan")
+    if obs_covariance is not None:
+        if J is None:
+            raise ValueError("obs_covariance needs loss='wls'")
+        se = np.asarray(problem.obs.se, float)
+        C = np.asarray(obs_covariance, float) / np.outer(se, se)
+        Jb = J[b]
+        cov = cov @ (Jb.T @ C @ Jb) @ cov
+    values = problem.unpack(theta)
+    stderr, i = {}, 0
+    for p, n in zip(problem.params, problem.n_levels):
+        # delta method through the transform: se(value) = |d value/d u| se(u)
+        jac = np.asarray(jax.vmap(jax.grad(lambda u, t=p.transform: _forward(t, u)))(theta[i : i + n]))
+        stderr[p.name] = jnp.asarray(np.abs(jac) * np.sqrt(np.clip(np.diag(cov)[i : i + n], 0, None)))
+        i += n
+    chi2 = 2 * vals[b] / max(1, n_obs - problem.size) if problem.loss == "wls" else np.nan
+    return FitResult(
+        params=values,
+        stderr=stderr,
+        theta=theta,
+        covariance=jnp.asarray(cov),
+        hessian=jnp.asarray(H),
+        loss=jnp.asarray(vals[b]),
+        start_losses=jnp.asarray(vals),
+        start_theta=jnp.asarray(th),
+        n_steps=jnp.asarray(int(steps[b]) + n_adam),
+        grad_norm=jnp.asarray(gnorm),
+        converged=jnp.asarray(pd_ok and (gnorm < gtol or decrement < 1e-2)),
+        decrement=jnp.asarray(decrement),
+        n_obs=n_obs,
+        chi2_dof=jnp.asarray(chi2),
+    )
+
+
+def _newton(problem, thetas, n_steps, gtol):
+    """Damped Newton with the exact Hessian (forward over forward) for non-least-squares losses."""
+    th = np.asarray(thetas, float)
+    S = th.shape[0]
+    v, g = (np.asarray(a, float) for a in _value_and_grad(problem, jnp.asarray(th)))
+    lam = np.full(S, 1e-3)
+    steps = np.zeros(S, int)
+    for _ in range(n_steps):
+        active = np.isfinite(v) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol)
+        if not active.any():
+            break
+        trial = th.copy()
+        for s in np.flatnonzero(active):
+            H = np.asarray(_exact_hessian(problem, jnp.asarray(th[s])), float)
+            H = 0.5 * (H + H.T)
+            w, V = np.linalg.eigh(H)
+            w = np.maximum(np.abs(w), 1e-8) + lam[s] * np.abs(w).max()
+            trial[s] = th[s] - V @ ((V.T @ g[s]) / w)
+        v2, g2 = (np.asarray(a, float) for a in _value_and_grad(problem, jnp.asarray(trial)))
+        better = active & np.isfinite(v2) & (v2 < v)
+        th = np.where(better[:, None], trial, th)
+        v, g = np.where(better, v2, v), np.where(better[:, None], g2, g)
+        lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
+        steps += active
+    return th, v, g, steps
+
+
+def fit_table(
+    experiment: Experiment,
+    table: pd.DataFrame,
+    params: Sequence[Param],
+    *,
+    seeds: Seeds = Seeds(0),
+    solver: PopulationSolver | None = None,
+    initial: str = "quenched",
+    loss: str = "wls",
+    mapping: dict | None = None,
+    **fit_kwargs,
+) -> tuple[FitResult, FitProblem]:
+    """Convenience: `observations_from_table(table, **mapping)` → `make_problem` → `fit`.
+
+    `mapping`: keyword arguments of `observations_from_table` (column names, `se`, `by`, ...);
+    `by` defaults to the `by` columns of `params`."""
+    mapping = dict(mapping or {})
+    mapping.setdefault("by", sorted({p.by for p in params if p.by is not None}))
+    free = {p.name for p in params}
+    mapping.setdefault("split", sorted({p.by for p in params if p.by is not None and p.name != "time_scale"}))
+    mapping.setdefault("known", [c for c in KNOWN_COLUMNS if c in table and c not in free])
+    obs, _ = observations_from_table(table, **mapping)
+    kw = {} if solver is None else {"solver": solver}
+    problem = make_problem(experiment, obs, params, seeds=seeds, initial=initial, loss=loss, **kw)
+    return fit(problem, **fit_kwargs), problem
+
+
+def log10_stderr(value, stderr):
+    """Standard error of log10(value) from that of value (delta method)."""
+    return np.asarray(stderr) / (np.asarray(value) * math.log(10.0))
