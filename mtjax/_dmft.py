@@ -27,8 +27,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._custom_types import Array, Float
+from ._custom_types import Array, Bool, Float, Int
+from ._experiment import Experiment, Seeds
 from ._gaussian import cholesky
+from ._student import Student
+from ._teacher import Teacher
+from ._validation import check_int, check_range
 
 
 class _Problem(eqx.Module):
@@ -225,3 +229,237 @@ def _train_loss(h, ys, weights):
     lse = jax.nn.logsumexp(h, -1)  # (3, S, T1)
     zy = jnp.take_along_axis(h, ys[:, :, None, None], -1)[..., 0]
     return jnp.einsum("x,xsn->n", weights, lse - zy) / h.shape[1]
+
+
+class FiniteDataSolver(eqx.Module):
+    """Numerical settings of the finite-data (DMFT) theory.
+
+    - `n_grid`: GD steps T of the theory grid (static); the theory is exact (N → ∞) for GD with
+      step Δ = t_max / T, so T = the simulation's number of steps reproduces its learning rate.
+    - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
+    - `n_response`: the first `n_response` draws of each component also carry the response
+      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).
+    - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
+    - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
+      which a point counts as converged. The residual does not go to 0: with float32 and the
+      pivot-dropping factor of `psd_factor` it stalls near 1e-3, far below the sampling error.
+    - `n_quad_eval`: Monte Carlo points for the test loss and accuracy (static).
+    - `seed`: seed of all fixed draws (static).
+
+    Cost per iteration: weight process O(T³ C³); example process O(S T² C²);
+    response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory.
+    """
+
+    n_grid: int = eqx.field(static=True)
+    n_draws: int = eqx.field(static=True)
+    n_response: int = eqx.field(static=True)
+    max_iter: int = eqx.field(static=True)
+    n_quad_eval: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True)
+    damping: Float[Array, ""]
+    tol: Float[Array, ""]
+
+    def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0):
+        self.n_grid = check_int("n_grid", n_grid, 1)
+        self.n_draws = check_int("n_draws", n_draws, 2)
+        self.n_response = check_int("n_response", n_response, 1)
+        if self.n_response > self.n_draws:
+            raise ValueError(f"n_response={n_response} must be in [1, n_draws={n_draws}]")
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
+        self.seed = check_int("seed", seed, 0)
+        check_range("damping", damping, 0.0, 1.0, lo_open=True)
+        check_range("tol", tol, 0.0, lo_open=True)
+        self.damping = jnp.asarray(damping, float)
+        self.tol = jnp.asarray(tol, float)
+
+
+class _Solution(eqx.Module):
+    """Grid curves of one task: train/test loss, accuracy (T+1,), residual, iterations."""
+
+    train_loss: Float[Array, " T1"]
+    test_loss: Float[Array, " T1"]
+    test_acc: Float[Array, " T1"]
+    overlap_M: Float[Array, "T1 C R"]
+    bias: Float[Array, "T1 C"]
+    residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+
+
+def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key) -> _Solution:
+    """Solve the DMFT of one task to a fixed point (damped Picard on (C_g, R_g)) and evaluate.
+
+    `key` fixes every draw (common random numbers across iterations and across a sweep)."""
+    C, R = p.w.shape
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    d = _Draws(
+        jax.random.normal(k[0], (S, R)),
+        jax.random.normal(k[1], (S, C)),
+        jax.random.normal(k[2], (S, T1 * C)),
+        jax.random.randint(k[3], (S,), 0, C),
+    )
+    ys, weights = _labels(p, d)
+    lam = solver.damping
+
+    def F(Cg, Rg):
+        return _iteration(p, d, ys, weights, Cg, Rg, solver.n_response)
+
+    def rel(new, old):
+        return jnp.max(jnp.abs(new - old)) / (jnp.max(jnp.abs(new)) + 1e-30)
+
+    def cond(state):
+        i, _, _, res = state
+        return (i < solver.max_iter) & (res > solver.tol)
+
+    def body(state):
+        i, Cg, Rg, _ = state
+        Cg2, Rg2, _ = F(Cg, Rg)
+        res = rel(Cg2, Cg) + rel(Rg2, Rg)
+        return i + 1, (1 - lam) * Cg + lam * Cg2, (1 - lam) * Rg + lam * Rg2, res
+
+    z0 = jnp.zeros((T1, C, T1, C))
+    i, Cg, Rg, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), z0, z0, jnp.asarray(jnp.inf)))
+    # One more map at the final iterate: its change is the reported residual, its trajectories
+    # the reported curves.
+    Cg2, Rg2, (Cv, Rv, h, G, M, b) = F(Cg, Rg)
+    res = rel(Cg2, Cg) + rel(Rg2, Rg)
+    x_eval = jax.random.normal(k[4], (solver.n_quad_eval, R + 2 * C))
+    test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
+    train_loss = _train_loss(h, ys, weights)
+    return _Solution(train_loss, test_loss, test_acc, M, b, res, i + 1)
+
+
+class FiniteTheoryResult(eqx.Module):
+    """Finite-data theory curves of one point (add leading axes for a batch).
+
+    - `time`: (T,) t = lr x steps; `step`: (T,) the simulation clock.
+    - `train_loss`, `test_loss`, `test_acc`: (T, K), NaN for tasks not trained; linearly
+      interpolated from the theory grid (exact at grid times).
+    - `residual`: (K,) final relative fixed-point residual per task; `iterations`: (K,) Picard maps.
+    - `converged`: () all trained tasks reached `solver.tol`.
+    - `diverged`: () any non-finite loss of a trained task.
+    """
+
+    time: Float[Array, " T"]
+    step: Float[Array, " T"]
+    train_loss: Float[Array, "T K"]
+    test_loss: Float[Array, "T K"]
+    test_acc: Float[Array, "T K"]
+    residual: Float[Array, " K"]
+    iterations: Int[Array, " K"]
+    converged: Bool[Array, ""]
+    diverged: Bool[Array, ""]
+
+    @property
+    def early_stopped_loss(self) -> Float[Array, "... K"]:
+        """min over times of the test loss (NaN where diverged)."""
+        return jnp.where(self.diverged[..., None], jnp.nan, jnp.min(self.test_loss, axis=-2))
+
+    @property
+    def early_stopped_time(self) -> Float[Array, "... K"]:
+        """Time t of the early-stopped minimum."""
+        i = jnp.argmin(jnp.where(jnp.isnan(self.test_loss), jnp.inf, self.test_loss), axis=-2)
+        t = jnp.broadcast_to(self.time[..., :, None], self.test_loss.shape)
+        return jnp.take_along_axis(t, i[..., None, :], axis=-2)[..., 0, :]
+
+    @property
+    def final_loss(self) -> Float[Array, "... K"]:
+        return self.test_loss[..., -1, :]
+
+
+def _initial_overlaps(student: Student, teacher: Teacher, k: int, initial: str, gain):
+    """(M0, b0, Q0) of task k's head: teacher overlap W Uᵀ, bias and the Gram matrix of the rest."""
+    head = student.heads[k]
+    W = head.weight
+    C = W.shape[0]
+    b0 = jnp.zeros(C) if head.bias is None else head.bias
+    if initial == "quenched":
+        M0 = W @ teacher.U[k].T
+        return M0, b0, W @ W.T - M0 @ M0.T
+    return jnp.zeros((C, teacher.U.shape[1])), b0, gain**2 * jnp.eye(C)
+
+
+def finite_data_theory(
+    experiment: Experiment,
+    seeds: Seeds,
+    ts: Float[Array, " T"] | None = None,
+    *,
+    solver: FiniteDataSolver = FiniteDataSolver(),
+    student: Student | None = None,
+    initial: str = "quenched",
+) -> FiniteTheoryResult:
+    """DMFT of full-batch gradient descent on P_k = `n_train_active[k]` examples per task.
+
+    Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
+    share no parameter, so every task is solved independently and the multitask benefit is 0).
+
+    **Arguments:** as `population_theory`.
+
+    - `experiment`: teacher, student (depth 0, linear) and train config (protocol
+      `"full_batch"`; other protocols are treated as gradient flow on their training sets).
+    - `seeds`: teacher and init seeds; the data seed plays no role (the theory averages over
+      datasets).
+    - `ts`: times t = lr x steps to report; default the simulation's evaluation times.
+    - `solver`: `FiniteDataSolver`.
+    - `student`: optional initial student; `initial`: `"quenched"` (the exact initial overlaps of
+      the simulation's student) or `"typical"` (N → ∞: no overlap, Gram matrix init_scale² I).
+
+    **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
+    """
+    ecfg = experiment
+    if ecfg.student.activation != "linear" or ecfg.student.depth != 0:
+        raise ValueError(
+            f"finite_data_theory supports linear students of depth 0 only, got depth={ecfg.student.depth}, "
+            f"activation={ecfg.student.activation!r} (the trunk L >= 1 is not implemented yet, docs/dmft.md)"
+        )
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+    tr, tc = ecfg.train, ecfg.teacher
+    teacher = Teacher.sample(tc, key=seeds.key("teacher"))
+    if student is None:
+        student = Student.init(ecfg.student, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
+    if ts is None:
+        ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
+    ts = jnp.asarray(ts, float)
+    T = solver.n_grid
+    dt = ts[-1] / T
+    grid = dt * jnp.arange(T + 1)
+    # Directions outside the task's teacher subspace: N' = N − R.
+    n_perp = tc.n_features - tc.rank
+    K = tc.n_tasks
+    sols = []
+    for k in range(K):
+        M0, b0, Q0 = _initial_overlaps(student, teacher, k, initial, ecfg.student.init_scale)
+        p = _Problem(
+            tr.n_train_active[k] / n_perp, dt, tc.scale[k], tc.noise[k], tc.flip[k], tc.noisy_fraction[k],
+            teacher.w[k], M0, b0, Q0,
+        )  # fmt: skip
+        if k in tr.active_tasks:
+            sols.append(solve_single_task(p, solver, T, key=jax.random.fold_in(jax.random.key(solver.seed), k)))
+        else:
+            sols.append(None)
+    nan_t = jnp.full(ts.shape, jnp.nan)
+
+    def curve(f):
+        return jnp.stack([nan_t if s is None else jnp.interp(ts, grid, f(s)) for s in sols], axis=-1)
+
+    train_loss, test_loss, test_acc = curve(lambda s: s.train_loss), curve(lambda s: s.test_loss), curve(lambda s: s.test_acc)
+    residual = jnp.stack([jnp.nan if s is None else s.residual for s in sols])
+    iterations = jnp.stack([jnp.asarray(0) if s is None else s.iterations for s in sols])
+    active = jnp.asarray([k in tr.active_tasks for k in range(K)])
+    converged = jnp.all(jnp.where(active, residual <= solver.tol, True))
+    finite = jnp.all(jnp.where(active[None], jnp.isfinite(test_loss) & jnp.isfinite(train_loss), True))
+    step = ts / tr.learning_rate
+    return FiniteTheoryResult(ts, step, train_loss, test_loss, test_acc, residual, iterations, converged, ~finite)
+
+
+finite_data_theory_jit = eqx.filter_jit(finite_data_theory)
+
+
+def finite_theory_history(th: FiniteTheoryResult):
+    """A `FiniteTheoryResult` as a `History`, so sweeps, tables and benefits treat it like a simulation."""
+    from ._train import History
+
+    return History(jnp.round(th.step).astype(jnp.int32), th.time, th.train_loss, th.test_loss, th.test_acc, th.diverged)
