@@ -23,6 +23,8 @@ and its response is the exact per-draw Jacobian (a block-triangular solve).  The
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,26 +138,41 @@ def _softmax_jacobian(h):
     return jnp.einsum("...c,cd->...cd", p, jnp.eye(h.shape[-1])) - p[..., :, None] * p[..., None, :]
 
 
-def _response(h, Rv, alpha, wts):
+def _response(h, Rv, alpha, wts, chunk: int = 32):
     """Weighted mean over draws of the exact Jacobian Γ[n,m] = ∂g^n/∂ε^m of each draw's example
     process to a kick ε of its field (M, b held fixed: one example does not move them).
 
-    Γ[n, ·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k, ·]) — forward substitution in n, all draws
-    at once (one (C x T1 C) by (T1 C x S T1 C) product per step).
+    Γ[n, ·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k, ·]) — forward substitution in n, a chunk of
+    draws at a time (one (C x T1 C) by (T1 C x chunk T1 C) product per step).  Each chunk is
+    rematerialised in reverse mode, so the memory of `jax.grad` is that of one chunk's scan.
 
     `h`: (S, T1, C) fields; `wts`: (S,) weights summing to the mass of these draws."""
     S, T1, C = h.shape
-    J = _softmax_jacobian(h)  # (S, T1, C, C)
+    chunk = min(chunk, S)
+    if S % chunk:
+        raise ValueError(f"the response draws ({S}) must be a multiple of the chunk ({chunk})")
     eye = jnp.eye(C)
 
-    def step(G, n):
-        mem = jnp.einsum("ckd,skdje->scje", Rv[n], G) / alpha  # (S, C, T1, C)
-        src = jnp.zeros((S, C, T1, C)).at[:, :, n, :].set(eye)
-        row = jnp.einsum("scd,sdje->scje", J[:, n], src - mem)
-        return G.at[:, n].set(row), None
+    @jax.checkpoint
+    def one_chunk(hc, wc):
+        J = _softmax_jacobian(hc)  # (B, T1, C, C)
+        B = hc.shape[0]
 
-    G, _ = jax.lax.scan(step, jnp.zeros((S, T1, C, T1, C)), jnp.arange(T1))
-    return jnp.einsum("s,sncme->ncme", wts, G)
+        def step(G, n):
+            mem = jnp.einsum("ckd,skdje->scje", Rv[n], G) / alpha  # (B, C, T1, C)
+            src = jnp.zeros((B, C, T1, C)).at[:, :, n, :].set(eye)
+            row = jnp.einsum("scd,sdje->scje", J[:, n], src - mem)
+            return G.at[:, n].set(row), None
+
+        G, _ = jax.lax.scan(step, jnp.zeros((B, T1, C, T1, C)), jnp.arange(T1))
+        return jnp.einsum("s,sncme->ncme", wc, G)
+
+    def body(acc, xs):
+        return acc + one_chunk(*xs), None
+
+    xs = (h.reshape(S // chunk, chunk, T1, C), wts.reshape(S // chunk, chunk))
+    out, _ = jax.lax.scan(body, jnp.zeros((T1, C, T1, C)), xs)
+    return out
 
 
 def psd_factor(s: Float[Array, "n n"], rtol: float = 1e-5) -> Float[Array, "n n"]:
@@ -274,6 +291,51 @@ class FiniteDataSolver(eqx.Module):
         self.tol = jnp.asarray(tol, float)
 
 
+def _rel(new, old):
+    return jnp.max(jnp.abs(new - old)) / (jnp.max(jnp.abs(new)) + 1e-30)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fixed_point(F, max_iter: int, ctrl, params, z0):
+    """z* = F(params, z*) by damped Picard iteration, differentiated implicitly:
+    z̄ -> w = z̄ + (∂F/∂z)ᵀ w (iterated), params̄ = (∂F/∂params)ᵀ w (Christianson 1994; the JAX
+    `fixed_point` recipe).  Returns (z*, iterations)."""
+    return _fixed_point_fwd(F, max_iter, ctrl, params, z0)[0]
+
+
+def _fixed_point_fwd(F, max_iter, ctrl, params, z0):
+    damping, tol = ctrl
+    def cond(state):
+        i, _, res = state
+        return (i < max_iter) & (res > tol)
+
+    def body(state):
+        i, z, _ = state
+        z2 = F(params, z)
+        res = sum(_rel(a, b) for a, b in zip(z2, z))
+        return i + 1, tuple((1 - damping) * a + damping * b for a, b in zip(z, z2)), res
+
+    i, z, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), z0, jnp.asarray(jnp.inf)))
+    return (z, i), (ctrl, params, z)
+
+
+def _fixed_point_bwd(F, max_iter, res, cot):
+    ctrl, params, z = res
+    zbar, _ = cot
+    _, vjp_z = jax.vjp(lambda zz: F(params, zz), z)
+
+    def body(_, w):
+        return tuple(a + b for a, b in zip(zbar, vjp_z(w)[0]))
+
+    w = jax.lax.fori_loop(0, max_iter, body, zbar)
+    _, vjp_p = jax.vjp(lambda pp: F(pp, z), params)
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    return zeros(ctrl), vjp_p(w)[0], zeros(z)
+
+
+_fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
 class _Solution(eqx.Module):
     """Grid curves of one task: train/test loss, accuracy (T+1,), residual, iterations."""
 
@@ -300,31 +362,19 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
         jax.random.normal(k[2], (S, T1 * C)),
         jax.random.randint(k[3], (S,), 0, C),
     )
-    ys, weights = _labels(p, d)
-    lam = solver.damping
 
-    def F(Cg, Rg):
-        return _iteration(p, d, ys, weights, Cg, Rg, solver.n_response)
+    def F(params, z):
+        pp, dd = params
+        ys, weights = _labels(pp, dd)
+        return _iteration(pp, dd, ys, weights, *z, solver.n_response)[:2]
 
-    def rel(new, old):
-        return jnp.max(jnp.abs(new - old)) / (jnp.max(jnp.abs(new)) + 1e-30)
-
-    def cond(state):
-        i, _, _, res = state
-        return (i < solver.max_iter) & (res > solver.tol)
-
-    def body(state):
-        i, Cg, Rg, _ = state
-        Cg2, Rg2, _ = F(Cg, Rg)
-        res = rel(Cg2, Cg) + rel(Rg2, Rg)
-        return i + 1, (1 - lam) * Cg + lam * Cg2, (1 - lam) * Rg + lam * Rg2, res
-
-    z0 = jnp.zeros((T1, C, T1, C))
-    i, Cg, Rg, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), z0, z0, jnp.asarray(jnp.inf)))
+    z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
+    (Cg, Rg), i = _fixed_point(F, solver.max_iter, (solver.damping, solver.tol), (p, d), z0)
     # One more map at the final iterate: its change is the reported residual, its trajectories
-    # the reported curves.
-    Cg2, Rg2, (Cv, Rv, h, G, M, b) = F(Cg, Rg)
-    res = rel(Cg2, Cg) + rel(Rg2, Rg)
+    # the reported curves (differentiable in p through the map and through z*).
+    ys, weights = _labels(p, d)
+    Cg2, Rg2, (Cv, Rv, h, G, M, b) = _iteration(p, d, ys, weights, Cg, Rg, solver.n_response)
+    res = _rel(Cg2, Cg) + _rel(Rg2, Rg)
     x_eval = jax.random.normal(k[4], (solver.n_quad_eval, R + 2 * C))
     test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
     train_loss = _train_loss(h, ys, weights)
