@@ -71,16 +71,19 @@ class _Draws(eqx.Module):
     y_unif: Array
 
 
-def _labels(p: _Problem, d: _Draws):
-    """Labels of the three label components (clean, logit-noise, uniform), each (S,), and the
-    component weights (3,).  Every draw is evaluated under every component (common random
-    numbers); the weights make ε and q enter smoothly."""
-    clean = p.scale * d.u @ p.w.T
+def _labels_raw(scale, noise, flip, q, w, u, xi, y_unif):
+    """Labels (3, S) of the clean, logit-noise and uniform components for teacher fields `u`
+    (S, R), and the component weights (3,).  Every draw is evaluated under every component
+    (common random numbers); the weights make ε and q enter smoothly."""
+    clean = scale * u @ w.T
     y0 = jnp.argmax(clean, -1)
-    ys = jnp.argmax(clean + p.noise * d.xi, -1)
-    q, e = p.noisy_fraction, p.flip
-    weights = jnp.stack([(1 - e) * (1 - q), (1 - e) * q, e])
-    return jnp.stack([y0, ys, d.y_unif]), weights
+    ys = jnp.argmax(clean + noise * xi, -1)
+    weights = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    return jnp.stack([y0, ys, y_unif]), weights
+
+
+def _labels(p: _Problem, d: _Draws):
+    return _labels_raw(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, d.u, d.xi, d.y_unif)
 
 
 def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"], Q0, alpha, dt):
@@ -246,6 +249,173 @@ def _train_loss(h, ys, weights):
     lse = jax.nn.logsumexp(h, -1)  # (3, S, T1)
     zy = jnp.take_along_axis(h, ys[:, :, None, None], -1)[..., 0]
     return jnp.einsum("x,xsn->n", weights, lse - zy) / h.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth L = 1: a shared linear first layer W (H x N) + bias, per-task heads (V_k, c_k).
+# The first layer's complement part is the DMFT variable (H-dimensional coordinate and field
+# processes); Ω = W Eᵀ (H x D), the biases and the heads are self-averaging (docs/dmft.md §4).
+# ---------------------------------------------------------------------------------------------
+
+
+class _TrunkProblem(eqx.Module):
+    """Inputs of one L = 1 solve (K tasks, all arrays).
+
+    - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: step Δ.
+    - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D) (U_k = T_k E).
+    - initial state: `Omega0` (H, D) = W Eᵀ, `b10` (H,), `V0` (K, C, H), `c0` (K, C),
+      `Q0` (H, H) = W (I − EᵀE) Wᵀ.
+    """
+
+    alpha: Float[Array, " K"]
+    rho: Float[Array, " K"]
+    dt: Float[Array, ""]
+    scale: Float[Array, " K"]
+    noise: Float[Array, " K"]
+    flip: Float[Array, " K"]
+    noisy_fraction: Float[Array, " K"]
+    w: Float[Array, "K C R"]
+    T: Float[Array, "K R D"]
+    Omega0: Float[Array, "H D"]
+    b10: Float[Array, " H"]
+    V0: Float[Array, "K C H"]
+    c0: Float[Array, "K C"]
+    Q0: Float[Array, "H H"]
+
+
+class _TrunkDraws(eqx.Module):
+    """Fixed draws per task: `u` (K, S, D) inputs in the teacher basis, `xi` (K, S, C),
+    `zeta` (K, S, (T+1) H), `y_unif` (K, S)."""
+
+    u: Float[Array, "K S D"]
+    xi: Float[Array, "K S C"]
+    zeta: Float[Array, "K S TH"]
+    y_unif: Array
+
+
+def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
+    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3)."""
+    u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
+    return jax.vmap(_labels_raw)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
+
+
+def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
+    """Sampled example processes of all K tasks, coupled through the shared Ω, b1 (and heads).
+
+    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] V_k^mᵀ g^m,  f = Ω u + b1 + φ,  h = V_k f + c_k.
+    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories
+    Ω (T1, H, D), b1 (T1, H), V (T1, K, C, H), c (T1, K, C) (values *at* each step)."""
+    T1, H = Cv.shape[0], Cv.shape[1]
+    K, S = d.u.shape[0], d.u.shape[1]
+    C = p.V0.shape[1]
+    Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
+    chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
+    onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
+    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    mem_coef = p.rho / p.alpha
+
+    def step(carry, n):
+        Om, b1, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces V_k^mᵀ g^m at m < n
+        mem = jnp.einsum("hmj,kxsmj->kxsh", Rv[n], F) * mem_coef[:, None, None, None]
+        f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
+        h = jnp.einsum("kxsh,kch->kxsc", f, V) + c[:, None, None]
+        g = jax.nn.softmax(h, -1) - onehot
+        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, V))
+        wg = wts[..., None] * g  # (K, 3, S, C)
+        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, V, wg, d.u)
+        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, V, wg)
+        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f)
+        c_new = c - p.dt * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
+        return (Om_new, b1_new, V_new, c_new, F), (h, g, Om, b1, V, c)
+
+    F0 = jnp.zeros((K, 3, S, T1, H))
+    _, (h, G, Om, b1, V, c) = jax.lax.scan(step, (p.Omega0, p.b10, p.V0, p.c0, F0), jnp.arange(T1))
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, V, c
+
+
+def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_response: int):
+    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones."""
+    h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
+    K, S = d.u.shape[0], d.u.shape[1]
+    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    Cg = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
+    Sr = n_response
+
+    def resp(k):
+        # Logit-space memory of task k: ρ_k V_k^n R_v[n,j] V_k^jᵀ.
+        Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
+        hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
+        return _response(hr, Rt, p.alpha[k], jnp.repeat(weights[k] / Sr, Sr))
+
+    Rg = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
+    RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, V, Rg, V)
+    CgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho**2 / p.alpha, V, Cg, V)
+    Cv_new, Rv_new = weight_process(RgH, CgH, p.Q0, jnp.asarray(1.0), p.dt)
+    return Cv_new, Rv_new, (h, G, Om, b1, V, c)
+
+
+def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
+    """Test loss and accuracy (T1,) of logits z = M u + b + N(0, Sig) with u ~ N(0, I_D), labels
+    from the teacher fields T u.  `M` (T1, C, D), `b` (T1, C), `Sig` (T1, C, C), `x_eval` (n, D + 2C)."""
+    C, D = M.shape[1], M.shape[2]
+    u, xi, gz = x_eval[:, :D], x_eval[:, D : D + C], x_eval[:, D + C :]
+    clean = scale * (u @ T.T) @ w.T
+    y0 = jnp.argmax(clean, -1)
+    ys = jnp.argmax(clean + noise * xi, -1)
+
+    def one(Mn, bn, Sn):
+        z = u @ Mn.T + bn + gz @ cholesky(Sn).T
+        lse = jax.nn.logsumexp(z, -1)
+        ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
+        ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+        ceu = jnp.mean(lse - jnp.mean(z, -1))
+        am = jnp.argmax(z, -1)
+        loss = (1 - flip) * (q * ces + (1 - q) * ce0) + flip * ceu
+        acc = (1 - flip) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + flip / C
+        return loss, acc
+
+    return jax.lax.map(lambda a: one(*a), (M, b, Sig))
+
+
+def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, key):
+    """Solve the L = 1 DMFT (fixed point in the first-layer kernels) and evaluate every task.
+
+    **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
+    K, C, H = p.V0.shape
+    D = p.T.shape[2]
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    d = _TrunkDraws(
+        jax.random.normal(k[0], (K, S, D)),
+        jax.random.normal(k[1], (K, S, C)),
+        jax.random.normal(k[2], (K, S, T1 * H)),
+        jax.random.randint(k[3], (K, S), 0, C),
+    )
+
+    def F(params, z):
+        pp, dd = params
+        ys, weights = _trunk_labels(pp, dd)
+        return _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)[:2]
+
+    Cv0 = jnp.broadcast_to(p.Q0[None, :, None, :], (T1, H, T1, H))
+    z0 = (Cv0, jnp.zeros((T1, H, T1, H)))
+    (Cv, Rv), i = _fixed_point(F, solver.max_iter, (solver.damping, solver.tol), (p, d), z0)
+    ys, weights = _trunk_labels(p, d)
+    Cv2, Rv2, (h, G, Om, b1, V, c) = _trunk_iteration(p, d, ys, weights, Cv, Rv, solver.n_response)
+    res = _rel(Cv2, Cv) + _rel(Rv2, Rv)
+    x_eval = jax.random.normal(k[4], (solver.n_quad_eval, D + 2 * C))
+    diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]  # (T1, H, H)
+    test_loss, test_acc = [], []
+    for kk in range(K):
+        Vk = V[:, kk]
+        M = jnp.einsum("nch,nhd->ncd", Vk, Om)
+        b = jnp.einsum("nch,nh->nc", Vk, b1) + c[:, kk]
+        Sig = jnp.einsum("nch,nhg,neg->nce", Vk, diag, Vk)
+        lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, x_eval)
+        test_loss.append(lo), test_acc.append(ac)
+    train = jnp.stack([_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
+    return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, i + 1
 
 
 class FiniteDataSolver(eqx.Module):
@@ -459,10 +629,10 @@ def finite_data_theory(
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
     """
     ecfg = experiment
-    if ecfg.student.activation != "linear" or ecfg.student.depth != 0:
+    if ecfg.student.activation != "linear" or ecfg.student.depth > 1:
         raise ValueError(
-            f"finite_data_theory supports linear students of depth 0 only, got depth={ecfg.student.depth}, "
-            f"activation={ecfg.student.activation!r} (the trunk L >= 1 is not implemented yet, docs/dmft.md)"
+            f"finite_data_theory supports linear students of depth 0 or 1, got depth={ecfg.student.depth}, "
+            f"activation={ecfg.student.activation!r} (deeper trunks are not implemented yet, docs/dmft.md)"
         )
     if initial not in ("quenched", "typical"):
         raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
@@ -476,9 +646,20 @@ def finite_data_theory(
     T = solver.n_grid
     dt = ts[-1] / T
     grid = dt * jnp.arange(T + 1)
+    K = tc.n_tasks
+    active = jnp.asarray([k in tr.active_tasks for k in range(K)])
+    if ecfg.student.depth == 1:
+        train_g, test_g, acc_g, res, its = solve_trunk(
+            _trunk_problem(ecfg, teacher, student, dt, initial), solver, T, key=jax.random.key(solver.seed)
+        )
+        nan = jnp.full(ts.shape, jnp.nan)
+        interp = lambda f: jnp.stack([jnp.where(active[k], jnp.interp(ts, grid, f[:, k]), nan) for k in range(K)], -1)  # noqa: E731
+        train_loss, test_loss, test_acc = interp(train_g), interp(test_g), interp(acc_g)
+        residual = jnp.where(active, res, jnp.nan)
+        iterations = jnp.where(active, its, 0)
+        return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
     # Directions outside the task's teacher subspace: N' = N − R.
     n_perp = tc.n_features - tc.rank
-    K = tc.n_tasks
     sols = []
     for k in range(K):
         M0, b0, Q0 = _initial_overlaps(student, teacher, k, initial, ecfg.student.init_scale)
@@ -498,11 +679,40 @@ def finite_data_theory(
     train_loss, test_loss, test_acc = curve(lambda s: s.train_loss), curve(lambda s: s.test_loss), curve(lambda s: s.test_acc)
     residual = jnp.stack([jnp.nan if s is None else s.residual for s in sols])
     iterations = jnp.stack([jnp.asarray(0) if s is None else s.iterations for s in sols])
-    active = jnp.asarray([k in tr.active_tasks for k in range(K)])
+    return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
+
+
+def _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver):
     converged = jnp.all(jnp.where(active, residual <= solver.tol, True))
     finite = jnp.all(jnp.where(active[None], jnp.isfinite(test_loss) & jnp.isfinite(train_loss), True))
     step = ts / tr.learning_rate
     return FiniteTheoryResult(ts, step, train_loss, test_loss, test_acc, residual, iterations, converged, ~finite)
+
+
+def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, initial: str) -> _TrunkProblem:
+    """The L = 1 problem: teacher arrays, task rates, α_k = P_k / (N − K R), initial state."""
+    from ._population import task_rates
+    from ._teacher import teacher_coefficients
+
+    tc, tr = ecfg.teacher, ecfg.train
+    E = teacher.basis
+    layer = student.layers[0]
+    W = layer.weight
+    H = W.shape[0]
+    b1 = jnp.zeros(H) if layer.bias is None else layer.bias
+    V0 = jnp.stack([h.weight for h in student.heads])
+    c0 = jnp.stack([jnp.zeros(V0.shape[1]) if h.bias is None else h.bias for h in student.heads])
+    if initial == "quenched":
+        Om0 = W @ E.T
+        Q0 = W @ W.T - Om0 @ Om0.T
+    else:
+        Om0 = jnp.zeros((H, E.shape[0]))
+        Q0 = ecfg.student.init_scale**2 * jnp.eye(H)
+    n_perp = tc.n_features - E.shape[0]
+    return _TrunkProblem(
+        tr.n_train_active / n_perp, task_rates(ecfg), dt, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
+        teacher.w, teacher_coefficients(tc), Om0, b1, V0, c0, Q0,
+    )  # fmt: skip
 
 
 finite_data_theory_jit = eqx.filter_jit(finite_data_theory)
