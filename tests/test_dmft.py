@@ -93,6 +93,36 @@ def test_large_alpha_is_the_population_flow():
     np.testing.assert_allclose(th.train_loss[:, 0], th.test_loss[:, 0], atol=0.2)
 
 
+def _trunk_spec(P, steps=8, lr=0.5, protocol="full_batch", single_task=False):
+    spec = _spec(P=P, N=100, steps=steps, lr=lr, protocol=protocol, depth=1)
+    spec["student"]["width"] = 4
+    spec["teacher"]["relatedness"] = 0.5
+    spec["train"]["single_task"] = single_task
+    return spec
+
+
+def test_trunk_large_alpha_is_the_population_flow():
+    # L = 1, two tasks: Ω, b_1, heads and the first-layer Gram matrix against the population flow.
+    e = mtjax.experiment_from_spec(_trunk_spec(10**7, steps=10, lr=0.1))
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=TINY)
+    pop = mtjax.population_theory(mtjax.experiment_from_spec(_trunk_spec(100, steps=10, lr=0.1, protocol="online")),
+                                  mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=4096))
+    d = np.abs(np.asarray(th.test_loss) - np.asarray(pop.test_loss))
+    assert d.max() < 0.015, d
+
+
+def test_trunk_matches_full_batch_simulation():
+    e = mtjax.experiment_from_spec(_trunk_spec(100))
+    ns = 8
+    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
+    sims = mtjax.simulate_batch(jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e), seeds)
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=mtjax.FiniteDataSolver(n_grid=8, n_draws=1024, n_response=64, tol=2e-2))
+    te = np.asarray(sims.test_loss)
+    mean, se = te.mean(0), te.std(0, ddof=1) / math.sqrt(ns)
+    # N = 100, H = 4: finite-size corrections O(H/P, D/P) ~ 5 %, not in the theory.
+    assert np.all(np.abs(np.asarray(th.test_loss) - mean) < 3 * se + 0.05 * mean), (np.asarray(th.test_loss), mean)
+
+
 def test_flags_vmap_and_rejections():
     e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
     f = eqx.filter_jit(lambda eps, solver: mtjax.finite_data_theory(
@@ -106,7 +136,7 @@ def test_flags_vmap_and_rejections():
     bad = f(eps[1], mtjax.FiniteDataSolver(n_grid=8, n_draws=256, n_response=32, n_quad_eval=4096, max_iter=1))
     assert not bool(bad.converged) and float(bad.residual[0]) > 5e-3
     with pytest.raises(ValueError, match="depth"):
-        mtjax.finite_data_theory(mtjax.experiment_from_spec(_spec(depth=1)), mtjax.Seeds(0), solver=TINY)
+        mtjax.finite_data_theory(mtjax.experiment_from_spec(_spec(depth=2)), mtjax.Seeds(0), solver=TINY)
 
 
 def test_gradient_of_early_stopped_loss_matches_finite_differences():
