@@ -43,7 +43,7 @@ def test_psd_factor_samples_singular_covariances():
     s = a @ a.T  # rank 3
     L = psd_factor(s)
     assert np.all(np.isfinite(L))
-    np.testing.assert_allclose(L @ L.T, s, atol=1e-4 * float(jnp.abs(s).max()))
+    np.testing.assert_allclose(L @ L.T, s, atol=3e-4 * float(jnp.abs(s).max()))
 
 
 @pytest.fixture(scope="module")
