@@ -140,18 +140,24 @@ def test_flags_vmap_and_rejections():
 
 
 def test_gradient_of_early_stopped_loss_matches_finite_differences():
+    # Implicit differentiation of the fixed point vs central differences of the whole solve, for
+    # the test loss at every time; the early-stopped loss is the min over times, whose gradient is
+    # the one at the argmin (a finite difference of the min itself is wrong when the argmin moves
+    # between two nearly tied times, which happens here).
     e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
 
-    def f(x):
+    def curve(x):
         a, eps = x
         ee = eqx.tree_at(lambda m: (m.train.n_train_active, m.teacher.flip), e, (jnp.stack([a, a]), jnp.stack([eps, eps])))
-        return mtjax.finite_data_theory(ee, mtjax.Seeds(0), solver=TINY).early_stopped_loss[0]
+        return mtjax.finite_data_theory(ee, mtjax.Seeds(0), solver=TINY).test_loss[:, 0]
 
     x = jnp.array([100.0, 0.2])
-    g = eqx.filter_jit(jax.grad(f))(x)
-    ff = eqx.filter_jit(f)
-    for i, h in enumerate([5.0, 0.02]):
+    jac = eqx.filter_jit(jax.jacrev(curve))(x)  # (T, 2)
+    f = eqx.filter_jit(curve)
+    for i, h in enumerate([5.0, 0.01]):
         dx = jnp.zeros(2).at[i].set(h)
-        fd = (ff(x + dx) - ff(x - dx)) / (2 * h)
-        assert abs(float(fd) - float(g[i])) < 0.05 * abs(float(g[i])) + 1e-4, (i, fd, g)
+        fd = (f(x + dx) - f(x - dx)) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, rtol=0.02, atol=2e-4 * (1 if i else 0.01))
+    g = eqx.filter_jit(jax.grad(lambda x: jnp.min(curve(x))))(x)
+    np.testing.assert_allclose(g, jac[jnp.argmin(f(x))], rtol=1e-5)
     assert float(g[0]) < 0 < float(g[1])  # more data helps, more flips hurt
