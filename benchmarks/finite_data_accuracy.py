@@ -62,8 +62,9 @@ def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single):
 def main_trunk(args):
     """L = 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
     (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
-    grid = list(itertools.product([1.0, 4.0], [0.0, 1.0], [0.5, 3.0]))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol)
+    grid = list(itertools.product(args.alphas or [1.0, 4.0], [0.0, 1.0], [0.5, 3.0]))
+    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
+                                    damping=args.damping)
     ns = args.seeds
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
     lines = []
@@ -131,6 +132,8 @@ def main():
     ap.add_argument("--draws", type=int, default=2048)
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--depth", type=int, default=0, choices=[0, 1])
+    ap.add_argument("--alphas", type=float, nargs="*", default=None, help="subset of alpha values")
+    ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
@@ -139,8 +142,9 @@ def main():
         args.out = "docs/results/finite_data_accuracy.txt" if args.depth == 0 else "docs/results/finite_data_accuracy_trunk.txt"
     if args.depth == 1:
         return main_trunk(args)
-    grid = list(itertools.product([0.5, 1.0, 2.0, 4.0, 8.0], [0.5, 3.0], [0.0, 0.2]))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response)
+    grid = list(itertools.product(args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], [0.5, 3.0], [0.0, 0.2]))
+    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
+                                    damping=args.damping)
     ns = args.seeds
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
     lines = []
@@ -151,7 +155,8 @@ def main():
 
     emit(f"# finite-data theory (DMFT) vs full-batch GD: N = {args.n}, C = R = {args.rank}, sigma = 0.5, lr = {args.lr}, "
          f"{args.steps} steps, {ns} seeds, n_test = {args.n_test}")
-    emit(f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}")
+    emit(f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}, tol {args.tol}, "
+         f"damping {args.damping}")
     hdr = (f"{'alpha':>5} {'s':>4} {'eps':>4} | {'ES sim':>15} {'ES th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
            f"{'final sim':>15} {'final th':>8} | {'curve':>6} {'train rel':>9} | {'res':>7} {'it':>3} {'t_th':>5}")
     emit(hdr)
