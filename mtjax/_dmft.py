@@ -1,5 +1,6 @@
 """Mean-field theory II: finite data. Dynamical mean-field theory (DMFT) of full-batch gradient
-descent for a linear softmax student (L = 0) on P = α N' Gaussian examples.
+descent for linear softmax students (L = 0, and L = 1 with per-task heads) on P_k = α_k N'
+Gaussian examples per task.
 
 Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with step Δ, n = 0..T):
 
@@ -615,7 +616,8 @@ def finite_data_theory(
     """DMFT of full-batch gradient descent on P_k = `n_train_active[k]` examples per task.
 
     Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
-    share no parameter, so every task is solved independently and the multitask benefit is 0).
+    share no parameter, so every task is solved independently and the multitask benefit is 0)
+    and L = 1 (a shared linear layer with per-task heads: multitask, docs/dmft.md §4).
 
     **Arguments:** as `population_theory`.
 
