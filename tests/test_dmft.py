@@ -103,12 +103,19 @@ def _trunk_spec(P, steps=8, lr=0.5, protocol="full_batch", single_task=False):
 
 def test_trunk_large_alpha_is_the_population_flow():
     # L = 1, two tasks: Ω, b_1, heads and the first-layer Gram matrix against the population flow.
-    e = mtjax.experiment_from_spec(_trunk_spec(10**7, steps=10, lr=0.1))
-    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=TINY)
-    pop = mtjax.population_theory(mtjax.experiment_from_spec(_trunk_spec(100, steps=10, lr=0.1, protocol="online")),
-                                  mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=4096))
-    d = np.abs(np.asarray(th.test_loss) - np.asarray(pop.test_loss))
-    assert d.max() < 0.015, d
+    # GD at Δ = 0.05 vs the flow (O(Δ) apart). The two sides evaluate the test loss on different
+    # Monte Carlo point sets (16384 points, s.e. ~0.008 each): they differ by up to 0.016 already at
+    # t = 0, where the student is the same, so the dynamics are compared through the change since t = 0.
+    e = mtjax.experiment_from_spec(_trunk_spec(10**7, steps=20, lr=0.05))
+    solver = mtjax.FiniteDataSolver(n_grid=20, n_draws=256, n_response=32, n_quad_eval=16384)
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
+    pop = mtjax.population_theory(mtjax.experiment_from_spec(_trunk_spec(100, steps=20, lr=0.05, protocol="online")),
+                                  mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=16384))
+    assert bool(th.converged)
+    a, b = np.asarray(th.test_loss), np.asarray(pop.test_loss)
+    assert np.abs(a[0] - b[0]).max() < 0.03
+    d = np.abs((a - a[0]) - (b - b[0]))
+    assert d.max() < 0.008, d
 
 
 def test_trunk_matches_full_batch_simulation():
