@@ -81,3 +81,9 @@ try:
     __version__ = version("mtjax")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
+from ._dmft import (
+    FiniteDataSolver as FiniteDataSolver,
+    FiniteTheoryResult as FiniteTheoryResult,
+    finite_data_theory as finite_data_theory,
+    finite_theory_history as finite_theory_history,
+)

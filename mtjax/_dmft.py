@@ -1,0 +1,729 @@
+"""Mean-field theory II: finite data. Dynamical mean-field theory (DMFT) of full-batch gradient
+descent for linear softmax students (L = 0, and L = 1 with per-task heads) on P_k = α_k N'
+Gaussian examples per task.
+
+Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with step Δ, n = 0..T):
+
+The student W (C x N) is split into its teacher-subspace part M = W Uᵀ (C x R) and the rest V
+(N' = N − R directions).  M and the bias b are low-dimensional and self-average; V sees the data
+through two effective processes coupled by four (T+1)C x (T+1)C kernels:
+
+* per example (training set): h^n = M^n u + b^n + χ^n − (1/α) Σ_{m<n} R_v[n,m] g^m,
+  g^n = softmax(h^n) − e_y, with χ ~ N(0, C_v) a Gaussian process and u ~ N(0, I_R) the
+  example's teacher field (its label y from u, logit noise and flips);
+* per weight coordinate (linear): v^{n+1} = v^n − Δ Σ_{m<=n} R_g[n,m] v^m + Δ η^n,
+  η ~ N(0, C_g/α), v^0 ~ N(0, Q_0).
+
+Self-consistency: C_g = E[g gᵀ], R_g = E[∂g/∂(field kick)] over the example process,
+C_v = E[v vᵀ], R_v = ∂v/∂(force) over the coordinate process, M^{n+1} = M^n − Δ E[g^n uᵀ],
+b^{n+1} = b^n − Δ E[g^n].  The coordinate process is linear, so C_v and R_v are computed
+exactly by linear algebra; the example process is sampled (fixed draws: a deterministic map),
+and its response is the exact per-draw Jacobian (a block-triangular solve).  The pair
+(C_g, R_g) is iterated with damping to a fixed point.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._custom_types import Array, Bool, Float, Int
+from ._experiment import Experiment, Seeds
+from ._gaussian import cholesky
+from ._student import Student
+from ._teacher import Teacher
+from ._validation import check_int, check_range
+
+
+class _Problem(eqx.Module):
+    """The inputs of one single-task DMFT solve (all arrays, so vmappable).
+
+    - `alpha`: P / N' (N' = N − R, the directions outside the teacher subspace).
+    - `dt`: GD step Δ (time units, t = Δ n).
+    - `scale`, `noise`, `flip`, `noisy_fraction`: s, σ, ε, q of the task.
+    - `w`: teacher readout (C, R).
+    - `M0`: W(0) Uᵀ (C, R); `b0`: (C,); `Q0`: W(0)(I − UᵀU)W(0)ᵀ (C, C).
+    """
+
+    alpha: Float[Array, ""]
+    dt: Float[Array, ""]
+    scale: Float[Array, ""]
+    noise: Float[Array, ""]
+    flip: Float[Array, ""]
+    noisy_fraction: Float[Array, ""]
+    w: Float[Array, "C R"]
+    M0: Float[Array, "C R"]
+    b0: Float[Array, " C"]
+    Q0: Float[Array, "C C"]
+
+
+class _Draws(eqx.Module):
+    """Fixed random numbers of the example process (common to every iteration).
+
+    - `u`: (S, R) teacher fields; `xi`: (S, C) logit noise; `zeta`: (S, (T+1) C) standard
+      normals for χ; `y_unif`: (S,) uniform labels (the flipped component)."""
+
+    u: Float[Array, "S R"]
+    xi: Float[Array, "S C"]
+    zeta: Float[Array, "S TC"]
+    y_unif: Array
+
+
+def _labels_raw(scale, noise, flip, q, w, u, xi, y_unif):
+    """Labels (3, S) of the clean, logit-noise and uniform components for teacher fields `u`
+    (S, R), and the component weights (3,).  Every draw is evaluated under every component
+    (common random numbers); the weights make ε and q enter smoothly."""
+    clean = scale * u @ w.T
+    y0 = jnp.argmax(clean, -1)
+    ys = jnp.argmax(clean + noise * xi, -1)
+    weights = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    return jnp.stack([y0, ys, y_unif]), weights
+
+
+def _labels(p: _Problem, d: _Draws):
+    return _labels_raw(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, d.u, d.xi, d.y_unif)
+
+
+def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"], Q0, alpha, dt):
+    """Exact statistics of the linear coordinate process v^{n+1} = v^n − Δ Σ_{k<=n} R_g[n,k] v^k + Δ η^n.
+
+    **Returns:** `(Cv, Rv)`, both (T+1, C, T+1, C): Cv[n,:,m,:] = E[v^n v^mᵀ] and
+    Rv[n,:,m,:] = ∂v^n/∂f^m for a force f^m entering like η^m (zero for m >= n)."""
+    T1, C = Rg.shape[0], Rg.shape[1]
+    eye = jnp.eye(C)
+    # Psi[n, :, j, :] = ∂v^n/∂(kick of v^j); Psi[j, j] = I, Psi[n, j] = 0 for n < j.
+    psi0 = jnp.zeros((T1, C, T1, C)).at[0, :, 0, :].set(eye)
+
+    def step(psi, n):
+        mem = jnp.einsum("ckd,kdje->cje", Rg[n], psi)  # rows k > n of psi are still zero
+        new = psi[n] - dt * mem
+        new = new.at[:, n + 1, :].set(eye)
+        return psi.at[n + 1].set(new), None
+
+    psi, _ = jax.lax.scan(step, psi0, jnp.arange(T1 - 1))
+    # A force at step m kicks v^{m+1} by Δ f^m.
+    Rv = dt * jnp.concatenate([psi[:, :, 1:, :], jnp.zeros((T1, C, 1, C))], axis=2)
+    P0 = psi[:, :, 0, :]  # (T1, C, C)
+    Cv = jnp.einsum("ncd,de,mfe->ncmf", P0, Q0, P0) + jnp.einsum("ncad,adbe,mfbe->ncmf", Rv, Cg, Rv) / alpha
+    return Cv, Rv
+
+
+def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
+    """Run the sampled example process for every draw and label component.
+
+    **Returns:** `(h, g, M, b)`: fields and gradients (3, S, T+1, C), and M^n (T+1, C, R), b^n (T+1, C)."""
+    T1, C = Cv.shape[0], Cv.shape[1]
+    S = d.u.shape[0]
+    Lc = psd_factor(Cv.reshape(T1 * C, T1 * C))
+    chi = (d.zeta @ Lc.T).reshape(S, T1, C)
+    onehot = jax.nn.one_hot(ys, C)  # (3, S, C)
+    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+
+    def step(carry, n):
+        M, b, G = carry  # G: (3, S, T1, C) gradients at steps < n (zeros after)
+        mem = jnp.einsum("cmd,xsmd->xsc", Rv[n], G) / p.alpha
+        h = d.u @ M.T + b + chi[:, n] - mem
+        g = jax.nn.softmax(h, -1) - onehot
+        G = G.at[:, :, n].set(g)
+        M_new = M - p.dt * jnp.einsum("xs,xsc,sr->cr", wts, g, d.u)
+        b_new = b - p.dt * jnp.einsum("xs,xsc->c", wts, g)
+        return (M_new, b_new, G), (h, M, b)
+
+    G0 = jnp.zeros((3, S, T1, C))
+    (_, _, G), (h, M, b) = jax.lax.scan(step, (p.M0, p.b0, G0), jnp.arange(T1))
+    return jnp.moveaxis(h, 0, 2), G, M, b
+
+
+def _softmax_jacobian(h):
+    p = jax.nn.softmax(h, -1)
+    return jnp.einsum("...c,cd->...cd", p, jnp.eye(h.shape[-1])) - p[..., :, None] * p[..., None, :]
+
+
+def _response(h, Rv, alpha, wts, chunk: int = 32):
+    """Weighted mean over draws of the exact Jacobian Γ[n,m] = ∂g^n/∂ε^m of each draw's example
+    process to a kick ε of its field (M, b held fixed: one example does not move them).
+
+    Γ[n, ·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k, ·]) — forward substitution in n, a chunk of
+    draws at a time (one (C x T1 C) by (T1 C x chunk T1 C) product per step).  Each chunk is
+    rematerialised in reverse mode, so the memory of `jax.grad` is that of one chunk's scan.
+
+    `h`: (S, T1, C) fields; `wts`: (S,) weights summing to the mass of these draws."""
+    S, T1, C = h.shape
+    chunk = min(chunk, S)
+    if S % chunk:
+        raise ValueError(f"the response draws ({S}) must be a multiple of the chunk ({chunk})")
+    eye = jnp.eye(C)
+
+    @jax.checkpoint
+    def one_chunk(hc, wc):
+        J = _softmax_jacobian(hc)  # (B, T1, C, C)
+        B = hc.shape[0]
+
+        def step(G, n):
+            mem = jnp.einsum("ckd,skdje->scje", Rv[n], G) / alpha  # (B, C, T1, C)
+            src = jnp.zeros((B, C, T1, C)).at[:, :, n, :].set(eye)
+            row = jnp.einsum("scd,sdje->scje", J[:, n], src - mem)
+            return G.at[:, n].set(row), None
+
+        G, _ = jax.lax.scan(step, jnp.zeros((B, T1, C, T1, C)), jnp.arange(T1))
+        return jnp.einsum("s,sncme->ncme", wc, G)
+
+    def body(acc, xs):
+        return acc + one_chunk(*xs), None
+
+    xs = (h.reshape(S // chunk, chunk, T1, C), wts.reshape(S // chunk, chunk))
+    out, _ = jax.lax.scan(body, jnp.zeros((T1, C, T1, C)), xs)
+    return out
+
+
+def psd_factor(s: Float[Array, "n n"], jitter: float = 1e-4) -> Float[Array, "n n"]:
+    """A lower-triangular L with L Lᵀ = s + jitter · max(diag s) · I, for a PSD, possibly singular s
+    (plain jnp Cholesky, no LAPACK).
+
+    The time–time covariances here are nearly singular (smooth processes, and exactly rank C at
+    the first iteration).  A factor is only used to *sample* χ = L ζ, so a relative jitter of
+    1e-4 (an independent extra variance of 1e-4 of the largest one) is harmless, and it keeps
+    every pivot >= sqrt(jitter): the map stays smooth, so the Picard iteration converges to a
+    clean fixed point and its derivative (implicit differentiation) is well conditioned.  An
+    earlier pivot-dropping factor made the map discontinuous (residual floor ~1e-3, gradients 7 %
+    off finite differences)."""
+    n = s.shape[0]
+    s = s + (jitter * jnp.max(jnp.diag(s)) + 1e-30) * jnp.eye(n)
+
+    def body(j, L):
+        row = L[j]
+        d = jnp.sqrt(jnp.maximum(s[j, j] - row @ row, 1e-30))
+        col = (s[:, j] - L @ row) / d
+        col = jnp.where(jnp.arange(n) > j, col, 0.0)
+        return L.at[:, j].set(col).at[j, j].set(d)
+
+    return jax.lax.fori_loop(0, n, body, jnp.zeros_like(s))
+
+
+def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
+    """One Picard map (C_g, R_g) -> (C_g', R_g') plus the trajectories it implies."""
+    Cv, Rv = weight_process(Rg, Cg, p.Q0, p.alpha, p.dt)
+    h, G, M, b = _example_process(p, d, Cv, Rv, ys, weights)
+    S = d.u.shape[0]
+    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+    Cg_new = jnp.einsum("xs,xsnc,xsme->ncme", wts, G, G)
+    # Response on a subset of the draws (its cost is T³C³ per draw).
+    Sr = n_response
+    hr = h[:, :Sr].reshape(3 * Sr, *h.shape[2:])
+    wr = jnp.repeat(weights / Sr, Sr)
+    Rg_new = _response(hr, Rv, p.alpha, wr)
+    return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
+
+
+def _test_metrics(p: _Problem, Cv, M, b, x_eval):
+    """Test loss and accuracy at every grid time: a fresh example has field M^n u + b^n + v,
+    v ~ N(0, Cv[n, n]) independent of u (it never entered training).  Joint quadrature over
+    (u, logit noise, v) with the three label components mixed exactly.
+
+    `x_eval`: (n, R + 2C) standard normals. **Returns:** (loss, acc), each (T+1,)."""
+    R, C = p.w.shape[1], p.w.shape[0]
+    u, xi, gz = x_eval[:, :R], x_eval[:, R : R + C], x_eval[:, R + C :]
+    clean = p.scale * u @ p.w.T
+    y0 = jnp.argmax(clean, -1)
+    ys = jnp.argmax(clean + p.noise * xi, -1)
+    q, e = p.noisy_fraction, p.flip
+
+    def one(Mn, bn, Sn):
+        z = u @ Mn.T + bn + gz @ cholesky(Sn).T
+        lse = jax.nn.logsumexp(z, -1)
+        ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
+        ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+        ceu = jnp.mean(lse - jnp.mean(z, -1))
+        am = jnp.argmax(z, -1)
+        loss = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
+        acc = (1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C
+        return loss, acc
+
+    T1 = Cv.shape[0]
+    diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]
+    return jax.lax.map(lambda a: one(*a), (M, b, diag))
+
+
+def _train_loss(h, ys, weights):
+    """Training loss at every grid time from the example process: (T+1,)."""
+    lse = jax.nn.logsumexp(h, -1)  # (3, S, T1)
+    zy = jnp.take_along_axis(h, ys[:, :, None, None], -1)[..., 0]
+    return jnp.einsum("x,xsn->n", weights, lse - zy) / h.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth L = 1: a shared linear first layer W (H x N) + bias, per-task heads (V_k, c_k).
+# The first layer's complement part is the DMFT variable (H-dimensional coordinate and field
+# processes); Ω = W Eᵀ (H x D), the biases and the heads are self-averaging (docs/dmft.md §4).
+# ---------------------------------------------------------------------------------------------
+
+
+class _TrunkProblem(eqx.Module):
+    """Inputs of one L = 1 solve (K tasks, all arrays).
+
+    - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: step Δ.
+    - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D) (U_k = T_k E).
+    - initial state: `Omega0` (H, D) = W Eᵀ, `b10` (H,), `V0` (K, C, H), `c0` (K, C),
+      `Q0` (H, H) = W (I − EᵀE) Wᵀ.
+    """
+
+    alpha: Float[Array, " K"]
+    rho: Float[Array, " K"]
+    dt: Float[Array, ""]
+    scale: Float[Array, " K"]
+    noise: Float[Array, " K"]
+    flip: Float[Array, " K"]
+    noisy_fraction: Float[Array, " K"]
+    w: Float[Array, "K C R"]
+    T: Float[Array, "K R D"]
+    Omega0: Float[Array, "H D"]
+    b10: Float[Array, " H"]
+    V0: Float[Array, "K C H"]
+    c0: Float[Array, "K C"]
+    Q0: Float[Array, "H H"]
+
+
+class _TrunkDraws(eqx.Module):
+    """Fixed draws per task: `u` (K, S, D) inputs in the teacher basis, `xi` (K, S, C),
+    `zeta` (K, S, (T+1) H), `y_unif` (K, S)."""
+
+    u: Float[Array, "K S D"]
+    xi: Float[Array, "K S C"]
+    zeta: Float[Array, "K S TH"]
+    y_unif: Array
+
+
+def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
+    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3)."""
+    u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
+    return jax.vmap(_labels_raw)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
+
+
+def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
+    """Sampled example processes of all K tasks, coupled through the shared Ω, b1 (and heads).
+
+    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] V_k^mᵀ g^m,  f = Ω u + b1 + φ,  h = V_k f + c_k.
+    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories
+    Ω (T1, H, D), b1 (T1, H), V (T1, K, C, H), c (T1, K, C) (values *at* each step)."""
+    T1, H = Cv.shape[0], Cv.shape[1]
+    K, S = d.u.shape[0], d.u.shape[1]
+    C = p.V0.shape[1]
+    Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
+    chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
+    onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
+    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    mem_coef = p.rho / p.alpha
+
+    def step(carry, n):
+        Om, b1, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces V_k^mᵀ g^m at m < n
+        mem = jnp.einsum("hmj,kxsmj->kxsh", Rv[n], F) * mem_coef[:, None, None, None]
+        f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
+        h = jnp.einsum("kxsh,kch->kxsc", f, V) + c[:, None, None]
+        g = jax.nn.softmax(h, -1) - onehot
+        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, V))
+        wg = wts[..., None] * g  # (K, 3, S, C)
+        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, V, wg, d.u)
+        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, V, wg)
+        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f)
+        c_new = c - p.dt * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
+        return (Om_new, b1_new, V_new, c_new, F), (h, g, Om, b1, V, c)
+
+    F0 = jnp.zeros((K, 3, S, T1, H))
+    _, (h, G, Om, b1, V, c) = jax.lax.scan(step, (p.Omega0, p.b10, p.V0, p.c0, F0), jnp.arange(T1))
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, V, c
+
+
+def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_response: int):
+    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones."""
+    h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
+    K, S = d.u.shape[0], d.u.shape[1]
+    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    Cg = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
+    Sr = n_response
+
+    def resp(k):
+        # Logit-space memory of task k: ρ_k V_k^n R_v[n,j] V_k^jᵀ.
+        Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
+        hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
+        return _response(hr, Rt, p.alpha[k], jnp.repeat(weights[k] / Sr, Sr))
+
+    Rg = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
+    RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, V, Rg, V)
+    CgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho**2 / p.alpha, V, Cg, V)
+    Cv_new, Rv_new = weight_process(RgH, CgH, p.Q0, jnp.asarray(1.0), p.dt)
+    return Cv_new, Rv_new, (h, G, Om, b1, V, c)
+
+
+def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
+    """Test loss and accuracy (T1,) of logits z = M u + b + N(0, Sig) with u ~ N(0, I_D), labels
+    from the teacher fields T u.  `M` (T1, C, D), `b` (T1, C), `Sig` (T1, C, C), `x_eval` (n, D + 2C)."""
+    C, D = M.shape[1], M.shape[2]
+    u, xi, gz = x_eval[:, :D], x_eval[:, D : D + C], x_eval[:, D + C :]
+    clean = scale * (u @ T.T) @ w.T
+    y0 = jnp.argmax(clean, -1)
+    ys = jnp.argmax(clean + noise * xi, -1)
+
+    def one(Mn, bn, Sn):
+        z = u @ Mn.T + bn + gz @ cholesky(Sn).T
+        lse = jax.nn.logsumexp(z, -1)
+        ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
+        ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+        ceu = jnp.mean(lse - jnp.mean(z, -1))
+        am = jnp.argmax(z, -1)
+        loss = (1 - flip) * (q * ces + (1 - q) * ce0) + flip * ceu
+        acc = (1 - flip) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + flip / C
+        return loss, acc
+
+    return jax.lax.map(lambda a: one(*a), (M, b, Sig))
+
+
+def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, key):
+    """Solve the L = 1 DMFT (fixed point in the first-layer kernels) and evaluate every task.
+
+    **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
+    K, C, H = p.V0.shape
+    D = p.T.shape[2]
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    d = _TrunkDraws(
+        jax.random.normal(k[0], (K, S, D)),
+        jax.random.normal(k[1], (K, S, C)),
+        jax.random.normal(k[2], (K, S, T1 * H)),
+        jax.random.randint(k[3], (K, S), 0, C),
+    )
+
+    def F(params, z):
+        pp, dd = params
+        ys, weights = _trunk_labels(pp, dd)
+        return _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)[:2]
+
+    Cv0 = jnp.broadcast_to(p.Q0[None, :, None, :], (T1, H, T1, H))
+    z0 = (Cv0, jnp.zeros((T1, H, T1, H)))
+    (Cv, Rv), i = _fixed_point(F, solver.max_iter, (solver.damping, solver.tol), (p, d), z0)
+    ys, weights = _trunk_labels(p, d)
+    Cv2, Rv2, (h, G, Om, b1, V, c) = _trunk_iteration(p, d, ys, weights, Cv, Rv, solver.n_response)
+    res = _rel(Cv2, Cv) + _rel(Rv2, Rv)
+    x_eval = jax.random.normal(k[4], (solver.n_quad_eval, D + 2 * C))
+    diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]  # (T1, H, H)
+    test_loss, test_acc = [], []
+    for kk in range(K):
+        Vk = V[:, kk]
+        M = jnp.einsum("nch,nhd->ncd", Vk, Om)
+        b = jnp.einsum("nch,nh->nc", Vk, b1) + c[:, kk]
+        Sig = jnp.einsum("nch,nhg,neg->nce", Vk, diag, Vk)
+        lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, x_eval)
+        test_loss.append(lo), test_acc.append(ac)
+    train = jnp.stack([_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
+    return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, i + 1
+
+
+class FiniteDataSolver(eqx.Module):
+    """Numerical settings of the finite-data (DMFT) theory.
+
+    - `n_grid`: GD steps T of the theory grid (static); the theory is exact (N → ∞) for GD with
+      step Δ = t_max / T, so T = the simulation's number of steps reproduces its learning rate.
+    - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
+    - `n_response`: the first `n_response` draws of each component also carry the response
+      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).
+    - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
+    - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
+      which a point counts as converged. The residual does not go to 0: with float32 and the
+      pivot-dropping factor of `psd_factor` it stalls near 1e-3, far below the sampling error.
+    - `n_quad_eval`: Monte Carlo points for the test loss and accuracy (static).
+    - `seed`: seed of all fixed draws (static).
+
+    Cost per iteration: weight process O(T³ C³); example process O(S T² C²);
+    response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory.
+    """
+
+    n_grid: int = eqx.field(static=True)
+    n_draws: int = eqx.field(static=True)
+    n_response: int = eqx.field(static=True)
+    max_iter: int = eqx.field(static=True)
+    n_quad_eval: int = eqx.field(static=True)
+    seed: int = eqx.field(static=True)
+    damping: Float[Array, ""]
+    tol: Float[Array, ""]
+
+    def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0):
+        self.n_grid = check_int("n_grid", n_grid, 1)
+        self.n_draws = check_int("n_draws", n_draws, 2)
+        self.n_response = check_int("n_response", n_response, 1)
+        if self.n_response > self.n_draws:
+            raise ValueError(f"n_response={n_response} must be in [1, n_draws={n_draws}]")
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
+        self.seed = check_int("seed", seed, 0)
+        check_range("damping", damping, 0.0, 1.0, lo_open=True)
+        check_range("tol", tol, 0.0, lo_open=True)
+        self.damping = jnp.asarray(damping, float)
+        self.tol = jnp.asarray(tol, float)
+
+
+def _rel(new, old):
+    return jnp.max(jnp.abs(new - old)) / (jnp.max(jnp.abs(new)) + 1e-30)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fixed_point(F, max_iter: int, ctrl, params, z0):
+    """z* = F(params, z*) by damped Picard iteration, differentiated implicitly:
+    z̄ -> w = z̄ + (∂F/∂z)ᵀ w (iterated), params̄ = (∂F/∂params)ᵀ w (Christianson 1994; the JAX
+    `fixed_point` recipe).  Returns (z*, iterations)."""
+    return _fixed_point_fwd(F, max_iter, ctrl, params, z0)[0]
+
+
+def _fixed_point_fwd(F, max_iter, ctrl, params, z0):
+    damping, tol = ctrl
+    def cond(state):
+        i, _, res = state
+        return (i < max_iter) & (res > tol)
+
+    def body(state):
+        i, z, _ = state
+        z2 = F(params, z)
+        res = sum(_rel(a, b) for a, b in zip(z2, z))
+        return i + 1, tuple((1 - damping) * a + damping * b for a, b in zip(z, z2)), res
+
+    i, z, _ = jax.lax.while_loop(cond, body, (jnp.asarray(0), z0, jnp.asarray(jnp.inf)))
+    return (z, i), (ctrl, params, z)
+
+
+def _fixed_point_bwd(F, max_iter, res, cot):
+    ctrl, params, z = res
+    zbar, _ = cot
+    _, vjp_z = jax.vjp(lambda zz: F(params, zz), z)
+
+    def body(_, w):
+        return tuple(a + b for a, b in zip(zbar, vjp_z(w)[0]))
+
+    w = jax.lax.fori_loop(0, max_iter, body, zbar)
+    _, vjp_p = jax.vjp(lambda pp: F(pp, z), params)
+    zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
+    return zeros(ctrl), vjp_p(w)[0], zeros(z)
+
+
+_fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+class _Solution(eqx.Module):
+    """Grid curves of one task: train/test loss, accuracy (T+1,), residual, iterations."""
+
+    train_loss: Float[Array, " T1"]
+    test_loss: Float[Array, " T1"]
+    test_acc: Float[Array, " T1"]
+    overlap_M: Float[Array, "T1 C R"]
+    bias: Float[Array, "T1 C"]
+    residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+
+
+def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key) -> _Solution:
+    """Solve the DMFT of one task to a fixed point (damped Picard on (C_g, R_g)) and evaluate.
+
+    `key` fixes every draw (common random numbers across iterations and across a sweep)."""
+    C, R = p.w.shape
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    d = _Draws(
+        jax.random.normal(k[0], (S, R)),
+        jax.random.normal(k[1], (S, C)),
+        jax.random.normal(k[2], (S, T1 * C)),
+        jax.random.randint(k[3], (S,), 0, C),
+    )
+
+    def F(params, z):
+        pp, dd = params
+        ys, weights = _labels(pp, dd)
+        return _iteration(pp, dd, ys, weights, *z, solver.n_response)[:2]
+
+    z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
+    (Cg, Rg), i = _fixed_point(F, solver.max_iter, (solver.damping, solver.tol), (p, d), z0)
+    # One more map at the final iterate: its change is the reported residual, its trajectories
+    # the reported curves (differentiable in p through the map and through z*).
+    ys, weights = _labels(p, d)
+    Cg2, Rg2, (Cv, Rv, h, G, M, b) = _iteration(p, d, ys, weights, Cg, Rg, solver.n_response)
+    res = _rel(Cg2, Cg) + _rel(Rg2, Rg)
+    x_eval = jax.random.normal(k[4], (solver.n_quad_eval, R + 2 * C))
+    test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
+    train_loss = _train_loss(h, ys, weights)
+    return _Solution(train_loss, test_loss, test_acc, M, b, res, i + 1)
+
+
+class FiniteTheoryResult(eqx.Module):
+    """Finite-data theory curves of one point (add leading axes for a batch).
+
+    - `time`: (T,) t = lr x steps; `step`: (T,) the simulation clock.
+    - `train_loss`, `test_loss`, `test_acc`: (T, K), NaN for tasks not trained; linearly
+      interpolated from the theory grid (exact at grid times).
+    - `residual`: (K,) final relative fixed-point residual per task; `iterations`: (K,) Picard maps.
+    - `converged`: () all trained tasks reached `solver.tol`.
+    - `diverged`: () any non-finite loss of a trained task.
+    """
+
+    time: Float[Array, " T"]
+    step: Float[Array, " T"]
+    train_loss: Float[Array, "T K"]
+    test_loss: Float[Array, "T K"]
+    test_acc: Float[Array, "T K"]
+    residual: Float[Array, " K"]
+    iterations: Int[Array, " K"]
+    converged: Bool[Array, ""]
+    diverged: Bool[Array, ""]
+
+    @property
+    def early_stopped_loss(self) -> Float[Array, "... K"]:
+        """min over times of the test loss (NaN where diverged)."""
+        return jnp.where(self.diverged[..., None], jnp.nan, jnp.min(self.test_loss, axis=-2))
+
+    @property
+    def early_stopped_time(self) -> Float[Array, "... K"]:
+        """Time t of the early-stopped minimum."""
+        i = jnp.argmin(jnp.where(jnp.isnan(self.test_loss), jnp.inf, self.test_loss), axis=-2)
+        t = jnp.broadcast_to(self.time[..., :, None], self.test_loss.shape)
+        return jnp.take_along_axis(t, i[..., None, :], axis=-2)[..., 0, :]
+
+    @property
+    def final_loss(self) -> Float[Array, "... K"]:
+        return self.test_loss[..., -1, :]
+
+
+def _initial_overlaps(student: Student, teacher: Teacher, k: int, initial: str, gain):
+    """(M0, b0, Q0) of task k's head: teacher overlap W Uᵀ, bias and the Gram matrix of the rest."""
+    head = student.heads[k]
+    W = head.weight
+    C = W.shape[0]
+    b0 = jnp.zeros(C) if head.bias is None else head.bias
+    if initial == "quenched":
+        M0 = W @ teacher.U[k].T
+        return M0, b0, W @ W.T - M0 @ M0.T
+    return jnp.zeros((C, teacher.U.shape[1])), b0, gain**2 * jnp.eye(C)
+
+
+def finite_data_theory(
+    experiment: Experiment,
+    seeds: Seeds,
+    ts: Float[Array, " T"] | None = None,
+    *,
+    solver: FiniteDataSolver = FiniteDataSolver(),
+    student: Student | None = None,
+    initial: str = "quenched",
+) -> FiniteTheoryResult:
+    """DMFT of full-batch gradient descent on P_k = `n_train_active[k]` examples per task.
+
+    Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
+    share no parameter, so every task is solved independently and the multitask benefit is 0)
+    and L = 1 (a shared linear layer with per-task heads: multitask, docs/dmft.md §4).
+
+    **Arguments:** as `population_theory`.
+
+    - `experiment`: teacher, student (depth 0, linear) and train config (protocol
+      `"full_batch"`; other protocols are treated as gradient flow on their training sets).
+    - `seeds`: teacher and init seeds; the data seed plays no role (the theory averages over
+      datasets).
+    - `ts`: times t = lr x steps to report; default the simulation's evaluation times.
+    - `solver`: `FiniteDataSolver`.
+    - `student`: optional initial student; `initial`: `"quenched"` (the exact initial overlaps of
+      the simulation's student) or `"typical"` (N → ∞: no overlap, Gram matrix init_scale² I).
+
+    **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
+    """
+    ecfg = experiment
+    if ecfg.student.activation != "linear" or ecfg.student.depth > 1:
+        raise ValueError(
+            f"finite_data_theory supports linear students of depth 0 or 1, got depth={ecfg.student.depth}, "
+            f"activation={ecfg.student.activation!r} (deeper trunks are not implemented yet, docs/dmft.md)"
+        )
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+    tr, tc = ecfg.train, ecfg.teacher
+    teacher = Teacher.sample(tc, key=seeds.key("teacher"))
+    if student is None:
+        student = Student.init(ecfg.student, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
+    if ts is None:
+        ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
+    ts = jnp.asarray(ts, float)
+    T = solver.n_grid
+    dt = ts[-1] / T
+    grid = dt * jnp.arange(T + 1)
+    K = tc.n_tasks
+    active = jnp.asarray([k in tr.active_tasks for k in range(K)])
+    if ecfg.student.depth == 1:
+        train_g, test_g, acc_g, res, its = solve_trunk(
+            _trunk_problem(ecfg, teacher, student, dt, initial), solver, T, key=jax.random.key(solver.seed)
+        )
+        nan = jnp.full(ts.shape, jnp.nan)
+        interp = lambda f: jnp.stack([jnp.where(active[k], jnp.interp(ts, grid, f[:, k]), nan) for k in range(K)], -1)  # noqa: E731
+        train_loss, test_loss, test_acc = interp(train_g), interp(test_g), interp(acc_g)
+        residual = jnp.where(active, res, jnp.nan)
+        iterations = jnp.where(active, its, 0)
+        return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
+    # Directions outside the task's teacher subspace: N' = N − R.
+    n_perp = tc.n_features - tc.rank
+    sols = []
+    for k in range(K):
+        M0, b0, Q0 = _initial_overlaps(student, teacher, k, initial, ecfg.student.init_scale)
+        p = _Problem(
+            tr.n_train_active[k] / n_perp, dt, tc.scale[k], tc.noise[k], tc.flip[k], tc.noisy_fraction[k],
+            teacher.w[k], M0, b0, Q0,
+        )  # fmt: skip
+        if k in tr.active_tasks:
+            sols.append(solve_single_task(p, solver, T, key=jax.random.fold_in(jax.random.key(solver.seed), k)))
+        else:
+            sols.append(None)
+    nan_t = jnp.full(ts.shape, jnp.nan)
+
+    def curve(f):
+        return jnp.stack([nan_t if s is None else jnp.interp(ts, grid, f(s)) for s in sols], axis=-1)
+
+    train_loss, test_loss, test_acc = curve(lambda s: s.train_loss), curve(lambda s: s.test_loss), curve(lambda s: s.test_acc)
+    residual = jnp.stack([jnp.nan if s is None else s.residual for s in sols])
+    iterations = jnp.stack([jnp.asarray(0) if s is None else s.iterations for s in sols])
+    return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
+
+
+def _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver):
+    converged = jnp.all(jnp.where(active, residual <= solver.tol, True))
+    finite = jnp.all(jnp.where(active[None], jnp.isfinite(test_loss) & jnp.isfinite(train_loss), True))
+    step = ts / tr.learning_rate
+    return FiniteTheoryResult(ts, step, train_loss, test_loss, test_acc, residual, iterations, converged, ~finite)
+
+
+def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, initial: str) -> _TrunkProblem:
+    """The L = 1 problem: teacher arrays, task rates, α_k = P_k / (N − K R), initial state."""
+    from ._population import task_rates
+    from ._teacher import teacher_coefficients
+
+    tc, tr = ecfg.teacher, ecfg.train
+    E = teacher.basis
+    layer = student.layers[0]
+    W = layer.weight
+    H = W.shape[0]
+    b1 = jnp.zeros(H) if layer.bias is None else layer.bias
+    V0 = jnp.stack([h.weight for h in student.heads])
+    c0 = jnp.stack([jnp.zeros(V0.shape[1]) if h.bias is None else h.bias for h in student.heads])
+    if initial == "quenched":
+        Om0 = W @ E.T
+        Q0 = W @ W.T - Om0 @ Om0.T
+    else:
+        Om0 = jnp.zeros((H, E.shape[0]))
+        Q0 = ecfg.student.init_scale**2 * jnp.eye(H)
+    n_perp = tc.n_features - E.shape[0]
+    return _TrunkProblem(
+        tr.n_train_active / n_perp, task_rates(ecfg), dt, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
+        teacher.w, teacher_coefficients(tc), Om0, b1, V0, c0, Q0,
+    )  # fmt: skip
+
+
+finite_data_theory_jit = eqx.filter_jit(finite_data_theory)
+
+
+def finite_theory_history(th: FiniteTheoryResult):
+    """A `FiniteTheoryResult` as a `History`, so sweeps, tables and benefits treat it like a simulation."""
+    from ._train import History
+
+    return History(jnp.round(th.step).astype(jnp.int32), th.time, th.train_loss, th.test_loss, th.test_acc, th.diverged)

@@ -1,0 +1,170 @@
+"""Finite-data theory (DMFT, depth 0): simulation agreement, the α → ∞ limit, convergence
+flags, vmap and implicit gradients."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mtjax
+from mtjax._dmft import psd_factor, weight_process
+
+
+def _spec(P=200, N=200, steps=16, lr=0.5, flip=0.2, protocol="full_batch", n_test=4000, depth=0):
+    return {
+        "teacher": {"n_features": N, "rank": 3, "n_classes": 3, "scale": [3.0, 2.0], "noise": 0.3, "flip": flip},
+        "student": {"depth": depth, "width": 8, "bias_init": "zeros"},
+        "train": {"protocol": protocol, "n_train": [P, P], "n_test": n_test, "n_steps": steps, "eval_every": 1,
+                  "learning_rate": lr, "single_task": True},
+    }  # fmt: skip
+
+
+TINY = mtjax.FiniteDataSolver(n_grid=8, n_draws=256, n_response=32, n_quad_eval=4096, max_iter=20)
+
+
+def test_weight_process_without_memory_is_free_diffusion():
+    # R_g = 0: v^n = v^0 + Δ Σ_{m<n} η^m, so C_v[n, m] = Q0 + Δ² min(n, m) C_g/α for white C_g.
+    T1, C, dt, alpha = 6, 2, 0.5, 2.0
+    Q0 = jnp.array([[1.0, 0.2], [0.2, 0.5]])
+    Cg = jnp.einsum("nm,cd->ncmd", jnp.eye(T1), jnp.array([[0.3, 0.0], [0.0, 0.1]]))
+    Cv, Rv = weight_process(jnp.zeros((T1, C, T1, C)), Cg, Q0, alpha, dt)
+    n = jnp.arange(T1)
+    want = Q0[None, :, None, :] + dt**2 * jnp.minimum(n[:, None], n[None, :])[:, None, :, None] * Cg[0, :, 0, :][None, :, None, :] / alpha
+    np.testing.assert_allclose(Cv, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Rv[3, :, 1, :], dt * jnp.eye(C))  # a force at step 1 kicks v^2 on by Δ
+    assert float(jnp.abs(Rv[1, :, 1, :]).max()) == 0.0  # causal
+
+
+def test_psd_factor_samples_singular_covariances():
+    a = jax.random.normal(jax.random.key(0), (12, 3))
+    s = a @ a.T  # rank 3
+    L = psd_factor(s)
+    assert np.all(np.isfinite(L))
+    np.testing.assert_allclose(L @ L.T, s, atol=3e-4 * float(jnp.abs(s).max()))
+
+
+@pytest.fixture(scope="module")
+def sim_and_theory():
+    e = mtjax.experiment_from_spec(_spec())
+    ns = 8
+    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
+    batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
+    sims = mtjax.simulate_batch(batch, seeds)
+    solver = mtjax.FiniteDataSolver(n_grid=16, n_draws=2048, n_response=64, n_quad_eval=16384)
+    th = eqx.filter_jit(mtjax.finite_data_theory)(e, mtjax.Seeds(0), solver=solver)
+    return sims, th
+
+
+def test_theory_matches_full_batch_simulation(sim_and_theory):
+    # Same teacher and initial student (seed 0, quenched overlaps); the seeds draw the datasets.
+    # α = P / (N - R) ≈ 1 with 20 % flipped labels: the test loss falls, then rises (overfitting).
+    sims, th = sim_and_theory
+    assert bool(th.converged) and not bool(th.diverged)
+    te = np.asarray(sims.test_loss[:, :, 0])
+    mean, se = te.mean(0), te.std(0, ddof=1) / math.sqrt(te.shape[0])
+    theory = np.asarray(th.test_loss[:, 0])
+    # N = 200 finite-size effects are O(1/N) ~ 0.005 nats; test sets of 4000 add ~0.01 / sqrt(8).
+    assert np.all(np.abs(theory - mean) < 3 * se + 0.01), (theory, mean, se)
+    # Overfitting in both: the final loss is well above the early-stopped minimum.
+    assert mean[-1] - mean.min() > 0.05 and theory[-1] - theory.min() > 0.05
+    assert abs(float(th.early_stopped_loss[0]) - te.min(1).mean()) < 0.02 * te.min(1).mean() + 2 * se.max()
+    tr = np.asarray(sims.train_loss[:, :, 0]).mean(0)
+    assert np.all(np.abs(np.asarray(th.train_loss[:, 0]) - tr) < 0.05 * tr + 0.01)
+    np.testing.assert_allclose(np.asarray(th.test_acc[:, 0]), np.asarray(sims.test_acc[:, :, 0]).mean(0), atol=0.03)
+    assert np.all(np.isnan(th.test_loss[:, 1]))  # single task: task 2 untrained
+    h = mtjax.finite_theory_history(th)
+    np.testing.assert_allclose(h.time, sims.time[0], rtol=1e-6)
+
+
+def test_large_alpha_is_the_population_flow():
+    # α → ∞: no memory, no noise; GD at step Δ = 0.1 against the population gradient flow.
+    e = mtjax.experiment_from_spec(_spec(P=10**7, N=100, steps=10, lr=0.1))
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=TINY)
+    e_pop = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=10, lr=0.1, protocol="online"))
+    pop = mtjax.population_theory(e_pop, mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=4096))
+    d = np.abs(np.asarray(th.test_loss[:, 0]) - np.asarray(pop.test_loss[:, 0]))
+    # Δ = 0.1 discretisation (GD vs flow) and quadrature noise of both sides.
+    assert d.max() < 0.015, d
+    # Train loss = test loss when no example is fitted (α → ∞), up to the sampling error of the
+    # 256 draws (std of the cross-entropy ~ 1, so s.e. ~ 0.06 nats).
+    np.testing.assert_allclose(th.train_loss[:, 0], th.test_loss[:, 0], atol=0.2)
+
+
+def _trunk_spec(P, steps=8, lr=0.5, protocol="full_batch", single_task=False):
+    spec = _spec(P=P, N=100, steps=steps, lr=lr, protocol=protocol, depth=1)
+    spec["student"]["width"] = 4
+    spec["teacher"]["relatedness"] = 0.5
+    spec["train"]["single_task"] = single_task
+    return spec
+
+
+def test_trunk_large_alpha_is_the_population_flow():
+    # L = 1, two tasks: Ω, b_1, heads and the first-layer Gram matrix against the population flow.
+    # GD at Δ = 0.05 vs the flow (O(Δ) apart). The two sides evaluate the test loss on different
+    # Monte Carlo point sets (16384 points, s.e. ~0.008 each): they differ by up to 0.016 already at
+    # t = 0, where the student is the same, so the dynamics are compared through the change since t = 0.
+    e = mtjax.experiment_from_spec(_trunk_spec(10**7, steps=20, lr=0.05))
+    solver = mtjax.FiniteDataSolver(n_grid=20, n_draws=256, n_response=32, n_quad_eval=16384)
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
+    pop = mtjax.population_theory(mtjax.experiment_from_spec(_trunk_spec(100, steps=20, lr=0.05, protocol="online")),
+                                  mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=16384))
+    assert bool(th.converged)
+    a, b = np.asarray(th.test_loss), np.asarray(pop.test_loss)
+    assert np.abs(a[0] - b[0]).max() < 0.03
+    d = np.abs((a - a[0]) - (b - b[0]))
+    assert d.max() < 0.008, d
+
+
+def test_trunk_matches_full_batch_simulation():
+    e = mtjax.experiment_from_spec(_trunk_spec(100))
+    ns = 8
+    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
+    sims = mtjax.simulate_batch(jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e), seeds)
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=mtjax.FiniteDataSolver(n_grid=8, n_draws=1024, n_response=64, tol=2e-2))
+    te = np.asarray(sims.test_loss)
+    mean, se = te.mean(0), te.std(0, ddof=1) / math.sqrt(ns)
+    # N = 100, H = 4: finite-size corrections O(H/P, D/P) ~ 5 %, not in the theory.
+    assert np.all(np.abs(np.asarray(th.test_loss) - mean) < 3 * se + 0.05 * mean), (np.asarray(th.test_loss), mean)
+
+
+def test_flags_vmap_and_rejections():
+    e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
+    f = eqx.filter_jit(lambda eps, solver: mtjax.finite_data_theory(
+        eqx.tree_at(lambda m: m.teacher.flip, e, jnp.stack([eps, eps])), mtjax.Seeds(0), solver=solver))  # fmt: skip
+    eps = jnp.array([0.0, 0.3])
+    batched = jax.vmap(f, in_axes=(0, None))(eps, TINY)
+    assert np.all(np.asarray(batched.converged)) and np.all(np.asarray(batched.residual[:, 0]) < 5e-3)
+    one = f(eps[1], TINY)
+    np.testing.assert_allclose(batched.test_loss[1], one.test_loss, rtol=1e-4, atol=1e-5)
+    # One Picard map is not a fixed point: flagged, not fatal.
+    bad = f(eps[1], mtjax.FiniteDataSolver(n_grid=8, n_draws=256, n_response=32, n_quad_eval=4096, max_iter=1))
+    assert not bool(bad.converged) and float(bad.residual[0]) > 5e-3
+    with pytest.raises(ValueError, match="depth"):
+        mtjax.finite_data_theory(mtjax.experiment_from_spec(_spec(depth=2)), mtjax.Seeds(0), solver=TINY)
+
+
+def test_gradient_of_early_stopped_loss_matches_finite_differences():
+    # Implicit differentiation of the fixed point vs central differences of the whole solve, for
+    # the test loss at every time; the early-stopped loss is the min over times, whose gradient is
+    # the one at the argmin (a finite difference of the min itself is wrong when the argmin moves
+    # between two nearly tied times, which happens here).
+    e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
+
+    def curve(x):
+        a, eps = x
+        ee = eqx.tree_at(lambda m: (m.train.n_train_active, m.teacher.flip), e, (jnp.stack([a, a]), jnp.stack([eps, eps])))
+        return mtjax.finite_data_theory(ee, mtjax.Seeds(0), solver=TINY).test_loss[:, 0]
+
+    x = jnp.array([100.0, 0.2])
+    jac = eqx.filter_jit(jax.jacrev(curve))(x)  # (T, 2)
+    f = eqx.filter_jit(curve)
+    for i, h in enumerate([5.0, 0.01]):
+        dx = jnp.zeros(2).at[i].set(h)
+        fd = (f(x + dx) - f(x - dx)) / (2 * h)
+        np.testing.assert_allclose(jac[:, i], fd, rtol=0.02, atol=2e-4 * (1 if i else 0.01))
+    g = eqx.filter_jit(jax.grad(lambda x: jnp.min(curve(x))))(x)
+    np.testing.assert_allclose(g, jac[jnp.argmin(f(x))], rtol=1e-5)
+    assert float(g[0]) < 0 < float(g[1])  # more data helps, more flips hurt
