@@ -609,7 +609,7 @@ def finite_data_theory(
     seeds: Seeds,
     ts: Float[Array, " T"] | None = None,
     *,
-    solver: FiniteDataSolver = FiniteDataSolver(),
+    solver: FiniteDataSolver | None = None,
     student: Student | None = None,
     initial: str = "quenched",
 ) -> FiniteTheoryResult:
@@ -632,6 +632,9 @@ def finite_data_theory(
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
     """
+    # Built here, not as a default argument: arrays made at import would start JAX's backend
+    # before a multi-process run can call jax.distributed.initialize.
+    solver = FiniteDataSolver() if solver is None else solver
     ecfg = experiment
     if ecfg.student.activation != "linear" or ecfg.student.depth > 1:
         raise ValueError(
@@ -726,4 +729,6 @@ def finite_theory_history(th: FiniteTheoryResult):
     """A `FiniteTheoryResult` as a `History`, so sweeps, tables and benefits treat it like a simulation."""
     from ._train import History
 
-    return History(jnp.round(th.step).astype(jnp.int32), th.time, th.train_loss, th.test_loss, th.test_acc, th.diverged)
+    # The theory's Monte Carlo error of the test loss is not estimated: NaN, not a fake 0.
+    return History(jnp.round(th.step).astype(jnp.int32), th.time, th.train_loss, th.test_loss,
+                   jnp.full_like(th.test_loss, jnp.nan), th.test_acc, th.diverged)

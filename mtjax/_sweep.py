@@ -226,18 +226,25 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> 
 
 
 @eqx.filter_jit
-def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str, mesh=None) -> History:
-    """The population theory vmapped over the points of a chunk (as `History`s)."""
-    from ._population import population_theory, theory_history
+def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str, mesh=None,
+                      source: str = "theory") -> History:
+    """A theory vmapped over the points of a chunk (as `History`s): the population flow
+    (`source="theory"`) or the finite-data DMFT (`"theory-finite"`)."""
+    if source == "theory":
+        from ._population import population_theory as solve, theory_history as history
+    else:
+        from ._dmft import finite_data_theory as solve, finite_theory_history as history
 
     def one(ax, sd):
-        return theory_history(population_theory(apply_axes(exp, ax), sd, solver=solver, initial=initial))
+        return history(solve(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
     run_seeds, shared_seeds = eqx.partition(seeds, lambda a: a.ndim > 0)
     return _distributed.map_runs(lambda ax, sd: one(ax, eqx.combine(sd, shared_seeds)), (axes, run_seeds), mesh)
 
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
+
+SOURCES = ("simulation", "theory", "theory-finite")
 
 # Smallest per-(realisation, seed) block that the sweep chunks on its own (see `sweep`).
 SEED_BLOCK_MIN_RUNS = 32
@@ -318,6 +325,20 @@ def history_tables(hist: History, rows: pd.DataFrame, exp: Experiment, *, source
     return summary, pd.concat(cur, ignore_index=True)
 
 
+def _solver_fields(solver) -> dict:
+    """A theory solver's settings as plain values (for the manifest and its fingerprint)."""
+    out = {}
+    for f in dataclasses.fields(solver):
+        v = getattr(solver, f.name)
+        if isinstance(v, (int, float, bool, str)):
+            out[f.name] = v
+        elif hasattr(v, "shape") and getattr(v, "shape", None) == ():
+            out[f.name] = float(v)
+        else:
+            out[f.name] = type(v).__name__
+    return out
+
+
 def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -356,7 +377,8 @@ def sweep(
     - `max_chunk`: optional cap on runs per chunk (but at least one run per device).
     - `resume`: skip runs whose results are already on disk (same spec and grid required).
     - `save_curves`: also keep the per-evaluation table.
-    - `source`: `"simulation"` (train networks) or `"theory"` (integrate the population
+    - `source`: `"simulation"` (train networks), `"theory-finite"` (the finite-data DMFT,
+      `mtjax.finite_data_theory`, with a `FiniteDataSolver`), or `"theory"` (integrate the population
       mean-field dynamics, `mtjax.population_theory`, with `solver` and `initial`); the tables
       have the same columns and a `source` column, so the two can be joined.
     - `devices`: the local devices each chunk is split over (its run axis on a
@@ -381,12 +403,17 @@ def sweep(
     from `realisation` and only the training subset and order from `seed`; with `"all"`
     everything is drawn from (seed, realisation).
     """
-    if source not in ("simulation", "theory"):
-        raise ValueError(f"source={source!r} is not one of ['simulation', 'theory']")
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r} is not one of {list(SOURCES)}")
     if source == "theory" and solver is None:
         from ._population import PopulationSolver
 
         solver = PopulationSolver()
+    if source == "theory-finite" and solver is None:
+        from ._dmft import FiniteDataSolver
+
+        solver = FiniteDataSolver()
+    theory = source != "simulation"
     # --- distribution: this process's slice of the grid and its devices --------------------
     if (process_index is None) != (process_count is None):
         raise ValueError(f"pass both process_index and process_count or neither (got {process_index}, {process_count})")
@@ -427,9 +454,8 @@ def sweep(
             "backend": jax.default_backend(),
         }
         manifest["source"] = source
-        if source == "theory":
-            manifest["solver"] = {"n_quad": solver.n_quad, "n_quad_eval": solver.n_quad_eval, "rtol": float(solver.rtol),
-                                  "atol": float(solver.atol), "max_steps": solver.max_steps, "initial": initial}
+        if theory:
+            manifest["solver"] = {**_solver_fields(solver), "initial": initial}
         manifest["fingerprint"] = _fingerprint({"spec": raw, "grid": manifest["grid"], "source": source, "solver": manifest.get("solver")})
         mpath = out / "manifest.json"
         if mpath.exists():
@@ -477,7 +503,7 @@ def sweep(
             if min(len(g) for g in by_seed) >= SEED_BLOCK_MIN_RUNS:
                 blocks = by_seed
         c = _chunk_size(exp, max(len(b) for b in blocks), memory_budget, shared, max_chunk,
-                        solver if source == "theory" else None, n_dev)
+                        solver if theory else None, n_dev)
         chunks = [b.iloc[i : i + c] for b in blocks for i in range(0, len(b), c)]
         for chunk in chunks:
             n = len(chunk)
@@ -489,8 +515,8 @@ def sweep(
                 axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
             seeds = _seeds(padded, scope)
             axes, seeds = _distributed.shard((axes, seeds), mesh)
-            if source == "theory":
-                hist = _run_theory_chunk(exp, axes, seeds, solver, initial, mesh)
+            if theory:
+                hist = _run_theory_chunk(exp, axes, seeds, solver, initial, mesh, source)
             else:
                 inputs = None
                 if shared and len(set(padded["realisation"])) == 1:

@@ -143,7 +143,7 @@ def cmd_simulate(args, source: str = "simulation") -> None:
         source=source,
         devices=args.devices,
         distributed=distributed,
-        **(_theory_kwargs(args) if source == "theory" else {}),
+        **(_theory_kwargs(args) if source != "simulation" else {}),
     )
     print(f"finished in {time.time() - t0:.1f} s", flush=True)
     if not res.complete:
@@ -162,12 +162,15 @@ def cmd_simulate(args, source: str = "simulation") -> None:
 def _theory_kwargs(args) -> dict:
     import mtjax
 
-    solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
+    if args.finite:
+        solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws)
+    else:
+        solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
     return {"solver": solver, "initial": args.initial}
 
 
 def cmd_theory(args) -> None:
-    cmd_simulate(args, source="theory")
+    cmd_simulate(args, source="theory-finite" if args.finite else "theory")
 
 
 def cmd_demo(args) -> None:
@@ -397,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--n-quad-eval", type=int, default=16384, help="points for reported losses (default 16384)")
     th.add_argument("--rtol", type=float, default=1e-4)
     th.add_argument("--atol", type=float, default=1e-6)
+    th.add_argument("--finite", action="store_true",
+                    help="the finite-data theory (DMFT of full-batch GD on the training sets; source = theory-finite)")
+    th.add_argument("--n-grid", type=int, default=40, help="--finite: GD steps of the theory's time grid (default 40)")
+    th.add_argument("--n-draws", type=int, default=2048, help="--finite: draws of the effective processes (default 2048)")
     th.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="initial condition: projection of the simulation's exact init, or its N -> inf limit")
     th.set_defaults(func=cmd_theory)
