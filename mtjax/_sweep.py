@@ -152,6 +152,11 @@ def _theory_bytes_per_point(exp: Experiment, solver) -> int:
     stages, and the saved states and overlaps."""
     t, st, tr = exp.teacher, exp.student, exp.train
     C = t.n_classes
+    if hasattr(solver, "n_grid"):  # finite-data DMFT: kernels (T C)^2, response 3 n_response (T C)^2
+        T = solver.n_grid + 1
+        H = st.width if st.depth else C
+        per_task = 3 * solver.n_response * (T * H) ** 2 + 12 * solver.n_draws * T * H + 8 * (T * H) ** 2
+        return 4 * (tr.n_tasks * per_task + solver.n_quad_eval * (4 * C + t.rank)) + 4096
     Dp = t.n_tasks * t.rank + (st.width if st.depth else t.n_tasks * C)
     evals = solver.n_quad_eval * (4 * C + Dp) * tr.n_tasks  # one saved time at a time (lax.map)
     field = 8 * solver.n_quad * C * tr.n_tasks

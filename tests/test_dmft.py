@@ -168,3 +168,26 @@ def test_gradient_of_early_stopped_loss_matches_finite_differences():
     g = eqx.filter_jit(jax.grad(lambda x: jnp.min(curve(x))))(x)
     np.testing.assert_allclose(g, jac[jnp.argmin(f(x))], rtol=1e-5)
     assert float(g[0]) < 0 < float(g[1])  # more data helps, more flips hurt
+
+
+def test_sweep_source_theory_finite_writes_the_simulation_tables(tmp_path):
+    # The finite-data theory through `mtjax.sweep`: same columns as a simulation sweep,
+    # source = theory-finite, one row per point and task, and the numbers of a direct call.
+    spec = _spec(P=100, N=100, steps=8)
+    grid = {"eps_a": [0.0, 0.2]}
+    res = mtjax.sweep(spec, grid, name="fin", out_dir=tmp_path, progress=False, source="theory-finite", solver=TINY)
+    sim_cols = set(mtjax.sweep(spec, {"eps_a": [0.0]}, out_dir=None, progress=False).summary.columns)
+    assert set(res.summary.columns) == sim_cols
+    assert res.summary["source"].eq("theory-finite").all() and len(res.summary) == 2
+    e = mtjax.experiment_from_spec(spec)
+    e = eqx.tree_at(lambda m: m.teacher.flip, e, jnp.array([0.2, 0.2]))
+    direct = eqx.filter_jit(mtjax.finite_data_theory)(e, mtjax.Seeds(0), solver=TINY)
+    got = res.summary[res.summary.eps_a == 0.2]["early_stopped_loss"].item()
+    np.testing.assert_allclose(got, float(direct.early_stopped_loss[0]), rtol=1e-5)
+    assert json_manifest_source(tmp_path / "fin") == "theory-finite"
+
+
+def json_manifest_source(d):
+    import json
+
+    return json.loads((d / "manifest.json").read_text())["source"]
