@@ -26,7 +26,10 @@ from ._experiment import Experiment, Seeds
 from ._population import PopulationSolver, population_theory
 from ._sweep import apply_axes
 
-DESIGN_SOLVER = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
+def design_solver() -> PopulationSolver:
+    """Default solver of the design helpers (made on call: arrays created at import would start
+    JAX's backend before a multi-process run can call jax.distributed.initialize)."""
+    return PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
 
 
 class DesignResult(eqx.Module):
@@ -55,9 +58,10 @@ def _ts(experiment: Experiment, ts):
     return jnp.asarray(ts, float)
 
 
-def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: PopulationSolver = DESIGN_SOLVER,
+def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: PopulationSolver | None = None,
                        initial: str = "quenched", task: int = 0) -> Float[Array, ""]:
     """min over the save times `ts` (t = lr x steps) of task `task`'s theory test loss."""
+    solver = design_solver() if solver is None else solver
     th = population_theory(experiment, seeds, ts, solver=solver, initial=initial)
     return jnp.where(th.diverged, jnp.nan, jnp.min(th.test_loss[:, task]))
 
@@ -75,13 +79,13 @@ def _loss_and_slope(experiment, seeds, ts, solver, initial, log_w):
 
 def optimal_task_weight(
     experiment: Experiment,
-    seeds: Seeds = Seeds(0),
+    seeds: Seeds | None = None,
     ts=None,
     *,
     bounds: tuple[float, float] = (1e-3, 10.0),
     n_grid: int = 9,
     n_refine: int = 3,
-    solver: PopulationSolver = DESIGN_SOLVER,
+    solver: PopulationSolver | None = None,
     initial: str = "quenched",
 ) -> DesignResult:
     """The loss weight w_2 (on tasks 2..K) in `bounds` minimising task 1's early-stopped test loss.
@@ -98,6 +102,8 @@ def optimal_task_weight(
 
     **Returns:** `DesignResult` (baseline: w_2 = 1).
     """
+    solver = design_solver() if solver is None else solver
+    seeds = Seeds(0) if seeds is None else seeds
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     if not (bounds[0] > 0 and hi > lo):
         raise ValueError(f"bounds={bounds} must satisfy 0 < lo < hi")
@@ -135,11 +141,11 @@ def _loss_at_rates(experiment, seeds, ts, solver, initial, ws):
 
 def optimal_aux_data_size(
     experiment: Experiment,
-    seeds: Seeds = Seeds(0),
+    seeds: Seeds | None = None,
     ts=None,
     *,
     max_multiple: int = 8,
-    solver: PopulationSolver = DESIGN_SOLVER,
+    solver: PopulationSolver | None = None,
     initial: str = "quenched",
 ) -> DesignResult:
     """Auxiliary data size n_2 = m n_1 (m = 1..`max_multiple`) minimising task 1's early-stopped loss.
@@ -151,6 +157,8 @@ def optimal_aux_data_size(
 
     **Returns:** `DesignResult` with `value` = n_2, baseline n_2 = n_1 (m = 1); the grid is n_2.
     """
+    solver = design_solver() if solver is None else solver
+    seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     if tr.protocol != "paper" or tr.single_task:
         raise ValueError(f"optimal_aux_data_size needs a multitask paper-protocol experiment, got protocol={tr.protocol!r}"
@@ -185,12 +193,12 @@ class StoppingResult(eqx.Module):
 
 def optimal_stopping_time(
     experiment: Experiment,
-    seeds: Seeds = Seeds(0),
+    seeds: Seeds | None = None,
     t_max: float | None = None,
     *,
     task: int = 0,
     n_times: int = 64,
-    solver: PopulationSolver = DESIGN_SOLVER,
+    solver: PopulationSolver | None = None,
     initial: str = "quenched",
 ) -> StoppingResult:
     """Time t* (t = lr x steps, up to `t_max`; default the experiment's horizon) of the minimum
@@ -199,6 +207,8 @@ def optimal_stopping_time(
 
     In the infinite-data theory a single task's loss falls forever (t* = t_max, `at_horizon`);
     an interior optimum appears when other tasks pull the shared trunk away from task 1's."""
+    solver = design_solver() if solver is None else solver
+    seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     t_max = float(tr.learning_rate * tr.eval_steps[-1]) if t_max is None else float(t_max)
     ts = jnp.linspace(t_max / n_times, t_max, n_times)

@@ -360,11 +360,13 @@ def make_problem(
     obs: Observations,
     params: Sequence[Param],
     *,
-    seeds: Seeds = Seeds(0),
-    solver: PopulationSolver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True),
+    seeds: Seeds | None = None,
+    solver: PopulationSolver | None = None,
     initial: str = "quenched",
     loss: str = "wls",
 ) -> FitProblem:
+    seeds = Seeds(0) if seeds is None else seeds
+    solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
     if loss not in ("wls", "gaussian"):
         raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
     names = [p.name for p in params]
@@ -664,7 +666,7 @@ def fit_table(
     table: pd.DataFrame,
     params: Sequence[Param],
     *,
-    seeds: Seeds = Seeds(0),
+    seeds: Seeds | None = None,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
     loss: str = "wls",
@@ -675,6 +677,8 @@ def fit_table(
 
     `mapping`: keyword arguments of `observations_from_table` (column names, `se`, `by`, ...);
     `by` defaults to the `by` columns of `params`."""
+    seeds = Seeds(0) if seeds is None else seeds
+    solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
     mapping = dict(mapping or {})
     mapping.setdefault("by", sorted({p.by for p in params if p.by is not None}))
     free = {p.name for p in params}

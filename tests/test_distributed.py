@@ -283,3 +283,11 @@ def test_multiprocess_sweep_killed_midway_resumes_complete(sharded_simulation, t
     for col in ("early_stopped_loss", "final_loss", "final_acc"):
         np.testing.assert_allclose(s[col], ref[col], rtol=2e-6, atol=0)
     assert (s["early_stopped_step"] == ref["early_stopped_step"]).all()
+
+
+def test_import_does_not_start_the_backend():
+    # jax.distributed.initialize must run before JAX's backend starts; importing mtjax must
+    # not start it (no arrays at import time, e.g. as default arguments).
+    code = "import jax._src.xla_bridge as xb, mtjax, mtjax.cli; assert not xb._backends, 'backend started at import'"
+    r = subprocess.run([sys.executable, "-c", code], env=_env(1), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
