@@ -218,6 +218,20 @@ def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
     return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
 
 
+def _label_mixture_metrics(z, y0, ys, q, e):
+    """(CE, accuracy) of logits z (n, C) under the label mixture: clean labels y0 on 1 − q of the
+    examples, noisy-logit labels ys on q, and a fraction e replaced by uniform classes."""
+    C = z.shape[-1]
+    lse = jax.nn.logsumexp(z, -1)
+    ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
+    ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+    ceu = jnp.mean(lse - jnp.mean(z, -1))
+    am = jnp.argmax(z, -1)
+    loss = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
+    acc = (1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C
+    return loss, acc
+
+
 def _test_metrics(p: _Problem, Cv, M, b, x_eval):
     """Test loss and accuracy at every grid time: a fresh example has field M^n u + b^n + v,
     v ~ N(0, Cv[n, n]) independent of u (it never entered training).  Joint quadrature over
@@ -232,15 +246,7 @@ def _test_metrics(p: _Problem, Cv, M, b, x_eval):
     q, e = p.noisy_fraction, p.flip
 
     def one(Mn, bn, Sn):
-        z = u @ Mn.T + bn + gz @ cholesky(Sn).T
-        lse = jax.nn.logsumexp(z, -1)
-        ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
-        ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
-        ceu = jnp.mean(lse - jnp.mean(z, -1))
-        am = jnp.argmax(z, -1)
-        loss = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
-        acc = (1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C
-        return loss, acc
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, e)
 
     T1 = Cv.shape[0]
     diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]
@@ -367,15 +373,7 @@ def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
     ys = jnp.argmax(clean + noise * xi, -1)
 
     def one(Mn, bn, Sn):
-        z = u @ Mn.T + bn + gz @ cholesky(Sn).T
-        lse = jax.nn.logsumexp(z, -1)
-        ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
-        ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
-        ceu = jnp.mean(lse - jnp.mean(z, -1))
-        am = jnp.argmax(z, -1)
-        loss = (1 - flip) * (q * ces + (1 - q) * ce0) + flip * ceu
-        acc = (1 - flip) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + flip / C
-        return loss, acc
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip)
 
     return jax.lax.map(lambda a: one(*a), (M, b, Sig))
 
