@@ -3,18 +3,27 @@
 For each of `--settings` random settings (r ~ U(0, 0.9), log10 s_a, log10 s_b ~ U(-0.4, 0.5),
 logit noise σ = 1 on both tasks so that s is the signal-to-noise ratio) mtjax trains
 `--seeds` online-protocol students (same teacher and initial student, different batches and
-test sets), averages the test-loss curves of both tasks over seeds (standard error from the
-seed spread), and fits the population theory with r, s_a, s_b free (quenched initial
-condition: the simulation's initial student). Printed: true vs fitted ± Laplace s.e., the
-fraction of settings within the targets (|Δr| < 0.1, |Δlog10 s| < 0.15), and the coverage of the
-±1 s.e. and ±2 s.e. intervals (nominal 68 % and 95 %).
+test sets), averages the test-loss curves of both tasks over seeds, and fits the population
+theory with r, s_a, s_b free (quenched initial condition: the simulation's initial student).
 
-Identifiability: labels depend on s only through s/σ, and r only enters task 1 through the
-trunk shared with task 2, so r is flagged unidentifiable when its Laplace s.e. exceeds 0.25
-(typically: s_b small, task 2 barely learns).
+Error model (`--errors`, default `replicates`): weights 1/se² from the seed s.e. of each point,
+error bars from the cluster-robust sandwich with the seeds as clusters (`fit(obs_replicates=)`:
+the points of one seed's curve are strongly correlated in time, a seed is one independent
+draw), with m − 1 degrees of freedom: intervals use Student-t quantiles. r also gets a profile
+interval (`mtjax.profile`, adjusted to the sandwich variance), which stays right where the
+curves depend on r mostly through r² (r near 0) and the Wald s.e. does not.
 
-    python benchmarks/fit_recovery.py                # 20 settings x 4 seeds (~10 min on 2 free cores)
-    python benchmarks/fit_recovery.py --settings 4   # smoke run
+Printed: true vs fitted ± s.e., r's 95 % profile interval, the fraction of settings within the
+targets (|Δr| < 0.1, |Δlog10 s| < 0.15), and the coverage of the ±1 / ±2 s.e. and the nominal
+68 % / 95 % intervals.
+
+Identifiability of r (decided from the data, not the truth): the 95 % profile interval of r must
+be closed on both sides within the profile grid (estimate ± 4.5 s.e.) and have half-width
+<= R_MAX_HALF_WIDTH. r acts on task 1 only through the trunk shared with task 2, so it is weakly
+determined when task 2 is barely learned (small s_b).
+
+    XLA_FLAGS= python benchmarks/fit_recovery.py --out docs/results/fit_recovery.txt
+    python benchmarks/fit_recovery.py --settings 4 --seeds 4   # smoke run
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import mtjax  # noqa: E402
-from mtjax._fit import Param, fit, make_problem, observations_from_table  # noqa: E402
+from mtjax._fit import Param, _quantile, fit, make_problem, observations_from_table, profile  # noqa: E402
 from mtjax._sweep import apply_axes  # noqa: E402
 
 SPEC = {
@@ -41,7 +50,10 @@ SPEC = {
     "train": {"protocol": "online", "n_steps": 2000, "eval_every": 200, "learning_rate": 0.005, "batch_size": 256, "n_test": 8000},
 }
 SOLVER = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=8192, rtol=1e-4, atol=1e-6, smooth_loss=True)
-R_UNIDENTIFIABLE_SE = 0.25
+#: r is called identifiable when its 95 % profile interval is closed and no wider than ± this.
+R_MAX_HALF_WIDTH = 0.2
+#: profile grid of r: estimate + h x these, h = min(s.e., 0.2) (in r units), clipped to ±0.99
+PROFILE_STEPS = (-4.5, -3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0, 4.5)
 
 
 def settings(n: int, seed: int) -> pd.DataFrame:
@@ -73,12 +85,15 @@ def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--settings", type=int, default=20)
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--starts", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the printed report to this file")
-    ap.add_argument("--errors", choices=["sandwich", "diagonal"], default="sandwich",
-                    help="error bars: sandwich with the seed covariance of the curve (default), or independent points")
+    ap.add_argument("--errors", choices=["replicates", "sandwich", "diagonal"], default="replicates",
+                    help="error bars: cluster-robust sandwich over seeds with t(m-1) intervals (default); the same "
+                         "sandwich with normal quantiles; or independent points (Laplace)")
+    ap.add_argument("--only", type=int, nargs="*", default=None, help="fit only these settings (debugging)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profile intervals of r")
     a = ap.parse_args()
     t0 = time.time()
     exp = mtjax.experiment_from_spec(SPEC)
@@ -93,7 +108,7 @@ def main():
     t_sim = time.time() - t0
     print(f"simulated {a.settings} x {a.seeds} runs in {t_sim:.0f} s", flush=True)
     rows = []
-    for i in range(a.settings):
+    for i in (range(a.settings) if a.only is None else a.only):
         mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)
         tab = pd.DataFrame([
             {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k]}
@@ -104,16 +119,26 @@ def main():
         prob = make_problem(exp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), solver=SOLVER)
         ti = time.time()
         # Errors of one seed-mean curve are correlated across times (a seed that learns fast is
-        # low at every time): the sandwich error bars use their covariance, estimated from the
-        # seeds (rows ordered as in `tab`: time-major, then task).
+        # low at every time, and it keeps its test set): the sandwich error bars treat every
+        # seed's curve as one cluster (rows ordered as in `tab`: time-major, then task).
         per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)
-        cov = np.cov(per_seed, rowvar=False) / a.seeds if a.errors == "sandwich" else None
-        res = fit(prob, n_starts=a.starts, n_adam=30, adam_lr=0.1, n_newton=20, obs_covariance=cov)
-        row = {"setting": i}
+        kw = {"diagonal": {}, "replicates": {"obs_replicates": per_seed},
+              "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
+        res = fit(prob, n_starts=a.starts, n_adam=30, adam_lr=0.1, n_newton=20, **kw)
+        row = {"setting": i, "dof": res.dof}
         for name in ("relatedness", "s_a", "s_b"):
             row[f"{name}_true"] = float(truth[name].iloc[i])
             row[f"{name}_fit"] = float(res.params[name][0])
             row[f"{name}_se"] = float(res.stderr[name][0])
+        if not a.no_profile:
+            r_hat, h = row["relatedness_fit"], row["relatedness_se"]
+            h = min(h, 0.2) if np.isfinite(h) and h > 0 else 0.2
+            grid = np.clip(r_hat + h * np.asarray(PROFILE_STEPS), -0.99, 0.99)
+            pr = profile(prob, res, "relatedness", grid, n_newton=8)
+            for lev in (68, 95):
+                lo, hi, lo_open, hi_open = pr.interval(lev / 100)
+                row.update({f"r_lo{lev}": lo, f"r_hi{lev}": hi, f"r_open{lev}": lo_open or hi_open})
+            row["profile_scale"] = float(pr.scale)
         row.update(chi2_dof=float(res.chi2_dof), converged=bool(res.converged), grad_norm=float(res.grad_norm), fit_s=time.time() - ti)
         rows.append(row)
         print(f"setting {i}: {row}", flush=True)
@@ -129,34 +154,49 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float) -> str:
     lines = [f"fit_recovery: {a.settings} settings x {a.seeds} seeds, online protocol (N=32, R=C=3, depth 1, width 8,",
              f"sigma=1, lr 0.005, t in 1..10), {a.starts} starts, error bars: {a.errors}; simulation {t_sim:.0f} s, total {t_all:.0f} s", ""]
     d = df.copy()
+    dof = float(d.dof.iloc[0])
+    prof = "r_lo95" in d
     d["dr"] = d["relatedness_fit"] - d["relatedness_true"]
     for s in ("s_a", "s_b"):
         d[f"dlog_{s}"] = np.log10(d[f"{s}_fit"]) - np.log10(d[f"{s}_true"])
         d[f"lse_{s}"] = d[f"{s}_se"] / (d[f"{s}_fit"] * np.log(10))
-    d["r_ident"] = d["relatedness_se"] < R_UNIDENTIFIABLE_SE
-    hdr = f"{'#':>2} {'r true':>6} {'r fit ± se':>15} {'lg s_a':>6} {'fit ± se':>15} {'lg s_b':>6} {'fit ± se':>15} {'chi2/dof':>8} conv"
+    if prof:
+        d["r_ident"] = ~d.r_open95 & ((d.r_hi95 - d.r_lo95) / 2 <= R_MAX_HALF_WIDTH)
+    else:  # without profiles: the Wald half-width
+        d["r_ident"] = _quantile(0.95, dof) * d.relatedness_se <= R_MAX_HALF_WIDTH
+    hdr = (f"{'#':>2} {'r true':>6} {'r fit ± se':>14} {'r 95% profile':>15} {'lg s_a':>6} {'fit ± se':>15} "
+           f"{'lg s_b':>6} {'fit ± se':>15} {'chi2/dof':>8} conv")
     lines.append(hdr)
     for _, r in d.iterrows():
+        iv = (f"[{r.r_lo95:+.2f},{r.r_hi95:+.2f}]{'o' if r.r_open95 else ' '}" if prof else " " * 15)
         lines.append(
-            f"{int(r.setting):>2} {r.relatedness_true:6.3f} {r.relatedness_fit:7.3f} ± {r.relatedness_se:5.3f}"
-            f"{'' if r.r_ident else '*'}{' ' if r.r_ident else ''}"
+            f"{int(r.setting):>2} {r.relatedness_true:6.3f} {r.relatedness_fit:6.3f} ± {r.relatedness_se:5.3f}"
+            f"{' ' if r.r_ident else '*'}{iv} "
             f"{np.log10(r.s_a_true):6.3f} {np.log10(r.s_a_fit):7.3f} ± {r.lse_s_a:5.3f} "
             f"{np.log10(r.s_b_true):6.3f} {np.log10(r.s_b_fit):7.3f} ± {r.lse_s_b:5.3f} {r.chi2_dof:8.2f} {int(r.converged)}"
         )
-    lines.append("(* r unidentifiable: Laplace s.e. > %.2f)" % R_UNIDENTIFIABLE_SE)
+    lines.append(f"(* r unidentifiable: 95 % {'profile' if prof else 'Wald'} interval open (o) or half-width > {R_MAX_HALF_WIDTH}; "
+                 f"s.e.: cluster-robust sandwich, {dof:g} dof)")
     lines.append("")
     ident = d[d.r_ident]
-    lines.append(f"within target: r |Δ| < 0.1: {np.mean(np.abs(ident.dr) < 0.1):.0%} of {len(ident)} identifiable settings "
-                 f"({np.mean(np.abs(d.dr) < 0.1):.0%} of all {len(d)})")
+    lines.append(f"within target: r |Δ| < 0.1: {np.sum(np.abs(ident.dr) < 0.1)}/{len(ident)} identifiable settings "
+                 f"({np.sum(np.abs(d.dr) < 0.1)}/{len(d)} of all); unidentifiable: {list(d.setting[~d.r_ident].astype(int))}")
     for s in ("s_a", "s_b"):
-        lines.append(f"within target: log10 {s} |Δ| < 0.15: {np.mean(np.abs(d[f'dlog_{s}']) < 0.15):.0%} of {len(d)}")
-    lines.append("coverage of the Laplace intervals (nominal 68 % / 95 %):")
-    for name, err, se, sub in (("r (identifiable)", ident.dr, ident.relatedness_se, ident),
+        lines.append(f"within target: log10 {s} |Δ| < 0.15: {np.sum(np.abs(d[f'dlog_{s}']) < 0.15)}/{len(d)}")
+    q68, q95 = _quantile(0.68, dof), _quantile(0.95, dof)
+    lines.append(f"coverage (nominal 68 % / 95 %; t({dof:g}) quantiles {q68:.2f} / {q95:.2f}):")
+    for name, err, se, sub in (("r (all)", d.dr, d.relatedness_se, d), ("r (identifiable)", ident.dr, ident.relatedness_se, ident),
                                ("log10 s_a", d.dlog_s_a, d.lse_s_a, d), ("log10 s_b", d.dlog_s_b, d.lse_s_b, d)):
         z = np.abs(err) / se
-        lines.append(f"  {name:17s} ±1 s.e.: {np.mean(z < 1):.0%}   ±2 s.e.: {np.mean(z < 2):.0%}   (n={len(sub)})")
+        lines.append(f"  {name:17s} ±1 s.e.: {np.mean(z < 1):4.0%}  ±2 s.e.: {np.mean(z < 2):4.0%}  |  "
+                     f"±t68 s.e.: {np.mean(z < q68):4.0%}  ±t95 s.e.: {np.mean(z < q95):4.0%}   (n={len(sub)})")
+    if prof:
+        for name, sub in (("r (all)", d), ("r (identifiable)", ident)):
+            c68 = np.mean((sub.r_lo68 <= sub.relatedness_true) & (sub.relatedness_true <= sub.r_hi68))
+            c95 = np.mean((sub.r_lo95 <= sub.relatedness_true) & (sub.relatedness_true <= sub.r_hi95))
+            lines.append(f"  {name:17s} profile 68 %: {c68:4.0%}  profile 95 %: {c95:4.0%}   (n={len(sub)})")
     lines.append(f"median chi2/dof: {d.chi2_dof.median():.2f}; converged: {int(d.converged.sum())}/{len(d)}; "
-                 f"median fit time {d.fit_s.median():.1f} s")
+                 f"median fit time {d.fit_s.median():.1f} s (incl. profile)")
     return "\n".join(lines)
 
 

@@ -62,10 +62,12 @@ from ._fit import (
     FitResult as FitResult,
     Observations as Observations,
     Param as Param,
+    Profile as Profile,
     fit as fit,
     fit_table as fit_table,
     make_problem as make_problem,
     observations_from_table as observations_from_table,
+    profile as profile,
 )
 from ._design import (
     DesignResult as DesignResult,

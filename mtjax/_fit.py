@@ -13,7 +13,9 @@ minimised by Adam (optax, reverse mode through the solve) and then Levenberg–M
 forward-mode Jacobian of the residuals, from several starts at once (vmapped).  Error bars are
 the Laplace approximation: the inverse Hessian of the objective at the optimum (Gauss–Newton
 JᵀWJ, or the exact forward-over-forward Hessian), mapped to the constrained parameters by the
-delta method.
+delta method; with correlated errors, the sandwich (`obs_covariance`, or seed-clustered from
+per-seed replicates, `obs_replicates`, with Student-t intervals), and profile intervals
+(`profile`) where the objective is not quadratic in a parameter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+import scipy.stats
 
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
@@ -408,6 +411,9 @@ class FitResult(eqx.Module):
       and gradient below gtol or decrement < 1e-2.
     - `n_obs`: number of observations; `chi2_dof`: 2·loss / (n_obs − P) for `loss="wls"`
       (≈ 1 when the standard errors are right and the model fits).
+    - `dof`: degrees of freedom of the standard errors: ∞ when they come from the model
+      (Laplace: the given `se` are exact), m − 1 when they are estimated from m replicates
+      (`fit(obs_replicates=...)`); intervals then use Student-t quantiles (`interval`).
     """
 
     params: dict
@@ -424,6 +430,17 @@ class FitResult(eqx.Module):
     decrement: Float[Array, ""]
     n_obs: int = eqx.field(static=True)
     chi2_dof: Float[Array, ""]
+    dof: float = eqx.field(static=True, default=math.inf)
+
+    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided Wald interval value ± q·stderr of `name` (each level), with q the Student-t
+        quantile at `dof` degrees of freedom (normal for dof = ∞): an s.e. estimated from m
+        replicates is itself uncertain, and ±1.96 s.e. would cover less than 95 %.
+
+        **Returns:** `(lower, upper)`, each (levels,)."""
+        q = _quantile(level, self.dof)
+        v, se = np.asarray(self.params[name]), np.asarray(self.stderr[name])
+        return v - q * se, v + q * se
 
     def table(self) -> pd.DataFrame:
         """One row per fitted value: name, level, value, stderr."""
@@ -432,6 +449,14 @@ class FitResult(eqx.Module):
             for i, (x, s) in enumerate(zip(np.atleast_1d(np.asarray(v)), np.atleast_1d(np.asarray(self.stderr[k])))):
                 rows.append({"param": k, "level": i, "value": float(x), "stderr": float(s)})
         return pd.DataFrame(rows)
+
+
+def _quantile(level: float, dof: float) -> float:
+    """Two-sided quantile: P(|T| <= q) = level for T ~ Student-t(dof) (normal if dof = ∞)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1)")
+    p = 0.5 + level / 2
+    return float(scipy.stats.norm.ppf(p) if not np.isfinite(dof) else scipy.stats.t.ppf(p, dof))
 
 
 def _with_adjoint(problem: FitProblem, adjoint) -> FitProblem:
@@ -486,21 +511,25 @@ def _adam(problem, thetas, n_steps, lr):
     return best, best_v
 
 
-def _levenberg_marquardt(problem, thetas, n_steps, gtol):
+def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None):
     """Levenberg–Marquardt on ½|r(θ)|² for every start (small P x P systems in NumPy).
 
     Gauss–Newton steps (JᵀJ + λ diag(JᵀJ)) δ = −Jᵀr with λ adapted per start; converges
     quadratically on small-residual problems, and its Jacobian costs P forward tangents in one
-    compiled program (an L-BFGS line search would compile the objective a second time)."""
+    compiled program (an L-BFGS line search would compile the objective a second time).
+    `free`: optional (P,) bool mask; coordinates outside it stay at their start value (profiles).
+    The returned gradient is zero in the fixed coordinates."""
     th = np.asarray(thetas, float)
     S, P = th.shape
+    free = np.ones(P, bool) if free is None else np.asarray(free, bool)
+    fi = np.flatnonzero(free)
     lam = np.full(S, 1e-2)
     r, J = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(th)))
     f = 0.5 * np.sum(r**2, 1)
     f = np.where(np.isfinite(f), f, np.inf)
     steps = np.zeros(S, int)
     for _ in range(n_steps):
-        g = np.einsum("snp,sn->sp", J, r)
+        g = np.einsum("snp,sn->sp", J, r) * free
         # a start stops when its gradient is small or no damping finds a decrease (noise floor)
         active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol) & (lam < 1e8)
         if not active.any():
@@ -510,9 +539,9 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol):
         D = np.einsum("spp->sp", A) + 1e-12
         trial = th.copy()
         for s in np.flatnonzero(active):
-            M = A[s] + lam[s] * np.diag(D[s])
+            M = (A[s] + lam[s] * np.diag(D[s]))[np.ix_(fi, fi)]
             try:
-                trial[s] = th[s] - np.linalg.solve(M, np.nan_to_num(g[s]))
+                trial[s, fi] = th[s, fi] - np.linalg.solve(M, np.nan_to_num(g[s, fi]))
             except np.linalg.LinAlgError:
                 lam[s] *= 10
         r2, J2 = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(trial)))
@@ -524,7 +553,7 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol):
         f = np.where(better, f2, f)
         lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
         steps += active
-    g = np.einsum("snp,sn->sp", J, r)
+    g = np.einsum("snp,sn->sp", J, r) * free
     return th, f, g, J, steps
 
 
@@ -540,6 +569,7 @@ def fit(
     gtol: float = 1e-6,
     hessian: str | None = None,
     obs_covariance=None,
+    obs_replicates=None,
     key=None,
 ) -> FitResult:
     """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
@@ -562,6 +592,13 @@ def fit(
       are strongly correlated in time). Then the error bars are the sandwich
       H⁻¹ (Jᵀ C J) H⁻¹ (C: the covariance of the whitened residuals) instead of H⁻¹, which
       assumes independent errors with s.d. `se` (`loss="wls"` only).
+    - `obs_replicates`: optional (m, n) replicate observations whose mean is `obs.value`
+      (e.g. the m per-seed curves behind seed-mean curves, rows in the table's order). The
+      error bars are then the cluster-robust sandwich with C = cov(replicates) / m: each
+      replicate (seed) is one independent cluster however strongly its points are correlated
+      in time, and the variance of every fitted value is the seed variance of its linearised
+      estimate, with m − 1 degrees of freedom (`FitResult.dof`; use `FitResult.interval`).
+      Exclusive with `obs_covariance`.
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
 
     **Returns:** `FitResult` of the best start (by objective).
@@ -571,6 +608,15 @@ def fit(
         raise ValueError(f"hessian={hessian!r} is not one of ['gauss-newton', 'exact']")
     if hessian == "gauss-newton" and problem.loss != "wls":
         raise ValueError("hessian='gauss-newton' needs loss='wls'")
+    dof = math.inf
+    if obs_replicates is not None:
+        if obs_covariance is not None:
+            raise ValueError("pass obs_covariance or obs_replicates, not both")
+        rep = np.asarray(obs_replicates, float)
+        if rep.ndim != 2 or rep.shape[1] != problem.obs.value.shape[0] or rep.shape[0] < 2:
+            raise ValueError(f"obs_replicates must be (m >= 2, n={problem.obs.value.shape[0]}), got {rep.shape}")
+        obs_covariance = np.cov(rep, rowvar=False) / rep.shape[0]
+        dof = rep.shape[0] - 1
     theta0 = problem.initial_theta()
     if starts is None:
         key = jax.random.key(0) if key is None else key
@@ -631,6 +677,7 @@ def fit(
         decrement=jnp.asarray(decrement),
         n_obs=n_obs,
         chi2_dof=jnp.asarray(chi2),
+        dof=float(dof),
     )
 
 
@@ -659,6 +706,115 @@ def _newton(problem, thetas, n_steps, gtol):
         lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
         steps += active
     return th, v, g, steps
+
+
+class Profile(eqx.Module):
+    """Profile of a fit's objective in one parameter (see `profile`).
+
+    - `name`, `index`: the parameter and its level.
+    - `values`: (G,) sorted grid of constrained values (the fitted value included; may repeat).
+    - `objective`: (G,) minimum of the objective over every other parameter at each value.
+    - `deviance`: (G,) adjusted deviance κ · 2 (objective − its minimum), κ = (H⁻¹)ᵢᵢ / Vᵢᵢ:
+      H the Gauss–Newton Hessian of the working objective, V the fit's covariance (sandwich or
+      Laplace), both in the unconstrained coordinate. κ rescales the working objective's
+      curvature to the sampling variance of the estimate (the "adjusted profile likelihood"),
+      so deviance ≈ (u − û)² / Vᵢᵢ near the optimum; κ = 1 for a Laplace fit, where the
+      deviance is the likelihood-ratio statistic.
+    - `estimate`: () the fitted value; `scale`: () κ; `dof`: as `FitResult.dof`.
+    - `n_steps`: (G,) Levenberg–Marquardt iterations of each grid point.
+    """
+
+    name: str = eqx.field(static=True)
+    index: int = eqx.field(static=True)
+    values: Float[Array, " G"]
+    objective: Float[Array, " G"]
+    deviance: Float[Array, " G"]
+    estimate: Float[Array, ""]
+    scale: Float[Array, ""]
+    n_steps: Int[Array, " G"]
+    dof: float = eqx.field(static=True, default=math.inf)
+
+    def interval(self, level: float = 0.95) -> tuple[float, float, bool, bool]:
+        """Profile interval {v : deviance(v) <= q²}, q the two-sided Student-t (dof) quantile.
+
+        √deviance is interpolated linearly between grid points, which is exact for a quadratic
+        profile (√deviance = |u − û| / √Vᵢᵢ is piecewise linear with its kink at the estimate,
+        a grid point). The set is reported by its outermost ends, so a second basin (e.g. the
+        mirror r → −r when the curves hardly depend on the sign of r) widens the interval.
+
+        **Returns:** `(lower, upper, lower_open, upper_open)`; `*_open` is True when the set
+        reaches that end of the grid (the data do not bound the parameter there within it)."""
+        q = _quantile(level, self.dof)
+        v, first = np.unique(np.asarray(self.values, float), return_index=True)  # clipped grids repeat ends
+        root = np.sqrt(np.clip(np.nan_to_num(np.asarray(self.deviance, float)[first], nan=np.inf), 0, None))
+        if v.shape[0] == 1:
+            return float(v[0]), float(v[0]), True, True
+        dense = np.linspace(v[0], v[-1], 4001)
+        inside = np.interp(dense, v, np.minimum(root, 1e6)) <= q
+        if not inside.any():  # cannot happen with the estimate on the grid; be safe
+            e = float(self.estimate)
+            return e, e, False, False
+        return float(dense[inside].min()), float(dense[inside].max()), bool(inside[0]), bool(inside[-1])
+
+
+def profile(
+    problem: FitProblem,
+    result: FitResult,
+    name: str,
+    values,
+    *,
+    index: int = 0,
+    n_newton: int = 10,
+    gtol: float = 1e-6,
+) -> Profile:
+    """Profile the objective of a `fit` in one parameter: re-fit every other parameter at each
+    value of `values` (Levenberg–Marquardt from the optimum, all values at once).
+
+    Why: the Wald interval value ± q·s.e. relies on the objective being quadratic in the
+    parameter's unconstrained coordinate. Where the curves depend on r only weakly or
+    nonlinearly (task 2 barely learned; near r = 0 if the sign of r hardly matters; tanh
+    saturating near ±1) the Laplace s.e. misstates the uncertainty; the profile interval follows
+    the objective's real shape (`Profile.interval`), and is open when the data do not bound it.
+
+    **Arguments:** `problem`, `result`: a `loss="wls"` problem and its `fit`; `name`, `index`:
+    the parameter (and level); `values`: (G,) constrained values (the fitted one is added);
+    `n_newton`, `gtol`: as in `fit`.
+
+    **Returns:** `Profile`.
+    """
+    if problem.loss != "wls":
+        raise ValueError("profile needs loss='wls'")
+    i = 0
+    for p, n in zip(problem.params, problem.n_levels):
+        if p.name == name:
+            if not 0 <= index < n:
+                raise ValueError(f"index={index} out of range for {name!r} ({n} levels)")
+            i += index
+            break
+        i += n
+    else:
+        raise ValueError(f"{name!r} is not a free parameter of the problem ({[p.name for p in problem.params]})")
+    theta = np.asarray(result.theta, float)
+    est = float(np.asarray(result.params[name])[index])
+    # sorted, not deduplicated: a fixed number of grid points keeps one compiled Jacobian
+    grid = np.sort(np.concatenate([np.asarray(values, float).ravel(), [est]]))
+    starts = np.repeat(theta[None], grid.shape[0], 0)
+    starts[:, i] = _inverse(p.transform, grid)
+    free = np.ones(theta.shape[0], bool)
+    free[i] = False
+    _, f, _, _, steps = _levenberg_marquardt(problem, jnp.asarray(starts), n_newton, gtol, free=free)
+    f = np.where(np.isfinite(f), f, np.nan)
+    # a grid point may find a lower objective than the fit (another basin): measure from the lowest
+    f_min = float(np.nanmin(np.append(f, float(result.loss))))
+    H, V = np.asarray(result.hessian, float), np.asarray(result.covariance, float)
+    try:
+        kappa = float(np.linalg.inv(H)[i, i] / V[i, i])
+    except np.linalg.LinAlgError:
+        kappa = float("nan")
+    kappa = kappa if np.isfinite(kappa) and kappa > 0 else 1.0
+    dev = np.clip(2 * (f - f_min) * kappa, 0, None)
+    return Profile(name=name, index=index, values=jnp.asarray(grid), objective=jnp.asarray(f), deviance=jnp.asarray(dev),
+                   estimate=jnp.asarray(est), scale=jnp.asarray(kappa), n_steps=jnp.asarray(steps), dof=result.dof)
 
 
 def fit_table(

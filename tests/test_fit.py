@@ -2,6 +2,8 @@
 
 All fits share one problem structure, so the objective and its Jacobian compile once."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,9 @@ import pytest
 
 import mtjax
 from mtjax._design import optimal_task_weight
-from mtjax._fit import Param, _forward, _residuals_and_jacobian, _value_and_grad, fit, make_problem, observations_from_table
+from mtjax._fit import (
+    Param, Profile, _forward, _quantile, _residuals_and_jacobian, _value_and_grad, fit, make_problem, observations_from_table, profile,
+)
 
 SPEC = {
     "teacher": {"n_features": 24, "rank": 3, "n_classes": 3, "scale": [1.0, 1.0], "noise": 1.0, "relatedness": 0.5},
@@ -69,6 +73,67 @@ def test_noiseless_synthetic_fit_recovers_parameters(problem):
     assert res.start_losses.shape == (2,)
     tab = res.table()
     assert list(tab["param"]) == ["relatedness", "s_a", "s_b"]
+
+
+def test_replicate_sandwich_is_the_spread_of_refits(problem):
+    # Two replicates value ± d (d correlated along the curve, as a seed's offset is): the
+    # cluster-robust sandwich s.e. of each parameter must be what refitting the two replicates
+    # actually moves it, |θ(value + d) − θ(value − d)| / 2 (linear regime: d is half an s.e.).
+    prob, true = problem
+    o = prob.obs
+    d = 0.5 * SE * (1.0 + 0.2 * np.asarray(o.time)) * np.where(np.asarray(o.task) == 0, 1.0, -0.5)
+    v = np.asarray(o.value)
+    starts = _batch(true, true)
+    kw = dict(starts=starts, n_adam=0, n_newton=10, gtol=1e-9)
+    res = fit(prob, obs_replicates=np.stack([v + d, v - d]), **kw)
+    assert res.dof == 1.0
+    moved = [fit(eqx.tree_at(lambda p: p.obs.value, prob, jnp.asarray(v + sgn * d)), **kw).params for sgn in (1, -1)]
+    for k in TRUE:
+        spread = abs(float(moved[0][k][0]) - float(moved[1][k][0])) / 2
+        np.testing.assert_allclose(float(res.stderr[k][0]), spread, rtol=0.05, err_msg=k)
+        lo, hi = res.interval(k, 0.95)  # Student-t with 1 dof: ±12.7 s.e.
+        np.testing.assert_allclose((hi - lo) / 2, _quantile(0.95, 1) * np.asarray(res.stderr[k]), rtol=1e-6)
+    with pytest.raises(ValueError, match="obs_replicates"):
+        fit(prob, obs_replicates=v[None], **kw)
+
+
+def test_profile_deviance_is_quadratic_near_the_optimum(problem):
+    # Noiseless data (the Gauss–Newton Hessian is then exact at the optimum): a step of 0.2 s.e.
+    # in u = atanh(r) raises the profile deviance by 0.2² (Laplace fit: κ = 1).
+    prob, true = problem
+    res = fit(prob, starts=_batch(true, true), n_adam=0, n_newton=10, gtol=1e-9)
+    se_u = float(np.sqrt(res.covariance[0, 0]))
+    r_step = float(np.tanh(res.theta[0] + 0.2 * se_u))
+    pr = profile(prob, res, "relatedness", [r_step], n_newton=10)
+    assert pr.values.shape == (2,) and float(pr.scale) == pytest.approx(1.0)
+    assert float(pr.deviance[0]) == pytest.approx(0.0, abs=1e-3)  # float32 solver noise
+    assert float(pr.deviance[1]) == pytest.approx(0.04, rel=0.2)
+    with pytest.raises(ValueError, match="not a free parameter"):
+        profile(prob, res, "sigma_a", [0.5])
+
+
+def test_profile_interval_reads_the_deviance():
+    # no solve: intervals from hand-made profiles
+    v = np.linspace(-0.9, 0.9, 19)
+
+    def prof(dev, dof=math.inf, est=0.3):
+        return Profile(name="relatedness", index=0, values=jnp.asarray(v), objective=jnp.asarray(dev / 2),
+                       deviance=jnp.asarray(dev), estimate=jnp.asarray(est), scale=jnp.asarray(1.0),
+                       n_steps=jnp.zeros(19, int), dof=dof)
+
+    quad = ((v - 0.3) / 0.1) ** 2  # √deviance piecewise linear: interpolation is exact
+    lo, hi, lo_open, hi_open = prof(quad).interval(0.95)
+    assert (lo, hi) == (pytest.approx(0.3 - 0.196, abs=1e-3), pytest.approx(0.3 + 0.196, abs=1e-3))
+    assert not lo_open and not hi_open
+    lo, hi, _, _ = prof(quad, dof=4).interval(0.95)  # Student-t: q = 2.776
+    assert hi == pytest.approx(0.3 + 0.2776, abs=1e-3)
+    # curves that depend on r only through r²: the mirror basin widens the interval across 0
+    mirror = np.minimum(quad, ((v + 0.3) / 0.1) ** 2)
+    lo, hi, _, _ = prof(mirror).interval(0.95)
+    assert lo == pytest.approx(-0.496, abs=1e-3) and hi == pytest.approx(0.496, abs=1e-3)
+    # flat: the interval reaches the grid's ends and says so
+    lo, hi, lo_open, hi_open = prof(quad * 1e-3).interval(0.68)
+    assert lo_open and hi_open and (lo, hi) == (pytest.approx(-0.9), pytest.approx(0.9))
 
 
 def test_bounded_parameters_stay_in_range(problem):
