@@ -175,8 +175,9 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float) -> str:
             f"{np.log10(r.s_a_true):6.3f} {np.log10(r.s_a_fit):7.3f} ± {r.lse_s_a:5.3f} "
             f"{np.log10(r.s_b_true):6.3f} {np.log10(r.s_b_fit):7.3f} ± {r.lse_s_b:5.3f} {r.chi2_dof:8.2f} {int(r.converged)}"
         )
-    lines.append(f"(* r unidentifiable: 95 % {'profile' if prof else 'Wald'} interval open (o) or half-width > {R_MAX_HALF_WIDTH}; "
-                 f"s.e.: cluster-robust sandwich, {dof:g} dof)")
+    kind = {"replicates": "seed-clustered sandwich", "sandwich": "sandwich (seed covariance)", "diagonal": "Laplace, independent points"}[a.errors]
+    lines.append(f"(* r unidentifiable: 95 % {'profile interval open (o) or' if prof else 'Wald'} half-width > {R_MAX_HALF_WIDTH}; "
+                 f"s.e.: {kind}, {dof:g} dof)")
     lines.append("")
     ident = d[d.r_ident]
     lines.append(f"within target: r |Δ| < 0.1: {np.sum(np.abs(ident.dr) < 0.1)}/{len(ident)} identifiable settings "
