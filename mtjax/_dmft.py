@@ -1,5 +1,5 @@
 """Mean-field theory II: finite data. Dynamical mean-field theory (DMFT) of full-batch gradient
-descent for linear softmax students (L = 0, and L = 1 with per-task heads) on P_k = α_k N'
+descent for linear softmax students (L = 0, and linear trunks L >= 1 with per-task heads) on P_k = α_k N'
 Gaussian examples per task.
 
 Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with step Δ, n = 0..T):
@@ -252,19 +252,22 @@ def _train_loss(h, ys, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Depth L = 1: a shared linear first layer W (H x N) + bias, per-task heads (V_k, c_k).
-# The first layer's complement part is the DMFT variable (H-dimensional coordinate and field
-# processes); Ω = W Eᵀ (H x D), the biases and the heads are self-averaging (docs/dmft.md §4).
+# Depth L >= 1: a shared linear trunk, first layer W (H x N) + bias, upper layers W_l (H x H) +
+# b_l (l = 2..L), per-task heads (V_k, c_k).  The first layer's complement part is the DMFT
+# variable (H-dimensional coordinate and field processes); Ω = W Eᵀ (H x D), the upper layers,
+# the biases and the heads are self-averaging (docs/dmft.md §4).  The upper layers reach the
+# first layer's processes only through the effective heads Ṽ_k = V_k W_L ⋯ W_2.
 # ---------------------------------------------------------------------------------------------
 
 
 class _TrunkProblem(eqx.Module):
-    """Inputs of one L = 1 solve (K tasks, all arrays).
+    """Inputs of one solve with a linear trunk of depth L >= 1 (K tasks, all arrays).
 
     - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: step Δ.
     - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D) (U_k = T_k E).
-    - initial state: `Omega0` (H, D) = W Eᵀ, `b10` (H,), `V0` (K, C, H), `c0` (K, C),
-      `Q0` (H, H) = W (I − EᵀE) Wᵀ.
+    - initial state: `Omega0` (H, D) = W_1 Eᵀ, `b10` (H,), the upper trunk layers W_2..W_L
+      `Wu0` (L−1, H, H) and their biases `bu0` (L−1, H) (empty for L = 1), `V0` (K, C, H),
+      `c0` (K, C), `Q0` (H, H) = W_1 (I − EᵀE) W_1ᵀ.
     """
 
     alpha: Float[Array, " K"]
@@ -278,6 +281,8 @@ class _TrunkProblem(eqx.Module):
     T: Float[Array, "K R D"]
     Omega0: Float[Array, "H D"]
     b10: Float[Array, " H"]
+    Wu0: Float[Array, "Lm1 H H"]
+    bu0: Float[Array, "Lm1 H"]
     V0: Float[Array, "K C H"]
     c0: Float[Array, "K C"]
     Q0: Float[Array, "H H"]
@@ -299,15 +304,37 @@ def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
     return jax.vmap(_labels_raw)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
 
 
-def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
-    """Sampled example processes of all K tasks, coupled through the shared Ω, b1 (and heads).
+def _effective_heads(V, c, Wu, bu):
+    """Heads on the first-layer output f_1: Ṽ_k = V_k W_L ⋯ W_2 and c̃_k = V_k a_L + c_k, where
+    a_L = W_L(⋯(W_2 · 0 + b_2)⋯) + b_L is the trunk's output at f_1 = 0 (the affine map
+    f_1 ↦ f_L, composed with each head).  `V` (K, C, H), `c` (K, C), `Wu` (L−1, H, H), `bu` (L−1, H).
 
-    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] V_k^mᵀ g^m,  f = Ω u + b1 + φ,  h = V_k f + c_k.
-    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories
-    Ω (T1, H, D), b1 (T1, H), V (T1, K, C, H), c (T1, K, C) (values *at* each step)."""
+    **Returns:** `(Ṽ, c̃, P)` with P[l] = V_k W_L ⋯ W_{l+2} (the head seen by layer l+1's output,
+    l = 0..L−1; P[0] = Ṽ, P[L−1] = V): the backpropagated error at layer l+1 is P[l]ᵀ g.
+    For L = 1 this is (V, c, [V]) with no arithmetic, so the depth-1 numbers are unchanged."""
+    Vt, ct, P = V, c, [V]
+    for ell in reversed(range(Wu.shape[0])):
+        ct = ct + jnp.einsum("kch,h->kc", Vt, bu[ell])
+        Vt = jnp.einsum("kch,hg->kcg", Vt, Wu[ell])
+        P.insert(0, Vt)
+    return Vt, ct, P
+
+
+def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
+    """Sampled example processes of all K tasks, coupled through the shared Ω, b1, the upper
+    trunk layers (W_l, b_l), l = 2..L, and the heads.
+
+    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m,  f_1 = Ω u + b1 + φ,
+    f_l = W_l f_{l−1} + b_l,  h = V_k f_L + c_k  (Ṽ_k = V_k W_L ⋯ W_2, `_effective_heads`).
+    The low-dimensional parameters move by the data-averaged gradients backpropagated through
+    the linear layers, with error δ_l = (V_k W_L ⋯ W_{l+1})ᵀ g at the output of layer l.
+
+    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories (values *at* each
+    step) Ω (T1, H, D), b1 (T1, H), Ṽ (T1, K, C, H), c̃ (T1, K, C)."""
     T1, H = Cv.shape[0], Cv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
     C = p.V0.shape[1]
+    Lu = p.Wu0.shape[0]  # L − 1 upper trunk layers (static)
     Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
     chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
@@ -315,26 +342,37 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     mem_coef = p.rho / p.alpha
 
     def step(carry, n):
-        Om, b1, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces V_k^mᵀ g^m at m < n
+        Om, b1, Wu, bu, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces Ṽ_k^mᵀ g^m at m < n
+        Vt, ct, P = _effective_heads(V, c, Wu, bu)
         mem = jnp.einsum("hmj,kxsmj->kxsh", Rv[n], F) * mem_coef[:, None, None, None]
         f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
-        h = jnp.einsum("kxsh,kch->kxsc", f, V) + c[:, None, None]
+        fs = [f]
+        for ell in range(Lu):
+            fs.append(fs[-1] @ Wu[ell].T + bu[ell])
+        h = jnp.einsum("kxsh,kch->kxsc", fs[-1], V) + c[:, None, None]
         g = jax.nn.softmax(h, -1) - onehot
-        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, V))
+        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, Vt))
         wg = wts[..., None] * g  # (K, 3, S, C)
-        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, V, wg, d.u)
-        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, V, wg)
-        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f)
+        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
+        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
+        # Layer l+2 (index ell): error P[ell+1]ᵀ g at its output, input fs[ell].
+        Wu_new = jnp.stack([Wu[ell] - p.dt * jnp.einsum("k,kch,kxsc,kxsg->hg", p.rho, P[ell + 1], wg, fs[ell])
+                            for ell in range(Lu)]) if Lu else Wu  # fmt: skip
+        bu_new = jnp.stack([bu[ell] - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, P[ell + 1], wg)
+                            for ell in range(Lu)]) if Lu else bu  # fmt: skip
+        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
         c_new = c - p.dt * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
-        return (Om_new, b1_new, V_new, c_new, F), (h, g, Om, b1, V, c)
+        return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new, F), (h, g, Om, b1, Vt, ct)
 
     F0 = jnp.zeros((K, 3, S, T1, H))
-    _, (h, G, Om, b1, V, c) = jax.lax.scan(step, (p.Omega0, p.b10, p.V0, p.c0, F0), jnp.arange(T1))
-    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, V, c
+    init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, F0)
+    _, (h, G, Om, b1, Vt, ct) = jax.lax.scan(step, init, jnp.arange(T1))
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
 def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_response: int):
-    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones."""
+    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones.  The
+    logit-space quantities reach the first layer through the effective heads Ṽ_k (V below)."""
     h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
     K, S = d.u.shape[0], d.u.shape[1]
     wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
@@ -342,7 +380,7 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_re
     Sr = n_response
 
     def resp(k):
-        # Logit-space memory of task k: ρ_k V_k^n R_v[n,j] V_k^jᵀ.
+        # Logit-space memory of task k: ρ_k Ṽ_k^n R_v[n,j] Ṽ_k^jᵀ.
         Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
         hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
         return _response(hr, Rt, p.alpha[k], jnp.repeat(weights[k] / Sr, Sr))
@@ -370,7 +408,7 @@ def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
 
 
 def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, key):
-    """Solve the L = 1 DMFT (fixed point in the first-layer kernels) and evaluate every task.
+    """Solve the trunk DMFT (L >= 1; fixed point in the first-layer kernels) and evaluate every task.
 
     **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
     K, C, H = p.V0.shape
@@ -606,18 +644,22 @@ def finite_data_theory(
 
     Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
     share no parameter, so every task is solved independently and the multitask benefit is 0)
-    and L = 1 (a shared linear layer with per-task heads: multitask, docs/dmft.md §4).
+    and L >= 1 (a shared linear trunk with per-task heads: multitask, docs/dmft.md §4; the
+    first layer's complement to the teacher span is the DMFT variable, everything else
+    self-averages).
 
     **Arguments:** as `population_theory`.
 
-    - `experiment`: teacher, student (depth 0, linear) and train config (protocol
+    - `experiment`: teacher, student (linear, any depth) and train config (protocol
       `"full_batch"`; other protocols are treated as gradient flow on their training sets).
     - `seeds`: teacher and init seeds; the data seed plays no role (the theory averages over
       datasets).
     - `ts`: times t = lr x steps to report; default the simulation's evaluation times.
     - `solver`: `FiniteDataSolver`.
     - `student`: optional initial student; `initial`: `"quenched"` (the exact initial overlaps of
-      the simulation's student) or `"typical"` (N → ∞: no overlap, Gram matrix init_scale² I).
+      the simulation's student) or `"typical"` (N → ∞: the first layer has no overlap with the
+      teacher span and Gram matrix init_scale² I; the upper trunk layers, biases and heads are
+      low-dimensional and are taken from the initial student, as in `population_theory`).
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
     """
@@ -625,10 +667,10 @@ def finite_data_theory(
     # before a multi-process run can call jax.distributed.initialize.
     solver = FiniteDataSolver() if solver is None else solver
     ecfg = experiment
-    if ecfg.student.activation != "linear" or ecfg.student.depth > 1:
+    if ecfg.student.activation != "linear":
         raise ValueError(
-            f"finite_data_theory supports linear students of depth 0 or 1, got depth={ecfg.student.depth}, "
-            f"activation={ecfg.student.activation!r} (deeper trunks are not implemented yet, docs/dmft.md)"
+            f"finite_data_theory supports linear students only, got depth={ecfg.student.depth}, "
+            f"activation={ecfg.student.activation!r} (docs/dmft.md)"
         )
     if initial not in ("quenched", "typical"):
         raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
@@ -644,7 +686,7 @@ def finite_data_theory(
     grid = dt * jnp.arange(T + 1)
     K = tc.n_tasks
     active = jnp.asarray([k in tr.active_tasks for k in range(K)])
-    if ecfg.student.depth == 1:
+    if ecfg.student.depth >= 1:
         train_g, test_g, acc_g, res, its = solve_trunk(
             _trunk_problem(ecfg, teacher, student, dt, initial), solver, T, key=jax.random.key(solver.seed)
         )
@@ -686,7 +728,11 @@ def _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, activ
 
 
 def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, initial: str) -> _TrunkProblem:
-    """The L = 1 problem: teacher arrays, task rates, α_k = P_k / (N − K R), initial state."""
+    """The trunk problem (L >= 1): teacher arrays, task rates, α_k = P_k / (N − K R), initial state.
+
+    Only the first layer is high-dimensional; its teacher-span part Ω and complement Gram matrix
+    Q0 are quenched (the student's) or typical (Ω = 0, Q0 = init_scale² I).  The upper layers
+    W_2..W_L (H x H), all biases and the heads are the student's own in both cases."""
     from ._population import task_rates
     from ._teacher import teacher_coefficients
 
@@ -695,9 +741,16 @@ def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, ini
     layer = student.layers[0]
     W = layer.weight
     H = W.shape[0]
-    b1 = jnp.zeros(H) if layer.bias is None else layer.bias
+
+    def bias(lay, n):
+        return jnp.zeros(n) if lay.bias is None else lay.bias
+
+    b1 = bias(layer, H)
+    upper = student.layers[1:]
+    Wu = jnp.stack([lay.weight for lay in upper]) if upper else jnp.zeros((0, H, H))
+    bu = jnp.stack([bias(lay, H) for lay in upper]) if upper else jnp.zeros((0, H))
     V0 = jnp.stack([h.weight for h in student.heads])
-    c0 = jnp.stack([jnp.zeros(V0.shape[1]) if h.bias is None else h.bias for h in student.heads])
+    c0 = jnp.stack([bias(h, V0.shape[1]) for h in student.heads])
     if initial == "quenched":
         Om0 = W @ E.T
         Q0 = W @ W.T - Om0 @ Om0.T
@@ -707,7 +760,7 @@ def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, ini
     n_perp = tc.n_features - E.shape[0]
     return _TrunkProblem(
         tr.n_train_active / n_perp, task_rates(ecfg), dt, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
-        teacher.w, teacher_coefficients(tc), Om0, b1, V0, c0, Q0,
+        teacher.w, teacher_coefficients(tc), Om0, b1, Wu, bu, V0, c0, Q0,
     )  # fmt: skip
 
 
