@@ -38,6 +38,7 @@ import argparse
 import math
 import os
 import pickle
+import sys
 import time
 
 import equinox as eqx
@@ -129,6 +130,7 @@ def main():
         return max(args.n_grid, math.ceil(tmax(n) / args.max_step - 1e-9))
 
     emit(f"# DMFT (depth 2, H = 64, quenched init of seed 0) vs the authors' rank-10 table ({args.data})")
+    emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
     emit(f"# solver: n_grid max({args.n_grid}, t_max/{args.max_step}) = "
          f"{ {int(n): n_grid(n) for n in ntrains} } (GD step Δ = t_max/n_grid), draws 3 x {args.draws}, "
          f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}")
