@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--sb", type=float, nargs="*", default=None, help="multitask s_b values (default: 0.158, 10)")
     ap.add_argument("--full", action="store_true", help="every multitask cell of the authors' grid")
     ap.add_argument("--no-multi", action="store_true", help="single-task cells only")
+    ap.add_argument("--single-sa-only", action="store_true", help="single-task cells only for the multitask s_a values")
     ap.add_argument("--out", default="docs/results/paper_finite.txt")
     ap.add_argument("--replot", action="store_true", help="re-tabulate the saved raw results of the last run")
     args = ap.parse_args()
@@ -117,7 +118,7 @@ def main():
         sbs = pick(s_vals, args.sb or [0.158, 10.0])
 
     # Cells: (ntrain, s_a, s_b, r, single).  Single-task cells do not depend on s_b, r.
-    cells = [(n, sa, 1.0, 0.0, True) for n in ntrains for sa in s_vals]
+    cells = [(n, sa, 1.0, 0.0, True) for n in ntrains for sa in (sas if args.single_sa_only else s_vals)]
     if not args.no_multi:
         cells += [(n, sa, sb, r, False) for n in ntrains for sa in sas for sb in sbs for r in rs]
     lines = []
