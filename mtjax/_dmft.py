@@ -29,6 +29,8 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
+import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
@@ -72,14 +74,43 @@ class _Draws(eqx.Module):
     y_unif: Array
 
 
+def argmax_probability(a: Float[Array, "... C"], y, sigma, n_nodes: int = 48) -> Float[Array, "..."]:
+    """P(argmax(a + σ ξ) = y) for ξ ~ N(0, I_C), smooth in a and σ:
+    E_z Π_{c≠y} Φ((a_y − a_c)/σ + z), z ~ N(0, 1) (ξ_y = z), by Gauss–Hermite quadrature in z."""
+    x, wq = np.polynomial.hermite_e.hermegauss(n_nodes)
+    logw = jnp.log(jnp.asarray(wq / np.sqrt(2 * np.pi)))
+    sig = jnp.maximum(sigma, 1e-6)  # σ = 0: labels are the clean argmax, P = 1 (or 0)
+    ay = jnp.take_along_axis(a, jnp.asarray(y)[..., None], -1)
+    dlt = (ay - a) / sig  # (..., C)
+    lcdf = jax.scipy.stats.norm.logcdf(dlt[..., None] + jnp.asarray(x))  # (..., C, n)
+    own = jax.nn.one_hot(y, a.shape[-1], dtype=bool)[..., None]
+    return jnp.exp(jax.nn.logsumexp(jnp.sum(jnp.where(own, 0.0, lcdf), -2) + logw, -1))
+
+
+def _likelihood_ratio(clean, noise, ys):
+    """Per-draw factor π(ys)/sg(π(ys)) of the logit-noise labels ys = argmax(clean + σ ξ): 1 in
+    value (the forward numbers are unchanged), ∇ log π in derivative — the score-function
+    (likelihood-ratio) gradient of every average over these labels w.r.t. s, σ (and the
+    teacher fields).  Without it the sampled argmax labels are piecewise constant in s, σ and
+    their gradients are 0 (docs/dmft.md §3)."""
+    pi = argmax_probability(clean, ys, noise)
+    pi0 = jax.lax.stop_gradient(pi)
+    ok = pi0 > 0
+    return jnp.where(ok, pi / jnp.where(ok, pi0, 1.0), 1.0)
+
+
 def _labels_raw(scale, noise, flip, q, w, u, xi, y_unif):
     """Labels (3, S) of the clean, logit-noise and uniform components for teacher fields `u`
-    (S, R), and the component weights (3,).  Every draw is evaluated under every component
-    (common random numbers); the weights make ε and q enter smoothly."""
+    (S, R), and per-draw weights (3, S).  Every draw is evaluated under every component
+    (common random numbers); the component weights make ε and q enter smoothly, and the
+    likelihood ratio of the logit-noise labels (`_likelihood_ratio`, 1 in value) makes s and σ
+    enter the gradients."""
     clean = scale * u @ w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + noise * xi, -1)
-    weights = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    comp = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    lr = _likelihood_ratio(clean, noise, ys)
+    weights = comp[:, None] * jnp.stack([jnp.ones_like(lr), lr, jnp.ones_like(lr)])
     return jnp.stack([y0, ys, y_unif]), weights
 
 
@@ -120,7 +151,7 @@ def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
     Lc = psd_factor(Cv.reshape(T1 * C, T1 * C))
     chi = (d.zeta @ Lc.T).reshape(S, T1, C)
     onehot = jax.nn.one_hot(ys, C)  # (3, S, C)
-    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+    wts = weights / S  # (3, S)
 
     def step(carry, n):
         M, b, G = carry  # G: (3, S, T1, C) gradients at steps < n (zeros after)
@@ -199,27 +230,28 @@ def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
     Cv, Rv = weight_process(Rg, Cg, p.Q0, p.alpha, p.dt)
     h, G, M, b = _example_process(p, d, Cv, Rv, ys, weights)
     S = d.u.shape[0]
-    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+    wts = weights / S
     Cg_new = jnp.einsum("xs,xsnc,xsme->ncme", wts, G, G)
     # Response on a subset of the draws (its cost is T³C³ per draw).
     Sr = n_response
     hr = h[:, :Sr].reshape(3 * Sr, *h.shape[2:])
-    wr = jnp.repeat(weights / Sr, Sr)
+    wr = (weights[:, :Sr] / Sr).reshape(-1)
     Rg_new = _response(hr, Rv, p.alpha, wr)
     return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
 
 
-def _label_mixture_metrics(z, y0, ys, q, e):
+def _label_mixture_metrics(z, y0, ys, q, e, lr=1.0):
     """(CE, accuracy) of logits z (n, C) under the label mixture: clean labels y0 on 1 − q of the
-    examples, noisy-logit labels ys on q, and a fraction e replaced by uniform classes."""
+    examples, noisy-logit labels ys on q, and a fraction e replaced by uniform classes.  `lr`
+    (n,): likelihood ratio of the ys (1 in value, carries ∂/∂(s, σ); `_likelihood_ratio`)."""
     C = z.shape[-1]
     lse = jax.nn.logsumexp(z, -1)
     ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
-    ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+    ces = jnp.mean(lr * (lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0]))
     ceu = jnp.mean(lse - jnp.mean(z, -1))
     am = jnp.argmax(z, -1)
     loss = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
-    acc = (1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C
+    acc = (1 - e) * (q * jnp.mean(lr * (am == ys)) + (1 - q) * jnp.mean(am == y0)) + e / C
     return loss, acc
 
 
@@ -234,10 +266,11 @@ def _test_metrics(p: _Problem, Cv, M, b, x_eval):
     clean = p.scale * u @ p.w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + p.noise * xi, -1)
+    lr = _likelihood_ratio(clean, p.noise, ys)
     q, e = p.noisy_fraction, p.flip
 
     def one(Mn, bn, Sn):
-        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, e)
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, e, lr)
 
     T1 = Cv.shape[0]
     diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]
@@ -248,7 +281,7 @@ def _train_loss(h, ys, weights):
     """Training loss at every grid time from the example process: (T+1,)."""
     lse = jax.nn.logsumexp(h, -1)  # (3, S, T1)
     zy = jnp.take_along_axis(h, ys[:, :, None, None], -1)[..., 0]
-    return jnp.einsum("x,xsn->n", weights, lse - zy) / h.shape[1]
+    return jnp.einsum("xs,xsn->n", weights, lse - zy) / h.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,7 +332,7 @@ class _TrunkDraws(eqx.Module):
 
 
 def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
-    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3)."""
+    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3, S)."""
     u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
     return jax.vmap(_labels_raw)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
 
@@ -338,7 +371,7 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
     chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
-    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    wts = weights / S  # (K, 3, S)
     mem_coef = p.rho / p.alpha
 
     def step(carry, n):
@@ -375,7 +408,7 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_re
     logit-space quantities reach the first layer through the effective heads Ṽ_k (V below)."""
     h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
     K, S = d.u.shape[0], d.u.shape[1]
-    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    wts = weights / S  # (K, 3, S)
     Cg = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
     Sr = n_response
 
@@ -383,7 +416,7 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_re
         # Logit-space memory of task k: ρ_k Ṽ_k^n R_v[n,j] Ṽ_k^jᵀ.
         Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
         hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
-        return _response(hr, Rt, p.alpha[k], jnp.repeat(weights[k] / Sr, Sr))
+        return _response(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
     Rg = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
     RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, V, Rg, V)
@@ -400,9 +433,10 @@ def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
     clean = scale * (u @ T.T) @ w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + noise * xi, -1)
+    lr = _likelihood_ratio(clean, noise, ys)
 
     def one(Mn, bn, Sn):
-        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip)
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip, lr)
 
     return jax.lax.map(lambda a: one(*a), (M, b, Sig))
 
@@ -455,7 +489,10 @@ class FiniteDataSolver(eqx.Module):
       step Δ = t_max / T, so T = the simulation's number of steps reproduces its learning rate.
     - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
     - `n_response`: the first `n_response` draws of each component also carry the response
-      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).
+      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).  For gradients w.r.t.
+      s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
+      response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
+      draws on the test problem; docs/dmft.md §3).
     - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
     - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
       which a point counts as converged. The residual does not go to 0: with float32 and the
