@@ -2,12 +2,16 @@
 
 Run: python benchmarks/finite_data_accuracy.py [--seeds 8] [--n 400] [--steps 40] [--lr 0.5]
      python benchmarks/finite_data_accuracy.py --depth 1 --tol 2e-2   (multitask, linear trunk)
-Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy_trunk.txt
+     python benchmarks/finite_data_accuracy.py --depth 2 --tol 2e-2 --sb 3   (two trunk layers)
+Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy_trunk.txt,
+        docs/results/finite_data_accuracy_depth2.txt
 
 Depth 1 (`--depth 1`): two tasks, shared linear layer of width 8, heads per task; alpha in {1, 4}
 x r in {0, 1} x s_b in {0.5, 3}, s_a = 3, eps = 0.2 on both tasks; per point the task-1
 early-stopped loss of multitask training and the multitask benefit (single-task minus multitask
 early-stopped loss, >0 = multitask helps), simulation (mean ± s.e. over seeds) vs theory.
+Depth 2 (`--depth 2`): the same with two linear trunk layers of width 8 (W_2 orthogonal, H x H);
+`--sb` restricts s_b.
 
 Covered (what the theory supports so far): depth L = 0 (linear softmax), single task — with
 L = 0 the K heads share no parameter, so multitask training is K independent problems and the
@@ -47,12 +51,12 @@ def experiment(n, R, alpha, s, eps, steps, lr, n_test):
     return mtjax.experiment_from_spec(spec)
 
 
-def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single):
+def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, depth=1):
     P = int(round(alpha * (n - 2 * R)))
     spec = {
         "teacher": {"n_features": n, "rank": R, "n_classes": R, "scale": [3.0, s_b], "noise": 0.5, "flip": eps,
                     "relatedness": r},
-        "student": {"depth": 1, "width": H, "bias_init": "zeros"},
+        "student": {"depth": depth, "width": H, "bias_init": "zeros"},
         "train": {"protocol": "full_batch", "n_train": [P, P], "n_test": n_test, "n_steps": steps, "eval_every": 1,
                   "learning_rate": lr, "single_task": single},
     }
@@ -60,9 +64,9 @@ def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single):
 
 
 def main_trunk(args):
-    """L = 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
+    """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
     (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
-    grid = list(itertools.product(args.alphas or [1.0, 4.0], [0.0, 1.0], [0.5, 3.0]))
+    grid = list(itertools.product(args.alphas or [1.0, 4.0], [0.0, 1.0], args.sb or [0.5, 3.0]))
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
                                     damping=args.damping)
     ns = args.seeds
@@ -73,7 +77,7 @@ def main_trunk(args):
         print(s, flush=True)
         lines.append(s)
 
-    emit(f"# L = 1 (linear trunk, width {args.width}), two tasks, s_a = 3, eps = 0.2 both tasks: N = {args.n}, C = R = {args.rank}, "
+    emit(f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, s_a = 3, eps = 0.2 both tasks: N = {args.n}, C = R = {args.rank}, "
          f"sigma = 0.5, lr = {args.lr}, {args.steps} steps, {ns} seeds, n_test = {args.n_test}")
     emit(f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}")
     emit(f"{'alpha':>5} {'r':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
@@ -85,7 +89,8 @@ def main_trunk(args):
     for alpha, r, s_b in grid:
         out = {}
         for single in (False, True):
-            e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, 0.2, args.steps, args.lr, args.n_test, single)
+            e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, 0.2, args.steps, args.lr, args.n_test, single,
+                                 args.depth)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
             t0 = time.time()
             h = sim_fn(batch, seeds)
@@ -131,7 +136,8 @@ def main():
     ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--draws", type=int, default=2048)
     ap.add_argument("--response", type=int, default=256)
-    ap.add_argument("--depth", type=int, default=0, choices=[0, 1])
+    ap.add_argument("--depth", type=int, default=0, choices=[0, 1, 2])
+    ap.add_argument("--sb", type=float, nargs="*", default=None, help="subset of s_b values (depth >= 1)")
     ap.add_argument("--alphas", type=float, nargs="*", default=None, help="subset of alpha values")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
@@ -139,8 +145,9 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.out is None:
-        args.out = "docs/results/finite_data_accuracy.txt" if args.depth == 0 else "docs/results/finite_data_accuracy_trunk.txt"
-    if args.depth == 1:
+        args.out = {0: "docs/results/finite_data_accuracy.txt", 1: "docs/results/finite_data_accuracy_trunk.txt",
+                    2: "docs/results/finite_data_accuracy_depth2.txt"}[args.depth]
+    if args.depth >= 1:
         return main_trunk(args)
     grid = list(itertools.product(args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], [0.5, 3.0], [0.0, 0.2]))
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,

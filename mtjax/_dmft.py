@@ -1,5 +1,5 @@
 """Mean-field theory II: finite data. Dynamical mean-field theory (DMFT) of full-batch gradient
-descent for linear softmax students (L = 0, and L = 1 with per-task heads) on P_k = α_k N'
+descent for linear softmax students (L = 0, and linear trunks L >= 1 with per-task heads) on P_k = α_k N'
 Gaussian examples per task.
 
 Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with step Δ, n = 0..T):
@@ -29,6 +29,8 @@ import functools
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
+import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
@@ -72,14 +74,43 @@ class _Draws(eqx.Module):
     y_unif: Array
 
 
+def argmax_probability(a: Float[Array, "... C"], y, sigma, n_nodes: int = 48) -> Float[Array, "..."]:
+    """P(argmax(a + σ ξ) = y) for ξ ~ N(0, I_C), smooth in a and σ:
+    E_z Π_{c≠y} Φ((a_y − a_c)/σ + z), z ~ N(0, 1) (ξ_y = z), by Gauss–Hermite quadrature in z."""
+    x, wq = np.polynomial.hermite_e.hermegauss(n_nodes)
+    logw = jnp.log(jnp.asarray(wq / np.sqrt(2 * np.pi)))
+    sig = jnp.maximum(sigma, 1e-6)  # σ = 0: labels are the clean argmax, P = 1 (or 0)
+    ay = jnp.take_along_axis(a, jnp.asarray(y)[..., None], -1)
+    dlt = (ay - a) / sig  # (..., C)
+    lcdf = jax.scipy.stats.norm.logcdf(dlt[..., None] + jnp.asarray(x))  # (..., C, n)
+    own = jax.nn.one_hot(y, a.shape[-1], dtype=bool)[..., None]
+    return jnp.exp(jax.nn.logsumexp(jnp.sum(jnp.where(own, 0.0, lcdf), -2) + logw, -1))
+
+
+def _likelihood_ratio(clean, noise, ys):
+    """Per-draw factor π(ys)/sg(π(ys)) of the logit-noise labels ys = argmax(clean + σ ξ): 1 in
+    value (the forward numbers are unchanged), ∇ log π in derivative — the score-function
+    (likelihood-ratio) gradient of every average over these labels w.r.t. s, σ (and the
+    teacher fields).  Without it the sampled argmax labels are piecewise constant in s, σ and
+    their gradients are 0 (docs/dmft.md §3)."""
+    pi = argmax_probability(clean, ys, noise)
+    pi0 = jax.lax.stop_gradient(pi)
+    ok = pi0 > 0
+    return jnp.where(ok, pi / jnp.where(ok, pi0, 1.0), 1.0)
+
+
 def _labels_raw(scale, noise, flip, q, w, u, xi, y_unif):
     """Labels (3, S) of the clean, logit-noise and uniform components for teacher fields `u`
-    (S, R), and the component weights (3,).  Every draw is evaluated under every component
-    (common random numbers); the weights make ε and q enter smoothly."""
+    (S, R), and per-draw weights (3, S).  Every draw is evaluated under every component
+    (common random numbers); the component weights make ε and q enter smoothly, and the
+    likelihood ratio of the logit-noise labels (`_likelihood_ratio`, 1 in value) makes s and σ
+    enter the gradients."""
     clean = scale * u @ w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + noise * xi, -1)
-    weights = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    comp = jnp.stack([(1 - flip) * (1 - q), (1 - flip) * q, flip])
+    lr = _likelihood_ratio(clean, noise, ys)
+    weights = comp[:, None] * jnp.stack([jnp.ones_like(lr), lr, jnp.ones_like(lr)])
     return jnp.stack([y0, ys, y_unif]), weights
 
 
@@ -120,7 +151,7 @@ def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
     Lc = psd_factor(Cv.reshape(T1 * C, T1 * C))
     chi = (d.zeta @ Lc.T).reshape(S, T1, C)
     onehot = jax.nn.one_hot(ys, C)  # (3, S, C)
-    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+    wts = weights / S  # (3, S)
 
     def step(carry, n):
         M, b, G = carry  # G: (3, S, T1, C) gradients at steps < n (zeros after)
@@ -199,27 +230,28 @@ def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
     Cv, Rv = weight_process(Rg, Cg, p.Q0, p.alpha, p.dt)
     h, G, M, b = _example_process(p, d, Cv, Rv, ys, weights)
     S = d.u.shape[0]
-    wts = jnp.broadcast_to(weights[:, None] / S, (3, S))
+    wts = weights / S
     Cg_new = jnp.einsum("xs,xsnc,xsme->ncme", wts, G, G)
     # Response on a subset of the draws (its cost is T³C³ per draw).
     Sr = n_response
     hr = h[:, :Sr].reshape(3 * Sr, *h.shape[2:])
-    wr = jnp.repeat(weights / Sr, Sr)
+    wr = (weights[:, :Sr] / Sr).reshape(-1)
     Rg_new = _response(hr, Rv, p.alpha, wr)
     return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
 
 
-def _label_mixture_metrics(z, y0, ys, q, e):
+def _label_mixture_metrics(z, y0, ys, q, e, lr=1.0):
     """(CE, accuracy) of logits z (n, C) under the label mixture: clean labels y0 on 1 − q of the
-    examples, noisy-logit labels ys on q, and a fraction e replaced by uniform classes."""
+    examples, noisy-logit labels ys on q, and a fraction e replaced by uniform classes.  `lr`
+    (n,): likelihood ratio of the ys (1 in value, carries ∂/∂(s, σ); `_likelihood_ratio`)."""
     C = z.shape[-1]
     lse = jax.nn.logsumexp(z, -1)
     ce0 = jnp.mean(lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0])
-    ces = jnp.mean(lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0])
+    ces = jnp.mean(lr * (lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0]))
     ceu = jnp.mean(lse - jnp.mean(z, -1))
     am = jnp.argmax(z, -1)
     loss = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
-    acc = (1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C
+    acc = (1 - e) * (q * jnp.mean(lr * (am == ys)) + (1 - q) * jnp.mean(am == y0)) + e / C
     return loss, acc
 
 
@@ -234,10 +266,11 @@ def _test_metrics(p: _Problem, Cv, M, b, x_eval):
     clean = p.scale * u @ p.w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + p.noise * xi, -1)
+    lr = _likelihood_ratio(clean, p.noise, ys)
     q, e = p.noisy_fraction, p.flip
 
     def one(Mn, bn, Sn):
-        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, e)
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, e, lr)
 
     T1 = Cv.shape[0]
     diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]
@@ -248,23 +281,26 @@ def _train_loss(h, ys, weights):
     """Training loss at every grid time from the example process: (T+1,)."""
     lse = jax.nn.logsumexp(h, -1)  # (3, S, T1)
     zy = jnp.take_along_axis(h, ys[:, :, None, None], -1)[..., 0]
-    return jnp.einsum("x,xsn->n", weights, lse - zy) / h.shape[1]
+    return jnp.einsum("xs,xsn->n", weights, lse - zy) / h.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------
-# Depth L = 1: a shared linear first layer W (H x N) + bias, per-task heads (V_k, c_k).
-# The first layer's complement part is the DMFT variable (H-dimensional coordinate and field
-# processes); Ω = W Eᵀ (H x D), the biases and the heads are self-averaging (docs/dmft.md §4).
+# Depth L >= 1: a shared linear trunk, first layer W (H x N) + bias, upper layers W_l (H x H) +
+# b_l (l = 2..L), per-task heads (V_k, c_k).  The first layer's complement part is the DMFT
+# variable (H-dimensional coordinate and field processes); Ω = W Eᵀ (H x D), the upper layers,
+# the biases and the heads are self-averaging (docs/dmft.md §4).  The upper layers reach the
+# first layer's processes only through the effective heads Ṽ_k = V_k W_L ⋯ W_2.
 # ---------------------------------------------------------------------------------------------
 
 
 class _TrunkProblem(eqx.Module):
-    """Inputs of one L = 1 solve (K tasks, all arrays).
+    """Inputs of one solve with a linear trunk of depth L >= 1 (K tasks, all arrays).
 
     - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: step Δ.
     - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D) (U_k = T_k E).
-    - initial state: `Omega0` (H, D) = W Eᵀ, `b10` (H,), `V0` (K, C, H), `c0` (K, C),
-      `Q0` (H, H) = W (I − EᵀE) Wᵀ.
+    - initial state: `Omega0` (H, D) = W_1 Eᵀ, `b10` (H,), the upper trunk layers W_2..W_L
+      `Wu0` (L−1, H, H) and their biases `bu0` (L−1, H) (empty for L = 1), `V0` (K, C, H),
+      `c0` (K, C), `Q0` (H, H) = W_1 (I − EᵀE) W_1ᵀ.
     """
 
     alpha: Float[Array, " K"]
@@ -278,6 +314,8 @@ class _TrunkProblem(eqx.Module):
     T: Float[Array, "K R D"]
     Omega0: Float[Array, "H D"]
     b10: Float[Array, " H"]
+    Wu0: Float[Array, "Lm1 H H"]
+    bu0: Float[Array, "Lm1 H"]
     V0: Float[Array, "K C H"]
     c0: Float[Array, "K C"]
     Q0: Float[Array, "H H"]
@@ -294,58 +332,91 @@ class _TrunkDraws(eqx.Module):
 
 
 def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
-    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3)."""
+    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3, S)."""
     u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
     return jax.vmap(_labels_raw)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
 
 
-def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
-    """Sampled example processes of all K tasks, coupled through the shared Ω, b1 (and heads).
+def _effective_heads(V, c, Wu, bu):
+    """Heads on the first-layer output f_1: Ṽ_k = V_k W_L ⋯ W_2 and c̃_k = V_k a_L + c_k, where
+    a_L = W_L(⋯(W_2 · 0 + b_2)⋯) + b_L is the trunk's output at f_1 = 0 (the affine map
+    f_1 ↦ f_L, composed with each head).  `V` (K, C, H), `c` (K, C), `Wu` (L−1, H, H), `bu` (L−1, H).
 
-    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] V_k^mᵀ g^m,  f = Ω u + b1 + φ,  h = V_k f + c_k.
-    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories
-    Ω (T1, H, D), b1 (T1, H), V (T1, K, C, H), c (T1, K, C) (values *at* each step)."""
+    **Returns:** `(Ṽ, c̃, P)` with P[l] = V_k W_L ⋯ W_{l+2} (the head seen by layer l+1's output,
+    l = 0..L−1; P[0] = Ṽ, P[L−1] = V): the backpropagated error at layer l+1 is P[l]ᵀ g.
+    For L = 1 this is (V, c, [V]) with no arithmetic, so the depth-1 numbers are unchanged."""
+    Vt, ct, P = V, c, [V]
+    for ell in reversed(range(Wu.shape[0])):
+        ct = ct + jnp.einsum("kch,h->kc", Vt, bu[ell])
+        Vt = jnp.einsum("kch,hg->kcg", Vt, Wu[ell])
+        P.insert(0, Vt)
+    return Vt, ct, P
+
+
+def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
+    """Sampled example processes of all K tasks, coupled through the shared Ω, b1, the upper
+    trunk layers (W_l, b_l), l = 2..L, and the heads.
+
+    φ^n = χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m,  f_1 = Ω u + b1 + φ,
+    f_l = W_l f_{l−1} + b_l,  h = V_k f_L + c_k  (Ṽ_k = V_k W_L ⋯ W_2, `_effective_heads`).
+    The low-dimensional parameters move by the data-averaged gradients backpropagated through
+    the linear layers, with error δ_l = (V_k W_L ⋯ W_{l+1})ᵀ g at the output of layer l.
+
+    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories (values *at* each
+    step) Ω (T1, H, D), b1 (T1, H), Ṽ (T1, K, C, H), c̃ (T1, K, C)."""
     T1, H = Cv.shape[0], Cv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
     C = p.V0.shape[1]
+    Lu = p.Wu0.shape[0]  # L − 1 upper trunk layers (static)
     Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
     chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
-    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    wts = weights / S  # (K, 3, S)
     mem_coef = p.rho / p.alpha
 
     def step(carry, n):
-        Om, b1, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces V_k^mᵀ g^m at m < n
+        Om, b1, Wu, bu, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces Ṽ_k^mᵀ g^m at m < n
+        Vt, ct, P = _effective_heads(V, c, Wu, bu)
         mem = jnp.einsum("hmj,kxsmj->kxsh", Rv[n], F) * mem_coef[:, None, None, None]
         f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
-        h = jnp.einsum("kxsh,kch->kxsc", f, V) + c[:, None, None]
+        fs = [f]
+        for ell in range(Lu):
+            fs.append(fs[-1] @ Wu[ell].T + bu[ell])
+        h = jnp.einsum("kxsh,kch->kxsc", fs[-1], V) + c[:, None, None]
         g = jax.nn.softmax(h, -1) - onehot
-        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, V))
+        F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, Vt))
         wg = wts[..., None] * g  # (K, 3, S, C)
-        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, V, wg, d.u)
-        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, V, wg)
-        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f)
+        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
+        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
+        # Layer l+2 (index ell): error P[ell+1]ᵀ g at its output, input fs[ell].
+        Wu_new = jnp.stack([Wu[ell] - p.dt * jnp.einsum("k,kch,kxsc,kxsg->hg", p.rho, P[ell + 1], wg, fs[ell])
+                            for ell in range(Lu)]) if Lu else Wu  # fmt: skip
+        bu_new = jnp.stack([bu[ell] - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, P[ell + 1], wg)
+                            for ell in range(Lu)]) if Lu else bu  # fmt: skip
+        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
         c_new = c - p.dt * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
-        return (Om_new, b1_new, V_new, c_new, F), (h, g, Om, b1, V, c)
+        return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new, F), (h, g, Om, b1, Vt, ct)
 
     F0 = jnp.zeros((K, 3, S, T1, H))
-    _, (h, G, Om, b1, V, c) = jax.lax.scan(step, (p.Omega0, p.b10, p.V0, p.c0, F0), jnp.arange(T1))
-    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, V, c
+    init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, F0)
+    _, (h, G, Om, b1, Vt, ct) = jax.lax.scan(step, init, jnp.arange(T1))
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
 def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_response: int):
-    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones."""
+    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones.  The
+    logit-space quantities reach the first layer through the effective heads Ṽ_k (V below)."""
     h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
     K, S = d.u.shape[0], d.u.shape[1]
-    wts = jnp.broadcast_to(weights[:, :, None] / S, (K, 3, S))
+    wts = weights / S  # (K, 3, S)
     Cg = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
     Sr = n_response
 
     def resp(k):
-        # Logit-space memory of task k: ρ_k V_k^n R_v[n,j] V_k^jᵀ.
+        # Logit-space memory of task k: ρ_k Ṽ_k^n R_v[n,j] Ṽ_k^jᵀ.
         Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
         hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
-        return _response(hr, Rt, p.alpha[k], jnp.repeat(weights[k] / Sr, Sr))
+        return _response(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
     Rg = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
     RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, V, Rg, V)
@@ -362,15 +433,16 @@ def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
     clean = scale * (u @ T.T) @ w.T
     y0 = jnp.argmax(clean, -1)
     ys = jnp.argmax(clean + noise * xi, -1)
+    lr = _likelihood_ratio(clean, noise, ys)
 
     def one(Mn, bn, Sn):
-        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip)
+        return _label_mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip, lr)
 
     return jax.lax.map(lambda a: one(*a), (M, b, Sig))
 
 
 def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, key):
-    """Solve the L = 1 DMFT (fixed point in the first-layer kernels) and evaluate every task.
+    """Solve the trunk DMFT (L >= 1; fixed point in the first-layer kernels) and evaluate every task.
 
     **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
     K, C, H = p.V0.shape
@@ -417,7 +489,10 @@ class FiniteDataSolver(eqx.Module):
       step Δ = t_max / T, so T = the simulation's number of steps reproduces its learning rate.
     - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
     - `n_response`: the first `n_response` draws of each component also carry the response
-      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).
+      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).  For gradients w.r.t.
+      s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
+      response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
+      draws on the test problem; docs/dmft.md §3).
     - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
     - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
       which a point counts as converged. The residual does not go to 0: with float32 and the
@@ -606,18 +681,22 @@ def finite_data_theory(
 
     Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
     share no parameter, so every task is solved independently and the multitask benefit is 0)
-    and L = 1 (a shared linear layer with per-task heads: multitask, docs/dmft.md §4).
+    and L >= 1 (a shared linear trunk with per-task heads: multitask, docs/dmft.md §4; the
+    first layer's complement to the teacher span is the DMFT variable, everything else
+    self-averages).
 
     **Arguments:** as `population_theory`.
 
-    - `experiment`: teacher, student (depth 0, linear) and train config (protocol
+    - `experiment`: teacher, student (linear, any depth) and train config (protocol
       `"full_batch"`; other protocols are treated as gradient flow on their training sets).
     - `seeds`: teacher and init seeds; the data seed plays no role (the theory averages over
       datasets).
     - `ts`: times t = lr x steps to report; default the simulation's evaluation times.
     - `solver`: `FiniteDataSolver`.
     - `student`: optional initial student; `initial`: `"quenched"` (the exact initial overlaps of
-      the simulation's student) or `"typical"` (N → ∞: no overlap, Gram matrix init_scale² I).
+      the simulation's student) or `"typical"` (N → ∞: the first layer has no overlap with the
+      teacher span and Gram matrix init_scale² I; the upper trunk layers, biases and heads are
+      low-dimensional and are taken from the initial student, as in `population_theory`).
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
     """
@@ -625,10 +704,10 @@ def finite_data_theory(
     # before a multi-process run can call jax.distributed.initialize.
     solver = FiniteDataSolver() if solver is None else solver
     ecfg = experiment
-    if ecfg.student.activation != "linear" or ecfg.student.depth > 1:
+    if ecfg.student.activation != "linear":
         raise ValueError(
-            f"finite_data_theory supports linear students of depth 0 or 1, got depth={ecfg.student.depth}, "
-            f"activation={ecfg.student.activation!r} (deeper trunks are not implemented yet, docs/dmft.md)"
+            f"finite_data_theory supports linear students only, got depth={ecfg.student.depth}, "
+            f"activation={ecfg.student.activation!r} (docs/dmft.md)"
         )
     if initial not in ("quenched", "typical"):
         raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
@@ -644,7 +723,7 @@ def finite_data_theory(
     grid = dt * jnp.arange(T + 1)
     K = tc.n_tasks
     active = jnp.asarray([k in tr.active_tasks for k in range(K)])
-    if ecfg.student.depth == 1:
+    if ecfg.student.depth >= 1:
         train_g, test_g, acc_g, res, its = solve_trunk(
             _trunk_problem(ecfg, teacher, student, dt, initial), solver, T, key=jax.random.key(solver.seed)
         )
@@ -686,7 +765,11 @@ def _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, activ
 
 
 def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, initial: str) -> _TrunkProblem:
-    """The L = 1 problem: teacher arrays, task rates, α_k = P_k / (N − K R), initial state."""
+    """The trunk problem (L >= 1): teacher arrays, task rates, α_k = P_k / (N − K R), initial state.
+
+    Only the first layer is high-dimensional; its teacher-span part Ω and complement Gram matrix
+    Q0 are quenched (the student's) or typical (Ω = 0, Q0 = init_scale² I).  The upper layers
+    W_2..W_L (H x H), all biases and the heads are the student's own in both cases."""
     from ._population import task_rates
     from ._teacher import teacher_coefficients
 
@@ -695,9 +778,16 @@ def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, ini
     layer = student.layers[0]
     W = layer.weight
     H = W.shape[0]
-    b1 = jnp.zeros(H) if layer.bias is None else layer.bias
+
+    def bias(lay, n):
+        return jnp.zeros(n) if lay.bias is None else lay.bias
+
+    b1 = bias(layer, H)
+    upper = student.layers[1:]
+    Wu = jnp.stack([lay.weight for lay in upper]) if upper else jnp.zeros((0, H, H))
+    bu = jnp.stack([bias(lay, H) for lay in upper]) if upper else jnp.zeros((0, H))
     V0 = jnp.stack([h.weight for h in student.heads])
-    c0 = jnp.stack([jnp.zeros(V0.shape[1]) if h.bias is None else h.bias for h in student.heads])
+    c0 = jnp.stack([bias(h, V0.shape[1]) for h in student.heads])
     if initial == "quenched":
         Om0 = W @ E.T
         Q0 = W @ W.T - Om0 @ Om0.T
@@ -707,7 +797,7 @@ def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, ini
     n_perp = tc.n_features - E.shape[0]
     return _TrunkProblem(
         tr.n_train_active / n_perp, task_rates(ecfg), dt, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
-        teacher.w, teacher_coefficients(tc), Om0, b1, V0, c0, Q0,
+        teacher.w, teacher_coefficients(tc), Om0, b1, Wu, bu, V0, c0, Q0,
     )  # fmt: skip
 
 

@@ -1,0 +1,268 @@
+"""Finite-data theory (DMFT, depth 2) vs the authors' rank-10 measurements.
+
+Run: python benchmarks/paper_finite.py [--data ../shared/paper-data/rank-10.csv]
+         [--n-grid 20] [--max-step 1] [--draws 512] [--response 32] [--r 0 1] [--sa ...] [--sb ...] [--full]
+Output: docs/results/paper_finite.txt (and the per-cell table as CSV next to it)
+
+Theory: `mtjax.finite_data_theory` with the paper's teacher (N = 100, R = C = 10, σ = 1/sqrt(N)
+on a noisy fraction q = 1/2 of the examples, train and validation alike) and student (two linear
+trunk layers of width 64 with biases, orthogonal init, PyTorch bias init, heads per task), one
+realisation of teacher and initial student (seed 0), **quenched** initial condition (the exact
+initial overlaps of that student; the upper layer, biases and heads are its own).
+
+Time map (as `benchmarks/paper_population.py`): minibatch SGD at lr 1e-3 is treated as gradient
+flow on the training set, t = lr x task-1 steps, so 2000 epochs at ntrain n end at
+t_max(n) = 2000 ceil(n / 128) x 1e-3; the alternation with m = ntrain2 // ntrain = 1 gives the
+task rates (1, 1), single task (1, 0).  The DMFT describes full-batch GD with step
+Δ = t_max / n_grid (the "GD-step approximation": an Euler discretisation of the flow; it also
+quantises the early-stopping time to the grid, where the authors minimise over every epoch).
+n_grid = max(--n-grid, t_max / --max-step): Δ = 0.1 at n = 100 up to 1.0 at n = 3200 with the
+defaults (a grid of 20 steps at n = 3200, Δ = 2.5, diverges: GD is unstable there).  To compile once for all cells the theory is run
+with the full-batch protocol, n_train_active = ntrain and task weights (1, 1) / (1, 0) — the same
+rates; task 2's process is then solved also in the single-task cells (with ρ_2 = 0 it does not act
+on task 1).  α_k = ntrain / (N − K R) = ntrain / 80.
+
+Authors' numbers: mean ± s.e. over their 5 training seeds of the early-stopped validation loss of
+task 1 (single-task rows are repeated 30 times in the file: deduplicated per seed); the benefit is
+single − multitask per seed (same seed = same training subset), mean ± s.e.
+
+Cells: all 36 single-task cells (6 ntrain x 6 s_a); multitask cells for the product of `--r`,
+`--sa`, `--sb` and all ntrain (default: a subset; `--full` = the authors' 1080).  Cells whose
+fixed point did not converge (residual > tol) or diverged are flagged and left out of the
+headline fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pickle
+import sys
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+import mtjax
+
+
+def tmax(n: int) -> float:
+    return 2000 * math.ceil(n / 128) * 1e-3
+
+
+def base_experiment(n_grid: int):
+    """The paper preset, re-expressed as full-batch GD (array fields vmapped per cell)."""
+    spec = mtjax.paper_spec(n_train=3200)
+    spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [3200, 3200], "n_pool": [3200, 3200],
+                     "n_steps": n_grid, "eval_every": 1}  # fmt: skip
+    return mtjax.experiment_from_spec(spec)
+
+
+def authors_tables(d: pd.DataFrame):
+    """Per-cell authors' means ± s.e.: single (ntrain, s_a), multitask and benefit (ntrain, s_a, s_b, r)."""
+    key = "validation-1/loss"
+    s = d[d.single_task].drop_duplicates(["main_train_pts", "s_a", "train_seed"])
+    m = d[~d.single_task]
+    single = s.groupby(["main_train_pts", "s_a"])[key].agg(["mean", "std", "count"])
+    single["se"] = single["std"] / np.sqrt(single["count"])
+    pair = m.merge(s[["main_train_pts", "s_a", "train_seed", key]], on=["main_train_pts", "s_a", "train_seed"],
+                   suffixes=("_multi", "_single"))  # fmt: skip
+    pair["benefit"] = pair[key + "_single"] - pair[key + "_multi"]
+    g = pair.groupby(["main_train_pts", "s_a", "s_b", "relatedness"])
+    multi = g[key + "_multi"].agg(["mean", "std", "count"])
+    ben = g["benefit"].agg(["mean", "std", "count"])
+    multi["se"] = multi["std"] / np.sqrt(multi["count"])
+    ben["se"] = ben["std"] / np.sqrt(ben["count"])
+    return single[["mean", "se"]], multi[["mean", "se"]], ben[["mean", "se"]]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/paper-data/rank-10.csv")
+    ap.add_argument("--n-grid", type=int, default=20)
+    ap.add_argument("--max-step", type=float, default=1.0, help="largest GD step Δ of the theory grid (stability)")
+    ap.add_argument("--draws", type=int, default=512)
+    ap.add_argument("--response", type=int, default=32)
+    ap.add_argument("--max-iter", type=int, default=15)
+    ap.add_argument("--tol", type=float, default=2e-2)
+    ap.add_argument("--n-quad-eval", type=int, default=8192)
+    ap.add_argument("--batch", type=int, default=2, help="cells per vmapped batch (lax.map batch_size)")
+    ap.add_argument("--ntrain", type=int, nargs="*", default=None, help="subset of ntrain values")
+    ap.add_argument("--r", type=float, nargs="*", default=[0.0, 1.0])
+    ap.add_argument("--sa", type=float, nargs="*", default=None, help="multitask s_a values (default: 0.158, 10)")
+    ap.add_argument("--sb", type=float, nargs="*", default=None, help="multitask s_b values (default: 0.158, 10)")
+    ap.add_argument("--full", action="store_true", help="every multitask cell of the authors' grid")
+    ap.add_argument("--no-multi", action="store_true", help="single-task cells only")
+    ap.add_argument("--single-sa-only", action="store_true", help="single-task cells only for the multitask s_a values")
+    ap.add_argument("--out", default="docs/results/paper_finite.txt")
+    ap.add_argument("--replot", action="store_true", help="re-tabulate the saved raw results of the last run")
+    args = ap.parse_args()
+
+    d = pd.read_csv(args.data)
+    ntrains = sorted(d.main_train_pts.unique()) if args.ntrain is None else args.ntrain
+    s_vals = sorted(d.s_a.unique())
+    r_vals = sorted(d.relatedness.unique())
+
+    def pick(vals, want):  # match the file's exact grid values
+        return [min(vals, key=lambda v: abs(v - w)) for w in want]
+
+    if args.full:
+        rs, sas, sbs = r_vals, s_vals, s_vals
+    else:
+        rs = pick(r_vals, args.r)
+        sas = pick(s_vals, args.sa or [0.158, 10.0])
+        sbs = pick(s_vals, args.sb or [0.158, 10.0])
+
+    # Cells: (ntrain, s_a, s_b, r, single).  Single-task cells do not depend on s_b, r.
+    cells = [(n, sa, 1.0, 0.0, True) for n in ntrains for sa in (sas if args.single_sa_only else s_vals)]
+    if not args.no_multi:
+        cells += [(n, sa, sb, r, False) for n in ntrains for sa in sas for sb in sbs for r in rs]
+    lines = []
+
+    def emit(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    def n_grid(n):  # GD steps of the theory grid: at least --n-grid, and steps Δ <= --max-step
+        return max(args.n_grid, math.ceil(tmax(n) / args.max_step - 1e-9))
+
+    emit(f"# DMFT (depth 2, H = 64, quenched init of seed 0) vs the authors' rank-10 table ({args.data})")
+    emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
+    emit(f"# solver: n_grid max({args.n_grid}, t_max/{args.max_step}) = "
+         f"{ {int(n): n_grid(n) for n in ntrains} } (GD step Δ = t_max/n_grid), draws 3 x {args.draws}, "
+         f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}")
+    emit(f"# cells: {sum(c[4] for c in cells)} single-task + {sum(not c[4] for c in cells)} multitask "
+         f"(multitask r in {[round(float(x), 3) for x in rs]}, s_a in {[round(float(x), 3) for x in sas]}, s_b in {[round(float(x), 3) for x in sbs]})")
+
+    def solve_group(T, idx):
+        solver = mtjax.FiniteDataSolver(n_grid=T, n_draws=args.draws, n_response=args.response, max_iter=args.max_iter,
+                                        tol=args.tol, n_quad_eval=args.n_quad_eval)  # fmt: skip
+        e0 = base_experiment(T)
+
+        def one(n, sa, sb, r, w2):
+            e = eqx.tree_at(lambda m: (m.train.n_train_active, m.train.task_weights, m.teacher.scale, m.teacher.relatedness),
+                            e0, (jnp.stack([n, n]), jnp.stack([jnp.ones_like(w2), w2]), jnp.stack([sa, sb]), r[None]))  # fmt: skip
+            ts = jnp.linspace(0.0, 2000 * jnp.ceil(n / 128) * 1e-3, T + 1)
+            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver)
+            return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
+
+        # Equal chunks of `--batch` cells (the last padded by repeating a cell): one compilation,
+        # vmapped within a chunk, and the per-chunk wall time is the cost per cell.
+        b = max(1, min(args.batch, len(idx)))
+        padded = idx + [idx[-1]] * (-len(idx) % b)
+        run = eqx.filter_jit(jax.vmap(one))
+        outs, times = [], []
+        for j in range(0, len(padded), b):
+            chunk = padded[j : j + b]
+            xs = tuple(jnp.asarray([cells[i][q] for i in chunk], float) for q in range(4))
+            xs = xs + (jnp.asarray([0.0 if cells[i][4] else 1.0 for i in chunk]),)
+            t0 = time.time()
+            o = jax.block_until_ready(run(*xs))
+            times.append(time.time() - t0)
+            outs += [tuple(np.asarray(a[q]) for a in o) for q in range(len(chunk))]
+            print(f"  n_grid {T}: chunk {j // b + 1}/{len(padded) // b} in {times[-1]:.0f} s", flush=True)
+        per = float(np.mean(times[1:])) / b if len(times) > 1 else float("nan")
+        emit(f"# n_grid {T}: {len(idx)} cells; first chunk of {b} (incl. compilation) {times[0]:.0f} s, "
+             f"then {per:.1f} s per cell (2 shared CPU cores)")
+        return outs[: len(idx)], per
+
+    raw = os.path.splitext(args.out)[0] + ".raw.pkl"
+    if args.replot:  # re-tabulate a finished run (the solves are the expensive part)
+        with open(raw, "rb") as f:
+            cells, results, header = pickle.load(f)
+        lines[:] = header
+        for s in header:
+            print(s)
+    else:
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(cells):
+            groups.setdefault(n_grid(c[0]), []).append(i)
+        results: list = [None] * len(cells)
+        cost = {}
+        for T, idx in sorted(groups.items()):
+            outs, cost[T] = solve_group(T, idx)
+            for i, o in zip(idx, outs):
+                results[i] = o
+        # Full grid: 6 single + 180 multitask cells per ntrain, at that ntrain's grid cost (grids
+        # finer than those run here cost ~ (n_grid ratio)^3 more: not extrapolated).
+        full = sum(cost.get(n_grid(n), np.nan) * (6 + 180) for n in ntrains)
+        emit(f"# cost of the full grid (36 + 1080 cells) for these ntrain at these settings ≈ {full / 3600:.1f} h on this machine")
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(raw, "wb") as f:
+            pickle.dump((cells, results, list(lines)), f)
+    curves, res, its, conv, div = (list(a) for a in zip(*results))
+
+    rows = []
+    for c, cu, rr, it, cv, dv in zip(cells, curves, res, its, conv, div):
+        n, sa, sb, r, single = c
+        rows.append(dict(main_train_pts=int(n), s_a=sa, s_b=sb, relatedness=r, single=single, theory=float(np.min(cu)),
+                         t_star=float(np.argmin(cu)) * tmax(n) / n_grid(n), residual=float(rr), iterations=int(it),
+                         ok=bool(cv) and not bool(dv)))  # fmt: skip
+    th = pd.DataFrame(rows)
+    a_single, a_multi, a_ben = authors_tables(d)
+    st = th[th.single].set_index(["main_train_pts", "s_a"]).join(a_single)
+    mt = th[~th.single].set_index(["main_train_pts", "s_a"]).join(
+        st[["theory", "ok"]].rename(columns={"theory": "theory_single", "ok": "ok_single"}))
+    mt = mt.reset_index().set_index(["main_train_pts", "s_a", "s_b", "relatedness"]).join(a_multi).join(
+        a_ben.rename(columns={"mean": "ben_mean", "se": "ben_se"}))
+    mt["theory_benefit"] = mt.theory_single - mt.theory
+    mt["ok_both"] = mt.ok & mt.ok_single
+
+    emit("\n## single-task early-stopped validation loss of task 1 (nats): authors mean ± s.e. (5 seeds) | theory "
+         "(* = not converged)")
+    emit(f"{'ntrain':>6} {'s_a':>6} | {'authors':>14} | {'theory':>7} {'Δ':>7} {'t*':>5} {'res':>8} {'it':>3}")
+    for (n, sa), r in st.iterrows():
+        flag = "" if r.ok else "*"
+        emit(f"{n:6d} {sa:6.3f} | {r['mean']:6.3f}±{r['se']:6.3f} | {r.theory:7.3f} {r.theory - r['mean']:+7.3f} "
+             f"{r.t_star:5.1f} {r.residual:8.1e} {r.iterations:3d}{flag}")
+    if len(mt):
+        emit("\n## multitask cells: early-stopped loss of task 1 and benefit (single − multi, >0 = multitask helps), "
+             "authors mean ± s.e. | theory")
+        emit(f"{'ntrain':>6} {'s_a':>6} {'s_b':>6} {'r':>5} | {'multi authors':>14} {'th':>7} | {'benefit authors':>16} "
+             f"{'th':>7} {'Δ':>7} | {'res':>8}")
+        for (n, sa, sb, r), x in mt.iterrows():
+            flag = "" if x.ok_both else "*"
+            emit(f"{n:6d} {sa:6.3f} {sb:6.3f} {r:5.2f} | {x['mean']:6.3f}±{x['se']:6.3f} {x.theory:7.3f} | "
+                 f"{x.ben_mean:+7.3f}±{x.ben_se:6.3f} {x.theory_benefit:+7.3f} {x.theory_benefit - x.ben_mean:+7.3f} | "
+                 f"{x.residual:8.1e}{flag}")
+
+    emit("\n## headline (converged cells only; the goal: losses within 0.1 nats and benefits within 0.03 in >= 80 % of cells)")
+    so = st[st.ok]
+    dl = (so.theory - so["mean"]).abs()
+    emit(f"single-task cells: {len(so)}/{len(st)} converged; |theory − authors| < 0.1 nats in {(dl < 0.1).mean():.1%} "
+         f"({int((dl < 0.1).sum())}/{len(so)}), median |Δ| {dl.median():.3f}, mean Δ (theory − authors) "
+         f"{(so.theory - so['mean']).mean():+.3f}")
+    for n in ntrains:
+        sn = so.loc[n] if n in so.index.get_level_values(0) else None
+        if sn is not None:
+            emit(f"  ntrain {n:5d}: median |Δ| {(sn.theory - sn['mean']).abs().median():.3f}, mean Δ {(sn.theory - sn['mean']).mean():+.3f}")
+    if len(mt):
+        mo = mt[mt.ok_both]
+        dm = (mo.theory - mo["mean"]).abs()
+        db = (mo.theory_benefit - mo.ben_mean).abs()
+        big = mo.ben_mean.abs() >= 0.02
+        emit(f"multitask cells: {len(mo)}/{len(mt)} converged (with their single-task cell); multitask loss within 0.1 nats "
+             f"in {(dm < 0.1).mean():.1%}; benefit |theory − authors| < 0.03 nats in {(db < 0.03).mean():.1%} "
+             f"({int((db < 0.03).sum())}/{len(mo)}), median |Δ| {db.median():.3f}")
+        if big.any():
+            emit(f"benefit sign agreement where |authors| >= 0.02: {(np.sign(mo.theory_benefit[big]) == np.sign(mo.ben_mean[big])).mean():.1%} "
+                 f"of {int(big.sum())}; correlation of benefits {np.corrcoef(mo.theory_benefit, mo.ben_mean)[0, 1]:.3f}")
+        for n in ntrains:
+            mm = mo[mo.index.get_level_values(0) == n]
+            if len(mm):
+                emit(f"  ntrain {n:5d}: mean benefit theory {mm.theory_benefit.mean():+.4f} vs authors {mm.ben_mean.mean():+.4f}")
+    not_ok = th[~th.ok]
+    emit(f"flagged (not converged or diverged, excluded above): {len(not_ok)} of {len(th)} solves")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    pd.concat([st.reset_index().assign(kind="single"), mt.reset_index().assign(kind="multi")]).to_csv(
+        os.path.splitext(args.out)[0] + ".csv", index=False)
+
+
+if __name__ == "__main__":
+    main()
