@@ -102,23 +102,6 @@ def _trunk_spec(P, steps=8, lr=0.5, protocol="full_batch", single_task=False, de
     return spec
 
 
-def test_trunk_large_alpha_is_the_population_flow():
-    # L = 1, two tasks: Ω, b_1, heads and the first-layer Gram matrix against the population flow.
-    # GD at Δ = 0.05 vs the flow (O(Δ) apart). The two sides evaluate the test loss on different
-    # Monte Carlo point sets (16384 points, s.e. ~0.008 each): they differ by up to 0.016 already at
-    # t = 0, where the student is the same, so the dynamics are compared through the change since t = 0.
-    e = mtjax.experiment_from_spec(_trunk_spec(10**7, steps=20, lr=0.05))
-    solver = mtjax.FiniteDataSolver(n_grid=20, n_draws=256, n_response=32, n_quad_eval=16384)
-    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
-    pop = mtjax.population_theory(mtjax.experiment_from_spec(_trunk_spec(100, steps=20, lr=0.05, protocol="online")),
-                                  mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=16384))
-    assert bool(th.converged)
-    a, b = np.asarray(th.test_loss), np.asarray(pop.test_loss)
-    assert np.abs(a[0] - b[0]).max() < 0.03
-    d = np.abs((a - a[0]) - (b - b[0]))
-    assert d.max() < 0.008, d
-
-
 def _population_gd(spec, n_steps, dt, n_quad=4096, n_quad_eval=16384):
     """Test loss (n_steps + 1, K) of GD with step Δ on the *population* loss: the population flow
     of `mtjax.population_theory` discretised by Euler (same reduced student, same Stein field)."""
@@ -222,10 +205,10 @@ def test_flags_vmap_and_rejections():
 
 
 def test_gradient_of_early_stopped_loss_matches_finite_differences():
-    # Implicit differentiation of the fixed point vs central differences of the whole solve, for
-    # the test loss at every time; the early-stopped loss is the min over times, whose gradient is
-    # the one at the argmin (a finite difference of the min itself is wrong when the argmin moves
-    # between two nearly tied times, which happens here).
+    # Implicit differentiation of the fixed point vs central differences of the whole solve. The
+    # early-stopped loss is the min over times, whose gradient is the one at the argmin time, so
+    # the differences are taken at that time (a finite difference of the min itself is wrong
+    # when the argmin moves between two nearly tied times, which happens here).
     e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
 
     def curve(x):
@@ -234,14 +217,15 @@ def test_gradient_of_early_stopped_loss_matches_finite_differences():
         return mtjax.finite_data_theory(ee, mtjax.Seeds(0), solver=TINY).test_loss[:, 0]
 
     x = jnp.array([100.0, 0.2])
-    jac = eqx.filter_jit(jax.jacrev(curve))(x)  # (T, 2)
+    # One reverse pass of the early-stopped loss (not the whole Jacobian of the curve: T times
+    # the work) against central differences of the curve at its argmin time.
+    g = eqx.filter_jit(jax.grad(lambda x: jnp.min(curve(x))))(x)
     f = eqx.filter_jit(curve)
+    n = int(jnp.argmin(f(x)))
     for i, h in enumerate([5.0, 0.01]):
         dx = jnp.zeros(2).at[i].set(h)
-        fd = (f(x + dx) - f(x - dx)) / (2 * h)
-        np.testing.assert_allclose(jac[:, i], fd, rtol=0.02, atol=2e-4 * (1 if i else 0.01))
-    g = eqx.filter_jit(jax.grad(lambda x: jnp.min(curve(x))))(x)
-    np.testing.assert_allclose(g, jac[jnp.argmin(f(x))], rtol=1e-5)
+        fd = (f(x + dx)[n] - f(x - dx)[n]) / (2 * h)
+        np.testing.assert_allclose(g[i], fd, rtol=0.02, atol=2e-4 * (1 if i else 0.01))
     assert float(g[0]) < 0 < float(g[1])  # more data helps, more flips hurt
 
 
@@ -260,16 +244,16 @@ def test_gradient_wrt_scale_and_noise_matches_finite_differences():
         return mtjax.finite_data_theory(ee, mtjax.Seeds(0), solver=solver).test_loss[:, 0]
 
     x = jnp.array([1.0, 0.5])
-    jac = np.asarray(eqx.filter_jit(jax.jacrev(curve))(x))  # (T, 2)
-    f = eqx.filter_jit(curve)
+    g = np.asarray(eqx.filter_jit(jax.grad(lambda x: curve(x)[-1]))(x))  # final-time loss
+    f = eqx.filter_jit(lambda x: curve(x)[-1])
     for i in range(2):
         dx = jnp.zeros(2).at[i].set(0.1)
-        fd = np.asarray((f(x + dx) - f(x - dx)) / 0.2)
-        # Both sides are Monte Carlo estimates of the same derivative: at t = 0 (test labels only)
-        # they differ by ~0.003 (131072 test points; the differences of the piecewise-constant
-        # forward are as noisy as the score function), later by <= 5 % (measured: s 4 %).
-        np.testing.assert_allclose(jac[:, i], fd, rtol=0.08, atol=0.006)
-    assert jac[-1, 0] < 0 < jac[-1, 1]  # a stronger teacher helps, more logit noise hurts
+        fd = float((f(x + dx) - f(x - dx)) / 0.2)
+        # Both sides are Monte Carlo estimates of the same derivative (the finite differences of
+        # the piecewise-constant forward are as noisy as the score function): measured over the
+        # whole curve they agree to <= 5 % after t = 0 (s: 4 %), and to ~0.003 at t = 0.
+        np.testing.assert_allclose(g[i], fd, rtol=0.08, atol=0.006)
+    assert g[0] < 0 < g[1]  # a stronger teacher helps, more logit noise hurts
 
 
 def test_sweep_source_theory_finite_writes_the_simulation_tables(tmp_path):
