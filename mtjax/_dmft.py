@@ -34,6 +34,7 @@ import numpy as np
 
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
+from ._train import at_minimum, early_stopped_loss
 from ._gaussian import cholesky
 from ._student import Student
 from ._teacher import Teacher
@@ -642,18 +643,17 @@ class FiniteTheoryResult(eqx.Module):
     @property
     def early_stopped_loss(self) -> Float[Array, "... K"]:
         """min over times of the test loss (NaN where diverged)."""
-        return jnp.where(self.diverged[..., None], jnp.nan, jnp.min(self.test_loss, axis=-2))
+        return early_stopped_loss(self.test_loss, self.diverged)
 
     @property
     def early_stopped_time(self) -> Float[Array, "... K"]:
         """Time t of the early-stopped minimum."""
-        i = jnp.argmin(jnp.where(jnp.isnan(self.test_loss), jnp.inf, self.test_loss), axis=-2)
-        t = jnp.broadcast_to(self.time[..., :, None], self.test_loss.shape)
-        return jnp.take_along_axis(t, i[..., None, :], axis=-2)[..., 0, :]
+        return at_minimum(self.time, self.test_loss)
 
     @property
     def final_loss(self) -> Float[Array, "... K"]:
-        return self.test_loss[..., -1, :]
+        """Test loss at the last time (NaN where diverged, as for `History`)."""
+        return jnp.where(self.diverged[..., None], jnp.nan, self.test_loss[..., -1, :])
 
 
 def _initial_overlaps(student: Student, teacher: Teacher, k: int, initial: str, gain):

@@ -26,6 +26,7 @@ from ._experiment import Experiment, Seeds
 from ._gaussian import TeacherConstants, cholesky, sobol_normals, softmax_moments, teacher_constants
 from ._student import Dense, Student
 from ._teacher import Teacher, teacher_coefficients
+from ._train import early_stopped_loss
 from ._validation import check_int, check_range
 
 
@@ -99,8 +100,7 @@ class TheoryResult(eqx.Module):
 
     @property
     def early_stopped_loss(self):
-        best = jnp.min(self.test_loss, axis=-2)
-        return jnp.where(self.diverged[..., None], jnp.nan, best)
+        return early_stopped_loss(self.test_loss, self.diverged)
 
 
 def task_rates(experiment: Experiment) -> Float[Array, " K"]:

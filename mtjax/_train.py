@@ -54,20 +54,30 @@ class History(eqx.Module):
     @property
     def early_stopped_loss(self) -> Float[Array, "... K"]:
         """min over evaluations of the test loss; NaN for diverged runs (never silently averaged)."""
-        best = jnp.min(self.test_loss, axis=-2)
-        return jnp.where(self.diverged[..., None], jnp.nan, best)
+        return early_stopped_loss(self.test_loss, self.diverged)
 
     @property
     def early_stopped_step(self) -> Int[Array, "... K"]:
         """Clock step of the early-stopped minimum (-1 for diverged runs)."""
-        i = jnp.argmin(jnp.where(jnp.isnan(self.test_loss), jnp.inf, self.test_loss), axis=-2)
-        s = jnp.take_along_axis(jnp.broadcast_to(self.step[..., :, None], self.test_loss.shape), i[..., None, :], axis=-2)[..., 0, :]
-        return jnp.where(self.diverged[..., None], -1, s)
+        return jnp.where(self.diverged[..., None], -1, at_minimum(self.step, self.test_loss))
 
     @property
     def final_loss(self) -> Float[Array, "... K"]:
         """Test loss at the last evaluation (NaN for diverged runs)."""
         return jnp.where(self.diverged[..., None], jnp.nan, self.test_loss[..., -1, :])
+
+
+def early_stopped_loss(test_loss: Float[Array, "... T K"], diverged: Bool[Array, "..."]) -> Float[Array, "... K"]:
+    """min over times of the test loss; NaN for diverged runs/points (never silently averaged).
+    Shared by simulation (`History`) and theory results."""
+    return jnp.where(diverged[..., None], jnp.nan, jnp.min(test_loss, axis=-2))
+
+
+def at_minimum(values: Array, test_loss: Float[Array, "... T K"]) -> Array:
+    """`values` (..., T) (times or steps) at each task's test-loss minimum, NaNs skipped: (..., K)."""
+    i = jnp.argmin(jnp.where(jnp.isnan(test_loss), jnp.inf, test_loss), axis=-2)
+    v = jnp.broadcast_to(values[..., :, None], test_loss.shape)
+    return jnp.take_along_axis(v, i[..., None, :], axis=-2)[..., 0, :]
 
 
 def cross_entropy(
