@@ -1,12 +1,18 @@
 import os
 import tempfile
 
-# XLA's CPU backend spends much of a small test's time in LLVM optimisation. Level 1 compiles
-# nearly as fast as level 0 but its code is not slow: at level 0 the counter-based PRNG that
-# every online simulation draws its batches from runs ~6-10x slower than at level 1 (1200 steps
-# of 4 x 512 x 40 normals: 13.8 s vs 1.1 s), which made the simulation-heavy tests run-bound.
-# The arithmetic (and so every tolerance here) does not depend on the level.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
+# The suite is compile-bound: XLA's CPU backend spends most of a small test's time compiling.
+# Measured on this 2-core machine (CPU seconds to compile, tests/helpers tiny_spec):
+#   flags                                   paper sim (vmapped)  population theory  its grad
+#   level 1                                        16                  16               40
+#   level 1, fusion emitters off                   14                  11               31
+#   level 0, fusion emitters off                  6-7                   6               16
+# The MLIR fusion emitters are slower to compile than the classic ones and no faster to run here.
+# Level 0 leaves the counter-based PRNG unoptimised (an online run of 400 steps x 512 examples:
+# 2.9 s vs 1.1 s at level 1), which costs the simulation-heavy tests what they save in compiles
+# (tests/test_population.py: 257 vs 247 CPU s, level 1 vs 0), and halves every other compile.
+# The arithmetic (and so every tolerance here) does not depend on these flags.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # The suite is compile-bound, and the same programs are compiled again in other processes
 # (the other xdist worker, CLI and kill-and-resume subprocesses, notebook kernels): a shared

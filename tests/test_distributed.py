@@ -42,7 +42,7 @@ THEORY_GRID = {"relatedness": [0.0, 0.25, 0.5, 0.75, 1.0], "s_b": [3.0]}  # 5 po
 
 def _env(n_devices: int) -> dict:
     env = os.environ.copy()
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices} --xla_backend_optimization_level=1"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices} --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS), env.get("PYTHONPATH", "")])
     return env
 

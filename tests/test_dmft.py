@@ -80,17 +80,23 @@ def test_theory_matches_full_batch_simulation(sim_and_theory):
 
 
 def test_large_alpha_is_the_population_flow():
-    # α → ∞: no memory, no noise; GD at step Δ = 0.1 against the population gradient flow.
+    # α → ∞: no memory, no noise; the DMFT is GD at step Δ = 0.1 on the population loss, i.e.
+    # the population flow of `population_theory` discretised by Euler at the same Δ (the
+    # discretised flow, not diffrax's: the same comparison at a fraction of the compile time).
     e = mtjax.experiment_from_spec(_spec(P=10**7, N=100, steps=10, lr=0.1))
-    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=TINY)
-    e_pop = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=10, lr=0.1, protocol="online"))
-    pop = mtjax.population_theory(e_pop, mtjax.Seeds(0), solver=mtjax.PopulationSolver(n_quad=2048, n_quad_eval=4096))
-    d = np.abs(np.asarray(th.test_loss[:, 0]) - np.asarray(pop.test_loss[:, 0]))
-    # Δ = 0.1 discretisation (GD vs flow) and quadrature noise of both sides.
-    assert d.max() < 0.015, d
+    solver = mtjax.FiniteDataSolver(n_grid=10, n_draws=2048, n_response=32, n_quad_eval=16384)
+    th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
+    gd = _population_gd(_spec(P=100, N=100, steps=10, lr=0.1, protocol="online"), 10, 0.1)[:, 0]
+    a = np.asarray(th.test_loss[:, 0])
+    assert abs(a[0] - gd[0]) < 0.03  # same student, different Monte Carlo point sets
+    # The loss falls by 0.33 nats.  Measured over solver seeds 0-3 the increments a - a[0] deviate
+    # from the population GD's by at most 0.001-0.007 (rms ~0.0045, the error of the 2048 fixed
+    # draws accumulating over the steps): 0.015 is a ~3 sigma bound.
+    d = np.abs((a - a[0]) - (gd - gd[0]))
+    assert gd[0] - gd[-1] > 0.2 and d.max() < 0.015, d
     # Train loss = test loss when no example is fitted (α → ∞), up to the sampling error of the
-    # 256 draws (std of the cross-entropy ~ 1, so s.e. ~ 0.06 nats).
-    np.testing.assert_allclose(th.train_loss[:, 0], th.test_loss[:, 0], atol=0.2)
+    # 2048 draws (std of the cross-entropy ~ 1, so s.e. ~ 0.02 nats).
+    np.testing.assert_allclose(th.train_loss[:, 0], th.test_loss[:, 0], atol=0.08)
 
 
 def _trunk_spec(P, steps=8, lr=0.5, protocol="full_batch", single_task=False, depth=1, N=100, bias_init="zeros"):
@@ -106,7 +112,7 @@ def _population_gd(spec, n_steps, dt, n_quad=4096, n_quad_eval=16384):
     """Test loss (n_steps + 1, K) of GD with step Δ on the *population* loss: the population flow
     of `mtjax.population_theory` discretised by Euler (same reduced student, same Stein field)."""
     from mtjax._gaussian import sobol_normals, teacher_constants
-    from mtjax._population import population_metrics, population_vector_field, reduce_student, task_rates
+    from mtjax._population import _first_matrix, population_metrics, population_vector_field, reduce_student, task_rates
     from mtjax._teacher import teacher_coefficients
 
     e = mtjax.experiment_from_spec(spec)
@@ -114,7 +120,7 @@ def _population_gd(spec, n_steps, dt, n_quad=4096, n_quad_eval=16384):
     st = reduce_student(mtjax.Student.init(e.student, e.teacher.n_features, e.teacher.n_classes, e.teacher.n_tasks,
                                            key=mtjax.Seeds(0).key("init")), teacher.basis)  # fmt: skip
     D = teacher.basis.shape[0]
-    Dp = st.layers[0].weight.shape[1]
+    Dp = _first_matrix(st).shape[1]
     T = jnp.pad(teacher_coefficients(e.teacher), ((0, 0), (0, 0), (0, Dp - D)))
     consts, rho, C = teacher_constants(teacher), task_rates(e), e.teacher.n_classes
     g = sobol_normals(n_quad, C)
