@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +125,53 @@ def test_bad_arguments():
         rp.select_cells(fake_authors(), "rank-10", "medium")
     with pytest.raises(ValueError, match="no cells"):
         rp.select_cells(fake_authors(), "rank-10", "full", {"main_train_pts": [400]})
+
+
+def test_paper_training_matches_torch_sgd():
+    """The paper protocol's training (`_train_paper`) equals the authors' PyTorch recipe on the same
+    realisation: nn.Linear trunk + head, CrossEntropyLoss (batch mean), plain SGD on trunk and
+    head, validation loss averaged over batches of 128. With ntrain <= 128 an epoch is one full
+    batch, so the minibatch order cannot differ (docs/reproduction.md, "Cross-check")."""
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+    from torch import nn
+
+    from mtjax._student import Dense, Student
+    from mtjax._train import TaskData, _train_paper
+
+    n_train, n_val, epochs, lr, width = 100, 256, 8, 0.1, 16  # lr > paper's 1e-3 so that the loss moves
+    spec = mtjax.paper_spec(n_train=n_train, single_task=True, n_epochs=epochs)
+    spec["train"].update(n_test=n_val, n_pool=[n_train, n_train], learning_rate=lr)
+    spec["student"]["width"] = width
+    cfg = mtjax.experiment_from_spec(spec).train
+    rng = np.random.RandomState(0)
+    x = rng.randn(n_train + n_val, 100).astype(np.float32)
+    y = (x @ rng.randn(100, 10)).argmax(1)
+    torch.manual_seed(0)
+    mods = [nn.Linear(100, width), nn.Linear(width, width), nn.Linear(width, 10), nn.Linear(width, 10)]
+    for m in mods:
+        nn.init.orthogonal_(m.weight)
+    d = [Dense(jnp.asarray(m.weight.detach().numpy()), jnp.asarray(m.bias.detach().numpy())) for m in mods]
+    student = Student(tuple(d[:2]), tuple(d[2:]), "linear")
+    td = TaskData(jnp.asarray(x[:n_train]), jnp.asarray(y[:n_train]), jnp.asarray(x[n_train:]), jnp.asarray(y[n_train:]))
+    sub = jnp.arange(n_train)
+    train = jax.jit(lambda st, td: _train_paper(st, (td, td), (sub, sub), cfg, jax.random.key(0)).test_loss[:, 0])
+    ours = np.asarray(train(student, td))
+
+    net = nn.Sequential(*mods[:3])
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    loss = nn.CrossEntropyLoss()
+
+    def val():
+        with torch.no_grad():
+            return np.mean([loss(net(xt[n_train + i: n_train + i + 128]), yt[n_train + i: n_train + i + 128]).item() for i in range(0, n_val, 128)])
+
+    theirs = [val()]
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss(net(xt[:n_train]), yt[:n_train]).backward()
+        opt.step()
+        theirs.append(val())
+    assert theirs[-1] < theirs[0] - 0.05
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
