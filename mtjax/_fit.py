@@ -14,8 +14,9 @@ forward-mode Jacobian of the residuals, from several starts at once (vmapped).  
 the Laplace approximation: the inverse Hessian of the objective at the optimum (Gauss–Newton
 JᵀWJ, or the exact forward-over-forward Hessian), mapped to the constrained parameters by the
 delta method; with correlated errors, the sandwich (`obs_covariance`, or seed-clustered from
-per-seed replicates, `obs_replicates`, with Student-t intervals), and profile intervals
-(`profile`) where the objective is not quadratic in a parameter.
+per-seed replicates, `obs_replicates`, with Student-t intervals), optionally with a
+model-discrepancy term (`discrepancy`: an error of the theory that no replicate shows), and
+profile intervals (`profile`) where the objective is not quadratic in a parameter.
 """
 
 from __future__ import annotations
