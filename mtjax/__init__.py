@@ -63,6 +63,7 @@ from ._fit import (
     Observations as Observations,
     Param as Param,
     Profile as Profile,
+    error_model as error_model,
     fit as fit,
     fit_table as fit_table,
     make_problem as make_problem,

@@ -14,12 +14,14 @@ forward-mode Jacobian of the residuals, from several starts at once (vmapped).  
 the Laplace approximation: the inverse Hessian of the objective at the optimum (Gauss–Newton
 JᵀWJ, or the exact forward-over-forward Hessian), mapped to the constrained parameters by the
 delta method; with correlated errors, the sandwich (`obs_covariance`, or seed-clustered from
-per-seed replicates, `obs_replicates`, with Student-t intervals), and profile intervals
-(`profile`) where the objective is not quadratic in a parameter.
+per-seed replicates, `obs_replicates`, with Student-t intervals), optionally with a
+model-discrepancy term (`discrepancy`: an error of the theory that no replicate shows), and
+profile intervals (`profile`) where the objective is not quadratic in a parameter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -414,6 +416,11 @@ class FitResult(eqx.Module):
     - `dof`: degrees of freedom of the standard errors: ∞ when they come from the model
       (Laplace: the given `se` are exact), m − 1 when they are estimated from m replicates
       (`fit(obs_replicates=...)`); intervals then use Student-t quantiles (`interval`).
+    - `discrepancy`: (K,) s.d. τ_k (metric units, nats) of the model-discrepancy term of task k
+      in the error bars (`fit(discrepancy=...)`): given, estimated, or 0 without one.
+    - `jacobian`: (n, P) Jacobian of the whitened residuals (pred − value)/se at the optimum;
+      `residuals`: (n,) those residuals (for `error_model`, which recomputes the error bars
+      under another error model without refitting).
     """
 
     params: dict
@@ -430,6 +437,9 @@ class FitResult(eqx.Module):
     decrement: Float[Array, ""]
     n_obs: int = eqx.field(static=True)
     chi2_dof: Float[Array, ""]
+    discrepancy: Float[Array, " K"]
+    jacobian: Float[Array, "n P"]
+    residuals: Float[Array, " n"]
     dof: float = eqx.field(static=True, default=math.inf)
 
     def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -554,7 +564,7 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None):
         lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
         steps += active
     g = np.einsum("snp,sn->sp", J, r) * free
-    return th, f, g, J, steps
+    return th, f, g, J, steps, r
 
 
 def fit(
@@ -570,6 +580,8 @@ def fit(
     hessian: str | None = None,
     obs_covariance=None,
     obs_replicates=None,
+    discrepancy=None,
+    discrepancy_length: float = math.inf,
     key=None,
 ) -> FitResult:
     """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
@@ -599,6 +611,18 @@ def fit(
       in time, and the variance of every fitted value is the seed variance of its linearised
       estimate, with m − 1 degrees of freedom (`FitResult.dof`; use `FitResult.interval`).
       Exclusive with `obs_covariance`.
+    - `discrepancy`: model discrepancy in the error bars (`loss="wls"`): `None` (none), a s.d.
+      τ (metric units, e.g. nats; scalar or one per task), or `"estimate"`. The observations
+      are then prediction(θ) + sampling error + δ, with δ_k(t) a zero-mean Gaussian process
+      per task and theory solve: the part of the simulation–theory difference that no
+      replicate shows (finite learning rate, quadrature, finite-size corrections), which acts
+      on every replicate alike. Its covariance τ_k² K_k enters the sandwich,
+      V = H⁻¹ Jᵀ (C + Σ τ_k² K_k) J H⁻¹ (whitened); `"estimate"`: τ_k² from the residuals by
+      the method of moments (`_error_covariance`; `FitResult.discrepancy` has the τ used).
+      The point estimate does not change.
+    - `discrepancy_length`: correlation length ℓ of δ_k in log t:
+      corr = exp(−(log t − log t')²/2ℓ²); ∞ (default): a constant offset of each curve; 0:
+      independent points (a nugget).
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
 
     **Returns:** `FitResult` of the best start (by objective).
@@ -608,15 +632,13 @@ def fit(
         raise ValueError(f"hessian={hessian!r} is not one of ['gauss-newton', 'exact']")
     if hessian == "gauss-newton" and problem.loss != "wls":
         raise ValueError("hessian='gauss-newton' needs loss='wls'")
-    dof = math.inf
-    if obs_replicates is not None:
+    if (obs_covariance is not None or obs_replicates is not None or discrepancy is not None) and problem.loss != "wls":
+        raise ValueError("obs_covariance, obs_replicates and discrepancy need loss='wls'")
+    if obs_replicates is not None:  # check before the fit
         if obs_covariance is not None:
             raise ValueError("pass obs_covariance or obs_replicates, not both")
-        rep = np.asarray(obs_replicates, float)
-        if rep.ndim != 2 or rep.shape[1] != problem.obs.value.shape[0] or rep.shape[0] < 2:
-            raise ValueError(f"obs_replicates must be (m >= 2, n={problem.obs.value.shape[0]}), got {rep.shape}")
-        obs_covariance = np.cov(rep, rowvar=False) / rep.shape[0]
-        dof = rep.shape[0] - 1
+        _replicate_covariance(problem, obs_replicates)
+    _discrepancy_arg(discrepancy, problem.experiment.train.n_tasks)
     theta0 = problem.initial_theta()
     if starts is None:
         key = jax.random.key(0) if key is None else key
@@ -625,10 +647,10 @@ def fit(
     starts = jnp.asarray(starts, float)
     ths = _adam(problem, starts, n_adam, adam_lr)[0] if n_adam else starts
     if problem.loss == "wls":
-        th, vals, grads, J, steps = _levenberg_marquardt(problem, ths, n_newton, gtol)
+        th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol)
     else:
         th, vals, grads, steps = _newton(problem, ths, n_newton, gtol)
-        J = None
+        J = resid = None
     vals_ = np.where(np.isfinite(vals), vals, np.inf)
     b = int(np.argmin(vals_))
     theta = jnp.asarray(th[b])
@@ -647,24 +669,12 @@ def fit(
     # that would still be taken; < 1e-2 means the optimum is reached to < 0.1 s.e. even when the
     # solver's step-size noise keeps the raw gradient from reaching gtol.
     decrement = float(grads[b] @ cov @ grads[b]) if pd_ok else float("nan")
-    if obs_covariance is not None:
-        if J is None:
-            raise ValueError("obs_covariance needs loss='wls'")
-        se = np.asarray(problem.obs.se, float)
-        C = np.asarray(obs_covariance, float) / np.outer(se, se)
-        Jb = J[b]
-        cov = cov @ (Jb.T @ C @ Jb) @ cov
+    n_tasks = problem.experiment.train.n_tasks
     values = problem.unpack(theta)
-    stderr, i = {}, 0
-    for p, n in zip(problem.params, problem.n_levels):
-        # delta method through the transform: se(value) = |d value/d u| se(u)
-        jac = np.asarray(jax.vmap(jax.grad(lambda u, t=p.transform: _forward(t, u)))(theta[i : i + n]))
-        stderr[p.name] = jnp.asarray(np.abs(jac) * np.sqrt(np.clip(np.diag(cov)[i : i + n], 0, None)))
-        i += n
     chi2 = 2 * vals[b] / max(1, n_obs - problem.size) if problem.loss == "wls" else np.nan
-    return FitResult(
+    result = FitResult(
         params=values,
-        stderr=stderr,
+        stderr=_stderr(problem, theta, cov),
         theta=theta,
         covariance=jnp.asarray(cov),
         hessian=jnp.asarray(H),
@@ -677,8 +687,139 @@ def fit(
         decrement=jnp.asarray(decrement),
         n_obs=n_obs,
         chi2_dof=jnp.asarray(chi2),
-        dof=float(dof),
+        discrepancy=jnp.zeros(n_tasks),
+        jacobian=jnp.asarray(J[b] if J is not None else np.full((n_obs, theta.shape[0]), np.nan)),
+        residuals=jnp.asarray(resid[b] if resid is not None else np.full(n_obs, np.nan)),
     )
+    if obs_covariance is None and obs_replicates is None and discrepancy is None:
+        return result
+    return error_model(problem, result, obs_covariance=obs_covariance, obs_replicates=obs_replicates,
+                       discrepancy=discrepancy, discrepancy_length=discrepancy_length)
+
+
+def _stderr(problem: FitProblem, theta, cov) -> dict:
+    """Delta method through the transforms: se(value) = |d value/d u| se(u)."""
+    stderr, i = {}, 0
+    for p, n in zip(problem.params, problem.n_levels):
+        jac = np.asarray(jax.vmap(jax.grad(lambda u, t=p.transform: _forward(t, u)))(theta[i : i + n]))
+        stderr[p.name] = jnp.asarray(np.abs(jac) * np.sqrt(np.clip(np.diag(np.asarray(cov))[i : i + n], 0, None)))
+        i += n
+    return stderr
+
+
+def _whitened(problem: FitProblem, obs_covariance) -> np.ndarray:
+    se = np.asarray(problem.obs.se, float)
+    return np.asarray(obs_covariance, float) / np.outer(se, se)
+
+
+def _replicate_covariance(problem: FitProblem, obs_replicates) -> tuple[np.ndarray, int]:
+    rep = np.asarray(obs_replicates, float)
+    if rep.ndim != 2 or rep.shape[1] != problem.obs.value.shape[0] or rep.shape[0] < 2:
+        raise ValueError(f"obs_replicates must be (m >= 2, n={problem.obs.value.shape[0]}), got {rep.shape}")
+    return np.cov(rep, rowvar=False) / rep.shape[0], rep.shape[0] - 1
+
+
+def _discrepancy_arg(discrepancy, n_tasks: int):
+    """None -> zeros; "estimate" -> None (estimate); number or (K,) -> (K,) given τ."""
+    if discrepancy is None:
+        return jnp.zeros(n_tasks)
+    if isinstance(discrepancy, str):
+        if discrepancy != "estimate":
+            raise ValueError(f"discrepancy={discrepancy!r} must be None, 'estimate' or a s.d. (scalar or one per task)")
+        return None
+    tau = np.broadcast_to(np.asarray(discrepancy, float), (n_tasks,))
+    if np.any(~np.isfinite(tau)) or np.any(tau < 0):
+        raise ValueError(f"discrepancy={discrepancy!r} must be >= 0")
+    return jnp.asarray(tau)
+
+
+def _discrepancy_kernels(obs: Observations, n_tasks: int, length: float) -> Float[Array, "K n n"]:
+    """Correlation of the discrepancy δ_k between rows: one curve δ_k(t) per task k and theory
+    solve (condition), corr(t, t') = exp(−(log t − log t')² / 2ℓ²); ℓ = ∞: a constant offset of
+    each curve, ℓ = 0: independent points (a nugget)."""
+    if not length >= 0:
+        raise ValueError(f"discrepancy_length={length} must be >= 0")
+    lt = jnp.log(jnp.maximum(obs.time, 1e-12))
+    d2 = (lt[:, None] - lt[None, :]) ** 2
+    if math.isinf(length):
+        corr = jnp.ones_like(d2)
+    elif length == 0:
+        corr = jnp.eye(d2.shape[0])
+    else:
+        corr = jnp.exp(-0.5 * d2 / length**2)
+    same = obs.condition[:, None] == obs.condition[None, :]
+    return jnp.stack([corr * same * ((obs.task == k)[:, None] & (obs.task == k)[None, :]) for k in range(n_tasks)])
+
+
+@jax.jit
+def _error_covariance(J, r, C, kernels, tau):
+    """Covariance of θ̂ with a model-discrepancy term (jit-compiled; everything whitened by se).
+
+    Model: value = prediction(θ) + ε + δ, ε the sampling error with whitened covariance C
+    (None: I, the Laplace model), δ = Σ_k δ_k the model discrepancy, a zero-mean Gaussian
+    process per task with covariance τ_k² K_k (`_discrepancy_kernels`, here divided by se seᵀ).
+    The estimate is linear in the errors to first order, θ̂ − θ = −H⁻¹Jᵀ(ε + δ) (H = JᵀJ), so
+
+        V = H⁻¹ Jᵀ (C + Σ_k τ_k² K_k) J H⁻¹.
+
+    τ = None: τ_k² by the method of moments from the residuals r (the random-effects estimator
+    of DerSimonian–Laird, generalised to correlated errors): r = −R(ε + δ), R = I − J H⁻¹Jᵀ, so
+    E[rᵀE_j r] = tr(E_j R C R) + Σ_k τ_k² tr(E_j R K_k R) (E_j: rows of task j), a K x K linear
+    system for τ²; solved by pseudo-inverse and clipped at 0 (unbiased before clipping).
+
+    **Returns:** `(V, τ)`."""
+    n, P = J.shape
+    # J = U S Vᵀ: H⁻¹Jᵀ = V S⁻¹ Uᵀ and R = I − U Uᵀ, conditioned as J, not as JᵀJ (float32)
+    U, S, Vt = jnp.linalg.svd(J, full_matrices=False)
+    A_ = Vt.T @ (U / S).T  # (P, n): θ̂ − θ = −A_ (ε + δ)
+    Cw = jnp.eye(n) if C is None else C
+    if tau is None:
+        R = jnp.eye(n) - U @ U.T
+        sel = [jnp.diagonal(kk) > 0 for kk in kernels]  # rows of task k: nonzero diagonal of its kernel
+        dRCR = jnp.diagonal(R @ Cw @ R)
+        b = jnp.stack([jnp.sum(jnp.where(s, r**2 - dRCR, 0.0)) for s in sel])
+        A = jnp.stack([jnp.stack([jnp.sum(jnp.where(s, jnp.diagonal(R @ kk @ R), 0.0)) for kk in kernels]) for s in sel])
+        tau2 = jnp.clip(jnp.linalg.pinv(A) @ b, 0.0, None)
+        tau = jnp.sqrt(tau2)
+    meat = Cw + jnp.einsum("k,kij->ij", tau**2, kernels)
+    V = A_ @ meat @ A_.T
+    return 0.5 * (V + V.T), tau
+
+
+def error_model(
+    problem: FitProblem,
+    result: FitResult,
+    *,
+    obs_covariance=None,
+    obs_replicates=None,
+    discrepancy=None,
+    discrepancy_length: float = math.inf,
+) -> FitResult:
+    """The error bars of a `loss="wls"` fit under another error model, without refitting.
+
+    Same arguments as `fit` (`obs_covariance`, `obs_replicates`, `discrepancy`,
+    `discrepancy_length`); uses the Gauss–Newton Jacobian and residuals stored in `result`
+    (the sandwich's bread is the Gauss–Newton H = JᵀJ also when the fit used `hessian="exact"`).
+
+    **Returns:** `result` with `covariance`, `stderr`, `discrepancy` and `dof` replaced."""
+    if problem.loss != "wls":
+        raise ValueError("error_model needs loss='wls'")
+    dof = math.inf
+    if obs_replicates is not None:
+        if obs_covariance is not None:
+            raise ValueError("pass obs_covariance or obs_replicates, not both")
+        obs_covariance, dof = _replicate_covariance(problem, obs_replicates)
+    n_tasks = problem.experiment.train.n_tasks
+    J = np.asarray(result.jacobian, float)
+    C = None if obs_covariance is None else jnp.asarray(_whitened(problem, obs_covariance))
+    se = problem.obs.se
+    kern = _discrepancy_kernels(problem.obs, n_tasks, discrepancy_length) / (se[:, None] * se[None, :])
+    cov, tau = _error_covariance(jnp.asarray(J), result.residuals, C, kern, _discrepancy_arg(discrepancy, n_tasks))
+    cov = np.asarray(cov, float)
+    if not np.all(np.isfinite(np.asarray(result.covariance))):
+        cov = np.full_like(cov, np.nan)
+    return dataclasses.replace(result, covariance=jnp.asarray(cov), stderr=_stderr(problem, result.theta, cov),
+                               discrepancy=jnp.asarray(tau, float), dof=float(dof))
 
 
 def _newton(problem, thetas, n_steps, gtol):
@@ -802,7 +943,7 @@ def profile(
     starts[:, i] = _inverse(p.transform, grid)
     free = np.ones(theta.shape[0], bool)
     free[i] = False
-    _, f, _, _, steps = _levenberg_marquardt(problem, jnp.asarray(starts), n_newton, gtol, free=free)
+    _, f, _, _, steps, _ = _levenberg_marquardt(problem, jnp.asarray(starts), n_newton, gtol, free=free)
     f = np.where(np.isfinite(f), f, np.nan)
     # a grid point may find a lower objective than the fit (another basin): measure from the lowest
     f_min = float(np.nanmin(np.append(f, float(result.loss))))
