@@ -18,6 +18,7 @@ protocol at lr = 0.01 (5000 steps reach t = 50), vmapped, and extrapolated per p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -92,7 +93,7 @@ def accuracy(spec, solver):
     print(f"\naccuracy of the benchmarked settings vs reference (score, n_quad 32768, n_quad_eval 16384, rtol 1e-5):")
     # Two readings: as benchmarked (its own n_quad_eval evaluation points, whose sampling error
     # is part of what it reports), and the dynamics alone (the reference's evaluation points).
-    same_eval = eqx.tree_at(lambda s: s.n_quad_eval, solver, ref.n_quad_eval)
+    same_eval = dataclasses.replace(solver, n_quad_eval=ref.n_quad_eval)
     print(f"{'r':>5s} {'s_a':>6s} {'s_b':>6s}  max|Δ loss| task 1, task 2 over the curve: as benchmarked | dynamics only (n_quad_eval {ref.n_quad_eval})")
     for r, sa, sb in [(0.0, 0.1, 0.1), (0.5, 1.0, 1.0), (0.0, 10.0, 0.1), (1.0, 10.0, 10.0)]:
         e = apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
