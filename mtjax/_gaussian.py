@@ -81,6 +81,42 @@ def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Arra
     return SoftmaxMoments(mean_p, jac, jnp.mean(lse), jnp.std(pairs) / math.sqrt(n // 2))
 
 
+def forward_substitution(L: Float[Array, "n n"], B: Float[Array, "n m"]) -> Float[Array, "n m"]:
+    """L⁻¹ B for lower-triangular L, in plain jnp (see `cholesky` on LAPACK in vmaps)."""
+    n = L.shape[0]
+
+    def body(i, X):
+        row = (B[i] - L[i] @ X) / L[i, i]
+        return X.at[i].set(row)
+
+    return jax.lax.fori_loop(0, n, body, jnp.zeros_like(B))
+
+
+def stein_gradient(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"], score=0.0):
+    """(J̄ A, E[p]) for z = a + A x ~ N(a, A Aᵀ), the x-gradient of E[lse z] (docs/theory.md §4).
+
+    Two estimators of G = J̄ A on the same points z_i = a + L g_i (A = L Q, Q = L⁻¹ A with
+    orthonormal rows), blended with weight `score` (a scalar in [0, 1], may depend on the state):
+
+    - direct: (1/n) Σ (diag p_i − p_i p_iᵀ) A. Exact for smooth p, but once the logits are large
+      p is nearly one-hot and J̄ is a boundary-layer integral: the fixed points then all sit far
+      from the class boundaries, the estimate decays *exponentially* in |A| instead of like
+      1/|A|, and the flow runs off to overconfident students (the clean corner of the grid).
+    - score: (1/n) Σ p_i g_iᵀ Q (Stein's lemma once more, E[p gᵀ] = J̄ L). Its integrand stays
+      O(1) as p becomes one-hot, so its error does not grow with the logit scale and it keeps
+      the right large-|A| limit E[e_argmax gᵀ] Q.
+    """
+    L = cholesky(A @ A.T)
+    z = a + g @ L.T
+    lse = jax.nn.logsumexp(z, axis=-1)
+    p = jnp.exp(z - lse[:, None])
+    n = g.shape[0]
+    mean_p = jnp.mean(p, axis=0)
+    direct = (jnp.diag(mean_p) - p.T @ p / n) @ A
+    sc = (p.T @ g / n) @ forward_substitution(L, A)
+    return (1 - score) * direct + score * sc, mean_p
+
+
 def expected_max_normal(c: int) -> float:
     """E[max of c i.i.d. N(0,1)] = ∫ x c φ(x) Φ(x)^(c-1) dx, by a fine trapezoid rule (|error| < 1e-10)."""
     from math import erf
