@@ -41,3 +41,12 @@ def replace(module, where, value):
     import equinox as eqx
 
     return eqx.tree_at(where, module, jnp.asarray(value, dtype=where(module).dtype))
+
+
+def jit_optimised(f):
+    """`jax.jit` of a run-bound test program at XLA optimisation level 1.
+
+    The suite compiles at level 0 (tests/conftest.py: most tests are compile-bound), where the
+    counter-based PRNG of online simulations and long quadrature loops run several times slower;
+    the few tests dominated by such a run compile their program optimised instead."""
+    return jax.jit(f, compiler_options={"xla_backend_optimization_level": 1})

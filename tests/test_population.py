@@ -17,7 +17,7 @@ from mtjax._population import (
     reduce_student,
     task_rates,
 )
-from helpers import replace, tree_allclose
+from helpers import jit_optimised, replace, tree_allclose
 
 
 def _spec(protocol="online", **train):
@@ -170,7 +170,7 @@ def sim_and_theory():
     e = mtjax.experiment_from_spec(_spec(learning_rate=0.005, n_steps=1200, eval_every=300))
     seeds = mtjax.Seeds(jnp.zeros(4, int), jnp.zeros(4, int), jnp.zeros(4, int), jnp.arange(4))
     batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (4,) + a.shape), e)
-    sims = mtjax.simulate_batch(batch, seeds)
+    sims = jit_optimised(lambda s: mtjax.simulate_batch(batch, s))(seeds)  # 1200 online steps: run-bound
     th = eqx.filter_jit(population_theory)(e, mtjax.Seeds(0), solver=SOLVER)
     return e, sims, th
 
