@@ -66,16 +66,21 @@ class SoftmaxMoments(eqx.Module):
     lse_se: Float[Array, ""]
 
 
-def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"]) -> SoftmaxMoments:
-    """Common-random-number estimates of E[p], E[diag p − p pᵀ], E[lse z] for z ~ N(a, A Aᵀ).
-
-    `g`: antithetic standard-normal points (n, C) from `sobol_normals`."""
+def _softmax_points(a, A, g):
+    """Cholesky factor L of A Aᵀ, and lse z, softmax p (n, C) and their mean at z = a + g Lᵀ."""
     L = cholesky(A @ A.T)
     z = a + g @ L.T
     lse = jax.nn.logsumexp(z, axis=-1)
     p = jnp.exp(z - lse[:, None])
+    return L, lse, p, jnp.mean(p, axis=0)
+
+
+def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"]) -> SoftmaxMoments:
+    """Common-random-number estimates of E[p], E[diag p − p pᵀ], E[lse z] for z ~ N(a, A Aᵀ).
+
+    `g`: antithetic standard-normal points (n, C) from `sobol_normals`."""
+    L, lse, p, mean_p = _softmax_points(a, A, g)
     n = g.shape[0]
-    mean_p = jnp.mean(p, axis=0)
     jac = jnp.diag(mean_p) - p.T @ p / n
     pairs = 0.5 * (lse[: n // 2] + lse[n // 2 :])
     return SoftmaxMoments(mean_p, jac, jnp.mean(lse), jnp.std(pairs) / math.sqrt(n // 2))
@@ -106,12 +111,8 @@ def stein_gradient(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array
       O(1) as p becomes one-hot, so its error does not grow with the logit scale and it keeps
       the right large-|A| limit E[e_argmax gᵀ] Q.
     """
-    L = cholesky(A @ A.T)
-    z = a + g @ L.T
-    lse = jax.nn.logsumexp(z, axis=-1)
-    p = jnp.exp(z - lse[:, None])
+    L, _, p, mean_p = _softmax_points(a, A, g)
     n = g.shape[0]
-    mean_p = jnp.mean(p, axis=0)
     direct = (jnp.diag(mean_p) - p.T @ p / n) @ A
     sc = (p.T @ g / n) @ forward_substitution(L, A)
     return (1 - score) * direct + score * sc, mean_p
