@@ -186,7 +186,7 @@ def realisations(args):
     from mtjax._spec import experiment_from_spec, paper_spec
     from mtjax._student import Dense, Student
     from mtjax._teacher import Teacher
-    from mtjax._train import TaskData, _train_paper, make_datasets, make_inputs
+    from mtjax._train import TaskData, make_datasets, make_inputs, train_on_datasets
 
     _shim(args.authors)
     from data import make_teacher_classification  # the authors' data.py
@@ -226,13 +226,9 @@ def realisations(args):
 
     @jax.jit
     def train(student, data, seeds):
-        def one(s, theirs):  # as simulate(): subsets and minibatch order from the train seed
-            tkey = Seeds(0, 0, 0, s).key("train")
-            skeys = jax.random.split(jax.random.fold_in(tkey, 10**6), cfg.n_tasks)
-            subsets = tuple(jax.random.permutation(skeys[k], cfg.n_pool[k])[: cfg.n_train[k]] for k in range(cfg.n_tasks))
-            if args.their_subsets:
-                subsets = (theirs, theirs)
-            return _train_paper(student, data, subsets, cfg, jax.random.fold_in(tkey, 1)).early_stopped_loss[0]
+        def one(s, theirs):  # as simulate(): subsets (unless theirs) and minibatch order from the train seed
+            subsets = (theirs, theirs) if args.their_subsets else None
+            return train_on_datasets(student, data, cfg, Seeds(0, 0, 0, s).key("train"), subsets=subsets).early_stopped_loss[0]
 
         return jax.vmap(one)(seeds, their_subsets)
 
@@ -290,7 +286,7 @@ def cells(args):
     from mtjax._experiment import Seeds
     from mtjax._spec import experiment_from_spec
     from mtjax._student import Dense, Student
-    from mtjax._train import TaskData, _train_paper
+    from mtjax._train import TaskData, train_on_datasets
 
     _shim(args.authors)
     from data import make_teacher_classification  # the authors' data.py
@@ -336,7 +332,7 @@ def cells(args):
     t_start, c_start = time.time(), time.process_time()
     for ntrain in sorted(int(v) for v in sel["main_train_pts"].unique()):
         subsets = jnp.asarray(np.stack([np.random.RandomState(seed=s).permutation(np.arange(3200))[:ntrain] for s in seeds]))
-        tkeys = jnp.stack([jax.random.fold_in(Seeds(0, 0, 0, s).key("train"), 1) for s in seeds])
+        tkeys = jnp.stack([Seeds(0, 0, 0, s).key("train") for s in seeds])
         for single in (True, False):
             rows = sel[(sel["main_train_pts"] == ntrain) & (sel["single_task"] == single)]
             if not len(rows):
@@ -358,7 +354,7 @@ def cells(args):
             @jax.jit
             def train(data):  # data: cells x (task 1, task 2); vmapped over cells, then over seeds
                 def cell(d):
-                    return jax.vmap(lambda sub, k: _train_paper(student, d, (sub, sub), cfg, k).early_stopped_loss[0])(subsets, tkeys)
+                    return jax.vmap(lambda sub, k: train_on_datasets(student, d, cfg, k, subsets=(sub, sub)).early_stopped_loss[0])(subsets, tkeys)
 
                 return jax.vmap(cell)(data)
 

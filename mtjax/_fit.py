@@ -777,8 +777,9 @@ def _error_covariance(J, r, C, kernels, tau):
         R = jnp.eye(n) - U @ U.T
         sel = [jnp.diagonal(kk) > 0 for kk in kernels]  # rows of task k: nonzero diagonal of its kernel
         dRCR = jnp.diagonal(R @ Cw @ R)
+        dRKR = [jnp.diagonal(R @ kk @ R) for kk in kernels]
         b = jnp.stack([jnp.sum(jnp.where(s, r**2 - dRCR, 0.0)) for s in sel])
-        A = jnp.stack([jnp.stack([jnp.sum(jnp.where(s, jnp.diagonal(R @ kk @ R), 0.0)) for kk in kernels]) for s in sel])
+        A = jnp.stack([jnp.stack([jnp.sum(jnp.where(s, d, 0.0)) for d in dRKR]) for s in sel])
         tau2 = jnp.clip(jnp.linalg.pinv(A) @ b, 0.0, None)
         tau = jnp.sqrt(tau2)
     meat = Cw + jnp.einsum("k,kij->ij", tau**2, kernels)

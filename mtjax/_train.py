@@ -344,13 +344,38 @@ def simulate(
             experiment.teacher.n_tasks,
             key=seeds.key("init"),
         )
-    tkey = seeds.key("train")
+    return train_on_datasets(student, data, tcfg, seeds.key("train"), teacher=teacher, shared_subsets=shared_subsets)
+
+
+def train_on_datasets(
+    student: Student,
+    data: tuple[TaskData, ...],
+    tcfg: TrainConfig,
+    tkey: PRNGKeyArray,
+    *,
+    teacher: Teacher | None = None,
+    subsets: tuple[Int[Array, " n_train"], ...] | None = None,
+    shared_subsets: bool = False,
+) -> History:
+    """The training half of `simulate`: train `student` on given datasets (one `TaskData` per task).
+
+    - `tkey`: the run's train key (`Seeds.key("train")`); it draws the training subsets and the
+      minibatch order exactly as `simulate` does.
+    - `teacher`: needed by the online protocol only (it draws fresh examples every step).
+    - `subsets`: pool indices of each task's training examples (K arrays of n_train); default
+      drawn from `tkey`. Given, e.g. to replay another code's subsets on the same data.
+    - `shared_subsets`: as in `simulate`.
+
+    **Returns:** a `History`."""
     if tcfg.protocol == "online":
+        if teacher is None:
+            raise ValueError("the online protocol needs the teacher (teacher=None)")
         return _train_online(student, teacher, data, tcfg, tkey)
-    skeys = jax.random.split(jax.random.fold_in(tkey, 10**6), tcfg.n_tasks)
-    subsets = tuple(
-        jax.random.permutation(skeys[k], tcfg.n_pool[k])[: tcfg.n_train[k]] for k in range(tcfg.n_tasks)
-    )
+    if subsets is None:
+        skeys = jax.random.split(jax.random.fold_in(tkey, 10**6), tcfg.n_tasks)
+        subsets = tuple(
+            jax.random.permutation(skeys[k], tcfg.n_pool[k])[: tcfg.n_train[k]] for k in range(tcfg.n_tasks)
+        )
     if tcfg.protocol == "paper":
         return _train_paper(student, data, subsets, tcfg, jax.random.fold_in(tkey, 1), shared_subsets)
     return _train_full_batch(student, data, subsets, tcfg, tkey, shared_subsets)
