@@ -33,8 +33,12 @@ def sobol_normals(n: int, dim: int, seed: int = 0) -> Float[Array, "n dim"]:
 
     if n % 2:
         raise ValueError(f"n={n} must be even (antithetic pairs)")
+    from scipy.special import ndtri
+
     pts = qmc.Sobol(dim, scramble=True, seed=seed).random(n // 2)
-    half = jax.scipy.special.ndtri(jnp.asarray(np.clip(pts, 1e-12, 1 - 1e-12), dtype=jnp.float32))
+    # The inverse CDF in float64: clipped at 1 - 1e-12, a float32 cast would round the point to
+    # exactly 1 (ndtri = inf) first; seen in large sets (e.g. 8192 points, some seeds).
+    half = jnp.asarray(ndtri(np.clip(pts, 1e-12, 1 - 1e-12)), dtype=jnp.float32)
     return jnp.concatenate([half, -half], axis=0)
 
 
@@ -67,12 +71,19 @@ class SoftmaxMoments(eqx.Module):
 
 
 def _softmax_points(a, A, g):
-    """Cholesky factor L of A Aᵀ, and lse z, softmax p (n, C) and their mean at z = a + g Lᵀ."""
+    """Cholesky factor L of A Aᵀ, and lse z (n,), softmax p (C, n) and its mean at z = a + L gᵢ.
+
+    Classes lead and points trail (z is (C, n)): the softmax is then a few elementwise passes
+    over C rows of n contiguous values, and under `vmap` (g shared, L batched) z = L gᵀ and the
+    averages p g / n are single large matrix products over the whole batch, instead of many
+    small ones with a length-C reduction per point (4x faster on CPU, benchmarks/RESULTS.md)."""
     L = cholesky(A @ A.T)
-    z = a + g @ L.T
-    lse = jax.nn.logsumexp(z, axis=-1)
-    p = jnp.exp(z - lse[:, None])
-    return L, lse, p, jnp.mean(p, axis=0)
+    z = a[:, None] + L @ g.T
+    m = jnp.max(z, axis=0)
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=0)
+    p = e / s
+    return L, m + jnp.log(s), p, jnp.mean(p, axis=1)
 
 
 def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array, "n C"]) -> SoftmaxMoments:
@@ -81,7 +92,7 @@ def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Arra
     `g`: antithetic standard-normal points (n, C) from `sobol_normals`."""
     L, lse, p, mean_p = _softmax_points(a, A, g)
     n = g.shape[0]
-    jac = jnp.diag(mean_p) - p.T @ p / n
+    jac = jnp.diag(mean_p) - p @ p.T / n
     pairs = 0.5 * (lse[: n // 2] + lse[n // 2 :])
     return SoftmaxMoments(mean_p, jac, jnp.mean(lse), jnp.std(pairs) / math.sqrt(n // 2))
 
@@ -115,10 +126,10 @@ def stein_gradient(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Array
     n = g.shape[0]
 
     def direct():
-        return (jnp.diag(mean_p) - p.T @ p / n) @ A
+        return (jnp.diag(mean_p) - p @ p.T / n) @ A
 
     def sc():
-        return (p.T @ g / n) @ forward_substitution(L, A)
+        return ((p @ g / n) @ forward_substitution(L, jnp.eye(L.shape[0], dtype=L.dtype))) @ A
 
     # A Python 0 or 1 (the solver's `estimator`) computes only the estimator it selects: this
     # runs at every field evaluation, and the score form's triangular solve is a C-step loop.

@@ -212,13 +212,30 @@ def population_vector_field(student: Student, consts: TeacherConstants, T: Float
     The chain rule from (A_k, a_k) to every weight is a vector–Jacobian product with the Stein
     gradients as cotangents, so the field stays differentiable in θ, Λ, π and T (needed to
     differentiate the solution with respect to r, s, σ, ... for fitting)."""
-    maps, vjp = jax.vjp(lambda s: tuple(s.effective_linear(k) for k in active), student)
-    cot = []
-    for k, (A, a) in zip(active, maps):
+    (A_all, a_all), vjp = jax.vjp(lambda s: _stacked_linear(s, active), student)
+    C = A_all.shape[0] // len(active)
+    cot_A, cot_a = [], []
+    for i, k in enumerate(active):
+        A, a = A_all[i * C : (i + 1) * C], a_all[i * C : (i + 1) * C]
         GA, mean_p = stein_gradient(a, A, g, score)
-        cot.append((rho[k] * (GA - consts.Lam[k] @ T[k]), rho[k] * (mean_p - consts.pi[k])))
-    (grad,) = vjp(tuple(cot))
+        cot_A.append(rho[k] * (GA - consts.Lam[k] @ T[k]))
+        cot_a.append(rho[k] * (mean_p - consts.pi[k]))
+    (grad,) = vjp((jnp.concatenate(cot_A), jnp.concatenate(cot_a)))
     return jax.tree_util.tree_map(jnp.negative, grad)
+
+
+def _stacked_linear(student: Student, tasks) -> tuple[Float[Array, "KC D"], Float[Array, " KC"]]:
+    """(A_k, a_k) of `tasks`, stacked along the output axis: the same maps as
+    `Student.effective_linear`, but every trunk product is one (K·C)-row matrix product (and so
+    is each product of its vector–Jacobian product) instead of one per task."""
+    heads = [student.heads[k] for k in tasks]
+    A = jnp.concatenate([h.weight for h in heads])
+    a = jnp.concatenate([jnp.zeros(h.weight.shape[0]) if h.bias is None else h.bias for h in heads])
+    for layer in reversed(student.layers):
+        if layer.bias is not None:
+            a = a + A @ layer.bias
+        A = A @ layer.weight
+    return A, a
 
 
 def population_metrics(student: Student, teacher: Teacher, consts: TeacherConstants, T, x_eval, xi_eval, active, smooth=False):
@@ -229,10 +246,17 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
     E[lse z] alone.  Its dependence on the teacher parameters (piecewise constant through the
     sampled labels) is replaced, for gradients only, by the exact ∂/∂(s, σ, ε, q) of
     −E[z_y] = −(πᵀa + tr(A T̃ᵀ Λᵀ)), so `jax.grad` of the loss is right for fitting.
-    Accuracy: the same joint Monte Carlo. `x_eval`: (n, D') antithetic draws; `xi_eval`: (n, C)."""
+    Accuracy: the same joint Monte Carlo.
+
+    The draws are of the low-dimensional joint Gaussian, not of the reduced input: with
+    u = T̃_k x ~ N(0, I_R) (T̃_k has orthonormal rows) the logits are z = a + P u + L_⊥ w with
+    P = A T̃_kᵀ and L_⊥ L_⊥ᵀ = A Aᵀ − P Pᵀ, so a draw costs C(R + C) instead of C·D' products.
+    `x_eval`: (n, R + C) antithetic standard normals (u, then w); `xi_eval`: (n, C) logit noise."""
     cfg = teacher.config
     K, C = cfg.n_tasks, cfg.n_classes
+    R = T.shape[1]
     n = x_eval.shape[0]
+    u, w_pts = x_eval[:, :R], x_eval[:, R : R + C]
     As, loss, se, acc = [], [], [], []
     for k in range(K):
         A, a = student.effective_linear(k)
@@ -240,9 +264,15 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         if k not in active:
             loss.append(jnp.nan), se.append(jnp.nan), acc.append(jnp.nan)
             continue
-        z = x_eval @ A.T + a
+        P = A @ T[k].T
+        # A_⊥ = A (I − T̃ᵀT̃) directly: A Aᵀ − P Pᵀ cancels catastrophically in float32 once a
+        # clean task's A lies almost inside its teacher subspace. The relative jitter (1e-6 of
+        # the mean variance) only keeps an exactly rank-deficient A_⊥ finite.
+        A_perp = A - P @ T[k]
+        L_perp = cholesky(A_perp @ A_perp.T, jitter=1e-6)
+        z = u @ P.T + w_pts @ L_perp.T + a
         lse = jax.nn.logsumexp(z, axis=-1)
-        clean = cfg.scale[k] * (x_eval @ T[k].T) @ teacher.w[k].T
+        clean = cfg.scale[k] * u @ teacher.w[k].T
         y0 = jnp.argmax(clean, -1)
         ys = jnp.argmax(clean + cfg.noise[k] * xi_eval, -1)
         ce0 = lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0]
@@ -254,7 +284,7 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         As_ = jax.lax.stop_gradient((A, a))
         ezy = consts.pi[k] @ As_[1] + jnp.sum((As_[0] @ T[k].T) * consts.Lam[k])
         if smooth:  # E[lse z] (label-free quadrature) − E[z_y] (closed form): smooth in every parameter
-            ezy_full = consts.pi[k] @ a + jnp.sum((A @ T[k].T) * consts.Lam[k])
+            ezy_full = consts.pi[k] @ a + jnp.sum(P * consts.Lam[k])
             loss.append(jnp.mean(lse) - ezy_full)
             pair = 0.5 * (lse[: n // 2] + lse[n // 2 :])
         else:
@@ -323,8 +353,9 @@ def population_theory(
     active = tr.active_tasks
     C = experiment.teacher.n_classes
     g = sobol_normals(solver.n_quad, C, seed=solver.quad_seed)
-    xe = sobol_normals(solver.n_quad_eval, Dp + C, seed=solver.quad_seed + 1)
-    x_eval, xi_eval = xe[:, :Dp], xe[:, Dp:]
+    R = experiment.teacher.rank
+    xe = sobol_normals(solver.n_quad_eval, R + 2 * C, seed=solver.quad_seed + 1)
+    x_eval, xi_eval = xe[:, : R + C], xe[:, R + C :]
     if ts is None:
         ts_first_is_zero = int(tr.eval_steps[0]) == 0
         ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)

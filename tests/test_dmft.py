@@ -125,18 +125,19 @@ def _population_gd(spec, n_steps, dt, n_quad=4096, n_quad_eval=16384):
     T = jnp.pad(teacher_coefficients(e.teacher), ((0, 0), (0, 0), (0, Dp - D)))
     consts, rho, C = teacher_constants(teacher), task_rates(e), e.teacher.n_classes
     g = sobol_normals(n_quad, C)
-    xe = sobol_normals(n_quad_eval, Dp + C, seed=1)
+    R = e.teacher.rank
+    xe = sobol_normals(n_quad_eval, R + 2 * C, seed=1)
     active = e.train.active_tasks
 
     @eqx.filter_jit
     def run(st):
         def step(st, _):
-            loss = population_metrics(st, teacher, consts, T, xe[:, :Dp], xe[:, Dp:], active)[0]
+            loss = population_metrics(st, teacher, consts, T, xe[:, : R + C], xe[:, R + C :], active)[0]
             v = population_vector_field(st, consts, T, rho, g, active)
             return jax.tree_util.tree_map(lambda a, b: a + dt * b, st, v), loss
 
         st_end, losses = jax.lax.scan(step, st, None, length=n_steps)
-        return jnp.concatenate([losses, population_metrics(st_end, teacher, consts, T, xe[:, :Dp], xe[:, Dp:], active)[0][None]])
+        return jnp.concatenate([losses, population_metrics(st_end, teacher, consts, T, xe[:, : R + C], xe[:, R + C :], active)[0][None]])
 
     return np.asarray(run(st))
 
