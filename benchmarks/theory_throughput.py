@@ -55,6 +55,9 @@ def main():
     ap.add_argument("--accuracy-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--sim-points", type=int, default=16)
     ap.add_argument("--devices", type=int, default=_N_DEV, help="XLA host devices each chunk is split over")
+    ap.add_argument("--max-chunk", type=int, default=32,
+                    help="points per vmapped chunk; small chunks keep each device's quadrature arrays in cache "
+                         "(1000 points, 2 devices: 30.0 s at 32, 34.4 s at 64, 40.4 s at 1024)")
     args = ap.parse_args()
     side = int(round(args.points ** (1 / 3)))
     n_r = side
@@ -79,7 +82,7 @@ def throughput(args, spec, grid, solver, n_points, n_r, n_s):
     c0 = time.process_time()
     t0 = time.time()
     res = mtjax.sweep(spec, grid, out_dir=None, source="theory", solver=solver, save_curves=False, progress=True,
-                      memory_budget=4 * 2**30)
+                      memory_budget=4 * 2**30, max_chunk=args.max_chunk)
     t_th = time.time() - t0
     cpu_th = time.process_time() - c0
     ok = int((~res.summary.drop_duplicates("run")["diverged"].astype(bool)).sum())

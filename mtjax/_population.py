@@ -246,7 +246,9 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
     E[lse z] alone.  Its dependence on the teacher parameters (piecewise constant through the
     sampled labels) is replaced, for gradients only, by the exact ∂/∂(s, σ, ε, q) of
     −E[z_y] = −(πᵀa + tr(A T̃ᵀ Λᵀ)), so `jax.grad` of the loss is right for fitting.
-    Accuracy: the same joint Monte Carlo.
+    Accuracy: the same joint Monte Carlo.  The loss estimate subtracts the control variate
+    β (z_y − E[z_y]) with E[z_y] in closed form and β the sample regression coefficient: it
+    takes the lower-variance side of the joint estimate and of E[lse] − E[z_y] at each point.
 
     The draws are of the low-dimensional joint Gaussian, not of the reduced input: with
     u = T̃_k x ~ N(0, I_R) (T̃_k has orthonormal rows) the logits are z = a + P u + L_⊥ w with
@@ -264,31 +266,45 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         if k not in active:
             loss.append(jnp.nan), se.append(jnp.nan), acc.append(jnp.nan)
             continue
-        P = A @ T[k].T
+        # The draws depend on the student only (T̃ held constant): the law of z does not depend on
+        # the teacher, so neither may the sample, or its pathwise derivative would add to the
+        # exact teacher-parameter derivative of E[z_y] taken below.
+        Ts = jax.lax.stop_gradient(T[k])
+        P = A @ Ts.T
         # A_⊥ = A (I − T̃ᵀT̃) directly: A Aᵀ − P Pᵀ cancels catastrophically in float32 once a
         # clean task's A lies almost inside its teacher subspace. The relative jitter (1e-6 of
         # the mean variance) only keeps an exactly rank-deficient A_⊥ finite.
-        A_perp = A - P @ T[k]
+        A_perp = A - P @ Ts
         L_perp = cholesky(A_perp @ A_perp.T, jitter=1e-6)
         z = u @ P.T + w_pts @ L_perp.T + a
         lse = jax.nn.logsumexp(z, axis=-1)
         clean = cfg.scale[k] * u @ teacher.w[k].T
         y0 = jnp.argmax(clean, -1)
         ys = jnp.argmax(clean + cfg.noise[k] * xi_eval, -1)
-        ce0 = lse - jnp.take_along_axis(z, y0[:, None], -1)[:, 0]
-        ces = lse - jnp.take_along_axis(z, ys[:, None], -1)[:, 0]
-        ceu = lse - jnp.mean(z, -1)  # flipped labels are uniform over the C classes
         q, e = cfg.noisy_fraction[k], cfg.flip[k]
-        ce = (1 - e) * (q * ces + (1 - q) * ce0) + e * ceu
-        pair = 0.5 * (ce[: n // 2] + ce[n // 2 :])
-        As_ = jax.lax.stop_gradient((A, a))
-        ezy = consts.pi[k] @ As_[1] + jnp.sum((As_[0] @ T[k].T) * consts.Lam[k])
+        # z_y of the label mixture (noisy fraction q, flips ε to a uniform class), per draw.
+        zy = (1 - e) * (q * jnp.take_along_axis(z, ys[:, None], -1)[:, 0]
+                        + (1 - q) * jnp.take_along_axis(z, y0[:, None], -1)[:, 0]) + e * jnp.mean(z, -1)
+        ce = lse - zy
+        sg = jax.lax.stop_gradient
+        # E[z_y] in closed form: with respect to the student (for the control variate) and with
+        # respect to the teacher parameters (the labels carry no derivative).
+        ezy_student = sg(consts.pi[k]) @ a + jnp.sum(P * sg(consts.Lam[k]))
+        ezy_teacher = consts.pi[k] @ sg(a) + jnp.sum((sg(A) @ T[k].T) * consts.Lam[k])
         if smooth:  # E[lse z] (label-free quadrature) − E[z_y] (closed form): smooth in every parameter
-            ezy_full = consts.pi[k] @ a + jnp.sum(P * consts.Lam[k])
-            loss.append(jnp.mean(lse) - ezy_full)
-            pair = 0.5 * (lse[: n // 2] + lse[n // 2 :])
+            est = lse
+            loss.append(jnp.mean(lse) - ezy_student - (ezy_teacher - sg(ezy_teacher)))
         else:
-            loss.append(jnp.mean(ce) - (ezy - jax.lax.stop_gradient(ezy)))
+            # Control variate z_y with its known mean: the regression coefficient β = Cov(ce, z_y) /
+            # Var(z_y) (estimated from the same draws, O(1/n) bias) interpolates between the
+            # joint estimate (β = 0) and E[lse] − E[z_y] (β = −1), whichever has less variance.
+            dzy = zy - ezy_student
+            beta = sg(jnp.mean((ce - jnp.mean(ce)) * (zy - jnp.mean(zy))) / (jnp.var(zy) + 1e-30))
+            est = ce - beta * dzy
+            loss.append(jnp.mean(ce) - beta * jnp.mean(dzy) - (ezy_teacher - sg(ezy_teacher)))
+        pair = 0.5 * (est[: n // 2] + est[n // 2 :])
+        if smooth:
+            pair = pair - ezy_student
         se.append(jnp.std(pair) / jnp.sqrt(n // 2))
         am = jnp.argmax(z, -1)
         acc.append((1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C)
