@@ -39,6 +39,50 @@ def test_weight_process_without_memory_is_free_diffusion():
     assert float(jnp.abs(Rv[1, :, 1, :]).max()) == 0.0  # causal
 
 
+def test_weight_process_with_variable_steps_is_free_diffusion():
+    # Any step sequence Δ_n: with R_g = 0, v^n = v^0 + Σ_{k<n} Δ_k η^k, so
+    # C_v[n, m] = Q0 + Σ_{k<min(n,m)} Δ_k² C_g/α for white C_g, and R_v[n, m] = Δ_m I (m < n).
+    # A (T,) array of equal steps is the scalar path bit for bit.
+    T1, C, alpha = 6, 2, 2.0
+    dt = jnp.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    Q0 = jnp.array([[1.0, 0.2], [0.2, 0.5]])
+    Cg = jnp.einsum("nm,cd->ncmd", jnp.eye(T1), jnp.array([[0.3, 0.0], [0.0, 0.1]]))
+    Rg0 = jnp.zeros((T1, C, T1, C))
+    Cv, Rv = weight_process(Rg0, Cg, Q0, alpha, dt)
+    cum = jnp.concatenate([jnp.zeros(1), jnp.cumsum(dt**2)])  # Σ_{k<n} Δ_k²
+    n = jnp.arange(T1)
+    want = Q0[None, :, None, :] + cum[jnp.minimum(n[:, None], n[None, :])][:, None, :, None] * Cg[0, :, 0, :][None, :, None, :] / alpha
+    np.testing.assert_allclose(Cv, want, rtol=1e-5, atol=1e-6)
+    for m in range(T1 - 1):
+        np.testing.assert_allclose(Rv[m + 1 :, :, m, :], jnp.broadcast_to(dt[m] * jnp.eye(C), (T1 - 1 - m, C, C)), rtol=1e-6)
+    assert float(jnp.abs(Rv[n, :, n, :]).max()) == 0.0  # causal
+    Rg = 0.1 * jax.random.normal(jax.random.key(1), (T1, C, T1, C))  # with memory
+    for a, b in zip(weight_process(Rg, Cg, Q0, alpha, 0.5), weight_process(Rg, Cg, Q0, alpha, jnp.full(T1 - 1, 0.5))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_step_schedules_and_their_validation():
+    uni = mtjax.FiniteDataSolver(n_grid=8)
+    grid, dt = uni.time_grid(4.0)
+    np.testing.assert_array_equal(grid, 0.5 * jnp.arange(9))  # the historical grid, bit for bit
+    np.testing.assert_array_equal(dt, jnp.full(8, 0.5))
+    geo = mtjax.FiniteDataSolver(n_grid=8, step_schedule="geometric", step_growth=1.2)
+    grid, dt = geo.time_grid(4.0)
+    assert float(grid[0]) == 0.0 and float(grid[-1]) == 4.0
+    np.testing.assert_allclose(dt[1:] / dt[:-1], 1.2, rtol=1e-5)
+    np.testing.assert_allclose(jnp.cumsum(dt), grid[1:], rtol=1e-6)
+    np.testing.assert_allclose(dt[0], 4.0 * 0.2 / (1.2**8 - 1), rtol=1e-6)
+    # Traced t_max (a vmapped sweep over the evaluation times): same numbers.
+    np.testing.assert_allclose(jax.vmap(geo.time_grid)(jnp.array([4.0, 8.0]))[0][1], 2 * grid, rtol=1e-6)
+    with pytest.raises(ValueError, match="step_schedule='cosine' is not one of"):
+        mtjax.FiniteDataSolver(step_schedule="cosine")
+    for bad in (1.0, 0.9, 2.5, float("nan")):
+        with pytest.raises(ValueError, match=r"step_growth.*\(1\.0, 2\.0\]"):
+            mtjax.FiniteDataSolver(step_schedule="geometric", step_growth=bad)
+    with pytest.raises(ValueError, match="step_growth must be a Python float"):
+        mtjax.FiniteDataSolver(step_growth=jnp.array([1.1, 1.2]))
+
+
 def test_psd_factor_samples_singular_covariances():
     a = jax.random.normal(jax.random.key(0), (12, 3))
     s = a @ a.T  # rank 3
