@@ -17,7 +17,9 @@ task rates (1, 1), single task (1, 0).  The DMFT describes full-batch GD with st
 Δ = t_max / n_grid (the "GD-step approximation": an Euler discretisation of the flow; it also
 quantises the early-stopping time to the grid, where the authors minimise over every epoch).
 n_grid = max(--n-grid, t_max / --max-step): Δ = 0.1 at n = 100 up to 1.0 at n = 3200 with the
-defaults (a grid of 20 steps at n = 3200, Δ = 2.5, diverges: GD is unstable there).  To compile once for all cells the theory is run
+defaults (a grid of 20 steps at n = 3200, Δ = 2.5, diverges: GD is unstable there).
+`--step-growth q` instead uses exactly --n-grid geometric steps Δ_(n+1) = q Δ_n summing to
+t_max (docs/dmft.md §3: small steps early, large late, the cost of a uniform grid of --n-grid).  To compile once for all cells the theory is run
 with the full-batch protocol, n_train_active = ntrain and task weights (1, 1) / (1, 0) — the same
 rates; task 2's process is then solved also in the single-task cells (with ρ_2 = 0 it does not act
 on task 1).  α_k = ntrain / (N − K R) = ntrain / 80.
@@ -84,7 +86,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/paper-data/rank-10.csv")
     ap.add_argument("--n-grid", type=int, default=20)
-    ap.add_argument("--max-step", type=float, default=1.0, help="largest GD step Δ of the theory grid (stability)")
+    ap.add_argument("--max-step", type=float, default=1.0, help="largest GD step Δ of the theory grid (stability; uniform grids only)")
+    ap.add_argument("--step-growth", type=float, default=None,
+                    help="geometric step schedule Δ_(n+1) = q Δ_n with this q in (1, 2] and exactly --n-grid steps "
+                         "(docs/dmft.md §3); default: uniform steps")  # fmt: skip
     ap.add_argument("--draws", type=int, default=512)
     ap.add_argument("--response", type=int, default=32)
     ap.add_argument("--max-iter", type=int, default=15)
@@ -127,26 +132,38 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
+    geometric = args.step_growth is not None
+    sched = dict(step_schedule="geometric", step_growth=args.step_growth) if geometric else {}
+
     def n_grid(n):  # GD steps of the theory grid: at least --n-grid, and steps Δ <= --max-step
+        if geometric:  # small steps early, large late: --n-grid steps whatever t_max
+            return args.n_grid
         return max(args.n_grid, math.ceil(tmax(n) / args.max_step - 1e-9))
+
+    def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
+        return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
 
     emit(f"# DMFT (depth 2, H = 64, quenched init of seed 0) vs the authors' rank-10 table ({args.data})")
     emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
-    emit(f"# solver: n_grid max({args.n_grid}, t_max/{args.max_step}) = "
-         f"{ {int(n): n_grid(n) for n in ntrains} } (GD step Δ = t_max/n_grid), draws 3 x {args.draws}, "
+    steps = (f"geometric steps Δ_(n+1) = {args.step_growth} Δ_n summing to t_max, first/last Δ "
+             f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip
+    emit(f"# solver: n_grid {'' if geometric else f'max({args.n_grid}, t_max/{args.max_step}) '}= "
+         f"{ {int(n): n_grid(n) for n in ntrains} } ({steps}), draws 3 x {args.draws}, "
          f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}")
     emit(f"# cells: {sum(c[4] for c in cells)} single-task + {sum(not c[4] for c in cells)} multitask "
          f"(multitask r in {[round(float(x), 3) for x in rs]}, s_a in {[round(float(x), 3) for x in sas]}, s_b in {[round(float(x), 3) for x in sbs]})")
 
     def solve_group(T, idx):
         solver = mtjax.FiniteDataSolver(n_grid=T, n_draws=args.draws, n_response=args.response, max_iter=args.max_iter,
-                                        tol=args.tol, n_quad_eval=args.n_quad_eval)  # fmt: skip
+                                        tol=args.tol, n_quad_eval=args.n_quad_eval, **sched)  # fmt: skip
         e0 = base_experiment(T)
 
         def one(n, sa, sb, r, w2):
             e = eqx.tree_at(lambda m: (m.train.n_train_active, m.train.task_weights, m.teacher.scale, m.teacher.relatedness),
                             e0, (jnp.stack([n, n]), jnp.stack([jnp.ones_like(w2), w2]), jnp.stack([sa, sb]), r[None]))  # fmt: skip
-            ts = jnp.linspace(0.0, 2000 * jnp.ceil(n / 128) * 1e-3, T + 1)
+            t_max = 2000 * jnp.ceil(n / 128) * 1e-3
+            # Report at the grid times (no interpolation): the minimum is over the grid.
+            ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)
             th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver)
             return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
 
@@ -200,7 +217,7 @@ def main():
     for c, cu, rr, it, cv, dv in zip(cells, curves, res, its, conv, div):
         n, sa, sb, r, single = c
         rows.append(dict(main_train_pts=int(n), s_a=sa, s_b=sb, relatedness=r, single=single, theory=float(np.min(cu)),
-                         t_star=float(np.argmin(cu)) * tmax(n) / n_grid(n), residual=float(rr), iterations=int(it),
+                         t_star=float(grid_times(n)[np.argmin(cu)]), residual=float(rr), iterations=int(it),
                          ok=bool(cv) and not bool(dv)))  # fmt: skip
     th = pd.DataFrame(rows)
     a_single, a_multi, a_ben = authors_tables(d)

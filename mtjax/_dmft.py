@@ -2,7 +2,8 @@
 descent for linear softmax students (L = 0, and linear trunks L >= 1 with per-task heads) on P_k = α_k N'
 Gaussian examples per task.
 
-Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with step Δ, n = 0..T):
+Derivation and conventions: docs/dmft.md.  Summary (one task, discrete GD with steps Δ_n, n = 0..T;
+uniform Δ_n = t_max / T or a geometric schedule, `FiniteDataSolver.time_grid`):
 
 The student W (C x N) is split into its teacher-subspace part M = W Uᵀ (C x R) and the rest V
 (N' = N − R directions).  M and the bias b are low-dimensional and self-average; V sees the data
@@ -11,12 +12,12 @@ through two effective processes coupled by four (T+1)C x (T+1)C kernels:
 * per example (training set): h^n = M^n u + b^n + χ^n − (1/α) Σ_{m<n} R_v[n,m] g^m,
   g^n = softmax(h^n) − e_y, with χ ~ N(0, C_v) a Gaussian process and u ~ N(0, I_R) the
   example's teacher field (its label y from u, logit noise and flips);
-* per weight coordinate (linear): v^{n+1} = v^n − Δ Σ_{m<=n} R_g[n,m] v^m + Δ η^n,
+* per weight coordinate (linear): v^{n+1} = v^n − Δ_n Σ_{m<=n} R_g[n,m] v^m + Δ_n η^n,
   η ~ N(0, C_g/α), v^0 ~ N(0, Q_0).
 
 Self-consistency: C_g = E[g gᵀ], R_g = E[∂g/∂(field kick)] over the example process,
-C_v = E[v vᵀ], R_v = ∂v/∂(force) over the coordinate process, M^{n+1} = M^n − Δ E[g^n uᵀ],
-b^{n+1} = b^n − Δ E[g^n].  The coordinate process is linear, so C_v and R_v are computed
+C_v = E[v vᵀ], R_v = ∂v/∂(force) over the coordinate process, M^{n+1} = M^n − Δ_n E[g^n uᵀ],
+b^{n+1} = b^n − Δ_n E[g^n].  The coordinate process is linear, so C_v and R_v are computed
 exactly by linear algebra; the example process is sampled (fixed draws: a deterministic map),
 and its response is the exact per-draw Jacobian (a block-triangular solve).  The pair
 (C_g, R_g) is iterated with damping to a fixed point.
@@ -38,21 +39,21 @@ from ._train import at_minimum, early_stopped_loss
 from ._gaussian import cholesky
 from ._student import Student
 from ._teacher import Teacher
-from ._validation import check_int, check_range
+from ._validation import check_choice, check_int, check_range
 
 
 class _Problem(eqx.Module):
     """The inputs of one single-task DMFT solve (all arrays, so vmappable).
 
     - `alpha`: P / N' (N' = N − R, the directions outside the teacher subspace).
-    - `dt`: GD step Δ (time units, t = Δ n).
+    - `dt`: (T,) GD step sizes Δ_n (time units; step n takes t_n to t_{n+1} = t_n + Δ_n).
     - `scale`, `noise`, `flip`, `noisy_fraction`: s, σ, ε, q of the task.
     - `w`: teacher readout (C, R).
     - `M0`: W(0) Uᵀ (C, R); `b0`: (C,); `Q0`: W(0)(I − UᵀU)W(0)ᵀ (C, C).
     """
 
     alpha: Float[Array, ""]
-    dt: Float[Array, ""]
+    dt: Float[Array, " T"]
     scale: Float[Array, ""]
     noise: Float[Array, ""]
     flip: Float[Array, ""]
@@ -120,24 +121,29 @@ def _labels(p: _Problem, d: _Draws):
 
 
 def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"], Q0, alpha, dt):
-    """Exact statistics of the linear coordinate process v^{n+1} = v^n − Δ Σ_{k<=n} R_g[n,k] v^k + Δ η^n.
+    """Exact statistics of the linear coordinate process
+    v^{n+1} = v^n − Δ_n Σ_{k<=n} R_g[n,k] v^k + Δ_n η^n.
+
+    `dt`: the step sizes Δ_n, (T,) or a scalar (uniform steps), in time units.
 
     **Returns:** `(Cv, Rv)`, both (T+1, C, T+1, C): Cv[n,:,m,:] = E[v^n v^mᵀ] and
     Rv[n,:,m,:] = ∂v^n/∂f^m for a force f^m entering like η^m (zero for m >= n)."""
     T1, C = Rg.shape[0], Rg.shape[1]
+    dt = jnp.broadcast_to(jnp.asarray(dt, float), (T1 - 1,))
     eye = jnp.eye(C)
     # Psi[n, :, j, :] = ∂v^n/∂(kick of v^j); Psi[j, j] = I, Psi[n, j] = 0 for n < j.
     psi0 = jnp.zeros((T1, C, T1, C)).at[0, :, 0, :].set(eye)
 
-    def step(psi, n):
+    def step(psi, xs):
+        n, dt_n = xs
         mem = jnp.einsum("ckd,kdje->cje", Rg[n], psi)  # rows k > n of psi are still zero
-        new = psi[n] - dt * mem
+        new = psi[n] - dt_n * mem
         new = new.at[:, n + 1, :].set(eye)
         return psi.at[n + 1].set(new), None
 
-    psi, _ = jax.lax.scan(step, psi0, jnp.arange(T1 - 1))
-    # A force at step m kicks v^{m+1} by Δ f^m.
-    Rv = dt * jnp.concatenate([psi[:, :, 1:, :], jnp.zeros((T1, C, 1, C))], axis=2)
+    psi, _ = jax.lax.scan(step, psi0, (jnp.arange(T1 - 1), dt))
+    # A force at step m kicks v^{m+1} by Δ_m f^m (no step after the last time: column T is 0).
+    Rv = jnp.concatenate([psi[:, :, 1:, :] * dt[:, None], jnp.zeros((T1, C, 1, C))], axis=2)
     P0 = psi[:, :, 0, :]  # (T1, C, C)
     Cv = jnp.einsum("ncd,de,mfe->ncmf", P0, Q0, P0) + jnp.einsum("ncad,adbe,mfbe->ncmf", Rv, Cg, Rv) / alpha
     return Cv, Rv
@@ -154,19 +160,27 @@ def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
     onehot = jax.nn.one_hot(ys, C)  # (3, S, C)
     wts = weights / S  # (3, S)
 
-    def step(carry, n):
+    def step(carry, xs):
+        n, dt_n = xs
         M, b, G = carry  # G: (3, S, T1, C) gradients at steps < n (zeros after)
         mem = jnp.einsum("cmd,xsmd->xsc", Rv[n], G) / p.alpha
         h = d.u @ M.T + b + chi[:, n] - mem
         g = jax.nn.softmax(h, -1) - onehot
         G = G.at[:, :, n].set(g)
-        M_new = M - p.dt * jnp.einsum("xs,xsc,sr->cr", wts, g, d.u)
-        b_new = b - p.dt * jnp.einsum("xs,xsc->c", wts, g)
+        M_new = M - dt_n * jnp.einsum("xs,xsc,sr->cr", wts, g, d.u)
+        b_new = b - dt_n * jnp.einsum("xs,xsc->c", wts, g)
         return (M_new, b_new, G), (h, M, b)
 
     G0 = jnp.zeros((3, S, T1, C))
-    (_, _, G), (h, M, b) = jax.lax.scan(step, (p.M0, p.b0, G0), jnp.arange(T1))
+    xs = (jnp.arange(T1), _steps_padded(p.dt))
+    (_, _, G), (h, M, b) = jax.lax.scan(step, (p.M0, p.b0, G0), xs)
     return jnp.moveaxis(h, 0, 2), G, M, b
+
+
+def _steps_padded(dt: Float[Array, " T"]) -> Float[Array, " T1"]:
+    """The steps Δ_n with a 0 appended: the scans over the T+1 grid times also compute an update
+    after the last time, which is discarded (a static shape; no out-of-range index)."""
+    return jnp.concatenate([dt, jnp.zeros(1, dt.dtype)])
 
 
 def _softmax_jacobian(h):
@@ -297,7 +311,7 @@ def _train_loss(h, ys, weights):
 class _TrunkProblem(eqx.Module):
     """Inputs of one solve with a linear trunk of depth L >= 1 (K tasks, all arrays).
 
-    - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: step Δ.
+    - `alpha`: (K,) P_k / N' with N' = N − D, D = K R; `rho`: (K,) task rates; `dt`: (T,) steps Δ_n.
     - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D) (U_k = T_k E).
     - initial state: `Omega0` (H, D) = W_1 Eᵀ, `b10` (H,), the upper trunk layers W_2..W_L
       `Wu0` (L−1, H, H) and their biases `bu0` (L−1, H) (empty for L = 1), `V0` (K, C, H),
@@ -306,7 +320,7 @@ class _TrunkProblem(eqx.Module):
 
     alpha: Float[Array, " K"]
     rho: Float[Array, " K"]
-    dt: Float[Array, ""]
+    dt: Float[Array, " T"]
     scale: Float[Array, " K"]
     noise: Float[Array, " K"]
     flip: Float[Array, " K"]
@@ -375,7 +389,8 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     wts = weights / S  # (K, 3, S)
     mem_coef = p.rho / p.alpha
 
-    def step(carry, n):
+    def step(carry, xs):
+        n, dt_n = xs
         Om, b1, Wu, bu, V, c, F = carry  # F: (K, 3, S, T1, H) first-layer forces Ṽ_k^mᵀ g^m at m < n
         Vt, ct, P = _effective_heads(V, c, Wu, bu)
         mem = jnp.einsum("hmj,kxsmj->kxsh", Rv[n], F) * mem_coef[:, None, None, None]
@@ -387,20 +402,20 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
         g = jax.nn.softmax(h, -1) - onehot
         F = F.at[:, :, :, n].set(jnp.einsum("kxsc,kch->kxsh", g, Vt))
         wg = wts[..., None] * g  # (K, 3, S, C)
-        Om_new = Om - p.dt * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
-        b1_new = b1 - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
+        Om_new = Om - dt_n * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
+        b1_new = b1 - dt_n * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
         # Layer l+2 (index ell): error P[ell+1]ᵀ g at its output, input fs[ell].
-        Wu_new = jnp.stack([Wu[ell] - p.dt * jnp.einsum("k,kch,kxsc,kxsg->hg", p.rho, P[ell + 1], wg, fs[ell])
+        Wu_new = jnp.stack([Wu[ell] - dt_n * jnp.einsum("k,kch,kxsc,kxsg->hg", p.rho, P[ell + 1], wg, fs[ell])
                             for ell in range(Lu)]) if Lu else Wu  # fmt: skip
-        bu_new = jnp.stack([bu[ell] - p.dt * jnp.einsum("k,kch,kxsc->h", p.rho, P[ell + 1], wg)
+        bu_new = jnp.stack([bu[ell] - dt_n * jnp.einsum("k,kch,kxsc->h", p.rho, P[ell + 1], wg)
                             for ell in range(Lu)]) if Lu else bu  # fmt: skip
-        V_new = V - p.dt * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
-        c_new = c - p.dt * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
+        V_new = V - dt_n * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
+        c_new = c - dt_n * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
         return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new, F), (h, g, Om, b1, Vt, ct)
 
     F0 = jnp.zeros((K, 3, S, T1, H))
     init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, F0)
-    _, (h, G, Om, b1, Vt, ct) = jax.lax.scan(step, init, jnp.arange(T1))
+    _, (h, G, Om, b1, Vt, ct) = jax.lax.scan(step, init, (jnp.arange(T1), _steps_padded(p.dt)))
     return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
@@ -483,11 +498,24 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, i + 1
 
 
+STEP_SCHEDULES = ("uniform", "geometric")  # `FiniteDataSolver.step_schedule`
+
+
 class FiniteDataSolver(eqx.Module):
     """Numerical settings of the finite-data (DMFT) theory.
 
     - `n_grid`: GD steps T of the theory grid (static); the theory is exact (N → ∞) for GD with
-      step Δ = t_max / T, so T = the simulation's number of steps reproduces its learning rate.
+      the steps Δ_n of the grid, so with the uniform schedule (Δ = t_max / T) T = the
+      simulation's number of steps reproduces its learning rate.
+    - `step_schedule`: the step sizes Δ_n, n = 0..T−1 (static; `time_grid`): `"uniform"`
+      (Δ_n = t_max / T) or `"geometric"` (Δ_{n+1} = q Δ_n with q = `step_growth`, scaled so that
+      Σ Δ_n = t_max: grid times t_n = t_max (qⁿ − 1)/(q^T − 1)).  Geometric steps are small where
+      the loss moves fast and GD is least stable (early) and large late, so a short grid (the cost
+      grows like T³) reaches a long t_max stably (docs/dmft.md §3).  The theory is then GD with
+      that step sequence, not with the simulation's constant learning rate: it approximates the
+      gradient flow (or a constant-step GD whose steps are small on the scale of the curves).
+    - `step_growth`: q in (1, 2] of the geometric schedule (static; validated, unused by
+      `"uniform"`).  First and last steps: Δ_0 = t_max (q − 1)/(q^T − 1), Δ_{T−1} = q^{T−1} Δ_0.
     - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
     - `n_response`: the first `n_response` draws of each component also carry the response
       kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).  For gradients w.r.t.
@@ -506,6 +534,8 @@ class FiniteDataSolver(eqx.Module):
     """
 
     n_grid: int = eqx.field(static=True)
+    step_schedule: str = eqx.field(static=True)
+    step_growth: float = eqx.field(static=True)
     n_draws: int = eqx.field(static=True)
     n_response: int = eqx.field(static=True)
     max_iter: int = eqx.field(static=True)
@@ -514,8 +544,15 @@ class FiniteDataSolver(eqx.Module):
     damping: Float[Array, ""]
     tol: Float[Array, ""]
 
-    def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0):
+    def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
+                 step_schedule: str = "uniform", step_growth: float = 1.1):  # fmt: skip
         self.n_grid = check_int("n_grid", n_grid, 1)
+        self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
+        # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
+        if isinstance(step_growth, bool) or not isinstance(step_growth, (int, float, np.integer, np.floating)):
+            raise ValueError(f"step_growth must be a Python float in (1.0, 2.0], got {step_growth!r}")
+        check_range("step_growth", step_growth, 1.0, 2.0, lo_open=True)
+        self.step_growth = float(step_growth)
         self.n_draws = check_int("n_draws", n_draws, 2)
         self.n_response = check_int("n_response", n_response, 1)
         if self.n_response > self.n_draws:
@@ -527,6 +564,24 @@ class FiniteDataSolver(eqx.Module):
         check_range("tol", tol, 0.0, lo_open=True)
         self.damping = jnp.asarray(damping, float)
         self.tol = jnp.asarray(tol, float)
+
+    def time_grid(self, t_max) -> tuple[Float[Array, " T1"], Float[Array, " T"]]:
+        """Grid times t_n (T+1,), t_0 = 0, t_T = t_max, and the GD steps Δ_n (T,) between them
+        (time units t = lr x steps), for T = `n_grid` and the `step_schedule`.
+
+        `t_max` may be traced (jit/vmap over the evaluation times); the schedule's shape is
+        fixed by the static T, q.  Uniform: t_n = Δ n, Δ = t_max / T (the historical grid,
+        bit for bit).  Geometric: the unit grid (qⁿ − 1)/(q^T − 1) and its steps are computed in
+        float64 from the static q, T (no cancellation in q^T − 1 for q near 1), then scaled."""
+        t_max = jnp.asarray(t_max, float)
+        T = self.n_grid
+        if self.step_schedule == "uniform":
+            dt = t_max / T
+            return dt * jnp.arange(T + 1), jnp.broadcast_to(dt, (T,))
+        q = self.step_growth
+        unit = np.expm1(np.arange(T + 1) * np.log(q)) / np.expm1(T * np.log(q))
+        unit[-1] = 1.0
+        return t_max * jnp.asarray(unit, t_max.dtype), t_max * jnp.asarray(np.diff(unit), t_max.dtype)
 
 
 def _rel(new, old):
@@ -719,8 +774,9 @@ def finite_data_theory(
         ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
     ts = jnp.asarray(ts, float)
     T = solver.n_grid
-    dt = ts[-1] / T
-    grid = dt * jnp.arange(T + 1)
+    # Grid times (T+1,) and steps Δ_n (T,); the curves are interpolated linearly from the grid
+    # to `ts` (exact at grid times; a non-uniform grid needs no other change).
+    grid, dt = solver.time_grid(ts[-1])
     K = tc.n_tasks
     active = jnp.asarray([k in tr.active_tasks for k in range(K)])
     if ecfg.student.depth >= 1:
