@@ -1,6 +1,6 @@
 """Throughput of the population theory on the paper-sized model, vs simulating the same grid.
 
-Run: python benchmarks/theory_throughput.py [--points 10000] [--n-quad 1024] [--substeps 20]
+Run: python benchmarks/theory_throughput.py [--points 10000] [--n-quad 2048] [--substeps 12]
      [--devices 2] [--estimator score] (--substeps 0: the adaptive Tsit5 solve with one point set)
 
 Model: N = 100, C = R = 10, two linear trunk layers of width 64 (the paper preset), online
@@ -8,9 +8,11 @@ protocol time map, t up to 50 (eval at 11 times). The grid is (r, s_a, s_b) on a
 with `--points` points, solved by `mtjax.sweep(..., source="theory")` in vmapped chunks, each
 chunk split over `--devices` XLA host devices (default: one per CPU core; XLA:CPU runs most of
 these small batched operations on one thread, so two host devices use both cores).
-Solver (default): the score estimator of J̄ A with fresh quadrature points at every field
-evaluation and fixed-step Heun, 20 steps per saved interval (dt = 0.25) (`PopulationSolver(
-estimator="score", n_substeps=20)`, docs/theory.md §4). The accuracy table at the end compares it
+Solver (default): the score estimator of J̄ A with fresh 2048-point sets at every field
+evaluation and fixed-step Heun, 12 steps per saved interval (dt = 5/12) (`PopulationSolver(
+n_quad=2048, estimator="score", n_substeps=12)`, docs/theory.md §4): as accurate as 1024 points at
+20 steps (worst dynamics error 0.0058 vs 0.0060 nats) with 240 instead of 400 evaluations, 12 %
+less time (1000 points, 2 devices: 31.1 vs 35.2 s). The accuracy table at the end compares it
 on 6 grid points with a converged reference: the same scheme at 8192 points and 80 steps per
 interval (dt = 1/16). Its error budget (docs/theory.md §4): the fresh-point noise acts like SGD
 noise and raises the loss by ≈ κ dt / n_quad (κ ≈ 26 nats at the clean corner), plus the Heun
@@ -47,10 +49,10 @@ import mtjax  # noqa: E402
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=10000)
-    ap.add_argument("--n-quad", type=int, default=1024)
+    ap.add_argument("--n-quad", type=int, default=2048)
     ap.add_argument("--n-quad-eval", type=int, default=2048)
     ap.add_argument("--rtol", type=float, default=1e-3)
-    ap.add_argument("--substeps", type=int, default=20)
+    ap.add_argument("--substeps", type=int, default=12)
     ap.add_argument("--estimator", default="score")
     ap.add_argument("--accuracy-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--sim-points", type=int, default=16)
