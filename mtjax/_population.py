@@ -212,7 +212,7 @@ def population_vector_field(student: Student, consts: TeacherConstants, T: Float
     The chain rule from (A_k, a_k) to every weight is a vector–Jacobian product with the Stein
     gradients as cotangents, so the field stays differentiable in θ, Λ, π and T (needed to
     differentiate the solution with respect to r, s, σ, ... for fitting)."""
-    (A_all, a_all), vjp = jax.vjp(lambda s: _stacked_linear(s, active), student)
+    (A_all, a_all), vjp = jax.vjp(lambda s: s.effective_linear_stacked(active), student)
     C = A_all.shape[0] // len(active)
     cot_A, cot_a = [], []
     for i, k in enumerate(active):
@@ -222,20 +222,6 @@ def population_vector_field(student: Student, consts: TeacherConstants, T: Float
         cot_a.append(rho[k] * (mean_p - consts.pi[k]))
     (grad,) = vjp((jnp.concatenate(cot_A), jnp.concatenate(cot_a)))
     return jax.tree_util.tree_map(jnp.negative, grad)
-
-
-def _stacked_linear(student: Student, tasks) -> tuple[Float[Array, "KC D"], Float[Array, " KC"]]:
-    """(A_k, a_k) of `tasks`, stacked along the output axis: the same maps as
-    `Student.effective_linear`, but every trunk product is one (K·C)-row matrix product (and so
-    is each product of its vector–Jacobian product) instead of one per task."""
-    heads = [student.heads[k] for k in tasks]
-    A = jnp.concatenate([h.weight for h in heads])
-    a = jnp.concatenate([jnp.zeros(h.weight.shape[0]) if h.bias is None else h.bias for h in heads])
-    for layer in reversed(student.layers):
-        if layer.bias is not None:
-            a = a + A @ layer.bias
-        A = A @ layer.weight
-    return A, a
 
 
 def population_metrics(student: Student, teacher: Teacher, consts: TeacherConstants, T, x_eval, xi_eval, active, smooth=False):
@@ -303,8 +289,6 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
             est = ce - beta * dzy
             loss.append(jnp.mean(ce) - beta * jnp.mean(dzy) - (ezy_teacher - sg(ezy_teacher)))
         pair = 0.5 * (est[: n // 2] + est[n // 2 :])
-        if smooth:
-            pair = pair - ezy_student
         se.append(jnp.std(pair) / jnp.sqrt(n // 2))
         am = jnp.argmax(z, -1)
         acc.append((1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C)

@@ -156,11 +156,17 @@ class Student(eqx.Module):
 
     def effective_linear(self, task: int) -> tuple[Float[Array, "C N"], Float[Array, " C"]]:
         """(A_k, a_k) with logits_k(x) = A_k x + a_k; valid only for a linear trunk."""
+        return self.effective_linear_stacked((task,))
+
+    def effective_linear_stacked(self, tasks) -> tuple[Float[Array, "KC N"], Float[Array, " KC"]]:
+        """(A_k, a_k) of `tasks` (static sequence) stacked along the output axis: every trunk
+        product is then one (K·C)-row matrix product, and so is each product of its
+        vector–Jacobian product (the population theory's field), instead of one per task."""
         if not self.is_linear:
             raise ValueError("effective_linear needs activation='linear'")
-        head = self.heads[task]
-        A = head.weight
-        a = jnp.zeros(A.shape[0]) if head.bias is None else head.bias
+        heads = [self.heads[k] for k in tasks]
+        A = jnp.concatenate([h.weight for h in heads])
+        a = jnp.concatenate([jnp.zeros(h.weight.shape[0]) if h.bias is None else h.bias for h in heads])
         for layer in reversed(self.layers):
             if layer.bias is not None:
                 a = a + A @ layer.bias
