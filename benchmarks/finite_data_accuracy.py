@@ -6,12 +6,14 @@ Run: python benchmarks/finite_data_accuracy.py [--seeds 8] [--n 400] [--steps 40
 Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy_trunk.txt,
         docs/results/finite_data_accuracy_depth2.txt
 
-Depth 1 (`--depth 1`): two tasks, shared linear layer of width 8, heads per task; alpha in {1, 4}
-x r in {0, 1} x s_b in {0.5, 3}, s_a = 3, eps = 0.2 on both tasks; per point the task-1
-early-stopped loss of multitask training and the multitask benefit (single-task minus multitask
-early-stopped loss, >0 = multitask helps), simulation (mean ± s.e. over seeds) vs theory.
-Depth 2 (`--depth 2`): the same with two linear trunk layers of width 8 (W_2 orthogonal, H x H);
-`--sb` restricts s_b.
+Depth 1 (`--depth 1`): two tasks, shared linear layer of width 8, heads per task; the acceptance
+grid eps in {0, 0.2} (both tasks) x alpha in {0.5, 1, 2, 4, 8} x r in {0, 0.5, 1} x s_b in {0.5, 3},
+s_a = 3 (`--eps`, `--alphas`, `--r`, `--sb` select subsets); per point the task-1 early-stopped loss
+of multitask training and the multitask benefit (single-task minus multitask early-stopped loss,
+> 0 = multitask helps), simulation (mean ± s.e. over seeds) vs theory. Each point is written as
+soon as it is done (`<out>.csv` and the table, atomically); rerunning the same command resumes.
+Two processes can share the grid: e.g. `--eps 0 --out A.txt` and `--eps 0.2 --out B.txt`.
+Depth 2 (`--depth 2`): the same with two linear trunk layers of width 8 (W_2 orthogonal, H x H).
 
 Covered (what the theory supports so far): depth L = 0 (linear softmax), single task — with
 L = 0 the K heads share no parameter, so multitask training is K independent problems and the
@@ -63,33 +65,93 @@ def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, dep
     return mtjax.experiment_from_spec(spec)
 
 
+def _settings(args) -> str:
+    """The settings a stored row was computed with: a resumed run only reuses rows made with the same."""
+    return (f"N={args.n} R={args.rank} H={args.width} L={args.depth} lr={args.lr} steps={args.steps} seeds={args.seeds} "
+            f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping}")
+
+
+def _load_rows(csv_path: str, settings: str) -> list[dict]:
+    if not os.path.exists(csv_path):
+        return []
+    import pandas as pd
+
+    df = pd.read_csv(csv_path)
+    return df[df["settings"] == settings].to_dict("records")
+
+
 def main_trunk(args):
     """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
-    (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
-    grid = list(itertools.product(args.alphas or [1.0, 4.0], [0.0, 1.0], args.sb or [0.5, 3.0]))
+    (single-task minus multitask early-stopped loss of task 1), simulation vs theory.
+
+    Every finished point is written at once (CSV next to the table, both replaced atomically), and
+    a rerun with the same settings skips the points already in the CSV, so an interrupted grid
+    resumes and two processes can share a grid by running disjoint `--eps`/`--r` subsets into
+    different `--out` files."""
+    import pandas as pd
+
+    from mtjax._sweep import _atomic_write_csv, _atomic_write_text
+    from pathlib import Path
+
+    grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sb or [0.5, 3.0]))
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
                                     damping=args.damping)
     ns = args.seeds
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
-    lines = []
+    settings = _settings(args)
+    csv_path = os.path.splitext(args.out)[0] + ".csv"
+    rows = _load_rows(csv_path, settings)
+    done = {(r["eps"], r["alpha"], r["r"], r["s_b"]) for r in rows}
+    header = [
+        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, s_a = 3, logit noise sigma = 0.5 on every example: "
+        f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
+        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
+        f"# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
+        f"(> 0: multitask helps); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
+        f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
+        f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>7} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}",
+    ]
 
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    def line(o):
+        return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} {o['es_th']:7.4f} "
+                f"{100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | {o['final_sim']:7.4f}±{o['final_se']:6.4f} "
+                f"{o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} {o['ben_th']:+7.4f} {o['sign']:>4} | "
+                f"{100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} {o['t_th']:5.0f}")
 
-    emit(f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, s_a = 3, eps = 0.2 both tasks: N = {args.n}, C = R = {args.rank}, "
-         f"sigma = 0.5, lr = {args.lr}, {args.steps} steps, {ns} seeds, n_test = {args.n_test}")
-    emit(f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}")
-    emit(f"{'alpha':>5} {'r':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
-         f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>7} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}")
+    def write():
+        order = {k: i for i, k in enumerate(grid)}
+        rs = sorted(rows, key=lambda o: order.get((o["eps"], o["alpha"], o["r"], o["s_b"]), len(order)))
+        n_es = sum((o["rel"] < 0.03) or (o["z"] < 2) for o in rs)
+        n_curve = sum(o["curve"] < 0.05 for o in rs)
+        sig = [o for o in rs if o["sign"] != "--"]
+        summary = [
+            "",
+            f"points: {len(rs)} of the {len(grid)} requested" + ("" if len(rs) >= len(grid) else " (partial: rerun the same command to resume)"),
+            f"early-stopped loss within 3% or 2 s.e.: {n_es}/{len(rs)}; curve within 5%: {n_curve}/{len(rs)}; "
+            f"benefit sign where |benefit| > 2 s.e.: {sum(o['sign'] == 'ok' for o in sig)} right, "
+            f"{sum(o['sign'] == 'NO' for o in sig)} wrong ({len(rs) - len(sig)} not resolved)",
+            f"benefit theory - simulation: mean {np.mean([o['ben_th'] - o['ben_sim'] for o in rs]):+.4f}, "
+            f"max |.| {max(abs(o['ben_th'] - o['ben_sim']) for o in rs):.4f} nats",
+            f"time: simulation {sum(o['t_sim'] for o in rs):.0f} s, theory {sum(o['t_th'] for o in rs):.0f} s (2 shared CPU cores, incl. compilation)",
+        ]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(Path(args.out), "\n".join(header + [line(o) for o in rs] + summary) + "\n")
+        _atomic_write_csv(Path(csv_path), pd.DataFrame(rs))
+        return summary
+
+    for h in header:
+        print(h, flush=True)
+    for o in rows:
+        print(line(o) + "   (stored)", flush=True)
     sim_fn = eqx.filter_jit(mtjax.simulate_batch)
     th_fn = eqx.filter_jit(mtjax.finite_data_theory)
-    rows = []
-    t_sim = t_th = 0.0
-    for alpha, r, s_b in grid:
+    for eps, alpha, r, s_b in grid:
+        if (eps, alpha, r, s_b) in done:
+            continue
         out = {}
+        t_sim = 0.0
         for single in (False, True):
-            e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, 0.2, args.steps, args.lr, args.n_test, single,
+            e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, eps, args.steps, args.lr, args.n_test, single,
                                  args.depth)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
             t0 = time.time()
@@ -98,9 +160,8 @@ def main_trunk(args):
             t_sim += time.time() - t0
             t0 = time.time()
             th = th_fn(e, mtjax.Seeds(0), solver=solver)
-            dt_th = time.time() - t0
-            t_th += dt_th
-            out[single] = (te, np.asarray(th.test_loss[:, 0]), float(th.residual[0]), np.asarray(h.time[0]), dt_th)
+            tl = np.asarray(th.test_loss[:, 0])
+            out[single] = (te, tl, float(th.residual[0]), np.asarray(h.time[0]), time.time() - t0)
         te, tl, res_m, time_, dt_m = out[False]
         te1, tl1, res_s, _, dt_s = out[True]
         es = te.min(1)
@@ -108,22 +169,20 @@ def main_trunk(args):
         ben = te1.min(1) - es
         ben_m, ben_se = ben.mean(), ben.std(ddof=1) / np.sqrt(ns)
         ben_th = tl1.min() - tl.min()
-        rel = abs(tl.min() - es_m) / es_m
-        z = abs(tl.min() - es_m) / es_se
-        curve = np.max(np.abs(tl - te.mean(0)) / te.mean(0))
-        sign = "ok" if np.sign(ben_th) == np.sign(ben_m) else ("--" if abs(ben_m) <= 2 * ben_se else "NO")
-        rows.append(dict(rel=rel, z=z, curve=curve, sign=sign))
-        emit(f"{alpha:5.1f} {r:4.1f} {s_b:4.1f} | {es_m:7.4f}±{es_se:6.4f} {tl.min():7.4f} {100*rel:5.2f}% {z:5.1f} | "
-             f"{time_[np.argmin(te.mean(0))]:6.1f} {time_[np.argmin(tl)]:5.1f} | {te[:, -1].mean():7.4f}±{te[:, -1].std(ddof=1)/np.sqrt(ns):6.4f} "
-             f"{tl[-1]:7.4f} | {ben_m:+8.4f}±{ben_se:6.4f} {ben_th:+7.4f} {sign:>4} | {100*curve:5.2f}% | {res_m:7.1e}/{res_s:7.1e} {dt_m+dt_s:5.0f}")
-    emit("")
-    emit(f"early-stopped loss within 3% or 2 s.e.: {sum((r['rel'] < 0.03) or (r['z'] < 2) for r in rows)}/{len(rows)}; "
-         f"curve within 5%: {sum(r['curve'] < 0.05 for r in rows)}/{len(rows)}; benefit sign (where |benefit| > 2 s.e.): "
-         f"{sum(r['sign'] == 'ok' for r in rows)} right, {sum(r['sign'] == 'NO' for r in rows)} wrong, {sum(r['sign'] == '--' for r in rows)} not resolved")
-    emit(f"time: simulation {t_sim:.0f} s, theory {t_th:.0f} s (2 shared CPU cores, incl. compilation)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        sign = "--" if abs(ben_m) <= 2 * ben_se else ("ok" if np.sign(ben_th) == np.sign(ben_m) else "NO")
+        o = dict(eps=eps, alpha=alpha, r=r, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=tl.min(),
+                 rel=abs(tl.min() - es_m) / es_m, z=abs(tl.min() - es_m) / es_se,
+                 tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[np.argmin(tl)],
+                 final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=tl[-1],
+                 ben_sim=ben_m, ben_se=ben_se, ben_th=ben_th, sign=sign,
+                 curve=np.max(np.abs(tl - te.mean(0)) / te.mean(0)), res_m=res_m, res_s=res_s,
+                 t_sim=t_sim, t_th=dt_m + dt_s, settings=settings)
+        o = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in o.items()}
+        rows.append(o)
+        print(line(o), flush=True)
+        write()
+    for s_ in write():
+        print(s_)
 
 
 def main():
@@ -139,6 +198,8 @@ def main():
     ap.add_argument("--depth", type=int, default=0, choices=[0, 1, 2])
     ap.add_argument("--sb", type=float, nargs="*", default=None, help="subset of s_b values (depth >= 1)")
     ap.add_argument("--alphas", type=float, nargs="*", default=None, help="subset of alpha values")
+    ap.add_argument("--r", type=float, nargs="*", default=[0.0, 0.5, 1.0], help="relatedness values (depth >= 1)")
+    ap.add_argument("--eps", type=float, nargs="*", default=[0.0, 0.2], help="label-flip rates of both tasks (depth >= 1)")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--tol", type=float, default=5e-3)
