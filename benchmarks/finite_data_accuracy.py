@@ -8,7 +8,7 @@ Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy
 
 Depth 1 (`--depth 1`): two tasks, shared linear layer of width 8, heads per task; the acceptance
 grid eps in {0, 0.2} (both tasks) x alpha in {0.5, 1, 2, 4, 8} x r in {0, 0.5, 1} x s_b in {0.5, 3},
-s_a = 3 (`--eps`, `--alphas`, `--r`, `--sb` select subsets); per point the task-1 early-stopped loss
+s_a = 3 (`--eps`, `--alphas`, `--r`, `--sa`, `--sb` select values); per point the task-1 early-stopped loss
 of multitask training and the multitask benefit (single-task minus multitask early-stopped loss,
 > 0 = multitask helps), simulation (mean ± s.e. over seeds) vs theory. Each point is written as
 soon as it is done (`<out>.csv` and the table, atomically); rerunning the same command resumes.
@@ -53,10 +53,10 @@ def experiment(n, R, alpha, s, eps, steps, lr, n_test):
     return mtjax.experiment_from_spec(spec)
 
 
-def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, depth=1):
+def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, depth=1, s_a=3.0):
     P = int(round(alpha * (n - 2 * R)))
     spec = {
-        "teacher": {"n_features": n, "rank": R, "n_classes": R, "scale": [3.0, s_b], "noise": 0.5, "flip": eps,
+        "teacher": {"n_features": n, "rank": R, "n_classes": R, "scale": [s_a, s_b], "noise": 0.5, "flip": eps,
                     "relatedness": r},
         "student": {"depth": depth, "width": H, "bias_init": "zeros"},
         "train": {"protocol": "full_batch", "n_train": [P, P], "n_test": n_test, "n_steps": steps, "eval_every": 1,
@@ -80,6 +80,10 @@ def _load_rows(csv_path: str, settings: str) -> list[dict]:
     return df[df["settings"] == settings].to_dict("records")
 
 
+def _key(o) -> tuple:
+    return (o["eps"], o["alpha"], o["r"], o["s_a"], o["s_b"])
+
+
 def main_trunk(args):
     """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
     (single-task minus multitask early-stopped loss of task 1), simulation vs theory.
@@ -93,7 +97,7 @@ def main_trunk(args):
     from mtjax._sweep import _atomic_write_csv, _atomic_write_text
     from pathlib import Path
 
-    grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sb or [0.5, 3.0]))
+    grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
                                     damping=args.damping)
     ns = args.seeds
@@ -101,26 +105,30 @@ def main_trunk(args):
     settings = _settings(args)
     csv_path = os.path.splitext(args.out)[0] + ".csv"
     rows = _load_rows(csv_path, settings)
-    done = {(r["eps"], r["alpha"], r["r"], r["s_b"]) for r in rows}
+    for o in rows:  # rows stored before s_a became an axis were all at s_a = 3
+        o.setdefault("s_a", 3.0)
+        if o["s_a"] != o["s_a"]:
+            o["s_a"] = 3.0
+    done = {_key(o) for o in rows}
     header = [
-        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, s_a = 3, logit noise sigma = 0.5 on every example: "
+        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
         f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
         f"# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         f"(> 0: multitask helps); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
-        f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
+        f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_a':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
         f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>7} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}",
     ]
 
     def line(o):
-        return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} {o['es_th']:7.4f} "
+        return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_a']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} {o['es_th']:7.4f} "
                 f"{100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | {o['final_sim']:7.4f}±{o['final_se']:6.4f} "
                 f"{o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} {o['ben_th']:+7.4f} {o['sign']:>4} | "
                 f"{100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} {o['t_th']:5.0f}")
 
     def write():
         order = {k: i for i, k in enumerate(grid)}
-        rs = sorted(rows, key=lambda o: order.get((o["eps"], o["alpha"], o["r"], o["s_b"]), len(order)))
+        rs = sorted(rows, key=lambda o: order.get(_key(o), len(order)))
         n_es = sum((o["rel"] < 0.03) or (o["z"] < 2) for o in rs)
         n_curve = sum(o["curve"] < 0.05 for o in rs)
         sig = [o for o in rs if o["sign"] != "--"]
@@ -145,14 +153,14 @@ def main_trunk(args):
         print(line(o) + "   (stored)", flush=True)
     sim_fn = eqx.filter_jit(mtjax.simulate_batch)
     th_fn = eqx.filter_jit(mtjax.finite_data_theory)
-    for eps, alpha, r, s_b in grid:
-        if (eps, alpha, r, s_b) in done:
+    for eps, alpha, r, s_a, s_b in grid:
+        if (eps, alpha, r, s_a, s_b) in done:
             continue
         out = {}
         t_sim = 0.0
         for single in (False, True):
             e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, eps, args.steps, args.lr, args.n_test, single,
-                                 args.depth)
+                                 args.depth, s_a)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
             t0 = time.time()
             h = sim_fn(batch, seeds)
@@ -170,7 +178,7 @@ def main_trunk(args):
         ben_m, ben_se = ben.mean(), ben.std(ddof=1) / np.sqrt(ns)
         ben_th = tl1.min() - tl.min()
         sign = "--" if abs(ben_m) <= 2 * ben_se else ("ok" if np.sign(ben_th) == np.sign(ben_m) else "NO")
-        o = dict(eps=eps, alpha=alpha, r=r, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=tl.min(),
+        o = dict(eps=eps, alpha=alpha, r=r, s_a=s_a, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=tl.min(),
                  rel=abs(tl.min() - es_m) / es_m, z=abs(tl.min() - es_m) / es_se,
                  tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[np.argmin(tl)],
                  final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=tl[-1],
@@ -196,6 +204,7 @@ def main():
     ap.add_argument("--draws", type=int, default=2048)
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--depth", type=int, default=0, choices=[0, 1, 2])
+    ap.add_argument("--sa", type=float, nargs="*", default=[3.0], help="s_a values (depth >= 1; noisy to clean: --sa 0.5 3)")
     ap.add_argument("--sb", type=float, nargs="*", default=None, help="subset of s_b values (depth >= 1)")
     ap.add_argument("--alphas", type=float, nargs="*", default=None, help="subset of alpha values")
     ap.add_argument("--r", type=float, nargs="*", default=[0.0, 0.5, 1.0], help="relatedness values (depth >= 1)")
