@@ -346,6 +346,25 @@ class _TrunkDraws(eqx.Module):
     y_unif: Array
 
 
+def _teacher_frame_draws(T: Float[Array, "R D"], u: Float[Array, "S D"]) -> Float[Array, "S D"]:
+    """The draws u (S, D) of one task's inputs in the teacher basis, in value unchanged, in
+    derivative rotated with the task's teacher subspace, so that the teacher fields T u — and
+    with them the sampled clean labels argmax(s w T u) — do not move when T does (relatedness r).
+
+    Averages over u ~ N(0, I_D) are invariant under an orthogonal change of variables u = Q ũ; with
+    Q = I + Ω, Ω = Ṫᵀ T − Tᵀ Ṫ − Tᵀ (T Ṫᵀ) T for a change Ṫ of T (rows orthonormal, so T Ṫᵀ is
+    skew and Ω is skew: Q is a rotation to first order), T Q = T − Ṫ + O(Ṫ²): the change of T
+    is undone on the labels and moved onto the student's fields Ω u, which are smooth.  Ṫ is
+    carried as T − sg(T) (zero in value), so every forward number is the plain draw's and
+    `jax.grad` w.r.t. r is the pathwise derivative of the expectation, including the part that
+    the discretely switching clean labels hide from the sampled estimate (docs/dmft.md §3).
+    First-order only: second derivatives w.r.t. r are not exact."""
+    T0 = jax.lax.stop_gradient(T)
+    dT = T - T0
+    omega = dT.T @ T0 - T0.T @ dT - T0.T @ (T0 @ dT.T) @ T0
+    return u + u @ omega.T
+
+
 def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
     """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3, S)."""
     u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
@@ -467,7 +486,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     S = solver.n_draws
     k = jax.random.split(key, 5)
     d = _TrunkDraws(
-        jax.random.normal(k[0], (K, S, D)),
+        jax.vmap(_teacher_frame_draws)(p.T, jax.random.normal(k[0], (K, S, D))),
         jax.random.normal(k[1], (K, S, C)),
         jax.random.normal(k[2], (K, S, T1 * H)),
         jax.random.randint(k[3], (K, S), 0, C),
@@ -492,7 +511,8 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
         M = jnp.einsum("nch,nhd->ncd", Vk, Om)
         b = jnp.einsum("nch,nh->nc", Vk, b1) + c[:, kk]
         Sig = jnp.einsum("nch,nhg,neg->nce", Vk, diag, Vk)
-        lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, x_eval)
+        xk = x_eval.at[:, :D].set(_teacher_frame_draws(p.T[kk], x_eval[:, :D]))
+        lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, xk)
         test_loss.append(lo), test_acc.append(ac)
     train = jnp.stack([_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
     return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, i + 1
