@@ -105,10 +105,6 @@ def main_trunk(args):
     settings = _settings(args)
     csv_path = os.path.splitext(args.out)[0] + ".csv"
     rows = _load_rows(csv_path, settings)
-    for o in rows:  # rows stored before s_a became an axis were all at s_a = 3
-        o.setdefault("s_a", 3.0)
-        if o["s_a"] != o["s_a"]:
-            o["s_a"] = 3.0
     done = {_key(o) for o in rows}
     header = [
         f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
