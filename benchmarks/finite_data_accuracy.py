@@ -25,6 +25,14 @@ are one realisation (seed 0), the seeds draw the datasets (and test sets of 10 0
 theory uses the same initial overlaps ("quenched"), grid Δ = lr (so it describes the same GD).
 Per point: early-stopped test loss (sim mean ± s.e. vs theory), the time of the minimum, the final
 test loss, and the largest relative deviation along the whole test-loss curve.
+
+Theory error bars (`--replicas R`, default 4): the theory is a Monte Carlo estimate (fixed draws of
+the effective processes); it is solved R times with independent draw seeds (vmapped, one
+compilation) and reported as the replica-mean curve ± its standard error, so a point passes when it
+is within 3 % or within 2 combined standard errors sqrt(se_sim² + se_th²).  With one replica the
+draws of seed 0 are shared by every point, and their error looks like a systematic bias (depth 0,
+alpha = 8, s = 3: seed 0 is 2 % low, the mean of 8 seeds 0.6 % high; docs/dmft.md §6.1).
+Both depths store each point as it finishes (`<out>.csv` next to the table) and resume.
 """
 
 from __future__ import annotations
@@ -68,7 +76,8 @@ def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, dep
 def _settings(args) -> str:
     """The settings a stored row was computed with: a resumed run only reuses rows made with the same."""
     return (f"N={args.n} R={args.rank} H={args.width} L={args.depth} lr={args.lr} steps={args.steps} seeds={args.seeds} "
-            f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping}")
+            f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping} "
+            f"replicas={args.replicas}")
 
 
 def _load_rows(csv_path: str, settings: str) -> list[dict]:
@@ -77,67 +86,57 @@ def _load_rows(csv_path: str, settings: str) -> list[dict]:
     import pandas as pd
 
     df = pd.read_csv(csv_path)
+    if "settings" not in df:
+        return []
     return df[df["settings"] == settings].to_dict("records")
 
 
-def _key(o) -> tuple:
-    return (o["eps"], o["alpha"], o["r"], o["s_a"], o["s_b"])
+def _sim_seeds(ns):
+    return mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
 
-def main_trunk(args):
-    """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
-    (single-task minus multitask early-stopped loss of task 1), simulation vs theory.
+def _theory_fn(n_replicas):
+    """Task-1 test-loss curves (R, T) of `n_replicas` theory solves (draw seeds 0..R-1, one compilation)."""
+    fn = eqx.filter_jit(lambda e, sol: mtjax.finite_data_replicas(e, mtjax.Seeds(0), n_replicas, solver=sol))
 
-    Every finished point is written at once (CSV next to the table, both replaced atomically), and
-    a rerun with the same settings skips the points already in the CSV, so an interrupted grid
-    resumes and two processes can share a grid by running disjoint `--eps`/`--r` subsets into
-    different `--out` files."""
+    def run(e, solver):
+        t0 = time.time()
+        th = fn(e, solver)
+        tl = np.asarray(th.test_loss[..., 0])
+        return tl, np.asarray(th.train_loss[..., 0]), float(np.nanmax(th.residual[:, 0])), bool(np.all(th.converged)), time.time() - t0
+
+    return run
+
+
+def _curve_stats(tl):
+    """Replica-mean curve of `tl` (R, T), its minimum, the index of the minimum, and the minimum's
+    standard error over replicas (the spread at that time / sqrt(R); 0 with one replica)."""
+    m = tl.mean(0)
+    i = int(np.argmin(m))
+    se = tl[:, i].std(ddof=1) / np.sqrt(len(tl)) if len(tl) > 1 else 0.0
+    return m, m[i], i, se
+
+
+def _run_grid(args, grid, key_of, compute, line, header, summary_of):
+    """Run `compute(point) -> row` over `grid`, storing every row as it finishes (`<out>.csv` and the
+    table `<out>`, both replaced atomically) and skipping the rows a previous run with the same
+    settings stored, so an interrupted grid resumes and processes can share a grid by running
+    disjoint subsets into different `--out` files."""
     import pandas as pd
 
     from mtjax._sweep import _atomic_write_csv, _atomic_write_text
     from pathlib import Path
 
-    grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping)
-    ns = args.seeds
-    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
     settings = _settings(args)
     csv_path = os.path.splitext(args.out)[0] + ".csv"
     rows = _load_rows(csv_path, settings)
-    done = {_key(o) for o in rows}
-    header = [
-        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
-        f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
-        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
-        f"# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
-        f"(> 0: multitask helps); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
-        f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_a':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
-        f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>7} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}",
-    ]
-
-    def line(o):
-        return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_a']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} {o['es_th']:7.4f} "
-                f"{100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | {o['final_sim']:7.4f}±{o['final_se']:6.4f} "
-                f"{o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} {o['ben_th']:+7.4f} {o['sign']:>4} | "
-                f"{100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} {o['t_th']:5.0f}")
+    done = {key_of(o) for o in rows}
 
     def write():
         order = {k: i for i, k in enumerate(grid)}
-        rs = sorted(rows, key=lambda o: order.get(_key(o), len(order)))
-        n_es = sum((o["rel"] < 0.03) or (o["z"] < 2) for o in rs)
-        n_curve = sum(o["curve"] < 0.05 for o in rs)
-        sig = [o for o in rs if o["sign"] != "--"]
-        summary = [
-            "",
-            f"points: {len(rs)} of the {len(grid)} requested" + ("" if len(rs) >= len(grid) else " (partial: rerun the same command to resume)"),
-            f"early-stopped loss within 3% or 2 s.e.: {n_es}/{len(rs)}; curve within 5%: {n_curve}/{len(rs)}; "
-            f"benefit sign where |benefit| > 2 s.e.: {sum(o['sign'] == 'ok' for o in sig)} right, "
-            f"{sum(o['sign'] == 'NO' for o in sig)} wrong ({len(rs) - len(sig)} not resolved)",
-            f"benefit theory - simulation: mean {np.mean([o['ben_th'] - o['ben_sim'] for o in rs]):+.4f}, "
-            f"max |.| {max(abs(o['ben_th'] - o['ben_sim']) for o in rs):.4f} nats",
-            f"time: simulation {sum(o['t_sim'] for o in rs):.0f} s, theory {sum(o['t_th'] for o in rs):.0f} s (2 shared CPU cores, incl. compilation)",
-        ]
+        rs = sorted(rows, key=lambda o: order.get(key_of(o), len(order)))
+        summary = [""] + [f"points: {len(rs)} of the {len(grid)} requested" +
+                          ("" if len(rs) >= len(grid) else " (partial: rerun the same command to resume)")] + summary_of(rs)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(Path(args.out), "\n".join(header + [line(o) for o in rs] + summary) + "\n")
         _atomic_write_csv(Path(csv_path), pd.DataFrame(rs))
@@ -147,11 +146,69 @@ def main_trunk(args):
         print(h, flush=True)
     for o in rows:
         print(line(o) + "   (stored)", flush=True)
-    sim_fn = eqx.filter_jit(mtjax.simulate_batch)
-    th_fn = eqx.filter_jit(mtjax.finite_data_theory)
-    for eps, alpha, r, s_a, s_b in grid:
-        if (eps, alpha, r, s_a, s_b) in done:
+    for point in grid:
+        if point in done:
             continue
+        o = compute(point)
+        o = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in o.items()}
+        o["settings"] = settings
+        rows.append(o)
+        print(line(o), flush=True)
+        write()
+    for s_ in write():
+        print(s_)
+
+
+def _theory_note(args):
+    return (f"# theory: mean ± s.e. over {args.replicas} replicas (independent draw seeds 0..{args.replicas - 1}); "
+            f"z = |th - sim| / sqrt(se_sim^2 + se_th^2); pass: within 3% or z < 2")
+
+
+def main_trunk(args):
+    """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
+    (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
+    grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
+    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
+                                    damping=args.damping)
+    ns = args.seeds
+    seeds = _sim_seeds(ns)
+    header = [
+        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
+        f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
+        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
+        _theory_note(args),
+        "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
+        "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
+        f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_a':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>15} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
+        f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>16} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}",
+    ]
+
+    def line(o):
+        return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_a']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} "
+                f"{o['es_th']:7.4f}±{o['es_th_se']:6.4f} {100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | "
+                f"{o['final_sim']:7.4f}±{o['final_se']:6.4f} {o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} "
+                f"{o['ben_th']:+8.4f}±{o['ben_th_se']:6.4f} {o['sign']:>4} | {100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} "
+                f"{o['t_th']:5.0f}")
+
+    def summary_of(rs):
+        n_es = sum((o["rel"] < 0.03) or (o["z"] < 2) for o in rs)
+        n_curve = sum(o["curve"] < 0.05 for o in rs)
+        sig = [o for o in rs if o["sign"] != "--"]
+        return [
+            f"early-stopped loss within 3% or 2 s.e.: {n_es}/{len(rs)}; curve within 5%: {n_curve}/{len(rs)}; "
+            f"benefit sign where |benefit| > 2 s.e.: {sum(o['sign'] == 'ok' for o in sig)} right, "
+            f"{sum(o['sign'] == 'NO' for o in sig)} wrong ({len(rs) - len(sig)} not resolved)",
+            f"benefit theory - simulation: mean {np.mean([o['ben_th'] - o['ben_sim'] for o in rs]):+.4f}, "
+            f"max |.| {max(abs(o['ben_th'] - o['ben_sim']) for o in rs):.4f} nats",
+            f"converged (every replica): {sum(bool(o['conv']) for o in rs)}/{len(rs)}",
+            f"time: simulation {sum(o['t_sim'] for o in rs):.0f} s, theory {sum(o['t_th'] for o in rs):.0f} s (2 shared CPU cores, incl. compilation)",
+        ]
+
+    sim_fn = eqx.filter_jit(mtjax.simulate_batch)
+    th_run = _theory_fn(args.replicas)
+
+    def compute(point):
+        eps, alpha, r, s_a, s_b = point
         out = {}
         t_sim = 0.0
         for single in (False, True):
@@ -162,31 +219,88 @@ def main_trunk(args):
             h = sim_fn(batch, seeds)
             te = np.asarray(h.test_loss[:, :, 0])
             t_sim += time.time() - t0
-            t0 = time.time()
-            th = th_fn(e, mtjax.Seeds(0), solver=solver)
-            tl = np.asarray(th.test_loss[:, 0])
-            out[single] = (te, tl, float(th.residual[0]), np.asarray(h.time[0]), time.time() - t0)
-        te, tl, res_m, time_, dt_m = out[False]
-        te1, tl1, res_s, _, dt_s = out[True]
+            tl, _, res, conv, dt = th_run(e, solver)
+            out[single] = (te, tl, res, conv, np.asarray(h.time[0]), dt)
+        te, tl, res_m, conv_m, time_, dt_m = out[False]
+        te1, tl1, res_s, conv_s, _, dt_s = out[True]
         es = te.min(1)
         es_m, es_se = es.mean(), es.std(ddof=1) / np.sqrt(ns)
         ben = te1.min(1) - es
         ben_m, ben_se = ben.mean(), ben.std(ddof=1) / np.sqrt(ns)
-        ben_th = tl1.min() - tl.min()
+        mean_m, es_th, i_m, es_th_se = _curve_stats(tl)
+        mean_s, es_th1, i_s, _ = _curve_stats(tl1)
+        ben_th = es_th1 - es_th
+        ben_rep = tl1[:, i_s] - tl[:, i_m]
+        ben_th_se = ben_rep.std(ddof=1) / np.sqrt(len(ben_rep)) if len(ben_rep) > 1 else 0.0
         sign = "--" if abs(ben_m) <= 2 * ben_se else ("ok" if np.sign(ben_th) == np.sign(ben_m) else "NO")
-        o = dict(eps=eps, alpha=alpha, r=r, s_a=s_a, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=tl.min(),
-                 rel=abs(tl.min() - es_m) / es_m, z=abs(tl.min() - es_m) / es_se,
-                 tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[np.argmin(tl)],
-                 final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=tl[-1],
-                 ben_sim=ben_m, ben_se=ben_se, ben_th=ben_th, sign=sign,
-                 curve=np.max(np.abs(tl - te.mean(0)) / te.mean(0)), res_m=res_m, res_s=res_s,
-                 t_sim=t_sim, t_th=dt_m + dt_s, settings=settings)
-        o = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in o.items()}
-        rows.append(o)
-        print(line(o), flush=True)
-        write()
-    for s_ in write():
-        print(s_)
+        return dict(eps=eps, alpha=alpha, r=r, s_a=s_a, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=es_th, es_th_se=es_th_se,
+                    rel=abs(es_th - es_m) / es_m, z=abs(es_th - es_m) / np.hypot(es_se, es_th_se),
+                    tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[i_m],
+                    final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=mean_m[-1],
+                    ben_sim=ben_m, ben_se=ben_se, ben_th=ben_th, ben_th_se=ben_th_se, sign=sign,
+                    curve=np.max(np.abs(mean_m - te.mean(0)) / te.mean(0)), res_m=res_m, res_s=res_s, conv=conv_m and conv_s,
+                    t_sim=t_sim, t_th=dt_m + dt_s)
+
+    _run_grid(args, grid, lambda o: (o["eps"], o["alpha"], o["r"], o["s_a"], o["s_b"]), compute, line, header, summary_of)
+
+
+def main_single(args):
+    """L = 0, one task: the early-stopped, final and whole-curve test loss, simulation vs theory."""
+    grid = list(itertools.product(args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.s or [0.5, 3.0], args.eps))
+    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
+                                    damping=args.damping)
+    ns = args.seeds
+    seeds = _sim_seeds(ns)
+    header = [
+        f"# finite-data theory (DMFT) vs full-batch GD: N = {args.n}, C = R = {args.rank}, sigma = 0.5, lr = {args.lr}, "
+        f"{args.steps} steps, {ns} seeds, n_test = {args.n_test}",
+        f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}, tol {args.tol}, "
+        f"damping {args.damping}",
+        _theory_note(args),
+        f"{'alpha':>5} {'s':>4} {'eps':>4} | {'ES sim':>15} {'ES th':>15} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
+        f"{'final sim':>15} {'final th':>8} | {'curve':>6} {'train rel':>9} | {'res':>7} {'t_th':>5}",
+    ]
+
+    def line(o):
+        return (f"{o['alpha']:5.1f} {o['s']:4.1f} {o['eps']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} {o['es_th']:7.4f}±{o['es_th_se']:6.4f} "
+                f"{100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | {o['final_sim']:7.4f}±{o['final_se']:6.4f} "
+                f"{o['final_th']:8.4f} | {100*o['curve']:5.2f}% {100*o['train_rel']:8.2f}% | {o['res']:7.1e} {o['t_th']:5.0f}")
+
+    def summary_of(rs):
+        rel = [o["rel"] for o in rs]
+        return [
+            f"early-stopped loss within 3% or 2 s.e.: {sum((o['rel'] < 0.03) or (o['z'] < 2) for o in rs)}/{len(rs)}; "
+            f"max rel {100*max(rel):.2f}%, median {100*np.median(rel):.2f}%",
+            f"whole test-loss curve within 5%: {sum(o['curve'] < 0.05 for o in rs)}/{len(rs)}; max {100*max(o['curve'] for o in rs):.2f}%",
+            f"converged (every replica): {sum(bool(o['conv']) for o in rs)}/{len(rs)}; time: simulation "
+            f"{sum(o['t_sim'] for o in rs):.0f} s, theory {sum(o['t_th'] for o in rs):.0f} s (2 shared CPU cores, incl. compilation)",
+        ]
+
+    sim_fn = eqx.filter_jit(mtjax.simulate_batch)
+    th_run = _theory_fn(args.replicas)
+
+    def compute(point):
+        alpha, s, eps = point
+        e = experiment(args.n, args.rank, alpha, s, eps, args.steps, args.lr, args.n_test)
+        batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
+        t0 = time.time()
+        h = sim_fn(batch, seeds)
+        te = np.asarray(h.test_loss[:, :, 0])
+        trl = np.asarray(h.train_loss[:, :, 0])
+        t_sim = time.time() - t0
+        tl, trt, res, conv, dt = th_run(e, solver)
+        time_ = np.asarray(h.time[0])
+        es = te.min(1)
+        es_m, es_se = es.mean(), es.std(ddof=1) / np.sqrt(ns)
+        mean, es_th, i, es_th_se = _curve_stats(tl)
+        return dict(alpha=alpha, s=s, eps=eps, es_sim=es_m, es_se=es_se, es_th=es_th, es_th_se=es_th_se,
+                    rel=abs(es_th - es_m) / es_m, z=abs(es_th - es_m) / np.hypot(es_se, es_th_se),
+                    tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[i],
+                    final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=mean[-1],
+                    curve=np.max(np.abs(mean - te.mean(0)) / te.mean(0)),
+                    train_rel=np.max(np.abs(trt.mean(0) - trl.mean(0)) / trl.mean(0)), res=res, conv=conv, t_sim=t_sim, t_th=dt)
+
+    _run_grid(args, grid, lambda o: (o["alpha"], o["s"], o["eps"]), compute, line, header, summary_of)
 
 
 def main():
@@ -204,7 +318,9 @@ def main():
     ap.add_argument("--sb", type=float, nargs="*", default=None, help="subset of s_b values (depth >= 1)")
     ap.add_argument("--alphas", type=float, nargs="*", default=None, help="subset of alpha values")
     ap.add_argument("--r", type=float, nargs="*", default=[0.0, 0.5, 1.0], help="relatedness values (depth >= 1)")
-    ap.add_argument("--eps", type=float, nargs="*", default=[0.0, 0.2], help="label-flip rates of both tasks (depth >= 1)")
+    ap.add_argument("--eps", type=float, nargs="*", default=[0.0, 0.2], help="label-flip rates (of both tasks at depth >= 1)")
+    ap.add_argument("--s", type=float, nargs="*", default=None, help="subset of the teacher scales s (depth 0)")
+    ap.add_argument("--replicas", type=int, default=4, help="theory solves with independent draw seeds (mean ± s.e.)")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--tol", type=float, default=5e-3)
@@ -215,67 +331,7 @@ def main():
                     2: "docs/results/finite_data_accuracy_depth2.txt"}[args.depth]
     if args.depth >= 1:
         return main_trunk(args)
-    grid = list(itertools.product(args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], [0.5, 3.0], [0.0, 0.2]))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping)
-    ns = args.seeds
-    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    emit(f"# finite-data theory (DMFT) vs full-batch GD: N = {args.n}, C = R = {args.rank}, sigma = 0.5, lr = {args.lr}, "
-         f"{args.steps} steps, {ns} seeds, n_test = {args.n_test}")
-    emit(f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}, tol {args.tol}, "
-         f"damping {args.damping}")
-    hdr = (f"{'alpha':>5} {'s':>4} {'eps':>4} | {'ES sim':>15} {'ES th':>7} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
-           f"{'final sim':>15} {'final th':>8} | {'curve':>6} {'train rel':>9} | {'res':>7} {'it':>3} {'t_th':>5}")
-    emit(hdr)
-    rows = []
-    sim_fn = eqx.filter_jit(mtjax.simulate_batch)
-    th_fn = eqx.filter_jit(mtjax.finite_data_theory)
-    t_sim = t_th = 0.0
-    for alpha, s, eps in grid:
-        e = experiment(args.n, args.rank, alpha, s, eps, args.steps, args.lr, args.n_test)
-        batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
-        t0 = time.time()
-        h = sim_fn(batch, seeds)
-        te = np.asarray(h.test_loss[:, :, 0])
-        trl = np.asarray(h.train_loss[:, :, 0])
-        t_sim += time.time() - t0
-        t0 = time.time()
-        th = th_fn(e, mtjax.Seeds(0), solver=solver)
-        tl = np.asarray(th.test_loss[:, 0])
-        dt_th = time.time() - t0
-        t_th += dt_th
-        time_ = np.asarray(h.time[0])
-        es = te.min(1)
-        es_m, es_se = es.mean(), es.std(ddof=1) / np.sqrt(ns)
-        es_th = tl.min()
-        t_sim_min = time_[np.argmin(te.mean(0))]
-        t_th_min = time_[np.argmin(tl)]
-        fin, fin_se = te[:, -1].mean(), te[:, -1].std(ddof=1) / np.sqrt(ns)
-        curve = np.max(np.abs(tl - te.mean(0)) / te.mean(0))
-        tr_rel = np.max(np.abs(np.asarray(th.train_loss[:, 0]) - trl.mean(0)) / trl.mean(0))
-        rel = abs(es_th - es_m) / es_m
-        z = abs(es_th - es_m) / es_se
-        rows.append(dict(alpha=alpha, s=s, eps=eps, rel=rel, z=z, curve=curve, conv=bool(th.converged)))
-        emit(f"{alpha:5.1f} {s:4.1f} {eps:4.1f} | {es_m:7.4f}±{es_se:6.4f} {es_th:7.4f} {100*rel:5.2f}% {z:5.1f} | "
-             f"{t_sim_min:6.1f} {t_th_min:5.1f} | {fin:7.4f}±{fin_se:6.4f} {tl[-1]:8.4f} | {100*curve:5.2f}% {100*tr_rel:8.2f}% | "
-             f"{float(th.residual[0]):7.1e} {int(th.iterations[0]):3d} {dt_th:5.0f}")
-    ok_es = np.mean([(r["rel"] < 0.03) or (r["z"] < 2) for r in rows])
-    ok_curve = np.mean([r["curve"] < 0.05 for r in rows])
-    emit("")
-    emit(f"early-stopped loss within 3% or 2 s.e.: {100*ok_es:.0f}% of {len(rows)} points; "
-         f"max rel {100*max(r['rel'] for r in rows):.2f}%, median {100*np.median([r['rel'] for r in rows]):.2f}%")
-    emit(f"whole test-loss curve within 5%: {100*ok_curve:.0f}% of points; max {100*max(r['curve'] for r in rows):.2f}%")
-    emit(f"converged: {sum(r['conv'] for r in rows)}/{len(rows)}; time: simulation {t_sim:.0f} s, theory {t_th:.0f} s "
-         f"(2 shared CPU cores, incl. compilation)")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return main_single(args)
 
 
 if __name__ == "__main__":

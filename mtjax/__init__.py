@@ -87,6 +87,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 from ._dmft import (
     FiniteDataSolver as FiniteDataSolver,
     FiniteTheoryResult as FiniteTheoryResult,
+    finite_data_replicas as finite_data_replicas,
     finite_data_theory as finite_data_theory,
     finite_theory_history as finite_theory_history,
 )

@@ -283,6 +283,53 @@ def test_flags_vmap_and_rejections():
         mtjax.finite_data_theory(mtjax.experiment_from_spec(relu), mtjax.Seeds(0), solver=TINY)
 
 
+def test_replicas_are_independent_seeds_in_one_program():
+    # The draw seed is a traced field: `finite_data_replicas` vmaps it, so replica i is the plain
+    # solve with seed solver.seed + i, and the replicas differ (their spread is the theory's
+    # Monte Carlo error, docs/dmft.md §6.1).
+    e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
+    sol = eqx.tree_at(lambda s: s.seed, TINY, jnp.asarray(5, jnp.int32))
+    reps = eqx.filter_jit(lambda e, s: mtjax.finite_data_replicas(e, mtjax.Seeds(0), 3, solver=s))(e, sol)
+    assert reps.test_loss.shape == (3, 9, 2) and np.all(np.asarray(reps.converged))
+    f = eqx.filter_jit(mtjax.finite_data_theory)
+    for i in range(3):
+        one = f(e, mtjax.Seeds(0), solver=mtjax.FiniteDataSolver(n_grid=8, n_draws=256, n_response=32, n_quad_eval=4096,
+                                                                  max_iter=20, seed=5 + i))  # fmt: skip
+        np.testing.assert_allclose(reps.test_loss[i, :, 0], one.test_loss[:, 0], rtol=1e-4, atol=1e-5)
+    assert float(jnp.std(reps.test_loss[:, -1, 0])) > 1e-4
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="seed"):
+            mtjax.FiniteDataSolver(seed=bad)
+    with pytest.raises(ValueError, match="sampling"):
+        mtjax.FiniteDataSolver(sampling="sobol")
+    with pytest.raises(ValueError, match="n_replicas"):
+        mtjax.finite_data_replicas(e, mtjax.Seeds(0), 0, solver=TINY)
+
+
+def test_qmc_draws_are_standard_and_vary_less_than_iid():
+    from mtjax._dmft import _input_draws
+
+    keys = jax.random.split(jax.random.key(0), 16)
+    draw = {m: jax.vmap(lambda k: _input_draws(k, (2,), 1024, 8, 4, m))(keys) for m in ("qmc", "iid")}
+    u, xi, y = draw["qmc"]
+    assert u.shape == (16, 2, 1024, 8) and xi.shape == (16, 2, 1024, 4) and y.shape == (16, 2, 1024)
+    z = np.concatenate([np.asarray(u), np.asarray(xi)], -1).reshape(-1, 12)
+    # 196 608 numbers per coordinate: s.e. of the mean 0.0023, of the variance 0.0032.
+    assert np.abs(z.mean(0)).max() < 0.01 and np.abs(z.var(0) - 1).max() < 0.015
+    freq = np.bincount(np.asarray(y).ravel(), minlength=4) / y.size
+    assert np.abs(freq - 0.25).max() < 0.005  # s.e. 0.0010
+    assert not np.allclose(u[0, 0], u[0, 1])  # each task its own shift
+
+    def spread(m):  # seed-to-seed spread of a smooth average over the draws (a softmax-like term)
+        u, xi, _ = draw[m]
+        v = jnp.tanh(u @ jnp.linspace(-0.5, 0.5, 8) + 0.3 * xi[..., 0]).mean(-1)
+        return float(jnp.std(v))
+
+    # Measured: 0.0043 (QMC) vs 0.019 (i.i.d.), ratio 0.23; a spread over 16 seeds is known to
+    # ~18 %, so an i.i.d. set (ratio 1) fails the bound and the measured one passes with margin.
+    assert spread("qmc") < 0.5 * spread("iid"), (spread("qmc"), spread("iid"))
+
+
 def test_gradient_of_early_stopped_loss_matches_finite_differences():
     # Implicit differentiation of the fixed point vs central differences of the whole solve. The
     # early-stopped loss is the min over times, whose gradient is the one at the argmin time, so
