@@ -3,6 +3,9 @@
 Run: python benchmarks/paper_finite.py [--data ../shared/paper-data/rank-10.csv]
          [--n-grid 20] [--max-step 1] [--draws 512] [--response 32] [--r 0 1] [--sa ...] [--sb ...] [--full]
 Output: docs/results/paper_finite.txt (and the per-cell table as CSV next to it)
+Resumable: every solved chunk of cells is stored at once in `<out>.raw.pkl` (atomically, with the
+solver settings); rerunning the same command skips the cells stored with the same settings, so a
+long grid (`--full`) can be run in pieces and on several machines into different `--out` files.
 
 Theory: `mtjax.finite_data_theory` with the paper's teacher (N = 100, R = C = 10, σ = 1/sqrt(N)
 on a noisy fraction q = 1/2 of the examples, train and validation alike) and student (two linear
@@ -153,7 +156,28 @@ def main():
     emit(f"# cells: {sum(c[4] for c in cells)} single-task + {sum(not c[4] for c in cells)} multitask "
          f"(multitask r in {[round(float(x), 3) for x in rs]}, s_a in {[round(float(x), 3) for x in sas]}, s_b in {[round(float(x), 3) for x in sbs]})")
 
-    def solve_group(T, idx):
+    settings = (f"n_grid={args.n_grid} max_step={args.max_step} step_growth={args.step_growth} draws={args.draws} "
+                f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}")
+    raw = os.path.splitext(args.out)[0] + ".raw.pkl"
+
+    def load_done() -> dict:
+        """Cells already solved with these settings (a resumed run skips them)."""
+        if not os.path.exists(raw):
+            return {}
+        with open(raw, "rb") as f:
+            stored = pickle.load(f)
+        if isinstance(stored, dict) and stored.get("settings") == settings:
+            return stored["done"]
+        return {}
+
+    def store(done: dict):  # atomic: a kill mid-write leaves the previous file
+        os.makedirs(os.path.dirname(raw) or ".", exist_ok=True)
+        tmp = raw + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump({"settings": settings, "done": done, "header": list(lines)}, f)
+        os.replace(tmp, raw)
+
+    def solve_group(T, idx, done):
         solver = mtjax.FiniteDataSolver(n_grid=T, n_draws=args.draws, n_response=args.response, max_iter=args.max_iter,
                                         tol=args.tol, n_quad_eval=args.n_quad_eval, **sched)  # fmt: skip
         e0 = base_experiment(T)
@@ -168,11 +192,12 @@ def main():
             return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
 
         # Equal chunks of `--batch` cells (the last padded by repeating a cell): one compilation,
-        # vmapped within a chunk, and the per-chunk wall time is the cost per cell.
+        # vmapped within a chunk, and the per-chunk wall time is the cost per cell.  Every chunk
+        # is stored as soon as it is solved.
         b = max(1, min(args.batch, len(idx)))
         padded = idx + [idx[-1]] * (-len(idx) % b)
         run = eqx.filter_jit(jax.vmap(one))
-        outs, times = [], []
+        times = []
         for j in range(0, len(padded), b):
             chunk = padded[j : j + b]
             xs = tuple(jnp.asarray([cells[i][q] for i in chunk], float) for q in range(4))
@@ -180,37 +205,45 @@ def main():
             t0 = time.time()
             o = jax.block_until_ready(run(*xs))
             times.append(time.time() - t0)
-            outs += [tuple(np.asarray(a[q]) for a in o) for q in range(len(chunk))]
-            print(f"  n_grid {T}: chunk {j // b + 1}/{len(padded) // b} in {times[-1]:.0f} s", flush=True)
+            for q, i in enumerate(chunk):
+                done[cells[i]] = tuple(np.asarray(a[q]) for a in o)
+            store(done)
+            print(f"  n_grid {T}: chunk {j // b + 1}/{len(padded) // b} in {times[-1]:.0f} s (stored)", flush=True)
         per = float(np.mean(times[1:])) / b if len(times) > 1 else float("nan")
-        emit(f"# n_grid {T}: {len(idx)} cells; first chunk of {b} (incl. compilation) {times[0]:.0f} s, "
+        emit(f"# n_grid {T}: {len(idx)} cells solved now; first chunk of {b} (incl. compilation) {times[0]:.0f} s, "
              f"then {per:.1f} s per cell (2 shared CPU cores)")
-        return outs[: len(idx)], per
+        return per
 
-    raw = os.path.splitext(args.out)[0] + ".raw.pkl"
     if args.replot:  # re-tabulate a finished run (the solves are the expensive part)
         with open(raw, "rb") as f:
-            cells, results, header = pickle.load(f)
+            stored = pickle.load(f)
+        if isinstance(stored, dict):  # the resumable format: every cell it holds
+            cells = list(stored["done"])
+            results = [stored["done"][c] for c in cells]
+            header = stored["header"]
+        else:  # runs stored before session 7: (cells, results, header)
+            cells, results, header = stored
         lines[:] = header
-        for s in header:
-            print(s)
+        for s_ in header:
+            print(s_)
     else:
+        done = load_done()
+        if done:
+            emit(f"# resumed: {sum(c in done for c in cells)} of {len(cells)} cells stored by an earlier run with these settings")
         groups: dict[int, list[int]] = {}
         for i, c in enumerate(cells):
-            groups.setdefault(n_grid(c[0]), []).append(i)
-        results: list = [None] * len(cells)
+            if c not in done:
+                groups.setdefault(n_grid(c[0]), []).append(i)
         cost = {}
         for T, idx in sorted(groups.items()):
-            outs, cost[T] = solve_group(T, idx)
-            for i, o in zip(idx, outs):
-                results[i] = o
+            cost[T] = solve_group(T, idx, done)
         # Full grid: 6 single + 180 multitask cells per ntrain, at that ntrain's grid cost (grids
         # finer than those run here cost ~ (n_grid ratio)^3 more: not extrapolated).
-        full = sum(cost.get(n_grid(n), np.nan) * (6 + 180) for n in ntrains)
-        emit(f"# cost of the full grid (36 + 1080 cells) for these ntrain at these settings ≈ {full / 3600:.1f} h on this machine")
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(raw, "wb") as f:
-            pickle.dump((cells, results, list(lines)), f)
+        if cost:
+            full = sum(cost.get(n_grid(n), np.nan) * (6 + 180) for n in ntrains)
+            emit(f"# cost of the full grid (36 + 1080 cells) for these ntrain at these settings ≈ {full / 3600:.1f} h on this machine")
+        store(done)
+        results = [done[c] for c in cells]
     curves, res, its, conv, div = (list(a) for a in zip(*results))
 
     rows = []
