@@ -106,14 +106,14 @@ def _normals(v):
     return jax.scipy.special.ndtri(jnp.clip(v, 1e-7, 1.0 - 1e-7))
 
 
-def _input_draws(key, lead: tuple, n: int, d: int, C: int, sampling: str):
+def _input_draws(keys, lead: tuple, n: int, d: int, C: int, sampling: str):
     """Per-example draws: inputs u (*lead, n, d), logit noise ξ (*lead, n, C) (standard normals)
-    and uniform labels (*lead, n) in 0..C−1, jointly from one (d + C + 1)-dimensional set."""
+    and uniform labels (*lead, n) in 0..C−1.  `keys`: three keys; i.i.d. draws take one each (the
+    historical draws, bit for bit), QMC draws one joint (d + C + 1)-dimensional set from the first."""
     if sampling == "iid":
-        k = jax.random.split(key, 3)
-        return (jax.random.normal(k[0], lead + (n, d)), jax.random.normal(k[1], lead + (n, C)),
-                jax.random.randint(k[2], lead + (n,), 0, C))  # fmt: skip
-    v = _uniforms(key, lead, n, d + C + 1, sampling)
+        return (jax.random.normal(keys[0], lead + (n, d)), jax.random.normal(keys[1], lead + (n, C)),
+                jax.random.randint(keys[2], lead + (n,), 0, C))  # fmt: skip
+    v = _uniforms(keys[0], lead, n, d + C + 1, sampling)
     z = _normals(v[..., : d + C])
     y = jnp.minimum(jnp.floor(C * v[..., -1]).astype(jnp.int32), C - 1)
     return z[..., :d], z[..., d:], y
@@ -535,7 +535,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     T1 = n_grid + 1
     S = solver.n_draws
     k = jax.random.split(key, 5)
-    u, xi, y_unif = _input_draws(k[0], (K,), S, D, C, solver.sampling)
+    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
     d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, T1 * H)), y_unif)
 
     def F(params, z):
@@ -743,7 +743,7 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
     T1 = n_grid + 1
     S = solver.n_draws
     k = jax.random.split(key, 5)
-    u, xi, y_unif = _input_draws(k[0], (), S, R, C, solver.sampling)
+    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (), S, R, C, solver.sampling)
     d = _Draws(u, xi, jax.random.normal(k[2], (S, T1 * C)), y_unif)
 
     def F(params, z):
