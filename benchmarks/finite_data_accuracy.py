@@ -80,15 +80,15 @@ def _settings(args) -> str:
             f"replicas={args.replicas}")
 
 
-def _load_rows(csv_path: str, settings: str) -> list[dict]:
+def _load_rows(csv_path: str, settings: str) -> tuple[list[dict], list[dict]]:
+    """Stored rows made with `settings`, and all the others (kept in the CSV, never dropped)."""
     if not os.path.exists(csv_path):
-        return []
+        return [], []
     import pandas as pd
 
     df = pd.read_csv(csv_path)
-    if "settings" not in df:
-        return []
-    return df[df["settings"] == settings].to_dict("records")
+    same = df["settings"] == settings if "settings" in df else np.zeros(len(df), bool)
+    return df[same].to_dict("records"), df[~same].to_dict("records")
 
 
 def _sim_seeds(ns):
@@ -129,23 +129,25 @@ def _run_grid(args, grid, key_of, compute, line, header, summary_of):
 
     settings = _settings(args)
     csv_path = os.path.splitext(args.out)[0] + ".csv"
-    rows = _load_rows(csv_path, settings)
+    rows, others = _load_rows(csv_path, settings)  # others: rows of other settings, written back as they are
     done = {key_of(o) for o in rows}
 
     def write():
         order = {k: i for i, k in enumerate(grid)}
-        rs = sorted(rows, key=lambda o: order.get(key_of(o), len(order)))
+        # The table and its summary: this grid's points only (the CSV keeps every stored row).
+        rs = sorted((o for o in rows if key_of(o) in order), key=lambda o: order[key_of(o)])
         summary = [""] + [f"points: {len(rs)} of the {len(grid)} requested" +
                           ("" if len(rs) >= len(grid) else " (partial: rerun the same command to resume)")] + summary_of(rs)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(Path(args.out), "\n".join(header + [line(o) for o in rs] + summary) + "\n")
-        _atomic_write_csv(Path(csv_path), pd.DataFrame(rs))
+        _atomic_write_csv(Path(csv_path), pd.DataFrame(others + rows))
         return summary
 
     for h in header:
         print(h, flush=True)
     for o in rows:
         print(line(o) + "   (stored)", flush=True)
+    grid = list(dict.fromkeys(grid))  # a value given twice is one point
     for point in grid:
         if point in done:
             continue

@@ -161,13 +161,19 @@ def main():
     raw = os.path.splitext(args.out)[0] + ".raw.pkl"
 
     def load_done() -> dict:
-        """Cells already solved with these settings (a resumed run skips them)."""
+        """Cells already solved with these settings (a resumed run skips them).  A file made with
+        other settings (or in the pre-session-7 format) is moved aside, never overwritten."""
         if not os.path.exists(raw):
             return {}
         with open(raw, "rb") as f:
             stored = pickle.load(f)
         if isinstance(stored, dict) and stored.get("settings") == settings:
             return stored["done"]
+        k = 1
+        while os.path.exists(f"{raw}.prev{k}"):
+            k += 1
+        os.replace(raw, f"{raw}.prev{k}")
+        print(f"# {raw} holds another run (other settings): moved to {raw}.prev{k}", flush=True)
         return {}
 
     def store(done: dict):  # atomic: a kill mid-write leaves the previous file
@@ -218,6 +224,9 @@ def main():
         with open(raw, "rb") as f:
             stored = pickle.load(f)
         if isinstance(stored, dict):  # the resumable format: every cell it holds
+            if stored["settings"] != settings:
+                print(f"# warning: {raw} was made with {stored['settings']!r}; the grid times (t*) are "
+                      f"rebuilt from this command's {settings!r}", flush=True)
             cells = list(stored["done"])
             results = [stored["done"][c] for c in cells]
             header = stored["header"]

@@ -88,8 +88,11 @@ def _sobol_base(n: int, dim: int) -> np.ndarray:
     from scipy.stats import qmc
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # n not a power of 2: fine for a randomly shifted set
-        return qmc.Sobol(dim, scramble=True, seed=12345).random(n)
+        # n not a power of 2 only loses some balance; a randomly shifted set stays unbiased.
+        warnings.filterwarnings("ignore", message=".*balance properties.*")
+        pts = qmc.Sobol(dim, scramble=True, seed=12345).random(n)
+    pts.flags.writeable = False  # cached: shared by every caller
+    return pts
 
 
 def _uniforms(key, lead: tuple, n: int, dim: int, sampling: str) -> Float[Array, "... n dim"]:
@@ -585,9 +588,12 @@ class FiniteDataSolver(eqx.Module):
     - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
       The solution is a Monte Carlo estimate: its seed-to-seed spread falls like 1/sqrt(S) and is
       largest for a trunk at large α with clean labels (depth 1, α = 8, S = 2048: sd 0.02 nats,
-      4 % of the early-stopped loss; depth 0: 0.004–0.009).  No bias is resolved at S = 2048:
-      the mean over 6 seeds is 0.4798 ± 0.0086 vs the simulations' 0.4807 ± 0.0036 (docs/dmft.md
-      §6.1).  Put error bars on the theory with `finite_data_replicas`; raise S to shrink them.
+      4 % of the early-stopped loss; depth 0: 0.004–0.009).  No bias is resolved at S = 2048 in
+      the N = 400 problems (depth 1, α = 8: mean over 6 seeds 0.4798 ± 0.0086 vs the simulations'
+      0.4807 ± 0.0036; docs/dmft.md §6.1).  With wide upper layers there *is* a 1/S bias (the
+      layers are fitted to the 3 S draws): the paper preset (H = 64) loses 0.04 nats from
+      S = 512 to 2048 at ntrain 100 and 0.12 at ntrain 800 (§6.2) — use S ≫ H² there, or
+      extrapolate in 1/S.  Error bars: `finite_data_replicas`; power-of-2 S suits the QMC sets.
     - `n_response`: the first `n_response` draws of each component also carry the response
       kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).  For gradients w.r.t.
       s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
@@ -602,13 +608,14 @@ class FiniteDataSolver(eqx.Module):
       and uniform labels of the draws, and the test-metric points, are drawn — randomly shifted
       scrambled Sobol points (unbiased, lower seed-to-seed spread) or i.i.d. normals.  The
       χ-noise paths ((T+1)·H dimensions) are i.i.d. either way.
-    - `seed`: seed of all fixed draws (an integer array, traced: `jax.vmap` over seeds gives
-      independent replicas of the theory in one compilation).  The draws make the theory a
-      Monte Carlo estimate with a seed-to-seed spread that is *not* small at large α: depth 0,
-      α = 8, s = 3, ε = 0 with S = 2048: early-stopped loss 0.5365 ± 0.0090 (mean ± sd over 8
-      seeds), 1.7 % — one seed's number can be 2 % off while the replica mean is within 0.6 %
-      of the simulation (docs/dmft.md §6.1).  Compare with simulations through replicas
-      (`benchmarks/finite_data_accuracy.py --replicas`).
+    - `seed`: seed of all fixed draws (a non-negative integer < 2³¹, stored as an array and
+      traced: `jax.vmap` over seeds gives independent replicas in one compilation).  The draws
+      make the theory a Monte Carlo estimate whose seed-to-seed spread is *not* small at large
+      α: depth 0, α = 8, s = 3, ε = 0, S = 2048: sd 0.009 (1.7 %) over 8 seeds with i.i.d.
+      draws, 0.004 with the default QMC draws; depth 1, α = 8: sd 0.02 (4 %) either way.  One
+      seed's number can be 2 % off while the mean of 8 is within 0.6 % of the simulation
+      (docs/dmft.md §6.1): compare through replicas (`finite_data_replicas`,
+      `benchmarks/finite_data_accuracy.py --replicas`).
 
     Cost per iteration: weight process O(T³ C³); example process O(S T² C²);
     response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory.
@@ -673,8 +680,8 @@ def _check_seed(seed) -> Int[Array, "..."]:
     if isinstance(seed, jax.core.Tracer):
         return seed
     a = np.asarray(seed)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or np.any(a < 0):
-        raise ValueError(f"seed must be a non-negative integer (or an integer array of them), got {seed!r}")
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or np.any(a < 0) or np.any(a >= 2**31):
+        raise ValueError(f"seed must be an integer in [0, 2**31) (or an integer array of them), got {seed!r}")
     return jnp.asarray(a, jnp.int32)
 
 
@@ -916,12 +923,14 @@ def finite_data_replicas(
     """`n_replicas` independent solves of `finite_data_theory` (draw seeds `solver.seed + i`),
     vmapped: one compilation, a leading replica axis (R, ...) on every field of the result.
 
-    The fixed draws make each solve a Monte Carlo estimate; the spread over replicas is its
-    standard error (at depth 0, α = 8 with 2048 draws, ~1.7 % of the early-stopped loss,
-    docs/dmft.md §6.1), so a comparison with simulations should use the replica mean and its
-    s.e. (`mean(0)`, `std(0, ddof=1) / sqrt(R)`).  Replicas share the experiment's teacher and
-    initial student: what they average over is the theory's sampling, not the realisation.
-    Averaging removes the spread, not the O(1/S) bias of the fixed point (raise `n_draws`)."""
+    The fixed draws make each solve a Monte Carlo estimate: the sd over replicas is one solve's
+    error (depth 1, α = 8, 2048 draws: ~4 % of the early-stopped loss; depth 0 ~0.7 % with the
+    QMC draws, docs/dmft.md §6.1), and a comparison with simulations should use the replica mean
+    and its standard error `std(0, ddof=1) / sqrt(R)`.  Replicas share the experiment's teacher
+    and initial student: they average over the theory's sampling, not over realisations.
+    Averaging removes the spread, not a 1/S bias of the fixed point (raise `n_draws`).
+    Memory grows R-fold (every replica holds its own kernels and response arrays), and the
+    vmapped fixed-point loops run until the slowest replica has converged."""
     n_replicas = check_int("n_replicas", n_replicas, 1)
     solver = FiniteDataSolver() if solver is None else solver
 

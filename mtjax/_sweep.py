@@ -338,7 +338,7 @@ def _solver_fields(solver) -> dict:
         if isinstance(v, (int, float, bool, str)):
             out[f.name] = v
         elif hasattr(v, "shape") and getattr(v, "shape", None) == ():
-            out[f.name] = float(v)
+            out[f.name] = int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v)
         else:
             out[f.name] = type(v).__name__
     return out
