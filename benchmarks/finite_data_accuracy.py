@@ -91,8 +91,13 @@ def _load_rows(csv_path: str, settings: str) -> tuple[list[dict], list[dict]]:
     return df[same].to_dict("records"), df[~same].to_dict("records")
 
 
-def _sim_seeds(ns):
-    return mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
+def _setup(args):
+    """The theory solver, the number of simulation seeds and their `Seeds` (one teacher and
+    initial student, datasets 1..ns)."""
+    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
+                                    damping=args.damping)
+    ns = args.seeds
+    return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
 
 def _theory_fn(n_replicas):
@@ -170,10 +175,7 @@ def main_trunk(args):
     """L >= 1, two tasks: task-1 early-stopped loss (multitask) and the multitask benefit
     (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
     grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping)
-    ns = args.seeds
-    seeds = _sim_seeds(ns)
+    solver, ns, seeds = _setup(args)
     header = [
         f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
@@ -249,10 +251,7 @@ def main_trunk(args):
 def main_single(args):
     """L = 0, one task: the early-stopped, final and whole-curve test loss, simulation vs theory."""
     grid = list(itertools.product(args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.s or [0.5, 3.0], args.eps))
-    solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping)
-    ns = args.seeds
-    seeds = _sim_seeds(ns)
+    solver, ns, seeds = _setup(args)
     header = [
         f"# finite-data theory (DMFT) vs full-batch GD: N = {args.n}, C = R = {args.rank}, sigma = 0.5, lr = {args.lr}, "
         f"{args.steps} steps, {ns} seeds, n_test = {args.n_test}",
