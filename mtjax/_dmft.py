@@ -37,7 +37,7 @@ import numpy as np
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._train import at_minimum, early_stopped_loss
-from ._gaussian import cholesky
+from ._gaussian import cholesky, sobol_uniforms
 from ._student import Student
 from ._teacher import Teacher
 from ._validation import check_choice, check_int, check_range
@@ -80,21 +80,6 @@ class _Draws(eqx.Module):
 SAMPLINGS = ("qmc", "iid")  # `FiniteDataSolver.sampling`
 
 
-@functools.lru_cache(maxsize=32)
-def _sobol_base(n: int, dim: int) -> np.ndarray:
-    """n scrambled-Sobol points in [0, 1)^dim (one fixed scrambling: a constant of the program)."""
-    import warnings
-
-    from scipy.stats import qmc
-
-    with warnings.catch_warnings():
-        # n not a power of 2 only loses some balance; a randomly shifted set stays unbiased.
-        warnings.filterwarnings("ignore", message=".*balance properties.*")
-        pts = qmc.Sobol(dim, scramble=True, seed=12345).random(n)
-    pts.flags.writeable = False  # cached: shared by every caller
-    return pts
-
-
 def _uniforms(key, lead: tuple, n: int, dim: int, sampling: str) -> Float[Array, "... n dim"]:
     """Uniforms (*lead, n, dim): i.i.d., or randomly shifted scrambled Sobol points (each point
     uniform, so estimates stay unbiased; the set is balanced, so averages over it vary less from
@@ -102,7 +87,7 @@ def _uniforms(key, lead: tuple, n: int, dim: int, sampling: str) -> Float[Array,
     if sampling == "iid":
         return jax.random.uniform(key, lead + (n, dim))
     shift = jax.random.uniform(key, lead + (1, dim))
-    return jnp.mod(jnp.asarray(_sobol_base(n, dim), jnp.float32) + shift, 1.0)
+    return jnp.mod(jnp.asarray(sobol_uniforms(n, dim, 12345), jnp.float32) + shift, 1.0)
 
 
 def _normals(v):

@@ -14,6 +14,7 @@ antithetic pair means (docs/theory.md §4).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -25,17 +26,30 @@ from ._custom_types import Array, Float, PRNGKeyArray
 from ._teacher import Teacher
 
 
+@functools.lru_cache(maxsize=32)
+def sobol_uniforms(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """n scrambled-Sobol points in [0, 1)^dim (NumPy, read-only: cached and shared).  n not a
+    power of 2 only loses some balance."""
+    import warnings
+
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*balance properties.*")
+        pts = qmc.Sobol(dim, scramble=True, seed=seed).random(n)
+    pts.flags.writeable = False
+    return pts
+
+
 def sobol_normals(n: int, dim: int, seed: int = 0) -> Float[Array, "n dim"]:
     """n scrambled-Sobol points mapped to standard normals (quasi-Monte Carlo), as antithetic
     pairs: for smooth integrands in moderate dimension the error falls close to 1/n instead of
     1/sqrt(n).  Generated once in NumPy/SciPy (a constant of the computation)."""
-    from scipy.stats import qmc
-
     if n % 2:
         raise ValueError(f"n={n} must be even (antithetic pairs)")
     from scipy.special import ndtri
 
-    pts = qmc.Sobol(dim, scramble=True, seed=seed).random(n // 2)
+    pts = sobol_uniforms(n // 2, dim, seed)
     # The inverse CDF in float64: clipped at 1 - 1e-12, a float32 cast would round the point to
     # exactly 1 (ndtri = inf) first; seen in large sets (e.g. 8192 points, some seeds).
     half = jnp.asarray(ndtri(np.clip(pts, 1e-12, 1 - 1e-12)), dtype=jnp.float32)
