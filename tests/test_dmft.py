@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import mtjax
-from mtjax._dmft import psd_factor, weight_process
+from mtjax._dmft import _causal_memory_scan, _response, psd_factor, weight_process
 from helpers import jit_optimised
 
 
@@ -81,6 +81,57 @@ def test_step_schedules_and_their_validation():
             mtjax.FiniteDataSolver(step_schedule="geometric", step_growth=bad)
     with pytest.raises(ValueError, match="step_growth must be a Python float"):
         mtjax.FiniteDataSolver(step_growth=jnp.array([1.1, 1.2]))
+
+
+def test_blocked_response_is_the_jacobian_of_the_example_process():
+    # Reference: the Jacobian ∂g^n/∂ε^m of each draw's example process at fixed M, b, by
+    # forward-mode autodiff of a plain loop over n (no blocks, no layout tricks), weighted over
+    # draws.  Uneven time blocks (T+1 = 19 in 3, 1 and 19 blocks) and chunks (24 draws in 8s)
+    # all give it to float32 rounding; a wrong block edge drops memory terms by O(1/α).
+    T1, C, S, alpha = 19, 3, 24, 0.7
+    kh, kr, kw = jax.random.split(jax.random.PRNGKey(3), 3)
+    h = 2 * jax.random.normal(kh, (S, T1, C))
+    Rv = jnp.tril(jnp.ones((T1, T1)), -1)[:, None, :, None] * jax.random.normal(kr, (T1, C, T1, C))
+    w = jax.random.uniform(kw, (S,)) / S
+
+    def g_of_eps(h1, eps):
+        gs = []
+        for n in range(T1):
+            mem = sum((Rv[n, :, k] @ (gs[k] - jax.nn.softmax(h1[k])) for k in range(n)), jnp.zeros(C))
+            gs.append(jax.nn.softmax(h1[n] + eps[n] - mem / alpha))
+        return jnp.stack(gs)
+
+    jac = jax.vmap(lambda h1: jax.jacfwd(lambda e: g_of_eps(h1, e))(jnp.zeros((T1, C))))(h)
+    want = jnp.einsum("s,sncme->ncme", w, jac)
+    assert float(jnp.abs(want[:, :, 1:, :] * jnp.tril(jnp.ones((T1, T1 - 1)))[:, None, :, None]).max()) > 0.05
+    for blocks in (3, 1, 19, None):
+        got = _response(h, Rv, alpha, w, chunk=8, n_blocks=blocks)
+        np.testing.assert_allclose(got, want, atol=2e-6 * float(jnp.abs(want).max()), err_msg=str(blocks))
+
+
+def test_causal_memory_scan_matches_a_dense_loop():
+    # A toy recursion x^n = tanh(a^n + Σ_{m<n} R[n, :, m] x^m) carried alongside a running sum:
+    # every blocking reproduces the plain loop, and the buffer holds the rows at their times.
+    T1, W, cols = 13, 2, 5
+    ka, kr = jax.random.split(jax.random.PRNGKey(4))
+    a = jax.random.normal(ka, (T1, W, cols))
+    R = jax.random.normal(kr, (T1, W, T1 * W)) * 0.5
+
+    def step(carry, mem, xs):
+        n, dt_n = xs
+        x = jnp.tanh(a[n] + mem)
+        return carry + dt_n * x.sum(), x, x[0, 0]
+
+    xs, tot = [], 0.0
+    for n in range(T1):
+        mem = sum((R[n, :, m * W:(m + 1) * W] @ xs[m] for m in range(n)), jnp.zeros((W, cols)))
+        xs.append(jnp.tanh(a[n] + mem))
+        tot = tot + 0.1 * xs[-1].sum()
+    for blocks in (1, 4, 13):
+        carry, buf, outs = _causal_memory_scan(step, jnp.asarray(0.0), R, jnp.full(T1, 0.1), W, cols, n_blocks=blocks)
+        np.testing.assert_allclose(buf, jnp.concatenate(xs), atol=1e-5)
+        np.testing.assert_allclose(outs, jnp.stack(xs)[:, 0, 0], atol=1e-5)
+        np.testing.assert_allclose(carry, tot, rtol=1e-5)
 
 
 def test_psd_factor_samples_singular_covariances():
