@@ -275,7 +275,8 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     with 8 blocks (about 1/3 as blocks → ∞, traded against one scan to compile per block).  Γ is
     stored with the contracted index (k, d) leading, (T1 C, chunk, T1 C), so each step's memory
     term is one plain (C x e C) by (e C x chunk e C) product without transposes: with both, the
-    response (the dominant cost) is ~10x faster than a dense per-draw einsum (docs/dmft.md §4).
+    response is 6–8x faster than the dense per-draw einsum it replaced (docs/dmft.md §3,
+    `benchmarks/dmft_kernels.py`).
     Each chunk is rematerialised in reverse mode, so the memory of `jax.grad` is that of one
     chunk's scans.
 
@@ -635,7 +636,7 @@ class FiniteDataSolver(eqx.Module):
       S = 512 to 2048 at ntrain 100 and 0.12 at ntrain 800 (§6.2) — use S ≫ H² there, or
       extrapolate in 1/S.  Error bars: `finite_data_replicas`; power-of-2 S suits the QMC sets.
     - `n_response`: the first `n_response` draws of each component also carry the response
-      kernel (static; its cost is ~2 T³ C³ per draw, the dominant cost).  For gradients w.r.t.
+      kernel (static; its cost is ~2 T³ C³ per draw, before the time blocks).  For gradients w.r.t.
       s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
       response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
       draws on the test problem; docs/dmft.md §3).
@@ -658,7 +659,9 @@ class FiniteDataSolver(eqx.Module):
       `benchmarks/finite_data_accuracy.py --replicas`).
 
     Cost per iteration: weight process O(T³ C³); example process O(S T² C²);
-    response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory.
+    response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory; the two causal sums run
+    in time blocks (`_time_blocks`, ~0.4 of the dense flops at T = 40; docs/dmft.md §3 and
+    `benchmarks/dmft_kernels.py`).
     """
 
     n_grid: int = eqx.field(static=True)
