@@ -32,7 +32,9 @@ compilation) and reported as the replica-mean curve ± its standard error, so a 
 is within 3 % or within 2 combined standard errors sqrt(se_sim² + se_th²).  With one replica the
 draws of seed 0 are shared by every point, and their error looks like a systematic bias (depth 0,
 alpha = 8, s = 3: seed 0 is 2 % low, the mean of 8 seeds 0.6 % high; docs/dmft.md §6.1).
-Both depths store each point as it finishes (`<out>.csv` next to the table) and resume.
+Both depths store each point as it finishes (`<out>.csv` next to the table) and resume;
+`--table-only` rewrites the table from the stored rows without computing (e.g. after merging the
+CSVs of processes that shared a grid).
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def _run_grid(args, grid, key_of, compute, line, header, summary_of):
         print(line(o) + "   (stored)", flush=True)
     grid = list(dict.fromkeys(grid))  # a value given twice is one point
     for point in grid:
-        if point in done:
+        if point in done or args.table_only:
             continue
         o = compute(point)
         o = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in o.items()}
@@ -326,6 +328,8 @@ def main():
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--table-only", action="store_true",
+                    help="write the table of the stored rows (same settings) and compute nothing")
     args = ap.parse_args()
     if args.out is None:
         args.out = {0: "docs/results/finite_data_accuracy.txt", 1: "docs/results/finite_data_accuracy_trunk.txt",
