@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import mtjax
-from mtjax._dmft import _causal_memory_scan, _response, psd_factor, weight_process
+from mtjax._dmft import (_causal_memory_scan, _Draws, _example_process, _Problem, _response, _trunk_example_process,
+                         _TrunkDraws, _TrunkProblem, psd_factor, weight_process)
 from helpers import jit_optimised
 
 
@@ -86,12 +87,13 @@ def test_step_schedules_and_their_validation():
 def test_blocked_response_is_the_jacobian_of_the_example_process():
     # Reference: the Jacobian ∂g^n/∂ε^m of each draw's example process at fixed M, b, by
     # forward-mode autodiff of a plain loop over n (no blocks, no layout tricks), weighted over
-    # draws.  Uneven time blocks (T+1 = 19 in 3, 1 and 19 blocks) and chunks (24 draws in 8s)
-    # all give it to float32 rounding; a wrong block edge drops memory terms by O(1/α).
+    # draws.  Uneven time blocks (T+1 = 19 in 3, 1, 19 and the default 2 blocks) and chunks
+    # (24 draws in 8s) all give it to float32 rounding; a wrong block edge drops memory terms by
+    # O(1/α).  R_v is given non-causal entries (k >= n), which both must ignore.
     T1, C, S, alpha = 19, 3, 24, 0.7
     kh, kr, kw = jax.random.split(jax.random.PRNGKey(3), 3)
     h = 2 * jax.random.normal(kh, (S, T1, C))
-    Rv = jnp.tril(jnp.ones((T1, T1)), -1)[:, None, :, None] * jax.random.normal(kr, (T1, C, T1, C))
+    Rv = jax.random.normal(kr, (T1, C, T1, C))
     w = jax.random.uniform(kw, (S,)) / S
 
     def g_of_eps(h1, eps):
@@ -132,6 +134,71 @@ def test_causal_memory_scan_matches_a_dense_loop():
         np.testing.assert_allclose(buf, jnp.concatenate(xs), atol=1e-5)
         np.testing.assert_allclose(outs, jnp.stack(xs)[:, 0, 0], atol=1e-5)
         np.testing.assert_allclose(carry, tot, rtol=1e-5)
+
+
+def _causal_inputs(key, T1, width):
+    kc, kr = jax.random.split(key)
+    A = jax.random.normal(kc, (T1 * width, T1 * width)) / math.sqrt(T1 * width)
+    return (A @ A.T).reshape(T1, width, T1, width), 0.3 * jax.random.normal(kr, (T1, width, T1, width))
+
+
+def test_example_processes_match_plain_loops():
+    # The blocked memory scans with their buffer layouts against plain loops over n in the
+    # natural (task, component, draw, ...) layout, all dimensions distinct so that a swapped
+    # reshape is a mismatch: depth 0 (C = 3, R = 2, S = 5, T + 1 = 17: two time blocks) and
+    # depth 1 (K = 2 tasks, H = 4, C = 3, D = 6).  R_v's non-causal entries must be ignored.
+    T1, C, R, S = 17, 3, 2, 5
+    ks = jax.random.split(jax.random.PRNGKey(5), 12)
+    n = lambda i, shape, sc=1.0: sc * jax.random.normal(ks[i], shape)  # noqa: E731
+    dt = 0.3 + 0.1 * jax.random.uniform(ks[0], (T1 - 1,))
+    p = _Problem(alpha=jnp.asarray(0.8), dt=dt, scale=jnp.asarray(2.0), noise=jnp.asarray(0.3), flip=jnp.asarray(0.1),
+                 noisy_fraction=jnp.asarray(1.0), w=n(1, (C, R)), M0=n(2, (C, R)), b0=n(3, (C,), 0.1), Q0=jnp.eye(C))
+    d = _Draws(u=n(4, (S, R)), xi=n(5, (S, C)), zeta=n(6, (S, T1 * C)), y_unif=jnp.arange(S) % C)
+    Cv, Rv = _causal_inputs(ks[7], T1, C)
+    ys = jax.random.randint(ks[8], (3, S), 0, C)
+    wts = jax.random.uniform(ks[9], (3, S))
+    h, G, M, b = _example_process(p, d, Cv, Rv, ys, wts)
+    chi = (d.zeta @ psd_factor(Cv.reshape(T1 * C, -1)).T).reshape(S, T1, C)
+    Mr, br, gs = p.M0, p.b0, []
+    for t in range(T1):
+        mem = sum((jnp.einsum("cd,xsd->xsc", Rv[t, :, m], gs[m]) for m in range(t)), jnp.zeros((3, S, C)))
+        ht = d.u @ Mr.T + br + chi[:, t] - mem / p.alpha
+        np.testing.assert_allclose(h[:, :, t], ht, atol=1e-5, err_msg=f"depth 0 h, t={t}")
+        np.testing.assert_allclose(M[t], Mr, atol=1e-5)
+        gs.append(jax.nn.softmax(ht, -1) - jax.nn.one_hot(ys, C))
+        np.testing.assert_allclose(G[:, :, t], gs[-1], atol=1e-5)
+        if t < T1 - 1:
+            Mr = Mr - dt[t] * jnp.einsum("xs,xsc,sr->cr", wts / S, gs[-1], d.u)
+            br = br - dt[t] * jnp.einsum("xs,xsc->c", wts / S, gs[-1])
+
+    K, H, D = 2, 4, 6
+    pt = _TrunkProblem(alpha=jnp.array([0.7, 1.3]), rho=jnp.array([1.0, 0.5]), dt=dt, scale=jnp.ones(K), noise=jnp.ones(K),
+                       flip=jnp.zeros(K), noisy_fraction=jnp.ones(K), w=n(1, (K, C, R)), T=n(2, (K, R, D)),
+                       Omega0=n(3, (H, D), 0.5), b10=n(4, (H,), 0.1), Wu0=jnp.zeros((0, H, H)), bu0=jnp.zeros((0, H)),
+                       V0=n(5, (K, C, H), 0.5), c0=n(6, (K, C), 0.1), Q0=jnp.eye(H))  # fmt: skip
+    dt_ = _TrunkDraws(u=n(7, (K, S, D)), xi=n(8, (K, S, C)), zeta=n(9, (K, S, T1 * H)), y_unif=jnp.zeros((K, S), int))
+    Cv, Rv = _causal_inputs(ks[10], T1, H)
+    ys = jax.random.randint(ks[11], (K, 3, S), 0, C)
+    wts = jax.random.uniform(ks[0], (K, 3, S))
+    h, G, Om, b1, Vt, ct = _trunk_example_process(pt, dt_, Cv, Rv, ys, wts)
+    chi = (dt_.zeta @ psd_factor(Cv.reshape(T1 * H, -1)).T).reshape(K, S, T1, H)
+    O, bb, V, c, Fs = pt.Omega0, pt.b10, pt.V0, pt.c0, []
+    for t in range(T1):
+        mem = sum((jnp.einsum("hj,kxsj->kxsh", Rv[t, :, m], Fs[m]) for m in range(t)), jnp.zeros((K, 3, S, H)))
+        f = (dt_.u @ O.T)[:, None] + bb + chi[:, None, :, t] - (pt.rho / pt.alpha)[:, None, None, None] * mem
+        ht = jnp.einsum("kxsh,kch->kxsc", f, V) + c[:, None, None]
+        np.testing.assert_allclose(h[:, :, :, t], ht, atol=1e-5, err_msg=f"depth 1 h, t={t}")
+        np.testing.assert_allclose(Om[t], O, atol=1e-5)
+        np.testing.assert_allclose(Vt[t], V, atol=1e-5)
+        g = jax.nn.softmax(ht, -1) - jax.nn.one_hot(ys, C)
+        np.testing.assert_allclose(G[:, :, :, t], g, atol=1e-5)
+        Fs.append(jnp.einsum("kxsc,kch->kxsh", g, V))
+        wg = (wts / S)[..., None] * g
+        if t < T1 - 1:
+            O, bb, V, c = (O - dt[t] * jnp.einsum("k,kch,kxsc,ksd->hd", pt.rho, V, wg, dt_.u),
+                           bb - dt[t] * jnp.einsum("k,kch,kxsc->h", pt.rho, V, wg),
+                           V - dt[t] * pt.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f),
+                           c - dt[t] * pt.rho[:, None] * wg.sum((1, 2)))
 
 
 def test_psd_factor_samples_singular_covariances():
