@@ -33,8 +33,10 @@ is within 3 % or within 2 combined standard errors sqrt(se_sim² + se_th²).  Wi
 draws of seed 0 are shared by every point, and their error looks like a systematic bias (depth 0,
 alpha = 8, s = 3: seed 0 is 2 % low, the mean of 8 seeds 0.6 % high; docs/dmft.md §6.1).
 Both depths store each point as it finishes (`<out>.csv` next to the table) and resume;
-`--table-only` rewrites the table from the stored rows without computing (e.g. after merging the
-CSVs of processes that shared a grid).
+`--merge A.csv B.csv` adds the rows other runs stored (same settings) and `--table-only` writes
+the table without computing, e.g. the depth-1 grid of four processes in one table:
+  python benchmarks/finite_data_accuracy.py --depth 1 --tol 2e-2 --sa 3 0.5 --table-only \
+      --out docs/results/finite_data_accuracy_trunk_replicas.txt --merge docs/results/finite_data_accuracy_trunk_replicas_*.csv
 """
 
 from __future__ import annotations
@@ -138,13 +140,19 @@ def _run_grid(args, grid, key_of, compute, line, header, summary_of):
     csv_path = os.path.splitext(args.out)[0] + ".csv"
     rows, others = _load_rows(csv_path, settings)  # others: rows of other settings, written back as they are
     done = {key_of(o) for o in rows}
+    for extra in args.merge or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
+        for o in _load_rows(extra, settings)[0]:
+            if key_of(o) not in done:
+                rows.append(o)
+                done.add(key_of(o))
 
     def write():
         order = {k: i for i, k in enumerate(grid)}
         # The table and its summary: this grid's points only (the CSV keeps every stored row).
         rs = sorted((o for o in rows if key_of(o) in order), key=lambda o: order[key_of(o)])
         summary = [""] + [f"points: {len(rs)} of the {len(grid)} requested" +
-                          ("" if len(rs) >= len(grid) else " (partial: rerun the same command to resume)")] + summary_of(rs)
+                          ("" if len(rs) >= len(grid) else " (partial: the others are not computed yet)" if args.table_only
+                           else " (partial: rerun the same command to resume)")] + summary_of(rs)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(Path(args.out), "\n".join(header + [line(o) for o in rs] + summary) + "\n")
         _atomic_write_csv(Path(csv_path), pd.DataFrame(others + rows))
@@ -330,6 +338,8 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",
                     help="write the table of the stored rows (same settings) and compute nothing")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="CSV",
+                    help="also take the rows (same settings) stored in these CSVs of other runs")
     args = ap.parse_args()
     if args.out is None:
         args.out = {0: "docs/results/finite_data_accuracy.txt", 1: "docs/results/finite_data_accuracy_trunk.txt",
