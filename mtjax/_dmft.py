@@ -275,8 +275,9 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     Γ[n, ·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k, ·]) — forward substitution in n, a chunk of
     draws at a time.  Causality makes Γ block lower-triangular (Γ[k, j] = 0 for j > k), so the
     steps n of a time block [e_i, e_{i+1}) only touch the leading e_{i+1} C rows and columns of Γ:
-    the substitution runs block by block on a growing array, ~0.4 of the flops of a dense sweep
-    with 8 blocks (about 1/3 as blocks → ∞, traded against one scan to compile per block).  Γ is
+    the substitution runs block by block on an array growing in both time indices (Σ_i (i/B)² / B
+    of a dense sweep's flops with B blocks, `_time_blocks`).  It is not `_causal_memory_scan`,
+    which grows rows only: written on it the response is ~1.4x slower (measured, session 8).  Γ is
     stored with the contracted index (k, d) leading, (T1 C, chunk, T1 C), so each step's memory
     term is one plain (C x e C) by (e C x chunk e C) product without transposes: with both, the
     response is 6–8x faster than the dense per-draw einsum it replaced (docs/dmft.md §3,
