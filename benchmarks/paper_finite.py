@@ -98,6 +98,9 @@ def main():
     ap.add_argument("--max-iter", type=int, default=15)
     ap.add_argument("--tol", type=float, default=2e-2)
     ap.add_argument("--n-quad-eval", type=int, default=8192)
+    ap.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
+                    help="the first layer's initial overlaps: the seed-0 student's own (quenched) or their N -> inf "
+                         "values (typical: no overlap with the teacher span, Gram matrix I); docs/dmft.md §6.2")  # fmt: skip
     ap.add_argument("--batch", type=int, default=2, help="cells per vmapped batch (lax.map batch_size)")
     ap.add_argument("--ntrain", type=int, nargs="*", default=None, help="subset of ntrain values")
     ap.add_argument("--r", type=float, nargs="*", default=[0.0, 1.0])
@@ -146,7 +149,7 @@ def main():
     def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
         return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
 
-    emit(f"# DMFT (depth 2, H = 64, quenched init of seed 0) vs the authors' rank-10 table ({args.data})")
+    emit(f"# DMFT (depth 2, H = 64, {args.initial} init of seed 0) vs the authors' rank-10 table ({args.data})")
     emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
     steps = (f"geometric steps Δ_(n+1) = {args.step_growth} Δ_n summing to t_max, first/last Δ "
              f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip
@@ -157,7 +160,8 @@ def main():
          f"(multitask r in {[round(float(x), 3) for x in rs]}, s_a in {[round(float(x), 3) for x in sas]}, s_b in {[round(float(x), 3) for x in sbs]})")
 
     settings = (f"n_grid={args.n_grid} max_step={args.max_step} step_growth={args.step_growth} draws={args.draws} "
-                f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}")
+                f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}"
+                + ("" if args.initial == "quenched" else f" initial={args.initial}"))  # stores of quenched runs predate the flag
     raw = os.path.splitext(args.out)[0] + ".raw.pkl"
 
     def load_done() -> dict:
@@ -194,7 +198,7 @@ def main():
             t_max = 2000 * jnp.ceil(n / 128) * 1e-3
             # Report at the grid times (no interpolation): the minimum is over the grid.
             ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)
-            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver)
+            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver, initial=args.initial)
             return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
 
         # Equal chunks of `--batch` cells (the last padded by repeating a cell): one compilation,
