@@ -387,6 +387,36 @@ def test_depth2_matches_full_batch_simulation():
     assert np.all(np.abs(np.asarray(th.early_stopped_loss) - es.mean(0)) < 3 * es.std(0, ddof=1) / math.sqrt(ns) + 0.03 * es.mean(0))
 
 
+def test_typical_initial_condition_drops_the_first_layers_teacher_overlap():
+    # `initial="typical"` is the N -> inf value of the first layer's initial overlaps: no overlap
+    # Ω0 with the teacher span and Gram matrix init_scale² I; the upper layers, biases and heads
+    # stay the student's.  So it must equal the quenched solve of a student whose first layer has
+    # exactly those overlaps (rows orthonormal, orthogonal to the teacher span) and the same rest,
+    # and differ from the quenched solve of the actual student, whose overlap at N = 60 is O(1).
+    spec = _trunk_spec(60, N=60, depth=2, bias_init="torch")
+    spec["student"]["init"] = "orthogonal"
+    e = mtjax.experiment_from_spec(spec)
+    seeds = mtjax.Seeds(0)
+    student = mtjax.Student.init(e.student, 60, e.teacher.n_classes, 2, key=seeds.key("init"))
+    E = mtjax.Teacher.sample(e.teacher, key=seeds.key("teacher")).basis  # (D, N), orthonormal rows
+    W = student.layers[0].weight
+    W_perp = W - (W @ E.T) @ E
+    q, _ = jnp.linalg.qr(W_perp.T)  # (N, H): orthonormal columns in the complement of the span
+    clean = eqx.tree_at(lambda s: s.layers[0].weight, student, e.student.init_scale * q.T)
+    assert float(jnp.abs(clean.layers[0].weight @ E.T).max()) < 1e-5
+    f = eqx.filter_jit(mtjax.finite_data_theory)  # `initial` (a str) is static
+    typical = f(e, seeds, solver=TINY, initial="typical")
+    typical_clean = f(e, seeds, solver=TINY, student=clean, initial="typical")
+    quenched_clean = f(e, seeds, solver=TINY, student=clean)
+    quenched = f(e, seeds, solver=TINY, student=student)
+    assert bool(typical.converged) and bool(quenched.converged)
+    np.testing.assert_allclose(typical.test_loss, typical_clean.test_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(typical.test_loss, quenched_clean.test_loss, rtol=2e-4, atol=1e-5)
+    # ||Ω0||² = H D / N on average (here 4 x 8 / 60): the overlap is a head start the typical
+    # student lacks, by far more than the draws' error (~1e-3 at these settings).
+    assert float(jnp.min(typical.test_loss[1:, 0] - quenched.test_loss[1:, 0])) > 5e-3, (typical.test_loss, quenched.test_loss)
+
+
 def test_flags_vmap_and_rejections():
     e = mtjax.experiment_from_spec(_spec(P=100, N=100, steps=8))
     f = eqx.filter_jit(lambda eps, solver: mtjax.finite_data_theory(
