@@ -45,10 +45,15 @@ def tmax(n: int) -> float:
 
 def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int):
     """Paper student and teacher at input dimension N, single task, full-batch GD with the
-    theory grid's step (divided by `refine`, with `refine` times as many steps)."""
+    theory grid's step (divided by `refine`, with `refine` times as many steps); `refine = 0`:
+    the paper's own protocol instead (minibatch SGD, batch 128, lr 1e-3, 2000 epochs, evaluated
+    every 10 epochs as `mtjax reproduce`)."""
     P = int(round(ntrain * (N - 20) / 80))
     spec = mtjax.paper_spec(n_train=P)
     spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1}
+    if refine == 0:
+        spec["train"] = {**spec["train"], "n_test": n_test, "eval_every": 10, "single_task": True}
+        return mtjax.experiment_from_spec(spec), P
     spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [P, P], "n_pool": [P, P], "n_test": n_test,
                      "n_steps": n_grid * refine, "eval_every": refine, "learning_rate": tmax(ntrain) / n_grid / refine,
                      "single_task": True}  # fmt: skip
@@ -68,6 +73,8 @@ def main():
                     help="DMFT solves per (N, ntrain): quenched at the initial students of realisations 0..k-1")
     ap.add_argument("--draws", type=int, default=2048)
     ap.add_argument("--no-theory", action="store_true")
+    ap.add_argument("--sgd", action="store_true",
+                    help="at the smallest N also simulate the paper's protocol (minibatch SGD at lr 1e-3)")
     ap.add_argument("--out", default="docs/results/paper_finite_size.txt")
     args = ap.parse_args()
 
@@ -92,7 +99,7 @@ def main():
     lines = [f"# command: python benchmarks/paper_finite_size.py " + " ".join(os.sys.argv[1:])]
     for ntrain in args.ntrain:
         for N in args.n:
-            for refine in (1, 10) if N == min(args.n) else (1,):
+            for refine in ((1, 10) + ((0,) if args.sgd else ())) if N == min(args.n) else (1,):
                 e, P = experiment(N, ntrain, args.sa, args.n_grid, refine, args.n_test)
                 t0 = time.time()
                 for c0 in range(0, args.realisations, args.chunk):
@@ -138,7 +145,7 @@ def main():
         m, se = ok.es.mean(), ok.es.std(ddof=1) / np.sqrt(len(ok))
         qm, qse, _ = theory_at(ntrain, N, "quenched")
         ym, yse, _ = theory_at(ntrain, N, "typical")
-        lines.append(f"{ntrain:6d} {N:5d} {int(g.P.iloc[0]):6d} {'x10' if refine > 1 else 'Δ':>5} | {m:9.3f} ± {se:6.3f} "
+        lines.append(f"{ntrain:6d} {N:5d} {int(g.P.iloc[0]):6d} { {0: 'SGD', 1: 'Δ'}.get(refine, f'x{refine}'):>5} | {m:9.3f} ± {se:6.3f} "
                      f"{ok.t_star.mean():5.1f} | {ok.final.mean():6.3f} | {qm:7.3f} ± {qse:6.3f} {m - qm:+10.3f} | "
                      f"{ym:7.3f} ± {yse:6.3f}"
                      + (f"  ({int(g.diverged.sum())} diverged, excluded)" if g.diverged.any() else ""))  # fmt: skip
