@@ -43,20 +43,23 @@ def tmax(n: int) -> float:
     return 2000 * math.ceil(n / 128) * 1e-3
 
 
-def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int):
+def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int, related: float | None = None):
     """Paper student and teacher at input dimension N, single task, full-batch GD with the
     theory grid's step (divided by `refine`, with `refine` times as many steps); `refine = 0`:
     the paper's own protocol instead (minibatch SGD, batch 128, lr 1e-3, 2000 epochs, evaluated
-    every 10 epochs as `mtjax reproduce`)."""
+    every 10 epochs as `mtjax reproduce`).  `related = r`: multitask instead, the second task at
+    relatedness r and the same scale s_b = s_a."""
     P = int(round(ntrain * (N - 20) / 80))
     spec = mtjax.paper_spec(n_train=P)
-    spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1}
+    spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1,
+                       "relatedness": 0.0 if related is None else related}
+    single = related is None
     if refine == 0:
-        spec["train"] = {**spec["train"], "n_test": n_test, "eval_every": 10, "single_task": True}
+        spec["train"] = {**spec["train"], "n_test": n_test, "eval_every": 10, "single_task": single}
         return mtjax.experiment_from_spec(spec), P
     spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [P, P], "n_pool": [P, P], "n_test": n_test,
                      "n_steps": n_grid * refine, "eval_every": refine, "learning_rate": tmax(ntrain) / n_grid / refine,
-                     "single_task": True}  # fmt: skip
+                     "single_task": single}  # fmt: skip
     return mtjax.experiment_from_spec(spec), P
 
 
@@ -75,6 +78,8 @@ def main():
     ap.add_argument("--no-theory", action="store_true")
     ap.add_argument("--sgd", action="store_true",
                     help="at the smallest N also simulate the paper's protocol (minibatch SGD at lr 1e-3)")
+    ap.add_argument("--related", type=float, default=None,
+                    help="also train multitask (second task at this relatedness, s_b = s_a) and report the benefit")
     ap.add_argument("--out", default="docs/results/paper_finite_size.txt")
     args = ap.parse_args()
 
@@ -94,33 +99,36 @@ def main():
 
         return jax.lax.map(one, r)
 
+    variants = [("single", None)] + ([] if args.related is None else [("multi", args.related)])
     th_rows = []
     rows = []
     lines = [f"# command: python benchmarks/paper_finite_size.py " + " ".join(os.sys.argv[1:])]
     for ntrain in args.ntrain:
         for N in args.n:
             for refine in ((1, 10) + ((0,) if args.sgd else ())) if N == min(args.n) else (1,):
-                e, P = experiment(N, ntrain, args.sa, args.n_grid, refine, args.n_test)
-                t0 = time.time()
-                for c0 in range(0, args.realisations, args.chunk):
-                    rr = jnp.arange(c0, min(c0 + args.chunk, args.realisations))
-                    batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(rr),) + a.shape), e)
-                    h = sim(batch, mtjax.Seeds(rr, rr, rr, rr))
-                    te = np.asarray(h.test_loss[:, :, 0])  # (runs, n_grid + 1)
-                    for q, r in enumerate(np.asarray(rr)):
-                        rows.append(dict(ntrain=ntrain, N=N, P=P, refine=refine, realisation=int(r),
-                                         es=float(np.nanmin(te[q])), t_star=float(np.asarray(h.time[q])[np.nanargmin(te[q])]),
-                                         final=float(te[q, -1]), diverged=bool(np.asarray(h.diverged[q]))))  # fmt: skip
-                print(f"  ntrain {ntrain} N {N} P {P} refine {refine}: {time.time() - t0:.0f} s", flush=True)
+                for task, rel in variants:
+                    e, P = experiment(N, ntrain, args.sa, args.n_grid, refine, args.n_test, rel)
+                    t0 = time.time()
+                    for c0 in range(0, args.realisations, args.chunk):
+                        rr = jnp.arange(c0, min(c0 + args.chunk, args.realisations))
+                        batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (len(rr),) + a.shape), e)
+                        h = sim(batch, mtjax.Seeds(rr, rr, rr, rr))
+                        te = np.asarray(h.test_loss[:, :, 0])  # (runs, n_grid + 1)
+                        for q, r in enumerate(np.asarray(rr)):
+                            rows.append(dict(ntrain=ntrain, N=N, P=P, refine=refine, task=task, realisation=int(r),
+                                             es=float(np.nanmin(te[q])), t_star=float(np.asarray(h.time[q])[np.nanargmin(te[q])]),
+                                             final=float(te[q, -1]), diverged=bool(np.asarray(h.diverged[q]))))  # fmt: skip
+                    print(f"  ntrain {ntrain} N {N} P {P} refine {refine} {task}: {time.time() - t0:.0f} s", flush=True)
             if args.no_theory or args.theory_realisations < 1:
                 continue
-            e, P = experiment(N, ntrain, args.sa, args.n_grid, 1, args.n_test)
-            t0 = time.time()
-            q, qok, y, yok = (np.asarray(a) for a in theory(e, jnp.arange(args.theory_realisations), tmax(ntrain)))
-            for r in range(args.theory_realisations):
-                th_rows.append(dict(ntrain=ntrain, N=N, realisation=r, quenched=float(q[r].min()), quenched_ok=bool(qok[r]),
-                                    typical=float(y[r].min()), typical_ok=bool(yok[r])))  # fmt: skip
-            print(f"  ntrain {ntrain} N {N}: theory {time.time() - t0:.0f} s", flush=True)
+            for task, rel in variants:
+                e, P = experiment(N, ntrain, args.sa, args.n_grid, 1, args.n_test, rel)
+                t0 = time.time()
+                q, qok, y, yok = (np.asarray(a) for a in theory(e, jnp.arange(args.theory_realisations), tmax(ntrain)))
+                for r in range(args.theory_realisations):
+                    th_rows.append(dict(ntrain=ntrain, N=N, task=task, realisation=r, quenched=float(q[r].min()),
+                                        quenched_ok=bool(qok[r]), typical=float(y[r].min()), typical_ok=bool(yok[r])))  # fmt: skip
+                print(f"  ntrain {ntrain} N {N} {task}: theory {time.time() - t0:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     base = os.path.splitext(args.out)[0]
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -130,17 +138,17 @@ def main():
     if len(th):
         th.to_csv(base + "_theory.csv", index=False)
 
-    def theory_at(ntrain, N, col):  # mean ± s.e. over the converged realisations
+    def theory_at(ntrain, N, col, task="single"):  # mean ± s.e. over the converged realisations
         if not len(th):
             return float("nan"), float("nan"), 0
-        g = th[(th.ntrain == ntrain) & (th.N == N) & th[col + "_ok"]][col]
+        g = th[(th.ntrain == ntrain) & (th.N == N) & (th.task == task) & th[col + "_ok"]][col]
         return g.mean(), (g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else float("nan")), len(g)
 
     lines.append(f"# single task, s_a = {args.sa}, sigma = 0.1, full-batch GD on the theory grid ({args.n_grid} steps of "
                  f"t_max/{args.n_grid}; 'x10' = 10x smaller steps), {args.realisations} realisations, P = ntrain (N - 20) / 80")  # fmt: skip
     lines.append(f"{'ntrain':>6} {'N':>5} {'P':>6} {'step':>5} | {'early-stopped sim':>18} {'t*':>5} | "
                  f"{'final':>6} | {'DMFT quenched':>16} {'sim - DMFT':>10} | {'DMFT typical':>16}")
-    for (ntrain, N, refine), g in df.groupby(["ntrain", "N", "refine"]):
+    for (ntrain, N, refine), g in df[df.task == "single"].groupby(["ntrain", "N", "refine"]):
         ok = g[~g.diverged]
         m, se = ok.es.mean(), ok.es.std(ddof=1) / np.sqrt(len(ok))
         qm, qse, _ = theory_at(ntrain, N, "quenched")
@@ -151,12 +159,33 @@ def main():
                      + (f"  ({int(g.diverged.sum())} diverged, excluded)" if g.diverged.any() else ""))  # fmt: skip
     # Power-law fit of the gap in N (refine 1 rows): sim − DMFT(quenched at that N) = a N^-b.
     for ntrain in args.ntrain:
-        g = df[(df.ntrain == ntrain) & (df.refine == 1) & ~df.diverged].groupby("N").es.mean()
+        g = df[(df.ntrain == ntrain) & (df.refine == 1) & (df.task == "single") & ~df.diverged].groupby("N").es.mean()
         gap = np.array([g[N] - theory_at(ntrain, N, "quenched")[0] for N in g.index])
         if len(gap) >= 2 and (gap > 0).all():
             b, loga = np.polyfit(np.log(g.index.values), np.log(gap), 1)
             lines.append(f"# ntrain {ntrain}: gap sim − DMFT ~ {math.exp(loga):.3g} N^{b:.2f} (least squares in log-log over "
                          f"N = {list(g.index)})")  # fmt: skip
+    if args.related is not None:
+        lines.append(f"\n# multitask benefit (single − multi early-stopped loss of task 1; r = {args.related}, s_b = s_a), "
+                     "paired per realisation; DMFT: mean over its realisations of single − multi")
+        lines.append(f"{'ntrain':>6} {'N':>5} {'step':>5} | {'multi sim':>16} | {'benefit sim':>17} | "
+                     f"{'benefit quenched':>17} | {'benefit typical':>17}")
+        for (ntrain, N, refine), g in df.groupby(["ntrain", "N", "refine"]):
+            w = g.pivot_table(index="realisation", columns="task", values="es")
+            if "multi" not in w:
+                continue
+            bad = set(g[g.diverged].realisation)
+            w = w[~w.index.isin(bad)]
+            b = w["single"] - w["multi"]
+            tb = {}
+            for col in ("quenched", "typical"):
+                t = th[(th.ntrain == ntrain) & (th.N == N)].pivot_table(index="realisation", columns="task", values=col)
+                d = t["single"] - t["multi"]
+                tb[col] = (d.mean(), d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"))
+            lines.append(f"{ntrain:6d} {N:5d} { {0: 'SGD', 1: 'Δ'}.get(refine, f'x{refine}'):>5} | "
+                         f"{w['multi'].mean():7.3f} ± {w['multi'].std(ddof=1) / np.sqrt(len(w)):6.3f} | "
+                         f"{b.mean():+8.4f} ± {b.std(ddof=1) / np.sqrt(len(b)):6.4f} | "
+                         f"{tb['quenched'][0]:+8.4f} ± {tb['quenched'][1]:6.4f} | {tb['typical'][0]:+8.4f} ± {tb['typical'][1]:6.4f}")
     print("\n".join(lines))
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
