@@ -179,6 +179,9 @@ def main():
             b = w["single"] - w["multi"]
             tb = {}
             for col in ("quenched", "typical"):
+                if not len(th):
+                    tb[col] = (float("nan"), float("nan"))
+                    continue
                 t = th[(th.ntrain == ntrain) & (th.N == N)].pivot_table(index="realisation", columns="task", values=col)
                 d = t["single"] - t["multi"]
                 tb[col] = (d.mean(), d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"))
