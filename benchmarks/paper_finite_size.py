@@ -1,26 +1,30 @@
 """Where does the DMFT's deficit at the paper preset come from?  A finite-size scan.
 
 Run: python benchmarks/paper_finite_size.py [--n 100 200 400 800 1600] [--ntrain 100 800] [--sa 10]
-         [--realisations 16] [--out docs/results/paper_finite_size.txt]
-Output: a table (and the per-run CSV next to it).
+         [--realisations 16] [--theory-realisations 4] [--sgd] [--related R] [--no-theory]
+         [--out docs/results/paper_finite_size.txt]
+Output: a table (per-run CSV and per-solve theory CSV `<out>_theory.csv` next to it).
+Results and reading: docs/dmft.md §6.3.
 
 The DMFT of `benchmarks/paper_finite.py` is the limit N, P -> inf at fixed alpha = P / (N - K R),
 fixed trunk width H = 64, C = R = 10.  At the paper's N = 100 its single-task early-stopped losses
-are 0.2-0.4 nats below the authors' (docs/dmft.md §6.2).  mtjax's simulator reproduces the authors'
-numbers with their protocol (docs/reproduction.md), so the question is whether the gap is the
-distance of N = 100 from the limit.  This script simulates the paper's student and teacher with
-the **theory's own dynamics** — full-batch GD with the theory grid's step Δ = t_max / n_grid and
-n_grid steps (t_max(ntrain) = 2000 ceil(ntrain / 128) x 1e-3, the paper's time map) — at growing N,
-with the data size scaled as P = ntrain (N - 20) / 80 (alpha of the paper cell kept fixed), the
-teacher's logit noise sigma = 0.1 and everything else as the paper preset (orthogonal init,
-PyTorch bias init, noisy fraction 1/2, 3200 validation examples).  If the deficit is a
-finite-size effect the simulated early-stopped loss must fall towards the theory as N grows, as
-a power of 1/N.  A control at N = 100 runs the same flow with 10x smaller steps (the GD-step
-approximation of the theory grid).
+(quenched initial condition) are 0.2-0.4 nats below the authors' (docs/dmft.md §6.2), while
+mtjax's simulator reproduces the authors' numbers with their protocol (docs/reproduction.md).  This
+script simulates the paper's student and teacher with the **theory's own dynamics** — full-batch
+GD with the theory grid's step Δ = t_max / n_grid and n_grid steps (t_max(ntrain) = 2000
+ceil(ntrain / 128) x 1e-3, the paper's time map) — at growing N, with the data size scaled as
+P = ntrain (N - 20) / 80 (alpha of the paper cell kept fixed), the teacher's logit noise
+sigma = 0.1 and everything else as the paper preset (orthogonal init, PyTorch bias init, noisy
+fraction 1/2, 3200 validation examples), and solves the DMFT at each N with the paper grid's
+solver settings, both `initial="quenched"` (at the students of realisations 0..k-1) and
+`"typical"` (the N -> inf initial overlaps).  Controls at the smallest N: the same flow with 10x
+smaller steps ("x10", the GD-step approximation) and, with `--sgd`, the paper's own protocol
+(minibatch SGD at lr 1e-3, "SGD").  `--related r` adds the multitask runs (second task at
+relatedness r, s_b = s_a) and a table of the benefit, paired per realisation.
 
 Each (N, ntrain) row: mean ± s.e. over `--realisations` independent realisations (teacher, data,
 initial student and training subset all drawn from seed r), early-stopped = minimum over the
-n_grid + 1 grid times (as the theory).
+evaluation times (the n_grid + 1 grid times for GD, as the theory; every 10 epochs for SGD).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import equinox as eqx
@@ -102,7 +107,7 @@ def main():
     variants = [("single", None)] + ([] if args.related is None else [("multi", args.related)])
     th_rows = []
     rows = []
-    lines = [f"# command: python benchmarks/paper_finite_size.py " + " ".join(os.sys.argv[1:])]
+    lines = ["# command: python benchmarks/paper_finite_size.py " + " ".join(sys.argv[1:])]
     for ntrain in args.ntrain:
         for N in args.n:
             for refine in ((1, 10) + ((0,) if args.sgd else ())) if N == min(args.n) else (1,):
