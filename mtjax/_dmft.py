@@ -37,7 +37,7 @@ import numpy as np
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._train import at_minimum, early_stopped_loss
-from ._gaussian import cholesky, sobol_uniforms
+from ._gaussian import blocked_cholesky, cholesky, sobol_uniforms
 from ._student import Student
 from ._teacher import Teacher
 from ._validation import check_choice, check_int, check_range
@@ -335,7 +335,10 @@ def psd_factor(s: Float[Array, "n n"], jitter: float = 1e-4) -> Float[Array, "n 
     earlier pivot-dropping factor made the map discontinuous (residual floor ~1e-3, gradients 7 %
     off finite differences)."""
     n = s.shape[0]
-    return cholesky(s + (jitter * jnp.max(jnp.diag(s)) + 1e-30) * jnp.eye(n), jitter=0.0)
+    s = s + (jitter * jnp.max(jnp.diag(s)) + 1e-30) * jnp.eye(n)
+    # Large factors by blocks (the paper preset: n = (T+1) H = 1344–3264; 3x–9x faster), small
+    # ones by the column loop (fewer operations to compile).
+    return blocked_cholesky(s) if n > 256 else cholesky(s, jitter=0.0)
 
 
 def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):

@@ -111,6 +111,35 @@ def softmax_moments(a: Float[Array, " C"], A: Float[Array, "C D"], g: Float[Arra
     return SoftmaxMoments(mean_p, jac, jnp.mean(lse), jnp.std(pairs) / math.sqrt(n // 2))
 
 
+def blocked_cholesky(s: Float[Array, "n n"], block: int = 64) -> Float[Array, "n n"]:
+    """Lower Cholesky factor of a positive definite s (no jitter added), by blocks of `block`
+    columns, in plain jnp like `cholesky`.
+
+    The column loop of `cholesky` takes n sequential matrix-vector steps: 4.7 s at n = 3264 (the
+    DMFT's (T+1) H covariances at T = 50, H = 64) against 0.26 s for LAPACK.  Here each of the
+    n / block steps factors one diagonal block with the column loop and fills the panel below it
+    with one matrix product and a triangular solve of `block` rows — left-looking, so the update
+    uses the finished columns only (those not yet computed are still zero)."""
+    n = s.shape[0]
+    m = -(-n // block) * block
+    # Pad with an identity block: the factor of diag(s, I) is diag(L, I).
+    sp = jnp.eye(m, dtype=s.dtype).at[:n, :n].set(s)
+    rows = jnp.arange(m)
+
+    def body(k, L):
+        j0 = k * block
+        Lk = jax.lax.dynamic_slice(L, (j0, 0), (block, m))  # the block's rows, finished columns only
+        col = jax.lax.dynamic_slice(sp, (0, j0), (m, block)) - L @ Lk.T  # (m, block)
+        d = cholesky(jax.lax.dynamic_slice(col, (j0, 0), (block, block)), jitter=0.0)
+        below = forward_substitution(d, col.T).T  # rows below the block: col · d⁻ᵀ
+        inblock = (rows >= j0) & (rows < j0 + block)
+        dfull = jax.lax.dynamic_update_slice(jnp.zeros((m, block), s.dtype), d, (j0, 0))
+        new = jnp.where(inblock[:, None], dfull, jnp.where((rows >= j0 + block)[:, None], below, 0.0))
+        return jax.lax.dynamic_update_slice(L, new, (0, j0))
+
+    return jax.lax.fori_loop(0, m // block, body, jnp.zeros_like(sp))[:n, :n]
+
+
 def forward_substitution(L: Float[Array, "n n"], B: Float[Array, "n m"]) -> Float[Array, "n m"]:
     """L⁻¹ B for lower-triangular L, in plain jnp (see `cholesky` on LAPACK in vmaps)."""
     n = L.shape[0]

@@ -201,6 +201,30 @@ def test_example_processes_match_plain_loops():
                            c - dt[t] * pt.rho[:, None] * wg.sum((1, 2)))
 
 
+def test_blocked_cholesky_matches_the_column_loop():
+    # psd_factor switches to the blocked factor above n = 256: same factor, any n (padded blocks),
+    # nearly singular PSD input (rank n/2 plus psd_factor's jitter), and usable under jax.grad.
+    from mtjax._dmft import psd_factor
+    from mtjax._gaussian import blocked_cholesky, cholesky
+
+    for n, block in ((300, 64), (257, 32)):
+        a = jax.random.normal(jax.random.key(n), (n, n // 2))
+        s = a @ a.T / n
+        L = psd_factor(s)
+        sj = s + 1e-4 * jnp.max(jnp.diag(s)) * jnp.eye(n)
+        ref = cholesky(sj, jitter=0.0)
+        # The two factors sum in different orders: float32 rounding, amplified by the small pivots
+        # (>= sqrt(jitter) = 1e-2 relative) of the near-null directions: observed 2e-5 of max |L|.
+        np.testing.assert_allclose(L, ref, atol=2e-4 * float(jnp.max(jnp.abs(ref))))
+        np.testing.assert_allclose(L @ L.T, sj, atol=1e-5 * float(jnp.max(sj)))
+        np.testing.assert_allclose(blocked_cholesky(sj, block), ref, atol=2e-4 * float(jnp.max(jnp.abs(ref))))
+        assert float(jnp.abs(jnp.triu(L, 1)).max()) == 0.0
+    f = lambda x: jnp.sum(psd_factor(s * x) ** 2)  # noqa: E731  (= trace(s x) + jitter terms: d/dx = trace(s)(1 + n 1e-4 max/tr))
+    g = float(jax.grad(f)(1.0))
+    fd = (f(1.0 + 1e-3) - f(1.0 - 1e-3)) / 2e-3
+    assert abs(g - float(fd)) < 1e-2 * abs(float(fd)), (g, fd)
+
+
 def test_psd_factor_samples_singular_covariances():
     a = jax.random.normal(jax.random.key(0), (12, 3))
     s = a @ a.T  # rank 3
