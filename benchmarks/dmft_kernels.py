@@ -11,6 +11,8 @@ The two causal sums of a DMFT map (mtjax/_dmft.py):
   step) without time blocks; "blocked" adds the default time blocks (`_time_blocks`).
 - the memory term of the example process Σ_{m<n} R_v[n,m] g^m over all 3 S draws
   (`_causal_memory_scan` vs a dense einsum over a (3, S, T+1, C) carry).
+And the Cholesky factor of the sampled fields' covariance (`psd_factor`, n = (T+1) H): the
+column loop of `_gaussian.cholesky` vs `_gaussian.blocked_cholesky` (session 9).
 Shapes: the N = 400 depth-1 grid (T + 1 = 41, logits C = 4, 3 x 256 response draws; first-layer
 H = 8 with K = 2 tasks x 3 x 2048 draws) and a paper-preset-like one (T + 1 = 61, C = 10).
 Each row: median wall time of `--repeat` calls after one compiling call, and the compile call.
@@ -29,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtjax._dmft import _causal_memory_scan, _response, _softmax_jacobian
+from mtjax._gaussian import blocked_cholesky, cholesky
 
 
 def dense_response(h, Rv, alpha, wts, chunk=32):
@@ -122,6 +125,19 @@ def main():
             out = np.asarray(f(u, R))
             base, ref = (run, out) if base is None else (base, ref)
             print(f"{'memory':<10} {f'T+1={T1} width={W} cols={cols}':<32} {name:<18} {run:8.3f} {comp:9.1f} {base / run:7.1f}x "
+                  f"{np.abs(out - ref).max():10.1e}")
+    # The covariance factor of the sampled fields (psd_factor): the column loop vs blocks of 64.
+    for n in (1344, 3264):  # (T+1) H at the paper preset: T = 20 and T = 50, H = 64
+        a = jax.random.normal(jax.random.fold_in(key, n), (n, n // 2))
+        sm = a @ a.T / n + 1e-4 * jnp.eye(n)
+        variants = [("column loop (old)", jax.jit(lambda m: cholesky(m, jitter=0.0))),
+                    ("blocked", jax.jit(lambda m: blocked_cholesky(m)))]  # fmt: skip
+        base = ref = None
+        for name, f in variants:
+            run, comp = timed(f, sm, repeat=args.repeat)
+            out = np.asarray(f(sm))
+            base, ref = (run, out) if base is None else (base, ref)
+            print(f"{'factor':<10} {f'n={n}':<32} {name:<18} {run:8.3f} {comp:9.1f} {base / run:7.1f}x "
                   f"{np.abs(out - ref).max():10.1e}")
     if args.solve:
         import sys
