@@ -336,7 +336,8 @@ def psd_factor(s: Float[Array, "n n"], jitter: float = 1e-4) -> Float[Array, "n 
     off finite differences)."""
     n = s.shape[0]
     s = s + (jitter * jnp.max(jnp.diag(s)) + 1e-30) * jnp.eye(n)
-    # Large factors by blocks (the paper preset: n = (T+1) H = 1344–3264; 3x–9x faster), small
+    # Large factors by blocks (the paper preset: n = (T+1) H = 1344–3264; 2x–7x faster,
+    # benchmarks/dmft_kernels.py), small
     # ones by the column loop (fewer operations to compile).
     return blocked_cholesky(s) if n > 256 else cholesky(s, jitter=0.0)
 
