@@ -337,8 +337,7 @@ def psd_factor(s: Float[Array, "n n"], jitter: float = 1e-4) -> Float[Array, "n 
     n = s.shape[0]
     s = s + (jitter * jnp.max(jnp.diag(s)) + 1e-30) * jnp.eye(n)
     # Large factors by blocks (the paper preset: n = (T+1) H = 1344–3264; 2x–7x faster,
-    # benchmarks/dmft_kernels.py), small
-    # ones by the column loop (fewer operations to compile).
+    # benchmarks/dmft_kernels.py), small ones by the column loop (fewer operations to compile).
     return blocked_cholesky(s) if n > 256 else cholesky(s, jitter=0.0)
 
 
