@@ -56,7 +56,8 @@ import mtjax
 
 
 def tmax(n: int) -> float:
-    return 2000 * math.ceil(n / 128) * 1e-3
+    """The paper protocol's theory time after its 2000 epochs at ntrain n (= 2000 ceil(n / 128) x 1e-3)."""
+    return float(mtjax.paper(n_train=int(n)).train.t_max)
 
 
 def base_experiment(n_grid: int):
@@ -144,7 +145,7 @@ def main():
     def n_grid(n):  # GD steps of the theory grid: at least --n-grid, and steps Δ <= --max-step
         if geometric:  # small steps early, large late: --n-grid steps whatever t_max
             return args.n_grid
-        return max(args.n_grid, math.ceil(tmax(n) / args.max_step - 1e-9))
+        return max(args.n_grid, math.ceil(tmax(n) / args.max_step * (1 - 1e-6)))  # t_max carries the float32 lr's rounding
 
     def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
         return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
@@ -192,10 +193,9 @@ def main():
                                         tol=args.tol, n_quad_eval=args.n_quad_eval, **sched)  # fmt: skip
         e0 = base_experiment(T)
 
-        def one(n, sa, sb, r, w2):
+        def one(n, sa, sb, r, w2, t_max):
             e = eqx.tree_at(lambda m: (m.train.n_train_active, m.train.task_weights, m.teacher.scale, m.teacher.relatedness),
                             e0, (jnp.stack([n, n]), jnp.stack([jnp.ones_like(w2), w2]), jnp.stack([sa, sb]), r[None]))  # fmt: skip
-            t_max = 2000 * jnp.ceil(n / 128) * 1e-3
             # Report at the grid times (no interpolation): the minimum is over the grid.
             ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)
             th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver, initial=args.initial)
@@ -211,7 +211,7 @@ def main():
         for j in range(0, len(padded), b):
             chunk = padded[j : j + b]
             xs = tuple(jnp.asarray([cells[i][q] for i in chunk], float) for q in range(4))
-            xs = xs + (jnp.asarray([0.0 if cells[i][4] else 1.0 for i in chunk]),)
+            xs = xs + (jnp.asarray([0.0 if cells[i][4] else 1.0 for i in chunk]), jnp.asarray([tmax(cells[i][0]) for i in chunk]))
             t0 = time.time()
             o = jax.block_until_ready(run(*xs))
             times.append(time.time() - t0)

@@ -45,7 +45,8 @@ import mtjax
 
 
 def tmax(n: int) -> float:
-    return 2000 * math.ceil(n / 128) * 1e-3
+    """The paper protocol's theory time after its 2000 epochs at ntrain n (its batches do not depend on N)."""
+    return float(mtjax.paper(n_train=int(n)).train.t_max)
 
 
 def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int, related: float | None = None):

@@ -13,7 +13,6 @@ Prints per-cell tables and how much of the measured multitask benefit the theory
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import equinox as eqx
@@ -33,7 +32,7 @@ def main():
     args = ap.parse_args()
     d = pd.read_csv(args.data)
     ntrains = sorted(d.main_train_pts.unique())
-    tmax = {n: 2000 * math.ceil(n / 128) * 1e-3 for n in ntrains}
+    tmax = {n: float(mtjax.paper(n_train=int(n)).train.t_max) for n in ntrains}
     ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(0.05, max(tmax.values()), 80), jnp.asarray(sorted(tmax.values()))])
     ts = jnp.unique(ts)
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=1e-3, atol=1e-5)

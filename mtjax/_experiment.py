@@ -177,6 +177,16 @@ class TrainConfig(eqx.Module):
         return self.n_steps
 
     @property
+    def t_max(self) -> Float[Array, ""]:
+        """Theory time at the end of the run, learning_rate x `total_steps` (units of lr x steps;
+        an array, so it follows a vmapped or traced learning rate).
+
+        For the paper protocol the clock counts task-1 steps only (the interleaved task-k steps
+        become the rate m_k of docs/theory.md), so 2000 epochs at n_train n end at
+        2000 ceil(n / 128) x 1e-3."""
+        return self.learning_rate * self.total_steps
+
+    @property
     def eval_steps(self) -> np.ndarray:
         """Clock values (steps) at which metrics are recorded, shape (n_evals,)."""
         per = self.eval_every * (self.steps_per_epoch if self.protocol == "paper" else 1)

@@ -109,6 +109,10 @@ def test_alternation_multiplicity_and_clock():
     assert e.train.steps_per_epoch == 2
     h = mtjax.simulate(e, mtjax.Seeds.same(0))
     np.testing.assert_array_equal(h.step, np.arange(e.train.n_evals) * 2 * 2)  # eval_every=2 epochs x 2 steps
+    # The theory's horizon is the simulation's last clock time (task-1 steps only).
+    np.testing.assert_allclose(e.train.t_max, h.time[-1], rtol=1e-6)
+    # The paper's 2000 epochs at n = 800: ceil(800 / 128) = 7 steps per epoch at lr 1e-3.
+    np.testing.assert_allclose(mtjax.paper(n_train=800).train.t_max, 14.0, rtol=1e-6)
 
 
 def test_vmapped_equals_per_run():
