@@ -11,9 +11,9 @@ import pandas as pd
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # No `matplotlib.use` here: a library must keep the user's backend (in Jupyter, switching
+    # to Agg stops every later figure of the session from being shown).  Headless machines get
+    # Agg from matplotlib's own fallback.
     import matplotlib.pyplot as plt
 
     return plt

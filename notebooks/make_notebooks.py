@@ -1,4 +1,4 @@
-"""Write notebooks 01-04 (outputs empty) from the cell sources below.
+"""Write notebooks 01-04 and 06 (outputs empty) from the cell sources below.
 
 Run: python notebooks/make_notebooks.py   (then commit the .ipynb files; CI executes them,
 tests/test_notebooks.py).  Editing the .ipynb files by hand is fine too; this script is only the
@@ -171,6 +171,117 @@ fig = plots.plot_benefit_grid(same_cells, ours_benefit, theory_label="mtjax")"""
         ("code", """cmp = mtjax.compare_with_authors(authors, ours, "rank-10")
 cmp[["single_task", "main_train_pts", "relatedness", "s_a", "s_b", "authors_mean", "ours_mean", "diff", "z",
      "authors_benefit", "ours_benefit", "benefit_z"]].round(3)"""),
+    ],
+    "06_finite_data.ipynb": [
+        ("md", """# 06 · Finite data: overfitting, early stopping and the multitask benefit (DMFT)
+
+With P = αN training examples per task and noisy labels, full-batch gradient descent first
+lowers the test loss and then raises it again as the network fits the label noise. The
+finite-data theory (`mtjax.finite_data_theory`, a dynamical mean-field theory of the same GD,
+`docs/dmft.md`) predicts those curves without training anything. Here: a shared linear trunk
+of width 8, two tasks whose labels are drawn from noisy teacher logits (σ = 0.5), α ∈ {1, 4},
+tasks unrelated (r = 0) or fully related (r = 1). Task 1 alone is the task-2 weight w_b = 0."""),
+        ("code", SCALE_CELL),
+        ("code", """import matplotlib.pyplot as plt
+import pandas as pd
+
+import mtjax
+from mtjax import plots
+
+N, steps, seeds, draws = (200, 40, 4, 1024) if SCALE == "quick" else (400, 40, 16, 4096)
+R = 3
+alphas = [1, 4]
+ntrain = [a * (N - 2 * R) for a in alphas]  # α = P / (N − K R): the DMFT's ratio
+spec = {
+    "seed_scope": "train",  # teacher, test set and initial student shared; the seed draws the training sets
+    "teacher": {"n_features": N, "rank": R, "n_classes": R, "scale": [3.0, 3.0], "noise": 0.5},
+    "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+    "train": {"protocol": "full_batch", "n_pool": [10 * max(ntrain)] * 2, "n_steps": steps, "eval_every": 1,
+              "learning_rate": 0.5, "n_test": 4000},
+}
+grid = {"ntrain": ntrain, "relatedness": [0.0, 1.0], "w_b": [0.0, 1.0]}
+sim = mtjax.sweep(spec, {**grid, "seed": list(range(seeds))}, out_dir=None, progress=False)
+# Grid step Δ = lr: the theory describes the same GD.  The response kernel needs its default 256
+# draws here: with 32 the α = 4 curves overfit visibly too much (as α grows the weight process is
+# driven by its memory R_g more than by its noise C_g / α, so R_g's sampling error weighs more).
+solver = mtjax.FiniteDataSolver(n_grid=steps, n_draws=draws)
+th = mtjax.sweep(spec, grid, out_dir=None, progress=False, source="theory-finite", solver=solver)
+assert not th.summary["diverged"].any()"""),
+        ("md", """Task-1 test loss (solid: simulation mean ± s.e. over training sets; dashed: theory) and train
+loss (the lower curves). Black: task 1 alone; the minimum of each test curve is the
+early-stopped loss."""),
+        ("code", """def for_plot(curves, n):
+    c = curves[(curves["ntrain"] == n) & ~((curves["w_b"] == 0) & (curves["relatedness"] == 1))]
+    return c.assign(single_task=c["w_b"] == 0)  # w_b = 0 rows are task 1 alone (drawn in black)
+
+
+fig, axes = plt.subplots(1, len(ntrain), figsize=(5 * len(ntrain), 3.8), sharey=True)
+for ax, a, n in zip(axes, alphas, ntrain):
+    for metric in ("test_loss", "train_loss"):
+        plots.plot_curves_with_theory(for_plot(sim.curves, n), for_plot(th.curves, n), by=("relatedness",),
+                                      tasks=[1], metric=metric, axes=[ax])
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles[: len(handles) // 2], labels[: len(labels) // 2], fontsize=7)  # once, not per metric
+    ax.set_title(f"task 1, α = {a} (P = {n})")
+    ax.set_ylabel("loss (nats): test above, train below")"""),
+        ("md", """Early-stopped loss of task 1 and the multitask benefit (task 1 alone − with task 2, > 0: task 2
+helps), simulation mean ± s.e. vs theory. With little data (α = 1) a second task hurts, most of
+all a related one (its teacher wants other logits from the same input directions, and it speeds up
+the shared trunk's overfitting); with more data (α = 4) the related task helps. One theory solve is a
+Monte Carlo estimate with a few per cent error at these draws (`docs/dmft.md` §6.1;
+`mtjax.finite_data_replicas` averages independent solves), and N = 200 adds finite-size effects."""),
+        ("code", """def benefit(summary):
+    s = summary[summary["task"] == 1]
+    keys = [k for k in ("ntrain", "relatedness", "seed") if k in s]
+    p = s.pivot_table(index=keys, columns="w_b", values="early_stopped_loss").reset_index()
+    return p.assign(alone=p[0.0], multitask=p[1.0], benefit=p[0.0] - p[1.0])
+
+
+keys = ["ntrain", "relatedness"]
+table = benefit(sim.summary).groupby(keys)[["alone", "multitask", "benefit"]].agg(["mean", "sem"])
+theory = benefit(th.summary).set_index(keys)[["alone", "multitask", "benefit"]]
+table.columns = [" ".join(c) for c in table.columns]
+table.join(theory.add_suffix(" theory")).round(3)"""),
+        ("md", """## The paper preset against the authors' measurements
+
+The same theory with the paper's student (two trunk layers of width 64), teacher (N = 100,
+rank 10) and time map (SGD at lr 1e-3 as gradient flow) for the authors' rank-10 grid, stored by
+`python benchmarks/paper_finite.py --full --draws 2048 --out docs/results/paper_finite_full.txt`
+(hours of CPU; here we only read its table). Left: every multitask cell's benefit, theory vs the
+authors' 5-seed mean (the band is the ±0.03-nat goal). Right: single-task early-stopped losses;
+`initial` is the theory's first-layer initial condition (`docs/dmft.md` §6.3): the N = 100
+student's own overlaps with the teacher (quenched) or none, as for N → ∞ (typical, a subset)."""),
+        ("code", """results = "../docs/results"
+full = pd.read_csv(f"{results}/paper_finite_full.csv")
+typical = pd.read_csv(f"{results}/paper_finite_typical.csv")
+multi = full[(full["kind"] == "multi") & full["ok_both"]]
+within = (multi["theory_benefit"] - multi["ben_mean"]).abs() <= 0.03
+print(f"benefits within 0.03 nats: {within.sum()} / {len(multi)} cells ({within.mean():.1%})")
+
+fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+sc = a.scatter(multi["ben_mean"], multi["theory_benefit"], c=multi["main_train_pts"], s=8, cmap="viridis",
+               norm=plt.matplotlib.colors.LogNorm())
+lim = [min(multi["ben_mean"].min(), multi["theory_benefit"].min()), max(multi["ben_mean"].max(), multi["theory_benefit"].max())]
+a.plot(lim, lim, "k", lw=0.8)
+a.fill_between(lim, [x - 0.03 for x in lim], [x + 0.03 for x in lim], color="k", alpha=0.1, lw=0)
+a.set_xlabel("authors' benefit (nats)")
+a.set_ylabel("theory's benefit (nats)")
+fig.colorbar(sc, ax=a, label="ntrain")
+for (name, tab), ls in zip((("quenched", full), ("typical", typical)), ("-", "--")):
+    single = tab[tab["kind"] == "single"]
+    for i, (s_a, g) in enumerate(single.groupby("s_a")):
+        g = g.sort_values("main_train_pts")
+        b.plot(g["main_train_pts"], g["theory"], ls=ls, color=f"C{i}", label=f"s_a = {s_a:.3g}" if name == "quenched" else None)
+        if name == "quenched":
+            b.errorbar(g["main_train_pts"], g["mean"], g["se"], fmt="o", ms=3, color=f"C{i}")
+b.plot([], [], "k-", label="theory, quenched")
+b.plot([], [], "k--", label="theory, typical")
+b.plot([], [], "ko", ms=3, label="authors")
+b.set_xscale("log")
+b.set_xlabel("ntrain")
+b.set_ylabel("single-task early-stopped loss (nats)")
+b.legend(fontsize=7, ncol=2)
+fig.tight_layout()"""),
     ],
 }
 

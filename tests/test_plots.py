@@ -113,3 +113,13 @@ def test_plot_cli_writes_figures(tmp_path):
     main(["plot", str(d), "--format", "pdf"])
     for f in ("overview.pdf", "curves.pdf", "benefit_grid.pdf", "benefit_heatmap.pdf"):
         assert (d / f).stat().st_size > 1000, f
+
+
+def test_plotting_keeps_the_users_backend():
+    # Jupyter's inline backend must survive a call (a switch to Agg hid every later figure).
+    plt.switch_backend("svg")
+    try:
+        plots.plot_learning_curves(tiny_curves())
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        plt.switch_backend("Agg")
