@@ -60,15 +60,24 @@ def cholesky(s: Float[Array, "C C"], jitter: float = 1e-9) -> Float[Array, "C C"
     """Lower Cholesky factor of a PSD matrix, in plain jnp (no LAPACK custom call: jaxlib's
     batched LAPACK calls deadlocked inside large vmapped programs on a 2-core CPU).
 
-    A relative jitter keeps rank-deficient covariances (e.g. a zero-initialised head) finite."""
+    A relative jitter keeps rank-deficient covariances (e.g. a zero-initialised head) finite.
+    A pivot at or below the rounding level 16 eps · (mean variance) is rounding noise of an
+    exactly singular direction (logits V Σ Vᵀ of a trunk narrower than C classes): its column
+    is set to zero, as exact arithmetic would give, instead of dividing by it (entries of 1e10 in
+    float32, and garbage test losses).  Positive definite inputs are not affected (every
+    `psd_factor` call adds a jitter of 1e-4 of the largest variance, far above the floor)."""
     c = s.shape[0]
-    s = s + (jitter * (jnp.trace(s) / c + 1e-12)) * jnp.eye(c)
+    scale = jnp.trace(s) / c + 1e-12
+    s = s + (jitter * scale) * jnp.eye(c)
+    floor = jnp.maximum(16 * jnp.finfo(s.dtype).eps * scale, 1e-30)
 
     def body(j, L):
         row = L[j]
-        d = jnp.sqrt(jnp.maximum(s[j, j] - row @ row, 1e-30))
+        piv = s[j, j] - row @ row
+        ok = piv > floor
+        d = jnp.sqrt(jnp.where(ok, piv, floor))
         col = (s[:, j] - L @ row) / d
-        col = jnp.where(jnp.arange(c) > j, col, 0.0)
+        col = jnp.where((jnp.arange(c) > j) & ok, col, 0.0)
         return L.at[:, j].set(col).at[j, j].set(d)
 
     return jax.lax.fori_loop(0, c, body, jnp.zeros_like(s))
