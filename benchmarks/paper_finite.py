@@ -252,8 +252,8 @@ def main():
             cost[T] = solve_group(T, idx, done)
         # Full grid: 6 single + 180 multitask cells per ntrain, at that ntrain's grid cost (grids
         # finer than those run here cost ~ (n_grid ratio)^3 more: not extrapolated).
-        if cost:
-            full = sum(cost.get(n_grid(n), np.nan) * (6 + 180) for n in ntrains)
+        if cost and all(n_grid(n) in cost for n in ntrains):  # a resumed run may have timed some grids only
+            full = sum(cost[n_grid(n)] * (6 + 180) for n in ntrains)
             emit(f"# cost of the full grid (36 + 1080 cells) for these ntrain at these settings ≈ {full / 3600:.1f} h on this machine")
         store(done)
         results = [done[c] for c in cells]
