@@ -254,7 +254,7 @@ student's own overlaps with the teacher (quenched) or none, as for N → ∞ (ty
         ("code", """results = "../docs/results"
 full = pd.read_csv(f"{results}/paper_finite_full.csv")
 typical = pd.read_csv(f"{results}/paper_finite_typical.csv")
-multi = full[(full["kind"] == "multi") & full["ok_both"]]
+multi = full[(full["kind"] == "multi") & full["ok_both"].eq(True)]  # converged cells (the column is empty for single-task rows)
 within = (multi["theory_benefit"] - multi["ben_mean"]).abs() <= 0.03
 print(f"benefits within 0.03 nats: {within.sum()} / {len(multi)} cells ({within.mean():.1%})")
 
