@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--response", type=int, default=32)
     ap.add_argument("--max-iter", type=int, default=15)
     ap.add_argument("--tol", type=float, default=2e-2)
+    ap.add_argument("--damping", type=float, default=1.0, help="Picard damping λ in (0, 1] (FiniteDataSolver.damping)")
     ap.add_argument("--n-quad-eval", type=int, default=8192)
     ap.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="the first layer's initial overlaps: the seed-0 student's own (quenched) or their N -> inf "
@@ -156,13 +157,15 @@ def main():
              f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip
     emit(f"# solver: n_grid {'' if geometric else f'max({args.n_grid}, t_max/{args.max_step}) '}= "
          f"{ {int(n): n_grid(n) for n in ntrains} } ({steps}), draws 3 x {args.draws}, "
-         f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}")
+         f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}"
+         + ("" if args.damping == 1.0 else f", damping {args.damping}"))
     emit(f"# cells: {sum(c[4] for c in cells)} single-task + {sum(not c[4] for c in cells)} multitask "
          f"(multitask r in {[round(float(x), 3) for x in rs]}, s_a in {[round(float(x), 3) for x in sas]}, s_b in {[round(float(x), 3) for x in sbs]})")
 
     settings = (f"n_grid={args.n_grid} max_step={args.max_step} step_growth={args.step_growth} draws={args.draws} "
                 f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}"
-                + ("" if args.initial == "quenched" else f" initial={args.initial}"))  # stores of quenched runs predate the flag
+                + ("" if args.initial == "quenched" else f" initial={args.initial}")  # stores of quenched runs predate the flag
+                + ("" if args.damping == 1.0 else f" damping={args.damping}"))  # and of undamped runs, the damping flag
     raw = os.path.splitext(args.out)[0] + ".raw.pkl"
 
     def load_done() -> dict:
@@ -190,7 +193,7 @@ def main():
 
     def solve_group(T, idx, done):
         solver = mtjax.FiniteDataSolver(n_grid=T, n_draws=args.draws, n_response=args.response, max_iter=args.max_iter,
-                                        tol=args.tol, n_quad_eval=args.n_quad_eval, **sched)  # fmt: skip
+                                        tol=args.tol, n_quad_eval=args.n_quad_eval, damping=args.damping, **sched)  # fmt: skip
         e0 = base_experiment(T)
 
         def one(n, sa, sb, r, w2, t_max):
