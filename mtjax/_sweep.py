@@ -603,18 +603,32 @@ def merge_parts(out: str | os.PathLike, write: bool = True) -> tuple[pd.DataFram
     return summary, curves
 
 
-def multitask_benefit(summary: pd.DataFrame, task: int = 1, metric: str = "early_stopped_loss") -> pd.DataFrame:
-    """Pair every multitask run with the single-task run of the same task-1 setting.
+def multitask_benefit(summary: pd.DataFrame, task: int = 1, metric: str = "early_stopped_loss", *,
+                      alone: str = "single_task") -> pd.DataFrame:
+    """Pair every multitask run with the run of the same task-1 setting that trained task 1 alone.
+
+    - `alone="single_task"`: the reference is the `single_task = True` run (a separate program).
+    - `alone="w_b"`: the reference is the run with task-2 weight `w_b = 0` and every other
+      parameter equal (relatedness, s_b, seed, ...): the joint loss then has no task-2 term, so
+      one compiled program holds both (sweep with `w_b = [0, 1]`).
 
     **Returns:** the multitask rows of `task` with columns `single_loss`, `multi_loss` and
     `benefit` = single − multi (nats; positive = training with the other tasks helped).
     Diverged runs give NaN benefits (never silently averaged)."""
     s = summary[summary["task"] == task]
-    if "single_task" not in s:
-        raise ValueError("summary has no single_task column: sweep with single_task = [true, false]")
-    single = s[s["single_task"].astype(bool)]
-    multi = s[~s["single_task"].astype(bool)]
-    keys = [c for c in PARAM_COLUMNS if c in s and c not in TASK2_AXES and c != "single_task"]
+    if alone == "w_b":
+        if "w_b" not in s:
+            raise ValueError("summary has no w_b column: sweep with w_b = [0, 1] for alone='w_b'")
+        single, multi = s[s["w_b"] == 0], s[s["w_b"] != 0]
+        keys = [c for c in PARAM_COLUMNS if c in s and c not in ("w_b", "single_task")]
+    elif alone == "single_task":
+        if "single_task" not in s:
+            raise ValueError("summary has no single_task column: sweep with single_task = [true, false]")
+        single = s[s["single_task"].astype(bool)]
+        multi = s[~s["single_task"].astype(bool)]
+        keys = [c for c in PARAM_COLUMNS if c in s and c not in TASK2_AXES and c != "single_task"]
+    else:
+        raise ValueError(f"alone={alone!r} is not one of ['single_task', 'w_b']")
     keys = [c for c in keys if single[c].notna().all()]
     merged = multi.merge(single[keys + [metric]].rename(columns={metric: "single_loss"}), on=keys, how="left")
     merged = merged.rename(columns={metric: "multi_loss"})

@@ -108,24 +108,16 @@ spec = {
 }
 solver = mtjax.PopulationSolver(n_quad=512, n_quad_eval=2048) if SCALE == "quick" else mtjax.PopulationSolver()
 
-
-def benefit(summary):
-    # Task-1 benefit = loss with task 2 at weight w_b = 0 (task 1 effectively trained alone: the
-    # joint loss has no task-2 term) - loss with w_b = 1, per setting and seed. One compiled
-    # program covers both, instead of separate single-task and multitask programs.
-    s = summary[summary["task"] == 1]
-    keys = ["relatedness", "s_a", "s_b", "seed"]
-    p = s.pivot_table(index=keys, columns="w_b", values="early_stopped_loss").reset_index()
-    return p.assign(single_loss=p[0.0], multi_loss=p[1.0], benefit=p[0.0] - p[1.0])
-
-
+# Task-1 benefit = loss with task 2 at weight w_b = 0 (task 1 effectively trained alone: the joint
+# loss has no task-2 term) - loss with w_b = 1, per setting and seed: one compiled program covers
+# both, instead of separate single-task and multitask programs.
 th = mtjax.sweep(spec, {"relatedness": r_th, "s_a": [3.0], "s_b": sb_th, "w_b": [0.0, 1.0]},
                  out_dir=None, progress=False, source="theory", solver=solver, save_curves=False)
-theory_benefit = benefit(th.summary)"""),
+theory_benefit = mtjax.multitask_benefit(th.summary, alone="w_b")"""),
         ("code", """sim = mtjax.sweep(spec, {"relatedness": [0.0, 0.5, 1.0], "s_a": [3.0], "s_b": [0.1, 10.0],
                          "w_b": [0.0, 1.0], "seed": list(range(seeds))},
                   out_dir=None, progress=False, save_curves=False)
-sim_benefit = benefit(sim.summary)
+sim_benefit = mtjax.multitask_benefit(sim.summary, alone="w_b")
 sim_benefit.groupby(["relatedness", "s_b"])["benefit"].agg(["mean", "sem"])"""),
         ("code", "fig = plots.plot_benefit_heatmap(sim_benefit, theory_benefit)"),
         ("code", "fig = plots.plot_benefit_grid(sim_benefit, theory_benefit)"),
@@ -230,16 +222,9 @@ all a related one (its teacher wants other logits from the same input directions
 the shared trunk's overfitting); with more data (α = 4) the related task helps. One theory solve is a
 Monte Carlo estimate with a few per cent error at these draws (`docs/dmft.md` §6.1;
 `mtjax.finite_data_replicas` averages independent solves), and N = 200 adds finite-size effects."""),
-        ("code", """def benefit(summary):
-    s = summary[summary["task"] == 1]
-    keys = [k for k in ("ntrain", "relatedness", "seed") if k in s]
-    p = s.pivot_table(index=keys, columns="w_b", values="early_stopped_loss").reset_index()
-    return p.assign(alone=p[0.0], multitask=p[1.0], benefit=p[0.0] - p[1.0])
-
-
-keys = ["ntrain", "relatedness"]
-table = benefit(sim.summary).groupby(keys)[["alone", "multitask", "benefit"]].agg(["mean", "sem"])
-theory = benefit(th.summary).set_index(keys)[["alone", "multitask", "benefit"]]
+        ("code", """cols, keys = ["single_loss", "multi_loss", "benefit"], ["ntrain", "relatedness"]
+table = mtjax.multitask_benefit(sim.summary, alone="w_b").groupby(keys)[cols].agg(["mean", "sem"])
+theory = mtjax.multitask_benefit(th.summary, alone="w_b").set_index(keys)[cols]
 table.columns = [" ".join(c) for c in table.columns]
 table.join(theory.add_suffix(" theory")).round(3)"""),
         ("md", """## The paper preset against the authors' measurements

@@ -64,6 +64,18 @@ def test_benefit_pairs_with_matching_single_task_run():
     np.testing.assert_allclose(b.sort_values(["seed", "relatedness"])["benefit"], [-0.1, 0.3, -0.1, 0.3], atol=1e-12)
 
 
+def test_benefit_pairs_with_the_zero_weight_run():
+    # alone="w_b": the reference of (r, seed) is the w_b = 0 run at the same r and seed.
+    rows = []
+    for seed, r, wb, loss in ((0, 0.0, 0.0, 2.0), (0, 0.0, 1.0, 2.1), (0, 1.0, 0.0, 2.05), (0, 1.0, 1.0, 1.7),
+                              (1, 0.0, 0.0, 3.0), (1, 0.0, 1.0, 3.2), (1, 1.0, 0.0, 3.0), (1, 1.0, 1.0, 2.5)):
+        rows.append(dict(run=len(rows), task=1, single_task=False, seed=seed, relatedness=r, w_b=wb, early_stopped_loss=loss))
+    b = mtjax.multitask_benefit(pd.DataFrame(rows), alone="w_b").sort_values(["seed", "relatedness"])
+    np.testing.assert_allclose(b["benefit"], [-0.1, 0.35, -0.2, 0.5], atol=1e-12)
+    with pytest.raises(ValueError, match="alone"):
+        mtjax.multitask_benefit(pd.DataFrame(rows), alone="weights")
+
+
 def test_benefit_of_real_sweep(swept):
     b = mtjax.multitask_benefit(swept.summary)
     assert len(b) == 8 and b["single_loss"].notna().all()
