@@ -55,6 +55,10 @@ import pandas as pd
 import mtjax
 
 
+# Solver settings of the paper grid (the defaults of the flags below; paper_finite_size.py reuses them).
+GRID_SOLVER = {"n_response": 32, "max_iter": 15, "tol": 2e-2, "n_quad_eval": 8192}
+
+
 def tmax(n: int) -> float:
     """The paper protocol's theory time after its 2000 epochs at ntrain n (= 2000 ceil(n / 128) x 1e-3)."""
     return float(mtjax.paper(n_train=int(n)).train.t_max)
@@ -95,11 +99,11 @@ def main():
                     help="geometric step schedule Δ_(n+1) = q Δ_n with this q in (1, 2] and exactly --n-grid steps "
                          "(docs/dmft.md §3); default: uniform steps")  # fmt: skip
     ap.add_argument("--draws", type=int, default=512)
-    ap.add_argument("--response", type=int, default=32)
-    ap.add_argument("--max-iter", type=int, default=15)
-    ap.add_argument("--tol", type=float, default=2e-2)
+    ap.add_argument("--response", type=int, default=GRID_SOLVER["n_response"])
+    ap.add_argument("--max-iter", type=int, default=GRID_SOLVER["max_iter"])
+    ap.add_argument("--tol", type=float, default=GRID_SOLVER["tol"])
     ap.add_argument("--damping", type=float, default=1.0, help="Picard damping λ in (0, 1] (FiniteDataSolver.damping)")
-    ap.add_argument("--n-quad-eval", type=int, default=8192)
+    ap.add_argument("--n-quad-eval", type=int, default=GRID_SOLVER["n_quad_eval"])
     ap.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="the first layer's initial overlaps: the seed-0 student's own (quenched) or their N -> inf "
                          "values (typical: no overlap with the teacher span, Gram matrix I); docs/dmft.md §6.2")  # fmt: skip

@@ -42,11 +42,9 @@ import numpy as np
 import pandas as pd
 
 import mtjax
+from paper_finite import GRID_SOLVER, tmax  # the paper grid's solver and time map (same folder)
 
 
-def tmax(n: int) -> float:
-    """The paper protocol's theory time after its 2000 epochs at ntrain n (its batches do not depend on N)."""
-    return float(mtjax.paper(n_train=int(n)).train.t_max)
 
 
 def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int, related: float | None = None):
@@ -91,8 +89,7 @@ def main():
 
     sim = eqx.filter_jit(mtjax.simulate_batch)
     # The DMFT solver of benchmarks/paper_finite.py (same settings as its full grid).
-    solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.draws, n_response=32, max_iter=15, tol=2e-2,
-                                    n_quad_eval=8192)  # fmt: skip
+    solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.draws, **GRID_SOLVER)
 
     @eqx.filter_jit
     def theory(e, r, t_max):
