@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import math
 import os
@@ -88,20 +89,21 @@ SCALES = ("quick", "full")
 
 
 def default_data_dir() -> Path:
-    """Folder with the authors' CSVs: `$MTJAX_PAPER_DATA`, else the first of `shared/paper-data`
-    next to or above the current directory."""
+    """Folder with the authors' CSVs (`rank-10.csv`, `rank-3.csv`, `aux-train-pts.csv`,
+    `deep-nonlinear.csv`).
+
+    **Returns:** `$MTJAX_PAPER_DATA` if that variable is set and non-empty, else the copy that
+    ships with the package, `mtjax/data/paper/` (the files of `tyler-nervana/mt-theory`'s
+    `notebooks/data/`, unchanged, Apache-2.0: see `LICENSE` and `NOTICE` there). `data_dir=`
+    of `authors_table` / `reproduce` and `mtjax reproduce --data DIR` override both.
+
+    Example: `pd.read_csv(default_data_dir() / "rank-10.csv")`.
+    """
     env = os.environ.get("MTJAX_PAPER_DATA")
     if env:
         return Path(env)
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        cand = d / "shared" / "paper-data"
-        if (cand / "rank-10.csv").exists():
-            return cand
-    raise ValueError(
-        "cannot find the authors' data (rank-10.csv ...): pass data_dir= / --data DIR or set MTJAX_PAPER_DATA "
-        "(the files are notebooks/data/*.csv of github.com/tyler-nervana/mt-theory)"
-    )
+    # A plain directory for a normal (unzipped) install, which is what setuptools produces here.
+    return Path(str(importlib.resources.files("mtjax") / "data" / "paper"))
 
 
 def _check_experiment(experiment: str) -> PaperExperiment:
@@ -127,11 +129,17 @@ def _normalise(df: pd.DataFrame, exp: PaperExperiment) -> pd.DataFrame:
 def authors_table(experiment: str, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """The authors' runs of `experiment`, one row per run, with the file's columns.
 
-    **Raises:** `ValueError` if the file is missing."""
+    **Arguments:** `experiment` — one of `EXPERIMENTS`; `data_dir` — folder of the CSVs
+    (default `default_data_dir()`: `$MTJAX_PAPER_DATA`, else the packaged copy).
+
+    **Raises:** `ValueError` if the experiment is unknown or its file is missing."""
     exp = _check_experiment(experiment)
     path = Path(data_dir if data_dir is not None else default_data_dir()) / exp.file
     if not path.exists():
-        raise ValueError(f"{path}: no such file (data_dir must hold the authors' {exp.file})")
+        raise ValueError(
+            f"{path}: no such file; data_dir / --data / $MTJAX_PAPER_DATA must name a folder holding the authors' "
+            f"{exp.file} (unset them to use the copy shipped in mtjax/data/paper)"
+        )
     return pd.read_csv(path)
 
 

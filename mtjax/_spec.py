@@ -9,6 +9,8 @@ be traced back to the exact configuration that produced it.
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
 from typing import Any
 
 from ._experiment import Experiment, TrainConfig
@@ -112,9 +114,31 @@ def normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return base
 
 
+_CONFIGS = {"teacher": TeacherConfig, "student": StudentConfig, "train": TrainConfig}
+
+
+def check_spec_keys(spec: dict[str, Any]) -> None:
+    """Raise a one-line `ValueError` for a key that no config takes, e.g. ``train.n_epoch``,
+    with the closest allowed key as the fix."""
+    for sec, cls in _CONFIGS.items():
+        section = spec.get(sec, {})
+        if not isinstance(section, dict):
+            raise ValueError(f"spec section [{sec}] must be a table of keyword arguments of {cls.__name__}, got {section!r}")
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for key in section:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f"did you mean {sec}.{close[0]}? " if close else ""
+                raise ValueError(f"unknown key {sec}.{key}: {hint}allowed keys of [{sec}]: {', '.join(allowed)}")
+
+
 def experiment_from_spec(spec: dict[str, Any]) -> Experiment:
-    """Build the `Experiment` a spec describes (after `normalise_spec`)."""
+    """Build the `Experiment` a spec describes (after `normalise_spec`).
+
+    **Raises:** `ValueError` (one line, naming the key and the fix) for an unknown key or a
+    value out of its range."""
     spec = normalise_spec(spec)
+    check_spec_keys(spec)
     teacher = TeacherConfig(**spec["teacher"])
     train = dict(spec["train"])
     train.setdefault("n_tasks", teacher.n_tasks)

@@ -33,10 +33,13 @@ def check_range(
     """
     if value is None or not is_concrete(value):
         return
-    arr = np.asarray(value, dtype=np.float64)
     lb = "(" if lo_open else "["
-    rb = ")" if hi_open else "]"
+    rb = ")" if hi_open or hi is None else "]"
     rng = f"{lb}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{rb}"
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a number or list of numbers (allowed range {rng})") from None
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {value!r} (allowed range {rng})")
     bad = np.zeros(arr.shape, dtype=bool)

@@ -141,7 +141,7 @@ import pandas as pd
 import mtjax
 from mtjax import plots
 
-authors = mtjax.authors_table("rank-10")  # finds shared/paper-data or $MTJAX_PAPER_DATA
+authors = mtjax.authors_table("rank-10")  # the copy shipped with mtjax (Apache-2.0), or $MTJAX_PAPER_DATA
 authors_benefit = mtjax.benefit_from_runs(authors)
 fig = plots.plot_benefit_grid(authors_benefit)"""),
         ("md", "Our runs, in the authors' column format: a finished `mtjax reproduce` result if there is one, else a short rerun."),

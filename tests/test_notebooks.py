@@ -17,23 +17,11 @@ RUN_BOUND = {"01_quickstart", "02_single_task_dynamics", "03_benefit_phase_diagr
 OPTIMISED_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 
 
-def _paper_data_found() -> bool:
-    from mtjax._reproduce import default_data_dir
-
-    try:
-        default_data_dir()
-    except ValueError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, monkeypatch):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    if "authors_table" in "".join(c.source for c in nb.cells) and not _paper_data_found():
-        pytest.skip("the authors' CSVs are not on this machine (set MTJAX_PAPER_DATA)")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and code[0].source.startswith('SCALE = "quick"'), "first code cell must be the SCALE switch"
     # The kernel inherits this environment: import this checkout's mtjax, fast XLA compiles

@@ -1,6 +1,9 @@
 """Every plot function renders a figure from a tiny hand-made table (no simulation)."""
 
 import itertools
+import json
+import subprocess
+import sys
 
 import matplotlib
 import numpy as np
@@ -49,7 +52,7 @@ def test_curves_with_theory_bands_and_lines():
     dashed = [ln for ln in ax1.get_lines() if ln.get_linestyle() == "--"]
     assert len(solid) == 3 and len(dashed) == 3
     assert len(ax1.collections) == 3  # s.e. bands
-    assert "theory" in [t.get_text() for t in ax1.get_legend().get_texts()]
+    assert "theory" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert ax1.get_xlabel().startswith("time") and "loss" in ax1.get_ylabel()
     # the same table with the theory rows inside it gives the same picture
     fig2 = plots.plot_curves_with_theory(pd.concat([sim, th]))
@@ -123,3 +126,219 @@ def test_plotting_keeps_the_users_backend():
         assert matplotlib.get_backend() == "svg"
     finally:
         plt.switch_backend("Agg")
+
+
+def test_plots_is_an_attribute_of_mtjax_without_importing_matplotlib():
+    code = ("import sys, mtjax; assert 'matplotlib' not in sys.modules, 'import mtjax loaded matplotlib'; "
+            "assert mtjax.plots.plot_sweep is not None")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_curves_colours_are_per_setting_across_panels_with_one_legend(tmp_path):
+    sim = tiny_curves()
+    # task 1 has a single-task setting that task 2 lacks: colours must not shift between panels
+    fig = plots.plot_curves_with_theory(sim, tiny_curves("theory", seeds=(0,)))
+    ax1, ax2 = fig.get_axes()
+    colour = [{ln.get_label(): ln.get_color() for ln in ax.get_lines() if ln.get_linestyle() == "-"} for ax in (ax1, ax2)]
+    assert set(colour[1]) == {"relatedness=0", "relatedness=1"} and set(colour[0]) == set(colour[1]) | {"single task"}
+    for lab in colour[1]:
+        assert colour[0][lab] == colour[1][lab], lab
+    theory_colour = {ln.get_color() for ln in ax2.get_lines() if ln.get_linestyle() == "--"}
+    assert theory_colour == set(colour[1].values())
+    # one legend for the figure, listing every setting once
+    assert len(fig.legends) == 1 and ax1.get_legend() is None and ax2.get_legend() is None
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts.count("relatedness=0") == 1 and "single task" in texts
+    # nothing is cut off: the x labels and the legend lie inside the figure
+    path = tmp_path / "curves.png"
+    fig.savefig(path, dpi=100)
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    for artist in (ax1.xaxis.label, ax2.xaxis.label, fig.legends[0]):
+        b = artist.get_window_extent(renderer)
+        assert b.x0 >= box.x0 - 1 and b.y0 >= box.y0 - 1 and b.x1 <= box.x1 + 1 and b.y1 <= box.y1 + 1, artist
+
+
+def test_benefit_grid_draws_the_theory_at_a_single_s_b():
+    b = tiny_benefit()
+    b = b[b["s_b"] == 1.0]
+    th = tiny_benefit(0.8, seeds=(0,))
+    fig = plots.plot_benefit_grid(b, th[th["s_b"] == 1.0])
+    for ax in fig.get_axes():
+        theory = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) >= 2
+                  and not np.allclose(ln.get_ydata(), 0.0)]
+        assert len(theory) == 3  # one per relatedness, a visible segment at s_b = 1
+        for ln in theory:
+            x = np.asarray(ln.get_xdata(), float)
+            assert x.min() < 1.0 < x.max() and np.ptp(ln.get_ydata()) == 0
+
+
+def test_overview_groups_by_every_varying_column():
+    # two learning rates: the overview must not average them together
+    sim = pd.concat([tiny_curves().assign(lr=0.01), tiny_curves().assign(lr=0.1, test_loss=lambda d: d["test_loss"] + 1)])
+    b = pd.concat([tiny_benefit().assign(lr=0.01), tiny_benefit().assign(lr=0.1)])
+    b = b[(b["ntrain"] == 100) & (b["s_a"] == 0.1)]
+    fig = plots.plot_sweep(sim, b)
+    ax_c, ax_b = fig.get_axes()
+    labels = [ln.get_label() for ln in ax_c.get_lines()]
+    assert sorted(labels) == sorted(["single task, lr=0.01", "single task, lr=0.1", "relatedness=0, lr=0.01",
+                                     "relatedness=0, lr=0.1", "relatedness=1, lr=0.01", "relatedness=1, lr=0.1"])
+    # labels name only the varying columns
+    assert not any("s_b" in lab for lab in labels)
+    bl = [t.get_text() for t in ax_b.get_legend().get_texts()]
+    assert len(bl) == 6 and "relatedness=0.5, lr=0.1" in bl and ax_b.get_xlabel() == "s_b"
+
+
+# --------------------------------------------------------------------------------------------
+# mtjax plot --theory: the manifests must describe the same experiment
+
+SPEC = {"teacher": {"n_features": 20, "rank": 2, "n_classes": 2, "scale": [1.0, 1.0]},
+        "student": {"depth": 1, "width": 8}, "train": {"protocol": "online", "n_steps": 100, "eval_every": 10}}
+GRID = {"relatedness": [0.0, 1.0], "s_a": [1.0], "s_b": [1.0], "single_task": [True, False], "seed": [0, 1]}
+
+
+def write_sweep(d, spec, grid, source, theory=False):
+    d.mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"name": d.name, "spec": spec, "grid": grid, "source": source}))
+    curves = tiny_curves(source, seeds=(0,) if theory else (0, 1, 2))
+    curves["run"] = 0
+    curves.to_csv(d / "curves.csv", index=False)
+    summ = curves[curves["time"] == curves["time"].max()].assign(early_stopped_loss=lambda x: x["test_loss"])
+    summ.to_csv(d / "summary.csv", index=False)
+
+
+def _with(spec, sec, **kw):
+    return {**spec, sec: {**spec[sec], **kw}}
+
+
+@pytest.mark.parametrize(
+    "spec, grid, source, needle",
+    [
+        (_with(SPEC, "teacher", rank=3), GRID, "theory", "teacher.rank"),
+        (_with(SPEC, "train", learning_rate=0.5), GRID, "theory-finite", "train.learning_rate"),
+        (SPEC, {**GRID, "s_a": [10.0]}, "theory", "grid axis s_a"),
+        (SPEC, {**GRID, "lr": [0.1]}, "theory", "grid axis lr"),
+        (SPEC, GRID, "simulation", "source"),
+    ],
+)
+def test_plot_cli_refuses_a_theory_of_another_experiment(tmp_path, spec, grid, source, needle):
+    from mtjax.cli import main
+
+    write_sweep(tmp_path / "sim", SPEC, GRID, "simulation")
+    write_sweep(tmp_path / "th", spec, grid, source, theory=True)
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path / "sim"), "--theory", str(tmp_path / "th")])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg and "mtjax theory" in msg
+    assert not (tmp_path / "sim" / "curves.png").exists()
+
+
+def test_plot_cli_overlays_a_theory_of_the_same_experiment(tmp_path):
+    from mtjax.cli import main
+
+    write_sweep(tmp_path / "sim", SPEC, GRID, "simulation")
+    # evaluation-only keys, defaults given explicitly (batch_size, init) and seed axes may differ
+    th_spec = _with(_with(SPEC, "train", eval_every=1, n_test=100, batch_size=128), "student", init="orthogonal")
+    write_sweep(tmp_path / "th", th_spec, {k: v for k, v in GRID.items() if k != "seed"}, "theory", theory=True)
+    main(["plot", str(tmp_path / "sim"), "--theory", str(tmp_path / "th")])
+    assert (tmp_path / "sim" / "curves.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------------------------
+# plot_comparison: the joined tables of mtjax.compare
+
+
+def comparison_tables(models=("simulation", "finite-data", "population"), relatedness=(0.0, 1.0), s_b=(0.1, 1.0, 10.0),
+                      theory_tasks=(1, 2)):
+    curves, benefit = [], []
+    for model in models:
+        seeds = (0, 1, 2) if model == "simulation" else (0,)
+        bias = {"simulation": 0.0, "finite-data": 0.01, "population": -0.05}[model]
+        tasks = (1, 2) if model == "simulation" else theory_tasks
+        for r, sb, seed, task, t in itertools.product(relatedness, s_b, seeds, tasks, np.linspace(0, 4, 9)):
+            noise = 0.02 * (seed - 1) if model == "simulation" else 0.0
+            loss = 1.0 * np.exp(-t * (1 + r * sb / 10)) + 0.4 + bias + noise
+            curves.append(dict(model=model, run=0, task=task, step=int(t * 100), time=t, train_loss=loss - 0.1, test_loss=loss,
+                               test_loss_se=0.01, test_acc=0.6, diverged=False, relatedness=r, s_a=1.0, s_b=sb,
+                               single_task=False, seed=seed, realisation=0))
+            if task == 1 and t == 0:
+                ben = (r - 0.4) * np.log10(sb * 10) / 10 + bias + noise
+                benefit.append(dict(model=model, task=1, relatedness=r, s_a=1.0, s_b=sb, single_task=False, seed=seed,
+                                    realisation=0, single_loss=1.0, multi_loss=1.0 - ben, benefit=ben))
+        for seed, task, t in itertools.product(seeds, (1,), np.linspace(0, 4, 9)):
+            loss = 1.0 * np.exp(-t) + 0.45 + bias + (0.02 * (seed - 1) if model == "simulation" else 0.0)
+            curves.append(dict(model=model, run=1, task=task, step=int(t * 100), time=t, train_loss=loss - 0.1, test_loss=loss,
+                               test_loss_se=0.01, test_acc=0.6, diverged=False, relatedness=np.nan, s_a=1.0, s_b=np.nan,
+                               single_task=True, seed=seed, realisation=0))
+    curves = pd.DataFrame(curves)
+    # a diverged simulation run, far off the scale: it must be left out
+    bad = curves[(curves["model"] == "simulation") & (curves["seed"] == 0)].assign(seed=9, diverged=True, test_loss=50.0)
+    return pd.concat([curves, bad], ignore_index=True), pd.DataFrame(benefit)
+
+
+def test_plot_comparison_figure(tmp_path):
+    curves, benefit = comparison_tables()
+    fig = plots.plot_comparison(curves, benefit)
+    fig.savefig(tmp_path / "comparison.png", dpi=100)
+    ax_c, ax_b = fig.get_axes()
+    # left: 1 single-task + 6 multitask settings; a band each, one line per model each
+    assert len(ax_c.collections) == 7
+    styles = [ln.get_linestyle() for ln in ax_c.get_lines()]
+    assert styles.count("--") == 7 and styles.count("-") == 14  # population; simulation means + finite-data
+    assert max(np.max(ln.get_ydata()) for ln in ax_c.get_lines()) < 2.0  # diverged run left out
+    colours = {ln.get_color() for ln in ax_c.get_lines()}
+    assert len(colours) == 7
+    # right: simulation error bars (± 2 s.e.) and two theory lines per relatedness, same colour
+    assert len(ax_b.containers) == 2 and ax_b.get_xscale() == "log"
+    for container in ax_b.containers:
+        c = container.lines[0].get_color()
+        lines = [ln for ln in ax_b.get_lines() if ln.get_color() == c and ln.get_linestyle() in ("-", "--")]
+        assert sorted(ln.get_linestyle() for ln in lines) == ["-", "--"]
+    sim = benefit[(benefit["model"] == "simulation") & (benefit["relatedness"] == 0.0) & (benefit["s_b"] == 1.0)]["benefit"]
+    seg = ax_b.containers[0].lines[2][0].get_segments()[1]
+    assert np.isclose(seg[1, 1] - seg[0, 1], 4 * sim.sem())
+    # legends: setting colours (left), relatedness colours (right), line styles once (figure)
+    assert "relatedness=0, s_b=0.1" in [t.get_text() for t in ax_c.get_legend().get_texts()]
+    assert [t.get_text() for t in ax_b.get_legend().get_texts()] == ["relatedness=0", "relatedness=1"]
+    styles = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert styles == ["simulation: mean ± 2 s.e. (band, error bars)", "finite-data theory", "population theory"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["one-theory", "no-benefit", "one-setting", "theory-without-task-2"],
+)
+def test_plot_comparison_is_robust(tmp_path, kind):
+    if kind == "one-theory":
+        curves, benefit = comparison_tables(models=("simulation", "population"))
+    elif kind == "one-setting":
+        curves, benefit = comparison_tables(relatedness=(0.5,), s_b=(1.0,))
+        curves = curves[~curves["single_task"]]
+    else:
+        curves, benefit = comparison_tables(theory_tasks=(1,))
+    fig = plots.plot_comparison(curves, None if kind == "no-benefit" else benefit, task=2 if kind == "theory-without-task-2" else 1)
+    fig.savefig(tmp_path / f"{kind}.png", dpi=80)
+    axes = fig.get_axes()
+    assert len(axes) == (1 if kind == "no-benefit" else 2)
+    styles = [t.get_text() for t in fig.legends[0].get_texts()]
+    if kind == "one-theory":
+        assert styles == ["simulation: mean ± 2 s.e. (band, error bars)", "population theory"]
+    if kind == "one-setting":
+        assert len(axes[0].collections) == 1 and len(axes[0].get_lines()) == 3
+        # a single s_b: each theory is a short segment around it, the x axis stays linear
+        seg = [ln for ln in axes[1].get_lines() if ln.get_linestyle() == "--"]
+        assert len(seg) == 1 and np.ptp(seg[0].get_xdata()) > 0 and axes[1].get_xscale() == "linear"
+    if kind == "theory-without-task-2":
+        # task 2: only the simulation has curves; both theories still appear in the benefit panel
+        assert {ln.get_linestyle() for ln in axes[0].get_lines()} == {"-"} and len(axes[0].collections) == 6
+        assert len(styles) == 3
+
+
+def test_plot_comparison_rejects_bad_input():
+    curves, benefit = comparison_tables()
+    with pytest.raises(ValueError, match=r"task=3 is not in curves, whose tasks are \[1, 2\]"):
+        plots.plot_comparison(curves, task=3)
+    with pytest.raises(ValueError, match="x='epoch' is not one of"):
+        plots.plot_comparison(curves, x="epoch")
+    with pytest.raises(ValueError, match=r"curves has no column\(s\) \['model'\]"):
+        plots.plot_comparison(curves.drop(columns="model"))

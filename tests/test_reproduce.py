@@ -1,6 +1,7 @@
 """`mtjax reproduce`: cell selection, the authors' column format, the comparison report."""
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -36,10 +37,7 @@ def fake_authors(columns=RANK10_COLUMNS, ntrain=(100,), aux=None, nlayers=None, 
 
 
 def test_quick_subset_is_the_documented_one():
-    try:
-        authors = mtjax.authors_table("rank-10")
-    except ValueError:
-        pytest.skip("the authors' CSVs are not on this machine (set MTJAX_PAPER_DATA)")
+    authors = mtjax.authors_table("rank-10")
     cells = rp.select_cells(authors, "rank-10", "quick")
     grid = rp.reproduction_grid(cells)
     assert grid["ntrain"] == [100, 200] and grid["relatedness"] == [0.0, 0.5, 1.0] and grid["seed"] == [0, 1, 2, 3, 4]
@@ -48,6 +46,32 @@ def test_quick_subset_is_the_documented_one():
     # the full grid is exactly the authors' file
     full = rp.select_cells(authors, "rank-10", "full")
     assert len(full) == len(authors) and np.allclose(rp.reproduction_grid(full)["s_b"], S, rtol=1e-10, atol=0)
+
+
+def test_packaged_data(tmp_path, monkeypatch):
+    """Without $MTJAX_PAPER_DATA and from an unrelated directory, the authors' tables load from the
+    copy shipped in mtjax/data/paper, with its license, and that copy is byte-identical to the
+    authors' files where a reference folder is at hand."""
+    monkeypatch.delenv("MTJAX_PAPER_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    packaged = rp.default_data_dir()
+    assert packaged == Path(mtjax.__file__).parent / "data" / "paper"
+    authors = mtjax.authors_table("rank-10")
+    assert list(authors.columns) == RANK10_COLUMNS and len(authors) == 10800
+    for name, exp in rp.EXPERIMENTS.items():
+        assert (packaged / exp.file).is_file(), name
+    assert "Apache License" in (packaged / "LICENSE").read_text() and "tyler-nervana/mt-theory" in (packaged / "NOTICE").read_text()
+    # $MTJAX_PAPER_DATA and data_dir= still take precedence
+    monkeypatch.setenv("MTJAX_PAPER_DATA", str(tmp_path))
+    assert rp.default_data_dir() == tmp_path
+    with pytest.raises(ValueError, match="rank-10.csv"):
+        mtjax.authors_table("rank-10")
+    assert len(mtjax.authors_table("rank-10", data_dir=packaged)) == len(authors)
+    reference = Path(__file__).resolve().parents[2] / "shared" / "paper-data"
+    if not (reference / "rank-10.csv").exists():
+        pytest.skip(f"no reference copy at {reference} to compare the packaged bytes with")
+    for exp in rp.EXPERIMENTS.values():
+        assert (packaged / exp.file).read_bytes() == (reference / exp.file).read_bytes(), exp.file
 
 
 @pytest.mark.parametrize("name", ["aux-train-pts", "deep-nonlinear"])
