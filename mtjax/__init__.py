@@ -34,6 +34,14 @@ from ._reproduce import (
     reproduce as reproduce,
 )
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
+from ._store import load_sweep as load_sweep, load_table as load_table, save_table as save_table
+from ._axes import PARAM_COLUMNS as PARAM_COLUMNS, check_grid as check_grid
+from ._compare import (
+    Comparison as Comparison,
+    benefit_reference as benefit_reference,
+    compare as compare,
+    default_models as default_models,
+)
 from ._sweep import (
     SweepResult as SweepResult,
     expand_grid as expand_grid,
@@ -79,6 +87,16 @@ from ._design import (
     optimal_task_weight as optimal_task_weight,
 )
 from . import presets as presets
+
+
+def __getattr__(name: str):
+    # `mtjax.plots` imports matplotlib: it is loaded on first access, not by `import mtjax`.
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module 'mtjax' has no attribute {name!r}")
+
 
 try:
     __version__ = version("mtjax")

@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Array, Float
+from ._custom_types import Array, Bool, Float
 from ._experiment import Experiment, Seeds
+from ._fit import _Progress
 from ._population import PopulationSolver, population_theory
 from ._sweep import apply_axes
 
@@ -40,6 +41,9 @@ class DesignResult(eqx.Module):
     - `baseline_value`, `baseline_loss`: () the default design (w_2 = 1; n_2 = n_1) and its loss.
     - `grid`, `grid_loss`: (G,) the evaluated designs and their losses; `grid_slope`: (G,)
       d loss / d log(design) there (NaN where not computed).
+    - `on_bound`: () True when the optimum is at either end of the searched range (to the grid
+      resolution: no evaluated design beyond it was better), so the true optimum may lie
+      outside it: widen the range (`bounds`, `max_multiple`).
     """
 
     value: Float[Array, ""]
@@ -49,6 +53,7 @@ class DesignResult(eqx.Module):
     grid: Float[Array, " G"]
     grid_loss: Float[Array, " G"]
     grid_slope: Float[Array, " G"]
+    on_bound: Bool[Array, ""]
 
 
 def _ts(experiment: Experiment, ts):
@@ -87,6 +92,7 @@ def optimal_task_weight(
     n_refine: int = 3,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    progress: bool = False,
 ) -> DesignResult:
     """The loss weight w_2 (on tasks 2..K) in `bounds` minimising task 1's early-stopped test loss.
 
@@ -99,21 +105,36 @@ def optimal_task_weight(
     - `n_refine`: rounds of bracketing: each round evaluates `n_grid` points between the grid
       neighbours of the best point and keeps the sign change of the derivative d loss/d log w_2
       (forward mode through the solve), so the bracket shrinks ~`n_grid`-fold per round.
+    - `progress`: print each round (i/n, range, best w_2 and its loss, elapsed time) to stderr;
+      the first round includes compiling the theory. Default quiet; the CLI turns it on.
 
-    **Returns:** `DesignResult` (baseline: w_2 = 1).
+    **Returns:** `DesignResult` (baseline: w_2 = 1); `on_bound` flags an optimum at `bounds[0]`
+    or `bounds[1]`.
+
+    **Raises:** `ValueError` before any solve unless 0 < bounds[0] < bounds[1] < ∞,
+    `n_grid` >= 3 and `n_refine` >= 0.
     """
     solver = design_solver() if solver is None else solver
     seeds = Seeds(0) if seeds is None else seeds
+    if not (len(bounds) == 2 and 0 < bounds[0] < bounds[1] < np.inf):
+        raise ValueError(f"bounds={tuple(bounds)} must satisfy 0 < lo < hi < inf (CLI: --w-min, --w-max)")
+    if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 3):
+        raise ValueError(f"n_grid={n_grid!r} must be an integer >= 3")
+    if not (isinstance(n_refine, (int, np.integer)) and n_refine >= 0):
+        raise ValueError(f"n_refine={n_refine!r} must be an integer >= 0")
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    if not (bounds[0] > 0 and hi > lo):
-        raise ValueError(f"bounds={bounds} must satisfy 0 < lo < hi")
     ts = _ts(experiment, ts)
     grid = np.linspace(lo, hi, n_grid)
     all_g, all_l, all_s = [], [], []
-    for _ in range(n_refine + 1):
+    report = _Progress("design w2", progress)
+    report(f"{n_refine + 1} rounds of {n_grid} values of w_2 in [{bounds[0]:g}, {bounds[1]:g}]; "
+           "the first compiles the theory (can take minutes)", force=True)
+    for r in range(n_refine + 1):
         loss, slope = (np.asarray(a, float) for a in _loss_and_slope(experiment, seeds, ts, solver, initial, jnp.asarray(grid)))
         all_g.append(grid), all_l.append(loss), all_s.append(slope)
         i = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
+        report(f"round {r + 1}/{n_refine + 1}: w_2 in [{np.exp(grid[0]):.4g}, {np.exp(grid[-1]):.4g}], "
+               f"best {np.exp(grid[i]):.4g} (loss {loss[i]:.5g})", force=True)
         # Bracket the stationary point: the slope's sign says on which side of the best grid
         # point the minimum lies (at a bound, the bracket shrinks onto that bound).
         if slope[i] > 0 and i > 0:
@@ -127,10 +148,15 @@ def optimal_task_weight(
     base_l, base_s = (np.asarray(x, float) for x in _loss_and_slope(experiment, seeds, ts, solver, initial, jnp.zeros(n_grid)))
     j = int(np.nanargmin(np.where(np.isfinite(l), l, np.inf)))
     order = np.argsort(g)
+    # every round's grid keeps the bracket's ends exactly, so the bounds themselves were evaluated
+    on_bound = bool(np.isclose(g[j], lo, rtol=0, atol=1e-12) or np.isclose(g[j], hi, rtol=0, atol=1e-12))
+    report(f"baseline w_2 = 1: loss {base_l[0]:.5g}; optimum w_2 = {np.exp(g[j]):.4g}" + (" (on the bound)" if on_bound else ""),
+           force=True)
     return DesignResult(
         value=jnp.asarray(np.exp(g[j])), loss=jnp.asarray(l[j]),
         baseline_value=jnp.asarray(1.0), baseline_loss=jnp.asarray(base_l[0]),
         grid=jnp.asarray(np.exp(g[order])), grid_loss=jnp.asarray(l[order]), grid_slope=jnp.asarray(s[order]),
+        on_bound=jnp.asarray(on_bound),
     )  # fmt: skip
 
 
@@ -147,6 +173,7 @@ def optimal_aux_data_size(
     max_multiple: int = 8,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    progress: bool = False,
 ) -> DesignResult:
     """Auxiliary data size n_2 = m n_1 (m = 1..`max_multiple`) minimising task 1's early-stopped loss.
 
@@ -155,7 +182,13 @@ def optimal_aux_data_size(
     theory knows about n_2 (see the module docstring for what that leaves out). `ts` are in
     the task-1 clock (t = lr x task-1 steps), which does not depend on n_2.
 
-    **Returns:** `DesignResult` with `value` = n_2, baseline n_2 = n_1 (m = 1); the grid is n_2.
+    `progress`: print the start and the result (elapsed time) to stderr.
+
+    **Returns:** `DesignResult` with `value` = n_2, baseline n_2 = n_1 (m = 1); the grid is n_2;
+    `on_bound` flags m = 1 or m = `max_multiple`.
+
+    **Raises:** `ValueError` before any solve for a non-paper or single-task experiment or
+    `max_multiple` < 2.
     """
     solver = design_solver() if solver is None else solver
     seeds = Seeds(0) if seeds is None else seeds
@@ -163,7 +196,12 @@ def optimal_aux_data_size(
     if tr.protocol != "paper" or tr.single_task:
         raise ValueError(f"optimal_aux_data_size needs a multitask paper-protocol experiment, got protocol={tr.protocol!r}"
                          f", single_task={tr.single_task}")
+    if not (isinstance(max_multiple, (int, np.integer)) and max_multiple >= 2):
+        raise ValueError(f"max_multiple={max_multiple!r} must be an integer >= 2 (CLI: --max-multiple)")
     ts = _ts(experiment, ts)
+    report = _Progress("design aux", progress)
+    report(f"{max_multiple} values of n_2 = m n_1 (m = 1..{max_multiple}) at once; compiling the theory can take minutes",
+           force=True)
     m = np.arange(1, max_multiple + 1, dtype=float)
     m_now = tr.task_multiplicity[1]
     # rate ρ_2 = m w_2: rescale the weight so that the experiment's own m is replaced by m
@@ -171,10 +209,12 @@ def optimal_aux_data_size(
     loss = np.asarray(_loss_at_rates(experiment, seeds, ts, solver, initial, jnp.asarray(w)), float)
     j = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
     n1 = tr.n_train[0]
+    report(f"done: optimum m = {m[j]:g}", force=True)
     return DesignResult(
         value=jnp.asarray(float(m[j] * n1)), loss=jnp.asarray(loss[j]),
         baseline_value=jnp.asarray(float(n1)), baseline_loss=jnp.asarray(loss[0]),
         grid=jnp.asarray(m * n1), grid_loss=jnp.asarray(loss), grid_slope=jnp.full(m.shape, jnp.nan),
+        on_bound=jnp.asarray(j in (0, len(m) - 1)),
     )  # fmt: skip
 
 
@@ -200,22 +240,36 @@ def optimal_stopping_time(
     n_times: int = 64,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    progress: bool = False,
 ) -> StoppingResult:
     """Time t* (t = lr x steps, up to `t_max`; default the experiment's horizon) of the minimum
     of task `task`'s theory test loss: the best of `n_times` save times, refined by the vertex of
     the parabola through it and its neighbours (the loss is smooth in t).
 
     In the infinite-data theory a single task's loss falls forever (t* = t_max, `at_horizon`);
-    an interior optimum appears when other tasks pull the shared trunk away from task 1's."""
+    an interior optimum appears when other tasks pull the shared trunk away from task 1's.
+    `progress`: print the start and the end (elapsed time) to stderr.
+
+    **Raises:** `ValueError` before any solve unless `t_max` > 0 is finite, `n_times` >= 3 and
+    `task` is a task of the experiment."""
     solver = design_solver() if solver is None else solver
     seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     t_max = float(tr.learning_rate * tr.eval_steps[-1]) if t_max is None else float(t_max)
+    if not (0 < t_max < np.inf):
+        raise ValueError(f"t_max={t_max} must be finite and > 0 (CLI: --t-max)")
+    if not (isinstance(n_times, (int, np.integer)) and n_times >= 3):
+        raise ValueError(f"n_times={n_times!r} must be an integer >= 3")
+    if not 0 <= task < tr.n_tasks:
+        raise ValueError(f"task={task} must be in 0..{tr.n_tasks - 1} (0-based)")
     ts = jnp.linspace(t_max / n_times, t_max, n_times)
+    report = _Progress("design stop", progress)
+    report(f"one theory solve to t = {t_max:g} ({n_times} times); compiling can take minutes", force=True)
     th = eqx.filter_jit(population_theory)(experiment, seeds, ts, solver=solver, initial=initial)
     L = np.asarray(th.test_loss[:, task], float)
     t = np.asarray(ts)
     i = int(np.nanargmin(L))
+    report(f"done: grid minimum at t = {t[i]:.4g}", force=True)
     t_star, l_star = t[i], L[i]
     if 0 < i < n_times - 1:
         y0, y1, y2 = L[i - 1], L[i], L[i + 1]

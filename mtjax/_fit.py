@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import warnings
+from time import perf_counter
 from typing import Any, Sequence
 
 import diffrax
@@ -37,7 +40,7 @@ import scipy.stats
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._population import PopulationSolver, population_theory
-from ._sweep import DYNAMIC_AXES, apply_axes
+from ._sweep import DYNAMIC_AXES, STATIC_AXES, TASK2_AXES, apply_axes
 
 # ---------------------------------------------------------------------------------------------
 # Parameters and their constraints
@@ -155,6 +158,101 @@ class Observations(eqx.Module):
     n_conditions: int = eqx.field(static=True)
 
 
+def _numeric(d: pd.DataFrame, col: str) -> np.ndarray:
+    """Column `col` as float, or a one-line error naming it."""
+    try:
+        return d[col].to_numpy(float)
+    except (ValueError, TypeError):
+        def fails(v):
+            try:
+                float(v)
+                return False
+            except (ValueError, TypeError):
+                return True
+
+        bad = next((v for v in d[col] if fails(v)), None)
+        raise ValueError(f"column {col!r} must be numeric, but holds {bad!r}") from None
+
+
+def _select_hint(col: str, values: np.ndarray) -> str:
+    """A `--query` that keeps the finite rows of `col`."""
+    return f"{col} == {col}" if not np.isinf(values).any() else f"abs({col}) < 1e308"
+
+
+def _flagged(d: pd.DataFrame, col: str | None) -> np.ndarray:
+    """(n,) bool: the row's run is flagged in column `col` (missing column or NaN: not flagged)."""
+    if col is None or col not in d:
+        return np.zeros(len(d), bool)
+    return np.asarray([bool(v) if pd.notna(v) else False for v in d[col]], bool)
+
+
+def _finite_rows(d: pd.DataFrame, value: str, time: str, diverged: str | None) -> pd.DataFrame:
+    """Rows with a finite `value` and `time`: non-finite values of runs flagged `diverged` are
+    dropped with a warning; any other non-finite value or time is refused (one line, with the
+    column, the count and a selection that removes them)."""
+    t = _numeric(d, time)
+    bad_t = ~np.isfinite(t)
+    if bad_t.any():
+        raise ValueError(f"column {time!r} has {int(bad_t.sum())} of {len(d)} rows with a non-finite value (NaN or inf); "
+                         f"every observation needs its time: drop them (CLI: --query '{_select_hint(time, t)}') or fix the table")
+    v = _numeric(d, value)
+    bad = ~np.isfinite(v)
+    if not bad.any():
+        return d
+    flagged = _flagged(d, diverged)
+    if (bad & ~flagged).any():
+        n = int((bad & ~flagged).sum())
+        why = (f"not flagged in column {diverged!r}" if diverged is not None and diverged in d
+               else "(no column flags their runs as diverged)")
+        raise ValueError(f"column {value!r} has {n} of {len(d)} rows with a non-finite value (NaN or inf) {why}: "
+                         f"drop them (CLI: --query '{_select_hint(value, v[bad & ~flagged])}') or fix the table")
+    warnings.warn(f"dropped {int(bad.sum())} of {len(d)} rows with a non-finite {value!r} (their runs are flagged in column "
+                  f"{diverged!r})", UserWarning, stacklevel=3)
+    return d[~bad].reset_index(drop=True)
+
+
+def _check_known_nan(d: pd.DataFrame, kcols: Sequence[str]) -> None:
+    """A known parameter may be NaN only where it cannot matter: a task-2 axis of a single-task
+    row (the tables leave those NaN; `FitProblem.curves` sets w_b = 0 there)."""
+    single = _flagged(d, "single_task")
+    for c in kcols:
+        nan = np.isnan(_numeric(d, c))
+        bad = nan & ~(single if c in TASK2_AXES else np.zeros(len(d), bool))
+        if bad.any():
+            allowed = " (allowed only in single-task rows)" if c in TASK2_AXES else ""
+            raise ValueError(f"known column {c!r} is NaN in {int(bad.sum())} of {len(d)} rows{allowed}: fill it, or drop "
+                             f"those rows (CLI: --query '{c} == {c}')")
+
+
+def _fmt_values(vals: np.ndarray, n: int = 4) -> str:
+    shown = ", ".join(f"{x:g}" for x in vals[:n])
+    return shown + (f", ... ({len(vals)} values)" if len(vals) > n else "")
+
+
+def _check_one_condition(d: pd.DataFrame, per_row: set[str]) -> None:
+    """Refuse a parameter column that takes several values when the fit would give it one
+    value for every row: a free parameter without `by`, a theory parameter left out of `known`,
+    or a static axis (depth, width, ntrain, ...) the theory is solved at once for. Seed columns
+    (replicates) may vary."""
+    for c in [*KNOWN_COLUMNS, *(a for a in STATIC_AXES if a not in KNOWN_COLUMNS)]:
+        if c not in d or c in per_row:
+            continue
+        vals = np.unique(_numeric(d, c))
+        vals = vals[~np.isnan(vals)]
+        if vals.size <= 1:
+            continue
+        pick = f"--query '{c} == {vals[0]:g}'"
+        if c in KNOWN_COLUMNS:
+            fix = (f"fit one value per level (CLI: --by {c}={c}; Param({c!r}, by={c!r})), make it a known column, "
+                   f"or select one condition (CLI: {pick})")
+        elif c in ("ntrain", "ntrain_b"):
+            fix = f"select one (CLI: {pick}), or fit a parameter per level (e.g. --by time_scale={c})"
+        else:
+            fix = f"select one (CLI: {pick}) and set the config to it"
+        raise ValueError(f"column {c!r} takes {vals.size} values ({_fmt_values(vals)}) but this fit uses one value of {c} "
+                         f"for every row: {fix}")
+
+
 def observations_from_table(
     table: pd.DataFrame,
     *,
@@ -168,6 +266,7 @@ def observations_from_table(
     early_stopped: bool | str = False,
     grid: Sequence[float] | None = None,
     lr: float | None = None,
+    diverged: str | None = "diverged",
 ) -> tuple[Observations, pd.DataFrame]:
     """Map a tidy table onto theory solves.
 
@@ -186,28 +285,64 @@ def observations_from_table(
       early-stopped validation loss), or the name of a bool column saying so per row.
     - `grid`: theory save times (>= 0); default: the distinct observation times. Predictions
       interpolate linearly in t on the grid (and are constant beyond its ends).
+    - `diverged`: bool column flagging diverged runs (default `diverged`, as in sweep tables;
+      ignored when absent). Rows of flagged runs whose `value` is NaN or inf are dropped with a
+      `UserWarning` saying how many; the returned observations then have fewer rows than the
+      table (so do replicates passed to `fit`).
 
     **Returns:** `(Observations, conditions)` where `conditions` has one row per theory solve.
+
+    **Raises:** `ValueError` (one line, naming the column and the fix) before any work when a
+    column is missing or not numeric; `value` is NaN or inf in a row not flagged `diverged`;
+    `time` is NaN, inf or negative; `se` is not finite and positive; `task` is not 1, 2, ...; a
+    known column is NaN (except a task-2 axis of a single-task row); no row is left; or a
+    parameter column (`KNOWN_COLUMNS`, or a static axis: `depth`, `width`, `ntrain`, `ntrain_b`)
+    takes several values but is neither known, nor a `by`/`split` column: the fit would
+    otherwise give one value to distinct conditions.
     """
     d = table.reset_index(drop=True).copy()
-    for col in [value, time, *([task] if task else []), *([se] if se else []), *by, *split]:
-        if col not in d:
-            raise ValueError(f"column {col!r} is not in the table (columns: {list(d.columns)})")
-    t = d[time].to_numpy(float)
-    if time == "step" or (lr is not None):
-        if lr is None:
-            raise ValueError("time='step' needs lr= (time t = lr x steps)")
-        t = t * lr
     if known is None:
         known = [c for c in KNOWN_COLUMNS if c in d]
     known = list(known)
     for c in known:
         if c not in KNOWN_COLUMNS:
             raise ValueError(f"known column {c!r} is not a theory parameter; allowed: {list(KNOWN_COLUMNS)}")
+    es_col = [early_stopped] if isinstance(early_stopped, str) else []
+    for col in [value, time, *([task] if task else []), *([se] if se else []), *known, *by, *split, *es_col]:
+        if col not in d:
+            raise ValueError(f"column {col!r} is not in the table (columns: {list(d.columns)})")
+    if len(d) == 0:
+        raise ValueError("the table has no rows (check the row selection, e.g. --query or --source)")
+    d = _finite_rows(d, value, time, diverged)
+    if len(d) == 0:
+        raise ValueError(f"no rows left: every {value!r} is non-finite (all runs diverged)")
+    if se:
+        s = _numeric(d, se)
+        bad = ~(np.isfinite(s) & (s > 0))
+        if bad.any():
+            raise ValueError(f"column {se!r} has {int(bad.sum())} of {len(d)} rows that are not a finite standard error > 0 "
+                             f"(weights are 1/se^2): drop them (CLI: --query '{se} > 0 and {se} < 1e308') or fix the table")
+    if task:
+        k = _numeric(d, task)
+        bad = ~(np.isfinite(k) & (k >= 1) & (k == np.round(k)))
+        if bad.any():
+            raise ValueError(f"column {task!r} must hold 1-based task numbers (1, 2, ...), but {int(bad.sum())} rows hold "
+                             f"{_fmt_values(np.unique(k[bad]))}")
+    t = _numeric(d, time)
+    if time == "step" or (lr is not None):
+        if lr is None:
+            raise ValueError("time='step' needs lr= (time t = lr x steps)")
+        t = t * lr
+    if np.any(t < 0):
+        raise ValueError(f"column {time!r} has {int(np.sum(t < 0))} of {len(d)} rows with a negative time: "
+                         "times t = lr x steps must be >= 0")
     kcols = sorted(set(known) | set(c for c in split if c in KNOWN_COLUMNS))
+    _check_known_nan(d, kcols)
+    _check_one_condition(d, set(kcols) | set(by) | set(split))
     filled = d[kcols].astype(float).fillna(-1e300) if kcols else pd.DataFrame(index=d.index)
     if kcols:
         conds, cidx = np.unique(filled.to_numpy(), axis=0, return_inverse=True)
+        cidx = cidx.reshape(-1)
     else:
         conds, cidx = np.zeros((1, 0)), np.zeros(len(d), int)
     # Columns by which parameters vary must also split the conditions (one solve sees one value).
@@ -229,12 +364,10 @@ def observations_from_table(
         es = d[early_stopped].astype(bool).to_numpy()
     else:
         es = np.full(len(d), bool(early_stopped))
-    tk = d[task].to_numpy(int) - 1 if task else np.zeros(len(d), int)
-    if np.any(t < 0):
-        raise ValueError("observation times must be >= 0 (t = lr x steps)")
+    tk = d[task].to_numpy(float).astype(int) - 1 if task else np.zeros(len(d), int)
     g = np.unique(t) if grid is None else np.sort(np.asarray(grid, float))
-    if g.size == 0 or g[-1] <= 0 or g[0] < 0:
-        raise ValueError(f"grid={g} must be >= 0 with a positive last time (the theory starts at t = 0)")
+    if g.size == 0 or not np.all(np.isfinite(g)) or g[-1] <= 0 or g[0] < 0:
+        raise ValueError(f"grid={g} must be finite and >= 0 with a positive last time (the theory starts at t = 0)")
     obs = Observations(
         condition=jnp.asarray(cidx, jnp.int32),
         time=jnp.asarray(t),
@@ -370,6 +503,11 @@ def make_problem(
     initial: str = "quenched",
     loss: str = "wls",
 ) -> FitProblem:
+    """The `FitProblem` of fitting `params` of `experiment` to `obs`.
+
+    **Raises:** `ValueError` before any solve: no or repeated parameters, a task of `obs` beyond
+    the experiment's tasks, a `by` column missing from `obs` or mixed within one theory solve,
+    an `init` of the wrong length, or an unknown `loss`."""
     seeds = Seeds(0) if seeds is None else seeds
     solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
     if loss not in ("wls", "gaussian"):
@@ -377,6 +515,14 @@ def make_problem(
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise ValueError(f"parameters {names} are not distinct")
+    if not names:
+        raise ValueError("no free parameters: pass at least one Param (CLI: --free NAME ...)")
+    n_tasks = experiment.train.n_tasks
+    top = int(np.max(np.asarray(obs.task))) + 1
+    if top > n_tasks:
+        # indexing the theory's task axis out of range would silently read the last task
+        raise ValueError(f"the observations have task {top}, but the experiment has {n_tasks} tasks (1..{n_tasks}): "
+                         f"drop those rows (CLI: --query 'task <= {n_tasks}') or use the experiment of the runs")
     n_levels = []
     for p in params:
         if p.by is not None and p.by not in obs.level:
@@ -461,6 +607,26 @@ class FitResult(eqx.Module):
         return pd.DataFrame(rows)
 
 
+class _Progress:
+    """Progress lines `LABEL: message (elapsed s)` on stderr: forced ones always, the others at most
+    one per `every` seconds (a step of a large fit takes seconds; its first step compiles)."""
+
+    def __init__(self, label: str, enabled: bool, every: float = 5.0):
+        self.label, self.enabled, self.every = label, bool(enabled), every
+        self.t0 = perf_counter()
+        self.last = -math.inf
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        now = perf_counter()
+        if self.enabled and (force or now - self.last >= self.every):
+            print(f"{self.label}: {message} ({now - self.t0:.1f} s)", file=sys.stderr, flush=True)
+            self.last = now
+
+
+def _quiet(message: str, force: bool = False) -> None:
+    """The `_Progress` of a run without progress output."""
+
+
 def _quantile(level: float, dof: float) -> float:
     """Two-sided quantile: P(|T| <= q) = level for T ~ Student-t(dof) (normal if dof = ∞)."""
     if not 0 < level < 1:
@@ -502,33 +668,39 @@ def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
     return jax.jacfwd(jax.jacfwd(prob.objective))(theta)
 
 
-def _adam(problem, thetas, n_steps, lr):
+def _best(v) -> str:
+    v = np.asarray(v, float)
+    return f"{np.min(v):.6g}" if np.isfinite(v).any() else "none finite"
+
+
+def _adam(problem, thetas, n_steps, lr, report=_quiet):
     """Adam (optax) on every start; the best finite iterate of each start is kept, so a step
-    into a region where the solve fails (NaN) is undone."""
+    into a region where the solve fails (NaN) is undone. `report`: a `_Progress`."""
     opt = optax.adam(lr)
     state = opt.init(thetas)
     best_v = jnp.full(thetas.shape[0], jnp.inf)
     best = thetas
     th = thetas
-    for _ in range(n_steps):
+    for i in range(n_steps):
         v, g = _value_and_grad(problem, th)
         ok = jnp.isfinite(v) & (v < best_v)
         best = jnp.where(ok[:, None], th, best)
         best_v = jnp.where(ok, v, best_v)
+        report(f"Adam step {i + 1}/{n_steps}: best objective {_best(best_v)}", force=i in (0, n_steps - 1))
         g = jnp.where(jnp.isfinite(g), g, 0.0)
         u, state = opt.update(g, state, th)
         th = optax.apply_updates(th, u)
     return best, best_v
 
 
-def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None):
+def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet):
     """Levenberg–Marquardt on ½|r(θ)|² for every start (small P x P systems in NumPy).
 
     Gauss–Newton steps (JᵀJ + λ diag(JᵀJ)) δ = −Jᵀr with λ adapted per start; converges
     quadratically on small-residual problems, and its Jacobian costs P forward tangents in one
     compiled program (an L-BFGS line search would compile the objective a second time).
     `free`: optional (P,) bool mask; coordinates outside it stay at their start value (profiles).
-    The returned gradient is zero in the fixed coordinates."""
+    The returned gradient is zero in the fixed coordinates. `report`: a `_Progress`."""
     th = np.asarray(thetas, float)
     S, P = th.shape
     free = np.ones(P, bool) if free is None else np.asarray(free, bool)
@@ -538,12 +710,15 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None):
     f = 0.5 * np.sum(r**2, 1)
     f = np.where(np.isfinite(f), f, np.inf)
     steps = np.zeros(S, int)
-    for _ in range(n_steps):
+    report(f"Levenberg-Marquardt start: best objective {_best(f)}", force=True)
+    for it in range(n_steps):
         g = np.einsum("snp,sn->sp", J, r) * free
         # a start stops when its gradient is small or no damping finds a decrease (noise floor)
         active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol) & (lam < 1e8)
         if not active.any():
             break
+        report(f"Levenberg-Marquardt step {it + 1}/{n_steps}: best objective {_best(f)}, "
+               f"{int(active.sum())} of {S} starts still moving")
         A = np.einsum("snp,snq->spq", J, J)
         A = np.nan_to_num(A)
         D = np.einsum("spp->sp", A) + 1e-12
@@ -583,6 +758,7 @@ def fit(
     discrepancy=None,
     discrepancy_length: float = math.inf,
     key=None,
+    progress: bool = False,
 ) -> FitResult:
     """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
 
@@ -624,9 +800,23 @@ def fit(
       corr = exp(−(log t − log t')²/2ℓ²); ∞ (default): a constant offset of each curve; 0:
       independent points (a nugget).
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
+    - `progress`: print progress to stderr (the plan, the first and last Adam step and every
+      ~5 s: step i/n, best objective over the starts, elapsed time; the first step includes
+      compiling the theory, which can take minutes). Default quiet; the CLI turns it on.
 
     **Returns:** `FitResult` of the best start (by objective).
+
+    **Raises:** `ValueError` before any solve for an invalid argument (`n_starts` < 1,
+    negative step counts or spread, `starts` of the wrong shape, unknown `hessian`, error
+    models with `loss="gaussian"`, replicates of the wrong shape).
     """
+    if starts is None and not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
+        raise ValueError(f"n_starts={n_starts!r} must be an integer >= 1 (CLI: --starts)")
+    for name, v in (("n_adam", n_adam), ("n_newton", n_newton)):
+        if not (isinstance(v, (int, np.integer)) and v >= 0):
+            raise ValueError(f"{name}={v!r} must be an integer >= 0 (CLI: --{'adam' if name == 'n_adam' else 'newton'}-steps)")
+    if not (start_spread >= 0 and math.isfinite(start_spread)):
+        raise ValueError(f"start_spread={start_spread!r} must be finite and >= 0")
     hessian = hessian or ("gauss-newton" if problem.loss == "wls" else "exact")
     if hessian not in ("gauss-newton", "exact"):
         raise ValueError(f"hessian={hessian!r} is not one of ['gauss-newton', 'exact']")
@@ -642,17 +832,25 @@ def fit(
     theta0 = problem.initial_theta()
     if starts is None:
         key = jax.random.key(0) if key is None else key
-        jitter = start_spread * jax.random.normal(key, (max(n_starts, 1) - 1, theta0.shape[0]))
+        jitter = start_spread * jax.random.normal(key, (n_starts - 1, theta0.shape[0]))
         starts = jnp.concatenate([theta0[None], theta0[None] + jitter], 0)
     starts = jnp.asarray(starts, float)
-    ths = _adam(problem, starts, n_adam, adam_lr)[0] if n_adam else starts
+    if starts.ndim != 2 or starts.shape[0] < 1 or starts.shape[1] != theta0.shape[0]:
+        raise ValueError(f"starts must be (S >= 1, P={theta0.shape[0]}) unconstrained vectors, got {starts.shape}")
+    S = starts.shape[0]
+    report = _Progress("fit", progress)
+    second = "Levenberg-Marquardt" if problem.loss == "wls" else "Newton"
+    report(f"{S} starts x ({n_adam} Adam + <= {n_newton} {second} steps), {int(problem.obs.value.shape[0])} observations, "
+           f"{problem.obs.n_conditions} theory solves per evaluation; the first step compiles (can take minutes)", force=True)
+    ths = _adam(problem, starts, n_adam, adam_lr, report)[0] if n_adam else starts
     if problem.loss == "wls":
-        th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol)
+        th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report)
     else:
-        th, vals, grads, steps = _newton(problem, ths, n_newton, gtol)
+        th, vals, grads, steps = _newton(problem, ths, n_newton, gtol, report=report)
         J = resid = None
     vals_ = np.where(np.isfinite(vals), vals, np.inf)
     b = int(np.argmin(vals_))
+    report(f"done: objective {_best(vals)} (best of {S} starts: start {b + 1}/{S})", force=True)
     theta = jnp.asarray(th[b])
     if hessian == "exact":
         H = np.asarray(_exact_hessian(problem, theta), float)
@@ -823,17 +1021,19 @@ def error_model(
                                discrepancy=jnp.asarray(tau, float), dof=float(dof))
 
 
-def _newton(problem, thetas, n_steps, gtol):
+def _newton(problem, thetas, n_steps, gtol, report=_quiet):
     """Damped Newton with the exact Hessian (forward over forward) for non-least-squares losses."""
     th = np.asarray(thetas, float)
     S = th.shape[0]
     v, g = (np.asarray(a, float) for a in _value_and_grad(problem, jnp.asarray(th)))
     lam = np.full(S, 1e-3)
     steps = np.zeros(S, int)
-    for _ in range(n_steps):
+    report(f"Newton start: best objective {_best(v)}", force=True)
+    for it in range(n_steps):
         active = np.isfinite(v) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol)
         if not active.any():
             break
+        report(f"Newton step {it + 1}/{n_steps}: best objective {_best(v)}, {int(active.sum())} of {S} starts still moving")
         trial = th.copy()
         for s in np.flatnonzero(active):
             H = np.asarray(_exact_hessian(problem, jnp.asarray(th[s])), float)
@@ -974,7 +1174,19 @@ def fit_table(
     """Convenience: `observations_from_table(table, **mapping)` → `make_problem` → `fit`.
 
     `mapping`: keyword arguments of `observations_from_table` (column names, `se`, `by`, ...);
-    `by` defaults to the `by` columns of `params`."""
+    `by` defaults to the `by` columns of `params`, `known` to every parameter column of the
+    table that is not fitted. `fit_kwargs` go to `fit` (e.g. `progress=True`).
+
+    **Raises:** `ValueError` before any solve for everything `observations_from_table`,
+    `make_problem` and `fit` refuse, and when the table's `depth` or `width` column (the
+    student of the runs) differs from `experiment`'s: the theory would describe another network."""
+    for col, have in (("depth", experiment.student.depth), ("width", experiment.student.width)):
+        if col in table and not (col == "width" and experiment.student.depth == 0):  # width unused at depth 0
+            vals = np.unique(np.asarray(table[col], float))
+            vals = vals[~np.isnan(vals)]
+            if vals.size == 1 and vals[0] != have:
+                raise ValueError(f"column {col!r} of the table is {vals[0]:g}, but the experiment's student.{col} is {have}: "
+                                 f"use the config of the runs (CLI: --config, or --set student.{col}={vals[0]:g})")
     seeds = Seeds(0) if seeds is None else seeds
     solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
     mapping = dict(mapping or {})

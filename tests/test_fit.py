@@ -179,6 +179,17 @@ def test_profile_interval_reads_the_deviance():
     assert lo_open and hi_open and (lo, hi) == (pytest.approx(-0.9), pytest.approx(0.9))
 
 
+def test_fit_reports_progress_only_when_asked(problem, capsys):
+    prob, true = problem
+    fit(prob, starts=_batch(true, true), n_adam=1, n_newton=1)
+    assert capsys.readouterr().err == ""  # the API is quiet by default
+    res = fit(prob, starts=_batch(true, true), n_adam=1, n_newton=1, progress=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("fit: 2 starts x (1 Adam + <= 1 Levenberg-Marquardt steps), 12 observations"), err
+    assert any(line.startswith("fit: Adam step 1/1: best objective ") for line in err), err
+    assert err[-1].startswith(f"fit: done: objective {float(res.loss):.6g} (best of 2 starts: start ") and err[-1].endswith(" s)"), err
+
+
 def test_bounded_parameters_stay_in_range(problem):
     prob, _ = problem
     # wild starts and huge Adam steps: the transforms keep every iterate in range
@@ -210,7 +221,54 @@ def test_observation_mapping_groups_conditions():
         observations_from_table(tab, value="validation_loss")
 
 
-def test_optimal_task_weight_beats_equal_weights_for_a_noisy_unrelated_task():
+def test_observations_refuse_non_finite_rows_unless_flagged_diverged():
+    # cheap, no solve: a NaN metric would make the objective NaN/inf and the fit "succeed"
+    tab = pd.DataFrame({"time": [1.0, 2.0, 1.0, 2.0], "task": [1, 1, 2, 2], "test_loss": [0.7, np.nan, 0.69, np.nan]})
+    with pytest.raises(ValueError, match=r"column 'test_loss' has 2 of 4 rows with a non-finite value .*--query 'test_loss == test_loss'"):
+        observations_from_table(tab)
+    with pytest.raises(ValueError, match="not flagged in column 'diverged'"):
+        observations_from_table(tab.assign(diverged=[False, True, False, False]))
+    with pytest.warns(UserWarning, match=r"dropped 2 of 4 rows with a non-finite 'test_loss' .*'diverged'"):
+        obs, _ = observations_from_table(tab.assign(diverged=[False, True, False, True]))
+    np.testing.assert_allclose(np.asarray(obs.value), [0.7, 0.69])
+    assert list(np.asarray(obs.task)) == [0, 1]
+    with pytest.raises(ValueError, match="no rows left"), pytest.warns(UserWarning):
+        observations_from_table(tab.assign(test_loss=np.nan, diverged=True))
+    with pytest.raises(ValueError, match=r"column 'time' has 1 of 4 rows with a non-finite value"):
+        observations_from_table(tab.assign(test_loss=0.5, time=[1.0, np.nan, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"column 'se' has 1 of 4 rows"):
+        observations_from_table(tab.assign(test_loss=0.5, se=[0.1, 0.0, 0.1, 0.1]), se="se")
+    with pytest.raises(ValueError, match=r"known column 's_a' is NaN in 1 of 4 rows"):
+        observations_from_table(tab.assign(test_loss=0.5, s_a=[1.0, np.nan, 1.0, 1.0]))
+    # task-2 parameters of single-task rows are NaN in the sweep tables, and harmless there
+    single = tab.assign(test_loss=0.5, single_task=[True, True, False, False], relatedness=[np.nan, np.nan, 0.5, 0.5])
+    obs, cond = observations_from_table(single)
+    assert obs.n_conditions == 2
+
+
+def test_observations_refuse_to_collapse_distinct_conditions():
+    # r = 0 and r = 1 rows: a fit that gives r one value (free without `by`, or not known)
+    # must not silently average the two conditions
+    tab = pd.DataFrame({"time": [1.0, 2.0] * 2, "task": [1] * 4, "test_loss": [0.7, 0.6, 0.69, 0.65],
+                        "relatedness": [0.0, 0.0, 1.0, 1.0], "width": [4] * 4, "seed": [0, 1, 0, 1]})
+    with pytest.raises(ValueError, match=r"column 'relatedness' takes 2 values \(0, 1\).*--by relatedness=relatedness.*--query"):
+        observations_from_table(tab, known=[])
+    obs, _ = observations_from_table(tab)  # known per row (the default): two theory solves
+    assert obs.n_conditions == 2
+    obs, _ = observations_from_table(tab, known=[], by=["relatedness"], split=["relatedness"])  # Param(by=...)
+    assert obs.n_conditions == 2
+    with pytest.raises(ValueError, match=r"column 'width' takes 2 values \(4, 8\).*--query 'width == 4'"):
+        observations_from_table(tab.assign(width=[4, 4, 8, 8]))
+    e = mtjax.experiment_from_spec(SPEC)  # student width 6
+    with pytest.raises(ValueError, match=r"column 'width' of the table is 4, but the experiment's student.width is 6"):
+        mtjax.fit_table(e, tab, [Param("s_a")])
+    with pytest.raises(ValueError, match=r"'relatedness' takes 2 values"):  # free without `by`
+        mtjax.fit_table(e, tab.assign(width=6), [Param("relatedness")])
+    with pytest.raises(ValueError, match=r"task 3, but the experiment has 2 tasks"):
+        mtjax.fit_table(e, tab.assign(width=6, task=3), [Param("s_a")])
+
+
+def test_optimal_task_weight_beats_equal_weights_for_a_noisy_unrelated_task(capsys):
     # Task 2 unrelated (r = 0), noisy (s_b/σ = 0.5) and a narrow trunk (width 3 = rank):
     # training it at full weight takes trunk capacity from task 1.
     spec = {
@@ -223,6 +281,19 @@ def test_optimal_task_weight_beats_equal_weights_for_a_noisy_unrelated_task():
     assert float(res.value) < 1.0
     assert float(res.loss) < float(res.baseline_loss) - 1e-3, (res.value, res.loss, res.baseline_loss)
     assert np.all(np.isfinite(np.asarray(res.grid_slope)))
+    # the loss rises with w_2 all the way down: the best weight is the smallest searched
+    # (don't train task 2), and the result says so
+    assert bool(res.on_bound) and float(res.value) == pytest.approx(1e-2), np.asarray(res.grid_slope)
+    assert capsys.readouterr().err == ""  # the API is quiet by default
+    # a related task 2 (r = 0.9) at a small weight helps: an interior optimum (measured 0.065)
+    spec["teacher"]["relatedness"] = 0.9
+    rel = optimal_task_weight(mtjax.experiment_from_spec(spec), mtjax.Seeds(1), bounds=(1e-2, 4.0), n_grid=5, n_refine=1,
+                              solver=SOLVER, progress=True)
+    assert not bool(rel.on_bound) and 2e-2 < float(rel.value) < 0.5, np.asarray(rel.grid_slope)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("design w2: 2 rounds of 5 values of w_2 in [0.01, 4]"), err
+    assert [line.split(":")[1].strip() for line in err[1:3]] == ["round 1/2", "round 2/2"], err
+    assert err[3].startswith(f"design w2: baseline w_2 = 1: loss {float(rel.baseline_loss):.5g}; optimum w_2 = "), err
 
 
 def test_cli_parses_fit_and_design():

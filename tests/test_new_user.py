@@ -1,0 +1,122 @@
+"""What a new user meets first: theory next to simulation, grids of one run, the values they gave
+stored as given, simulation and theory folders side by side, Ctrl-C, tables grouped right."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mtjax
+from mtjax import cli
+
+CONFIG = """
+name = "tiny"
+[teacher]
+n_features = 20
+rank = 2
+n_classes = 2
+scale = [3.0, 3.0]
+[student]
+depth = 1
+width = 4
+bias_init = "zeros"
+[train]
+protocol = "full_batch"
+n_train = [32, 32]
+n_test = 128
+n_steps = 20
+eval_every = 10
+learning_rate = 0.1
+[grid]
+relatedness = [0.0, 1.0]
+w_b = [0.0, 1.0]
+"""
+
+PAPER_TINY = {"preset": "paper", "teacher": {"n_features": 20, "rank": 2, "n_classes": 2},
+              "student": {"width": 4}, "train": {"n_epochs": 2, "n_train": [32, 32], "n_pool": [32, 32], "n_test": 32}}
+
+
+@pytest.mark.parametrize("grid", [{"seed": [0]}, {"ntrain": [16, 32]}, {"depth": [1, 2]}, {}])
+def test_grid_of_one_run_per_group(grid):
+    """A compiled group with one run and no vmapped axis (nothing varies but a shared seed)."""
+    res = mtjax.sweep(PAPER_TINY, grid or {"seed": 0}, out_dir=None, progress=False)
+    n = {"ntrain": 2, "depth": 2}.get(next(iter(grid), "seed"), 1)
+    assert res.summary["run"].nunique() == n
+    assert np.isfinite(res.summary["final_loss"]).all()
+
+
+def test_stored_values_are_the_ones_given():
+    spec = {**PAPER_TINY, "train": {**PAPER_TINY["train"], "learning_rate": 0.01},
+            "teacher": {**PAPER_TINY["teacher"], "scale": [0.3, 0.7], "noise": 0.1}}
+    res = mtjax.sweep(spec, {"s_b": [0.1, 0.2]}, out_dir=None, progress=False)
+    s = res.summary
+    assert len(s.query("lr == 0.01")) == len(s)
+    assert len(s.query("s_a == 0.3")) == len(s)
+    assert len(s.query("sigma_a == 0.1")) == len(s)
+    assert sorted(s["s_b"].unique()) == [0.1, 0.2]
+
+
+def test_simulation_and_theory_of_one_config_do_not_collide(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG)
+    for cmd in (["simulate"], ["theory", "--n-quad", "256", "--n-quad-eval", "512"]):
+        cli.main([*cmd, "--config", str(cfg), "--out", str(tmp_path), "--quiet"])
+    assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["source"] == "simulation"
+    assert json.loads((tmp_path / "tiny-population" / "manifest.json").read_text())["source"] == "theory"
+    # Rerunning either resumes its own folder.
+    cli.main(["simulate", "--config", str(cfg), "--out", str(tmp_path), "--quiet"])
+
+
+def test_compare_joins_simulation_and_both_theories(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG)
+    cli.main(["compare", "--config", str(cfg), "--out", str(tmp_path), "--quiet", "--n-grid", "10", "--n-draws", "128",
+              "--n-quad", "256", "--n-quad-eval", "512"])
+    out = capsys.readouterr().out
+    d = tmp_path / "tiny"
+    for f in ("summary.csv", "curves.csv", "benefit.csv", "comparison.png"):
+        assert (d / f).exists(), f
+    for m in ("simulation", "finite-data", "population"):
+        assert (d / m / "manifest.json").exists()
+    curves = pd.read_csv(d / "curves.csv")
+    assert set(curves["model"]) == {"simulation", "finite-data", "population"}
+    # Every model reports at the same times, so the curves join point by point.
+    times = curves.groupby("model")["time"].apply(lambda t: tuple(sorted(set(t))))
+    assert times.nunique() == 1
+    benefit = pd.read_csv(d / "benefit.csv")
+    assert set(benefit["model"]) == {"simulation", "finite-data", "population"}
+    assert "finite-data" in out and "population" in out
+
+
+def test_printed_benefit_groups_by_every_swept_axis(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG.replace("w_b = [0.0, 1.0]", "single_task = [true, false]"))
+    cli.main(["simulate", "--config", str(cfg), "--out", str(tmp_path), "--quiet", "--grid", "lr=0.05,0.1"])
+    out = capsys.readouterr().out
+    table = out.split("mean over seeds:")[1].split("wrote")[0].strip().splitlines()
+    header = table[0].split()
+    assert "lr" in header and "relatedness" in header
+    assert len(table) == 1 + 2 * 2  # (r, lr) pairs, not averaged over lr
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(CONFIG.replace("n_steps = 20", "n_steps = 4000").replace("eval_every = 10", "eval_every = 4000"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mtjax.cli", "simulate", "--config", str(cfg), "--out", str(tmp_path),
+                             "--max-chunk", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "tiny" / "manifest.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted: rerun the same command to resume" in err
