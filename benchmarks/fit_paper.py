@@ -1,6 +1,6 @@
 """Fit effective parameters of the population theory to the authors' rank-10 runs.
 
-Data: ../shared/paper-data/rank-10.csv (Lee & Ndirango 2019): early-stopped task-1 validation
+Data: the authors' rank-10.csv, shipped with mtjax (mtjax.default_data_dir()) (Lee & Ndirango 2019): early-stopped task-1 validation
 cross-entropy of 2000-epoch runs, 5 training seeds per cell. The population theory has no
 finite training set, so it is given *effective* parameters:
 
@@ -39,7 +39,7 @@ import mtjax  # noqa: E402
 from mtjax._fit import Param, fit, make_problem, observations_from_table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "..", "..", "shared", "paper-data", "rank-10.csv")
+DATA = str(mtjax.default_data_dir() / "rank-10.csv")  # the authors' table, shipped with mtjax
 
 
 def load_cells(path: str, s_a, s_b, r) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """Finite-data theory (DMFT, depth 2) vs the authors' rank-10 measurements.
 
-Run: python benchmarks/paper_finite.py [--data ../shared/paper-data/rank-10.csv]
+Run: python benchmarks/paper_finite.py [--data PATH]  (default: the authors' rank-10.csv shipped with mtjax)
          [--n-grid 20] [--max-step 1] [--draws 512] [--response 32] [--r 0 1] [--sa ...] [--sb ...] [--full]
 Output: docs/results/paper_finite.txt (and the per-cell table as CSV next to it)
 Resumable: every solved chunk of cells is stored at once in `<out>.raw.pkl` (atomically, with the
@@ -92,7 +92,7 @@ def authors_tables(d: pd.DataFrame):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/paper-data/rank-10.csv")
+    ap.add_argument("--data", default=str(mtjax.default_data_dir() / "rank-10.csv"))
     ap.add_argument("--n-grid", type=int, default=20)
     ap.add_argument("--max-step", type=float, default=1.0, help="largest GD step Δ of the theory grid (stability; uniform grids only)")
     ap.add_argument("--step-growth", type=float, default=None,

@@ -1,6 +1,6 @@
 """Population (infinite-data) theory vs the authors' rank-10 measurements.
 
-Run: python benchmarks/paper_population.py [--data ../shared/paper-data/rank-10.csv]
+Run: python benchmarks/paper_population.py [--data PATH]  (default: the authors' rank-10.csv shipped with mtjax)
 
 The theory is run with the paper's student (N = 100, 2 linear layers of 64, orthogonal init,
 one realisation, quenched), its teacher (R = C = 10, sigma = 1/sqrt(N), q = 1/2) and time map:
@@ -26,7 +26,7 @@ import mtjax
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/paper-data/rank-10.csv")
+    ap.add_argument("--data", default=str(mtjax.default_data_dir() / "rank-10.csv"))
     ap.add_argument("--n-quad", type=int, default=2048)
     ap.add_argument("--n-quad-eval", type=int, default=4096)
     args = ap.parse_args()

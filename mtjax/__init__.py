@@ -30,6 +30,7 @@ from ._reproduce import (
     ReproductionResult as ReproductionResult,
     authors_table as authors_table,
     benefit_from_runs as benefit_from_runs,
+    default_data_dir as default_data_dir,
     compare as compare_with_authors,
     reproduce as reproduce,
 )
@@ -108,4 +109,6 @@ from ._dmft import (
     finite_data_replicas as finite_data_replicas,
     finite_data_theory as finite_data_theory,
     finite_theory_history as finite_theory_history,
+    release_compiled as release_compiled,
+    set_compiled_cache_size as set_compiled_cache_size,
 )

@@ -5,21 +5,19 @@ structure (data sizes, depth, width, single-task mode) split the grid into *comp
 within a group every other axis is an array field, so each chunk of runs is **one**
 jit-compiled `jax.vmap` program.  Each finished chunk is written atomically to
 ``<out>/parts/``; a rerun skips finished chunks, so an interrupted sweep resumes without
-duplicating rows.  The merged tables are ``curves.csv`` (run x evaluation x task) and
-``summary.csv`` (run x task).
+duplicating rows.  The merged tables are ``curves`` (run x evaluation x task) and
+``summary`` (run x task), as Parquet and CSV; the folder layout is in `_store.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -29,95 +27,15 @@ import pandas as pd
 
 from . import _distributed
 from ._experiment import Experiment, Seeds
-from ._spec import experiment_from_spec, normalise_spec
+from ._spec import check_spec_keys, experiment_from_spec, normalise_spec
+from ._axes import (  # noqa: F401  (re-exported: the axis names are part of this module's API)
+    AXES, DYNAMIC_AXES, PARAM_COLUMNS, SEED_AXES, STATIC_AXES, TASK2_AXES,
+    apply_axes, apply_static, check_grid, expand_grid, param_values,
+)
 from ._train import History, make_inputs, simulate
-
-# Dynamic axes: name -> function(experiment, scalar) setting that array field of one run.
-# Axes named *_b set task 2 and every further task.
-
-
-def _set(where: Callable, index=None):
-    def setter(exp: Experiment, v):
-        old = where(exp)
-        new = jnp.full(old.shape, v, old.dtype) if index is None else old.at[index].set(v)
-        return eqx.tree_at(where, exp, new)
-
-    return setter
-
-
-DYNAMIC_AXES: dict[str, Callable] = {
-    "relatedness": _set(lambda e: e.teacher.relatedness),
-    "s_a": _set(lambda e: e.teacher.scale, 0),
-    "s_b": _set(lambda e: e.teacher.scale, slice(1, None)),
-    "sigma_a": _set(lambda e: e.teacher.noise, 0),
-    "sigma_b": _set(lambda e: e.teacher.noise, slice(1, None)),
-    "eps_a": _set(lambda e: e.teacher.flip, 0),
-    "eps_b": _set(lambda e: e.teacher.flip, slice(1, None)),
-    "q": _set(lambda e: e.teacher.noisy_fraction),
-    "readout_alignment": _set(lambda e: e.teacher.readout_alignment),
-    "lr": _set(lambda e: e.train.learning_rate),
-    "w_b": _set(lambda e: e.train.task_weights, slice(1, None)),
-    "init_scale": _set(lambda e: e.student.init_scale),
-}
-SEED_AXES = ("seed", "realisation")
-# Static axes: name -> (spec section, key).  Each distinct value is a separate compile.
-STATIC_AXES = {
-    "ntrain": ("train", "n_train"),
-    "ntrain_b": ("train", "n_train"),
-    "depth": ("student", "depth"),
-    "width": ("student", "width"),
-    "single_task": ("train", "single_task"),
-}
-# Axes that do not affect task 1 when it is trained alone: single-task runs are not repeated
-# over them (their table entries are NaN) and they are dropped when pairing for the benefit.
-TASK2_AXES = ("relatedness", "s_b", "sigma_b", "eps_b", "w_b", "ntrain_b", "readout_alignment")
-
-
-def _apply_static(spec: dict, values: dict) -> dict:
-    spec = json.loads(json.dumps(spec))
-    for name, v in values.items():
-        sec, key = STATIC_AXES[name]
-        spec.setdefault(sec, {})
-        if name in ("ntrain", "ntrain_b"):
-            cur = spec[sec].get(key)
-            if cur is None:
-                cur = [400, 400]
-            cur = [cur, cur] if isinstance(cur, int) else list(cur)
-            if name == "ntrain":
-                cur[0] = int(v)
-                if "ntrain_b" not in values:
-                    cur[1:] = [int(v)] * (len(cur) - 1)
-            else:
-                cur[1:] = [int(v)] * (len(cur) - 1)
-            spec[sec][key] = cur
-            spec[sec].pop("n_pool", None) if spec.get("preset") == "paper" else None
-        else:
-            spec[sec][key] = v.item() if hasattr(v, "item") else v
-    return spec
-
-
-def expand_grid(grid: dict[str, list]) -> pd.DataFrame:
-    """Cartesian product of the grid axes, one row per run, with single-task runs deduplicated."""
-    for name in grid:
-        if name not in DYNAMIC_AXES and name not in STATIC_AXES and name not in SEED_AXES:
-            allowed = sorted([*DYNAMIC_AXES, *STATIC_AXES, *SEED_AXES])
-            raise ValueError(f"unknown grid axis {name!r}; allowed axes: {allowed}")
-        if len(grid[name]) == 0:
-            raise ValueError(f"grid axis {name!r} has no values")
-    grid = dict(grid)
-    grid.setdefault("seed", [0])
-    grid.setdefault("realisation", [0])
-    names = list(grid)
-    df = pd.DataFrame(list(itertools.product(*[grid[n] for n in names])), columns=names)
-    if "single_task" in df:
-        single = df["single_task"].astype(bool)
-        for ax in TASK2_AXES:
-            if ax in df:
-                df[ax] = df[ax].astype(float)
-                df.loc[single, ax] = np.nan
-        df = df.drop_duplicates(ignore_index=True)
-    df.insert(0, "run", np.arange(len(df)))
-    return df
+from ._store import (  # noqa: F401  (merge_parts and the writers stay importable from here)
+    SweepResult, _atomic_write_csv, _atomic_write_text, _done_runs, _summary_parts, load_sweep, merge_parts, write_part,
+)
 
 
 def _seeds(rows: pd.DataFrame, scope: str) -> Seeds:
@@ -174,42 +92,8 @@ def _chunk_size(
     return _distributed.chunk_size(int(memory_budget // per), n_runs, n_devices, max_chunk)
 
 
-@dataclasses.dataclass
-class SweepResult:
-    """Merged tables of a finished sweep and the folder holding them (None if not written)."""
-
-    curves: pd.DataFrame | None
-    summary: pd.DataFrame
-    out_dir: Path | None
-    # False only for a process of a multi-process sweep that finished its slice before the
-    # others: `summary` then holds the runs on disk so far and no merged file was written.
-    complete: bool = True
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
-    _atomic_write_text(path, df.to_csv(index=False))
-
-
-def apply_axes(exp: Experiment, values: dict) -> Experiment:
-    """Set the dynamic sweep axes `values` (name -> scalar) on one experiment."""
-    for name, v in values.items():
-        exp = DYNAMIC_AXES[name](exp, v)
-    return exp
-
-
 @eqx.filter_jit
-def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> History:
+def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, index, inputs, mesh=None) -> History:
     """One compiled program: `simulate` vmapped over the runs of a chunk.
 
     `axes`: name -> (n,) values of the dynamic axes; `inputs`: shared by all runs, or None
@@ -218,7 +102,7 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> 
 
     shared = inputs is not None and seeds.data.ndim == 0 and seeds.train.ndim == 0
 
-    def one(ax, sd):
+    def one(ax, sd, _):
         return simulate(apply_axes(exp, ax), eqx.combine(sd, shared_seeds), inputs, shared_subsets=shared)
 
     # Seeds shared by the whole chunk arrive as scalars and stay unbatched (closed over, so
@@ -227,11 +111,11 @@ def _run_chunk(exp: Experiment, axes: dict, seeds: Seeds, inputs, mesh=None) -> 
     # runs, and each layer's product with it is one large matrix product over the runs
     # instead of a batch of small ones.
     run_seeds, shared_seeds = eqx.partition(seeds, lambda a: a.ndim > 0)
-    return _distributed.map_runs(one, (axes, run_seeds), mesh)
+    return _distributed.map_runs(one, (axes, run_seeds, index), mesh)
 
 
 @eqx.filter_jit
-def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial: str, mesh=None,
+def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, index, solver, initial: str, mesh=None,
                       source: str = "theory") -> History:
     """A theory vmapped over the points of a chunk (as `History`s): the population flow
     (`source="theory"`) or the finite-data DMFT (`"theory-finite"`)."""
@@ -244,7 +128,7 @@ def _run_theory_chunk(exp: Experiment, axes: dict, seeds: Seeds, solver, initial
         return history(solve(apply_axes(exp, ax), sd, solver=solver, initial=initial))
 
     run_seeds, shared_seeds = eqx.partition(seeds, lambda a: a.ndim > 0)
-    return _distributed.map_runs(lambda ax, sd: one(ax, eqx.combine(sd, shared_seeds)), (axes, run_seeds), mesh)
+    return _distributed.map_runs(lambda ax, sd, _: one(ax, eqx.combine(sd, shared_seeds)), (axes, run_seeds, index), mesh)
 
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
@@ -253,41 +137,6 @@ SOURCES = ("simulation", "theory", "theory-finite")
 
 # Smallest per-(realisation, seed) block that the sweep chunks on its own (see `sweep`).
 SEED_BLOCK_MIN_RUNS = 32
-
-PARAM_COLUMNS = (
-    "relatedness", "s_a", "s_b", "sigma_a", "sigma_b", "eps_a", "eps_b", "q", "readout_alignment",
-    "lr", "w_b", "init_scale", "ntrain", "ntrain_b", "depth", "width", "single_task", "seed", "realisation",
-)  # fmt: skip
-
-
-def param_values(exp: Experiment) -> dict[str, Any]:
-    """The sweep-axis parameters of one (unbatched) experiment, as Python scalars."""
-    t, tr, st = exp.teacher, exp.train, exp.student
-    K = t.n_tasks
-
-    def b(a):  # task-2 entry, NaN for K = 1
-        return float(np.asarray(a)[0]) if K > 1 and np.size(a) else math.nan
-
-    return {
-        "relatedness": b(t.relatedness),
-        "s_a": float(t.scale[0]),
-        "s_b": b(t.scale[1:]),
-        "sigma_a": float(t.noise[0]),
-        "sigma_b": b(t.noise[1:]),
-        "eps_a": float(t.flip[0]),
-        "eps_b": b(t.flip[1:]),
-        "q": float(t.noisy_fraction[0]),
-        "readout_alignment": b(t.readout_alignment),
-        "lr": float(tr.learning_rate),
-        "w_b": b(tr.task_weights[1:]),
-        "init_scale": float(st.init_scale),
-        "ntrain": tr.n_train[0],
-        "ntrain_b": tr.n_train[1] if K > 1 else math.nan,
-        "depth": st.depth,
-        "width": st.width,
-        "single_task": tr.single_task,
-    }
-
 
 def history_tables(hist: History, rows: pd.DataFrame, exp: Experiment, *, source: str = "simulation", curves: bool = True):
     """Tidy tables of a batch of runs: (summary, curves).
@@ -366,7 +215,8 @@ def sweep(
     distributed: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
-) -> SweepResult:
+    dry_run: bool = False,
+) -> SweepResult | None:
     """Run every point of `grid` on the experiment of `spec`, vmapped and chunked.
 
     **Arguments:**
@@ -397,6 +247,8 @@ def sweep(
     - `process_index`, `process_count`: a static slice without `jax.distributed` (runs with
       `run % process_count == process_index`), e.g. the tasks of an array job writing to one
       shared folder.
+    - `dry_run`: only validate the spec, the grid and every compile group's configuration,
+      write nothing and return None.
 
     **Returns:** `SweepResult` with `summary` (run x task: early-stopped loss and step, final
     loss and accuracy, `diverged`) and `curves` (run x evaluation x task). In a multi-process
@@ -437,6 +289,7 @@ def sweep(
     # -----------------------------------------------------------------------------------------
     raw = json.loads(json.dumps(spec, default=list))
     norm = normalise_spec(raw)
+    check_spec_keys(norm)
     grid = grid if grid is not None else norm.get("grid")
     if not grid:
         raise ValueError("sweep needs a grid: pass grid= or put a [grid] table in the spec")
@@ -445,6 +298,13 @@ def sweep(
     runs = expand_grid(grid)
     static_cols = [c for c in STATIC_AXES if c in runs]
     dyn_cols = [c for c in DYNAMIC_AXES if c in runs]
+    # Build every compile group's experiment now: a bad combination (e.g. ntrain_b < ntrain in
+    # the paper protocol) must fail before the manifest or any part is written.
+    plans = _group_experiments(raw, runs, static_cols)
+    if theory:
+        _check_theory(source, initial, [exp for exp, _ in plans.values()])
+    if dry_run:
+        return None
 
     out = None if out_dir is None else Path(out_dir) / name
     done: set[int] = set()
@@ -466,9 +326,11 @@ def sweep(
         if mpath.exists():
             old = json.loads(mpath.read_text())
             if old.get("fingerprint") != manifest["fingerprint"]:
+                what = [k for k in ("source", "spec", "grid", "solver") if old.get(k) != manifest.get(k)]
                 raise ValueError(
-                    f"{out} holds a different sweep (fingerprint {old.get('fingerprint')} != {manifest['fingerprint']}): "
-                    "choose another name or out_dir, or delete it"
+                    f"{out} holds a different sweep (its {', '.join(what) or 'fingerprint'} differs"
+                    + (f": source {old.get('source')!r} there, {source!r} here" if "source" in what else "")
+                    + "): choose another name or out_dir, or delete it"
                 )
             if not resume:
                 raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
@@ -492,12 +354,15 @@ def sweep(
     n_before = len(runs) - int(not_done.sum()) if not multi else 0
     bar = tqdm(total=n_before + len(todo), initial=n_before, disable=not progress, desc=desc, unit="run")
     new_summaries, new_curves = [], []
-    groups = todo.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), todo)]
-    for key, rows in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        static_vals = {c: v for c, v in zip(static_cols, key) if not (isinstance(v, float) and math.isnan(v))}
-        exp = experiment_from_spec(_apply_static(raw, static_vals))
-        base_params = param_values(exp)
+    groups = list(todo.groupby(static_cols, sort=False, dropna=False)) if static_cols else [((), todo)]
+    for i_group, (key, rows) in enumerate(groups):
+        if i_group:
+            # The previous group's programs have other shapes and are never called again; XLA
+            # keeps each compiled program's memory mappings until its cache is cleared, and a
+            # process has ~65k of them (a sweep over many static values would otherwise die).
+            jax.clear_caches()
+        exp, group_spec = plans[_group_key(key, static_cols)]
+        base_params = param_values(exp, group_spec)
         shared = scope == "train"
         blocks = [rows]
         if shared and source == "simulation":
@@ -519,14 +384,16 @@ def sweep(
                 v = padded[col].to_numpy(float)
                 axes[col] = jnp.asarray(np.where(np.isnan(v), base_params[col] if not math.isnan(base_params[col]) else 0.0, v))
             seeds = _seeds(padded, scope)
-            axes, seeds = _distributed.shard((axes, seeds), mesh)
+            # `index` gives the vmap its run axis when nothing else varies (one run, or runs
+            # that differ only in a shared seed).
+            axes, seeds, index = _distributed.shard((axes, seeds, jnp.arange(c)), mesh)
             if theory:
-                hist = _run_theory_chunk(exp, axes, seeds, solver, initial, mesh, source)
+                hist = _run_theory_chunk(exp, axes, seeds, index, solver, initial, mesh, source)
             else:
                 inputs = None
                 if shared and len(set(padded["realisation"])) == 1:
                     inputs = _make_inputs_jit(exp, key=Seeds(int(padded["realisation"].iloc[0])).key("data"))
-                hist = _run_chunk(exp, axes, seeds, inputs, mesh)
+                hist = _run_chunk(exp, axes, seeds, index, inputs, mesh)
             hist = jax.tree_util.tree_map(lambda a: a[:n], hist)
             table_rows = chunk.copy()
             for col, v in base_params.items():
@@ -538,9 +405,7 @@ def sweep(
                 tag = f"part-{int(chunk['run'].iloc[0]):07d}-{n}"
                 if multi:  # part names unique per process, whatever the chunking
                     tag += f"-p{process_index}"
-                if curves is not None:
-                    _atomic_write_csv(out / "parts" / f"{tag}.curves.csv", curves)
-                _atomic_write_csv(out / "parts" / f"{tag}.summary.csv", summary)
+                write_part(out, tag, summary, curves)
             new_summaries.append(summary)
             if curves is not None:
                 new_curves.append(curves)
@@ -550,57 +415,53 @@ def sweep(
     if out is None:
         summary = pd.concat(new_summaries, ignore_index=True) if new_summaries else pd.DataFrame(columns=["run", "task"])
         curves = pd.concat(new_curves, ignore_index=True) if new_curves else None
-        return SweepResult(curves, summary, None, complete=not multi)
+        return SweepResult(curves, summary, None, complete=not multi, grid=grid)
     # Another process may still be sweeping its slice: only a complete set of runs is merged
-    # into summary.csv/curves.csv (the last process to finish sees it complete).
+    # into the folder's tables (the last process to finish sees it complete).
     complete = _done_runs(out) >= set(runs["run"])
     summary, curves = merge_parts(out, write=complete)
-    return SweepResult(curves, summary, out, complete=complete)
+    return SweepResult(curves, summary, out, complete=complete, grid=grid)
+
+
+def _group_key(key, static_cols) -> tuple:
+    """A compile group's key with NaN (a task-2 axis of single-task runs) as None."""
+    key = key if isinstance(key, tuple) else (key,)
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in key[: len(static_cols)])
+
+
+def _group_experiments(spec: dict, runs: pd.DataFrame, static_cols: list[str]) -> dict[tuple, tuple[Experiment, dict]]:
+    """Every compile group's (experiment, spec), keyed by `_group_key`; raises the configs'
+    one-line `ValueError` (prefixed with the group's static values) for a bad combination."""
+    plans = {}
+    groups = runs.groupby(static_cols, sort=False, dropna=False) if static_cols else [((), runs)]
+    for key, _ in groups:
+        gk = _group_key(key, static_cols)
+        values = {c: v for c, v in zip(static_cols, gk) if v is not None}
+        group_spec = apply_static(spec, values)
+        try:
+            plans[gk] = (experiment_from_spec(group_spec), group_spec)
+        except ValueError as e:
+            where = ", ".join(f"{c}={v}" for c, v in values.items())
+            raise ValueError(f"{e} (in the grid group {where})" if where else str(e)) from None
+    return plans
+
+
+def _check_theory(source: str, initial: str, experiments: list[Experiment]) -> None:
+    """What the theories cannot do, refused before anything is written."""
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+    for exp in experiments:
+        if exp.student.activation != "linear":
+            raise ValueError(
+                f"source={source!r}: the theory needs a linear student, got student.activation="
+                f"{exp.student.activation!r}; set student.activation = 'linear' or simulate only"
+            )
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def _summary_parts(out: Path) -> list[Path]:
-    return sorted((out / "parts").glob("part-*.summary.csv")) if (out / "parts").exists() else []
-
-
-def _done_runs(out: Path) -> set[int]:
-    done: set[int] = set()
-    for p in _summary_parts(out):
-        done.update(pd.read_csv(p, usecols=["run"])["run"].tolist())
-    return done
-
-
-def merge_parts(out: str | os.PathLike, write: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Assemble `summary.csv` and `curves.csv` from the finished parts of a sweep directory.
-
-    A chunk counts as finished only when its summary part exists (it is written last), so
-    a curves part orphaned by an interruption is ignored and later overwritten. Parts of
-    every process are read; a run found in several parts (two processes that swept it
-    concurrently, e.g. a resume started while the original job was alive) is kept once, from
-    the first part by name. `write=False` only returns the tables."""
-    out = Path(out)
-    sparts = _summary_parts(out)
-    if not sparts:  # e.g. a process whose slice is empty, before any other process finished
-        return pd.DataFrame(columns=["run", "task"]), None
-    summary = pd.concat([pd.read_csv(p) for p in sparts], ignore_index=True)
-    summary = summary.drop_duplicates(["run", "task"], ignore_index=True).sort_values(["run", "task"], ignore_index=True)
-    cparts = [p.with_name(p.name.replace(".summary.csv", ".curves.csv")) for p in sparts]
-    cparts = [p for p in cparts if p.exists()]
-    curves = None
-    if cparts:
-        curves = pd.concat([pd.read_csv(p) for p in cparts], ignore_index=True)
-        curves = curves.drop_duplicates(["run", "task", "step"], ignore_index=True)
-        curves = curves.sort_values(["run", "task", "step"], ignore_index=True)
-        if write:
-            _atomic_write_csv(out / "curves.csv", curves)
-    if write:
-        _atomic_write_csv(out / "summary.csv", summary)
-    return summary, curves
 
 
 def multitask_benefit(summary: pd.DataFrame, task: int = 1, metric: str = "early_stopped_loss", *,

@@ -117,7 +117,7 @@ def test_explicit_slices_merge_when_the_last_finishes(tmp_path):
     a = mtjax.sweep(tiny_spec(), grid, process_index=1, process_count=2, **kw)
     assert not a.complete and sorted(a.summary["run"].unique()) == [1, 3]
     assert not (tmp_path / "s" / "summary.csv").exists()
-    assert all(p.name.endswith("-p1.summary.csv") for p in (tmp_path / "s" / "parts").iterdir())
+    assert all(p.name.endswith("-p1.summary.parquet") for p in (tmp_path / "s" / "parts").iterdir())
     b = mtjax.sweep(tiny_spec(), grid, process_index=0, process_count=2, **kw)
     assert b.complete and sorted(_table(tmp_path / "s")["run"].unique()) == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="always resume"):
@@ -256,7 +256,7 @@ def test_multiprocess_sweep_killed_midway_resumes_complete(sharded_simulation, t
     parts = tmp_path / "d" / "parts"
     procs = _start_processes(cfg, tmp_path, phase=1)
     try:
-        _wait_for(lambda: parts.exists() and any(parts.glob("*-p1.summary.csv")), procs[1], 180)
+        _wait_for(lambda: parts.exists() and any(parts.glob("*-p1.summary.parquet")), procs[1], 180)
         procs[1].send_signal(signal.SIGKILL)
         # Process 0 sweeps on; then, at exit, it waits at JAX's shutdown barrier for the dead
         # process until the coordination service declares it dead (heartbeat timeout, 100 s)
@@ -266,7 +266,7 @@ def test_multiprocess_sweep_killed_midway_resumes_complete(sharded_simulation, t
     finally:
         rc = _stop(procs, 1)
     assert rc[1] == -signal.SIGKILL
-    done_p1 = list(parts.glob("*-p1.summary.csv"))
+    done_p1 = list(parts.glob("*-p1.summary.parquet"))
     # Process 1 owns runs 1, 3, 5, 7, 9: three chunks of 2 runs on its 2 devices.
     assert 1 <= len(done_p1) < 3, "process 1 must be killed midway for this test to mean anything"
     done = mtjax._sweep._done_runs(tmp_path / "d")

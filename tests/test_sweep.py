@@ -116,12 +116,12 @@ def test_resume_after_kill(tmp_path):
     parts = tmp_path / "r" / "parts"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if parts.exists() and len(list(parts.glob("*.summary.csv"))) >= 2:
+        if parts.exists() and len(list(parts.glob("*.summary.parquet"))) >= 2:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_done = len(list(parts.glob("*.summary.csv")))
+    n_done = len(list(parts.glob("*.summary.parquet")))
     assert 2 <= n_done < n_runs, "the sweep must be interrupted midway for this test to mean anything"
     assert not (tmp_path / "r" / "summary.csv").exists()
     # Same chunking as the killed process: its compiled program comes from the shared on-disk
