@@ -21,7 +21,6 @@ from PIL import Image
 
 import mtjax
 from mtjax import plots
-from mtjax.cli import demo_spec
 
 
 def main() -> None:
@@ -30,7 +29,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--work", default="results/readme_figure", help="resumable sweep folders")
     args = ap.parse_args()
-    spec, grid = demo_spec()
+    spec, grid = mtjax.demo_spec()
     spec.pop("name")
     grid["seed"] = list(range(args.seeds))
     solver = mtjax.FiniteDataSolver(n_grid=40, n_draws=1024)
@@ -58,7 +57,7 @@ def main() -> None:
     print(f"phase cells with |sim - theory| < 2 s.e.: {(agree['|diff| / s.e.'] < 2).sum()} / {len(agree)}; "
           f"max |sim - theory| {float((agree['mean'] - agree['theory']).abs().max()):.4f} nats")
     bottom = plots.plot_benefit_heatmap(sim.drop(columns="model"), th.drop(columns="model"))
-    bottom.suptitle(f"multitask benefit at α = 4 (ntrain = {d}): simulation (colours), finite-data theory zero contour",
+    bottom.suptitle(f"benefit at α = 4 (ntrain = {d}): simulation (colours),\nfinite-data theory: zero contour",
                     fontsize=9)
 
     out = Path(args.out)

@@ -7,6 +7,7 @@ from ._experiment import Experiment as Experiment, Seeds as Seeds, TrainConfig a
 from ._spec import (
     experiment_from_spec as experiment_from_spec,
     normalise_spec as normalise_spec,
+    demo_spec as demo_spec,
     paper as paper,
     paper_spec as paper_spec,
 )

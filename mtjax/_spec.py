@@ -83,6 +83,26 @@ def paper(**kwargs) -> Experiment:
     return experiment_from_spec(paper_spec(**kwargs))
 
 
+def demo_spec(n_features: int = 200, steps: int = 40) -> tuple[dict[str, Any], dict[str, list]]:
+    """The demo's experiment and grid: two tasks (R = C = 3) learned by a depth-1, width-8
+    trunk with full-batch GD, at α = P / (N − 2R) = 1 and 4, related (r = 1) or not (r = 0),
+    task 2 weighted 0 (task 1 alone) or 1, over 4 training sets. The finite-data theory
+    tracks these networks (overfitting at α = 1, the benefit's sign change with α); the
+    population theory is their α → ∞ limit."""
+    N, R = n_features, 3
+    d = N - 2 * R
+    spec = {
+        "name": "demo",
+        "seed_scope": "train",  # teacher, test set and initial student shared; the seed draws the training sets
+        "teacher": {"n_features": N, "rank": R, "n_classes": R, "scale": [3.0, 3.0], "noise": 0.5},
+        "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+        "train": {"protocol": "full_batch", "n_pool": [40 * d, 40 * d], "n_steps": steps, "eval_every": 1,
+                  "learning_rate": 0.5, "n_test": 4000},
+    }
+    grid = {"ntrain": [d, 4 * d], "relatedness": [0.0, 1.0], "w_b": [0.0, 1.0], "seed": [0, 1, 2, 3]}
+    return spec, grid
+
+
 _SECTIONS = ("teacher", "student", "train")
 
 

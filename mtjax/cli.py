@@ -30,26 +30,6 @@ Start here:
   mtjax design w2 --config FILE.toml  optimal task-2 weight / aux data size / stopping time
 """
 
-def demo_spec(n_features: int = 200, steps: int = 40) -> tuple[dict, dict]:
-    """The demo's experiment and grid: two tasks (R = C = 3) learned by a depth-1, width-8
-    trunk with full-batch GD, at α = P / (N − 2R) = 1 and 4, related (r = 1) or not (r = 0),
-    task 2 weighted 0 (task 1 alone) or 1, over 4 training sets. The finite-data theory
-    tracks these networks (overfitting at α = 1, the benefit's sign change with α); the
-    population theory is their α → ∞ limit."""
-    N, R = n_features, 3
-    d = N - 2 * R
-    spec = {
-        "name": "demo",
-        "seed_scope": "train",  # teacher, test set and initial student shared; the seed draws the training sets
-        "teacher": {"n_features": N, "rank": R, "n_classes": R, "scale": [3.0, 3.0], "noise": 0.5},
-        "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
-        "train": {"protocol": "full_batch", "n_pool": [40 * d, 40 * d], "n_steps": steps, "eval_every": 1,
-                  "learning_rate": 0.5, "n_test": 4000},
-    }
-    grid = {"ntrain": [d, 4 * d], "relatedness": [0.0, 1.0], "w_b": [0.0, 1.0], "seed": [0, 1, 2, 3]}
-    return spec, grid
-
-
 def _enable_compilation_cache() -> None:
     """Reuse XLA compilations across CLI invocations (a second `mtjax demo` skips compiling)."""
     import jax
@@ -147,7 +127,8 @@ def _write_outputs(res, benefit_needed: bool = True) -> None:
     if benefit is not None:
         _print_benefit(benefit)
     if out is not None:
-        print(f"wrote {out}/summary.csv, curves, " + ("benefit.csv, " if benefit is not None else "") + "overview.png")
+        print(f"wrote {out}/summary.{{csv,parquet}}, curves.parquet (and curves.csv when small), "
+              + ("benefit.csv, " if benefit is not None else "") + "overview.png")
 
 
 def _sweep_inputs(args, default_name: str) -> tuple[dict, dict, str]:
@@ -271,7 +252,7 @@ def cmd_compare(args) -> None:
 def cmd_demo(args) -> None:
     import mtjax
 
-    spec, grid = demo_spec(steps=args.steps)
+    spec, grid = mtjax.demo_spec(steps=args.steps)
     spec.pop("name")
     t0 = time.time()
     # Solver sizes for a demo under 90 s on 2 cores: the finite-data grid is the GD itself
@@ -484,9 +465,9 @@ def cmd_fit(args) -> None:
     spec, _, origin = _spec_from_args(args, manifest=path.parent / "manifest.json")
     exp = _experiment_from(spec, origin)
     try:
-        table = pd.read_csv(path)
-    except ValueError as e:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError
-        raise ValueError(f"table {args.table}: not a readable CSV ({' '.join(str(e).split())})") from None
+        table = mtjax.load_table(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except ValueError as e:  # pandas' EmptyDataError and ParserError, UnicodeDecodeError, pyarrow's errors
+        raise ValueError(f"table {args.table}: not a readable CSV or Parquet table ({' '.join(str(e).split())})") from None
     if args.query:
         try:
             table = table.query(args.query)
@@ -668,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulation and both theories on a small grid (about a minute on 2 cores): tables + PNG",
                        description="Simulate full-batch GD networks on two tasks and predict them with the finite-data and\n"
-                       "the population theory (mtjax compare on a built-in grid, see mtjax.cli.demo_spec).",
+                       "the population theory (mtjax compare on a built-in grid, see mtjax.demo_spec).",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", default="results", help="results folder (default: results; the demo goes to OUT/demo)")
     d.add_argument("--steps", type=int, default=40, help="GD steps (default 40)")
