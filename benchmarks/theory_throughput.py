@@ -5,7 +5,7 @@ Run: python benchmarks/theory_throughput.py [--points 10000] [--n-quad 2048] [--
 
 Model: N = 100, C = R = 10, two linear trunk layers of width 64 (the paper preset), online
 protocol time map, t up to 50 (eval at 11 times). The grid is (r, s_a, s_b) on a regular lattice
-with `--points` points, solved by `mtjax.sweep(..., source="theory")` in vmapped chunks, each
+with `--points` points, solved by `mtjax.sweep(..., model=mtjax.PopulationTheory(solver))` in vmapped chunks, each
 chunk split over `--devices` XLA host devices (default: one per CPU core; XLA:CPU runs most of
 these small batched operations on one thread, so two host devices use both cores).
 Solver (default): the score estimator of J̄ A with fresh 2048-point sets at every field
@@ -83,7 +83,7 @@ def main():
 def throughput(args, spec, grid, solver, n_points, n_r, n_s):
     c0 = time.process_time()
     t0 = time.time()
-    res = mtjax.sweep(spec, grid, out_dir=None, source="theory", solver=solver, save_curves=False, progress=True,
+    res = mtjax.sweep(spec, grid, out_dir=None, model=mtjax.PopulationTheory(solver), save_curves=False, progress=True,
                       memory_budget=4 * 2**30, max_chunk=args.max_chunk)
     t_th = time.time() - t0
     cpu_th = time.process_time() - c0

@@ -38,6 +38,12 @@ from ._reproduce import (
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
 from ._store import load_sweep as load_sweep, load_table as load_table, save_table as save_table
 from ._axes import PARAM_COLUMNS as PARAM_COLUMNS, check_grid as check_grid
+from ._model import (
+    AbstractModel as AbstractModel,
+    FiniteDataTheory as FiniteDataTheory,
+    PopulationTheory as PopulationTheory,
+    Simulation as Simulation,
+)
 from ._compare import (
     Comparison as Comparison,
     benefit_reference as benefit_reference,

@@ -16,11 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from ._model import AbstractModel, model_from_name
+from ._store import CSV_MAX_ROWS
 from ._spec import normalise_spec
-from ._sweep import SweepResult, multitask_benefit, sweep
+from ._sweep import SweepResult, sweep
+from ._tables import benefit_reference, multitask_benefit
 
-# Model name -> the sweep source that produces it.
-MODELS = {"simulation": "simulation", "finite-data": "theory-finite", "population": "theory"}
+MODEL_NAMES = ("simulation", "finite-data", "population")
 
 
 def default_models(spec: dict[str, Any]) -> list[str]:
@@ -29,16 +31,6 @@ def default_models(spec: dict[str, Any]) -> list[str]:
     theory always (the infinite-data limit; the exact theory of the "online" protocol)."""
     protocol = normalise_spec(spec)["train"].get("protocol", "paper")
     return ["simulation", "population"] if protocol == "online" else ["simulation", "finite-data", "population"]
-
-
-def benefit_reference(summary: pd.DataFrame) -> str | None:
-    """How a table pairs multitask runs with task 1 alone: "single_task" (a single_task axis with
-    both values), "w_b" (a w_b axis containing 0), or None (no benefit can be formed)."""
-    if "single_task" in summary and summary["single_task"].astype(bool).nunique() == 2:
-        return "single_task"
-    if "w_b" in summary and (summary["w_b"] == 0).any() and (summary["w_b"] > 0).any():
-        return "w_b"
-    return None
 
 
 @dataclasses.dataclass
@@ -59,14 +51,6 @@ class Comparison:
     out_dir: Path | None
 
 
-def _theory_grid(grid: dict[str, list], seed_scope: str) -> dict[str, list]:
-    """A theory averages over training sets: where the seed only draws the training subset
-    (seed_scope "train") it plays no role, and the theory is solved once per realisation."""
-    if seed_scope == "train":
-        return {k: v for k, v in grid.items() if k != "seed"}
-    return dict(grid)
-
-
 def compare(
     spec: dict[str, Any],
     grid: dict[str, list] | None = None,
@@ -84,12 +68,14 @@ def compare(
     **Arguments:**
 
     - `spec`, `grid`: as for `mtjax.sweep` (the grid may come from `spec["grid"]`).
-    - `models`: any of "simulation", "finite-data", "population" (default `default_models`).
+    - `models`: any of "simulation", "finite-data", "population" (default `default_models`), or
+      model objects (`mtjax.Simulation()`, `mtjax.FiniteDataTheory(solver)`, any `AbstractModel`).
     - `name`, `out_dir`: each model sweeps into ``<out_dir>/<name>/<model>/`` (resumable; rerun
       to finish an interrupted comparison); the joined ``curves.csv``, ``summary.csv``,
       ``benefit.csv`` go to ``<out_dir>/<name>/``. `out_dir=None`: nothing is written.
-    - `solvers`: model -> solver (`FiniteDataSolver`, `PopulationSolver`); defaults otherwise.
-    - `initial`: the theories' initial condition ("quenched" or "typical").
+    - `solvers`: model name -> solver (`FiniteDataSolver`, `PopulationSolver`) for the models
+      named by string; defaults otherwise.
+    - `initial`: the theories' initial condition ("quenched" or "typical") for models named by string.
     - `sweep_kwargs`: passed to every `sweep` (memory_budget, max_chunk, devices, ...).
 
     **Returns:** `Comparison`. Every model's grid is validated before any model runs, so a bad
@@ -99,41 +85,48 @@ def compare(
     grid = grid if grid is not None else norm.get("grid")
     if not grid:
         raise ValueError("compare needs a grid: pass grid= or put a [grid] table in the spec")
-    models = default_models(spec) if models is None else list(models)
-    for m in models:
-        if m not in MODELS:
-            raise ValueError(f"model {m!r} is not one of {list(MODELS)}")
-    if not models or len(set(models)) != len(models):
-        raise ValueError(f"models={models!r}: give each of {list(MODELS)} at most once, at least one")
-    solvers = dict(solvers or {})
-    unknown = set(solvers) - set(models)
-    if unknown:
-        raise ValueError(f"solvers for {sorted(unknown)} but models={models}: give solvers only for compared models")
-    if initial not in ("quenched", "typical"):
-        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+    models = _models(spec, models, solvers, initial)
     name = name or norm.get("name") or "compare"
     scope = norm.get("seed_scope", "all")
     spec = {k: v for k, v in spec.items() if k not in ("grid", "name")}
-    grids = {m: grid if m == "simulation" else _theory_grid(grid, scope) for m in models}
     # Validate every model's sweep (spec, grid, the theories' limits) before the first one
     # writes: a dry run of each that stops after its checks.
-    for m in models:
-        sweep(spec, grids[m], out_dir=None, source=MODELS[m], solver=solvers.get(m), initial=initial,
-              progress=False, dry_run=True)
+    for m in models.values():
+        sweep(spec, m.run_grid(grid, scope), model=m, out_dir=None, progress=False, dry_run=True)
     base = None if out_dir is None else Path(out_dir) / name
     results: dict[str, SweepResult] = {}
-    for m in models:
-        results[m] = sweep(
-            spec, grids[m], name=m, out_dir=base, source=MODELS[m], solver=solvers.get(m), initial=initial,
-            progress=progress, **sweep_kwargs,
-        )  # fmt: skip
+    for label, m in models.items():
+        results[label] = sweep(spec, m.run_grid(grid, scope), model=m, name=label, out_dir=base, progress=progress,
+                               **sweep_kwargs)
     return _join(results, base)
+
+
+def _models(spec, models, solvers, initial) -> dict[str, AbstractModel]:
+    """label -> model, from names ("simulation", "finite-data", "population", with `solvers`
+    and `initial`) or model objects (labelled by their `name`)."""
+    models = default_models(spec) if models is None else list(models)
+    solvers = dict(solvers or {})
+    names = [m if isinstance(m, str) else getattr(m, "name", None) for m in models]
+    for m, n in zip(models, names):
+        if isinstance(m, str) and m not in MODEL_NAMES:
+            raise ValueError(f"model {m!r} is not one of {list(MODEL_NAMES)} (or pass a model object)")
+        if not isinstance(m, (str, AbstractModel)):
+            raise ValueError(f"models holds {type(m).__name__}: give names {list(MODEL_NAMES)} or mtjax models")
+    if not models or len(set(names)) != len(names):
+        raise ValueError(f"models={names!r}: give each model at most once, at least one")
+    unknown = set(solvers) - {n for m, n in zip(models, names) if isinstance(m, str)}
+    if unknown:
+        raise ValueError(f"solvers for {sorted(unknown)} but models={names}: give solvers only for compared models named by string")
+    out = {}
+    for m, n in zip(models, names):
+        out[n] = model_from_name(m, solvers.get(m), initial) if isinstance(m, str) else m
+    return out
 
 
 def _join(results: dict[str, SweepResult], base: Path | None) -> Comparison:
     summaries, curves, benefits = [], [], []
     for m, res in results.items():
-        summaries.append(res.summary.assign(model=m))
+        summaries.append(res.summary.assign(model=m))  # the label (a model's name, unless renamed)
         if res.curves is not None:
             curves.append(res.curves.assign(model=m))
         how = benefit_reference(res.summary)
@@ -143,11 +136,13 @@ def _join(results: dict[str, SweepResult], base: Path | None) -> Comparison:
     curve = pd.concat(curves, ignore_index=True) if curves else None
     benefit = pd.concat(benefits, ignore_index=True) if benefits else None
     if base is not None:
-        from ._sweep import _atomic_write_csv as atomic_write_csv
+        from ._store import save_table
 
-        atomic_write_csv(base / "summary.csv", summary)
+        save_table(base / "summary.csv", summary)
         if curve is not None:
-            atomic_write_csv(base / "curves.csv", curve)
+            save_table(base / "curves.parquet", curve)
+            if len(curve) <= CSV_MAX_ROWS:
+                save_table(base / "curves.csv", curve)
         if benefit is not None:
-            atomic_write_csv(base / "benefit.csv", benefit)
+            save_table(base / "benefit.csv", benefit)
     return Comparison(curve, summary, benefit, results, base)

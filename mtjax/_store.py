@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -100,6 +101,38 @@ def write_part(out: Path, tag: str, summary: pd.DataFrame, curves: pd.DataFrame 
     if curves is not None:
         save_table(out / "parts" / f"{tag}.curves.parquet", curves)
     save_table(out / "parts" / f"{tag}.summary.parquet", summary)
+
+
+def fingerprint(manifest: dict) -> str:
+    """What a resume must match: the spec, the grid and the model (its source and settings)."""
+    key = {k: manifest.get(k) for k in ("spec", "grid", "source", "solver")}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def open_folder(out: Path, manifest: dict, resume: bool) -> set[int]:
+    """Start or resume the sweep folder `out`: write `manifest` (with its fingerprint) if the
+    folder is new, else check that it holds the same sweep. Returns the runs already done.
+
+    **Raises:** `ValueError` (one line) if the folder holds another sweep, or has results and
+    `resume` is False."""
+    manifest["fingerprint"] = fingerprint(manifest)
+    mpath = out / "manifest.json"
+    if not mpath.exists():
+        # Every process of a multi-process sweep may get here at once: they write the same
+        # bytes, atomically, so whichever replace lands last changes nothing.
+        _atomic_write_text(mpath, json.dumps(manifest, indent=2, default=str))
+        return set()
+    old = json.loads(mpath.read_text())
+    if old.get("fingerprint") != manifest["fingerprint"]:
+        what = [k for k in ("source", "spec", "grid", "solver") if old.get(k) != manifest.get(k)]
+        raise ValueError(
+            f"{out} holds a different sweep (its {', '.join(what) or 'fingerprint'} differs"
+            + (f": model {old.get('model', old.get('source'))!r} there, {manifest.get('model')!r} here" if "source" in what else "")
+            + "): choose another name or out_dir, or delete it"
+        )
+    if not resume:
+        raise ValueError(f"{out} already has results and resume=False: delete it or pass resume=True")
+    return _done_runs(out)
 
 
 def _summary_parts(out: Path) -> list[Path]:

@@ -143,11 +143,7 @@ def _sweep_inputs(args, default_name: str) -> tuple[dict, dict, str]:
     return spec, grid, name
 
 
-# A theory sweep of a config goes next to its simulation, not into the same folder.
-_THEORY_SUFFIX = {"theory": "population", "theory-finite": "finite-data"}
-
-
-def cmd_simulate(args, source: str = "simulation") -> None:
+def cmd_simulate(args, theory: bool = False) -> None:
     import mtjax
 
     distributed = args.distributed or any(v is not None for v in (args.coordinator, args.num_processes, args.process_id))
@@ -155,8 +151,10 @@ def cmd_simulate(args, source: str = "simulation") -> None:
         # Before anything else touches JAX: its distributed runtime must start first.
         mtjax.distributed_initialize(args.coordinator, args.num_processes, args.process_id)
     spec, grid, name = _sweep_inputs(args, "simulate")
-    if source != "simulation" and not args.name:
-        name = f"{name}-{_THEORY_SUFFIX[source]}"
+    model = _theory_model(args) if theory else mtjax.Simulation()
+    if theory and not args.name:
+        # A theory of a config goes next to its simulation, not into the same folder.
+        name = f"{name}-{model.name}"
     t0 = time.time()
     res = mtjax.sweep(
         spec,
@@ -167,10 +165,9 @@ def cmd_simulate(args, source: str = "simulation") -> None:
         max_chunk=args.max_chunk,
         save_curves=not args.no_curves,
         progress=not args.quiet,
-        source=source,
+        model=model,
         devices=args.devices,
         distributed=distributed,
-        **(_theory_kwargs(args) if source != "simulation" else {}),
     )
     print(f"finished in {time.time() - t0:.1f} s", flush=True)
     if not res.complete:
@@ -186,18 +183,18 @@ def cmd_simulate(args, source: str = "simulation") -> None:
     _write_outputs(res)
 
 
-def _theory_kwargs(args) -> dict:
+def _theory_model(args):
     import mtjax
 
     if args.finite:
         solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws, n_response=min(256, args.n_draws))
-    else:
-        solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
-    return {"solver": solver, "initial": args.initial}
+        return mtjax.FiniteDataTheory(solver, args.initial)
+    solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
+    return mtjax.PopulationTheory(solver, args.initial)
 
 
 def cmd_theory(args) -> None:
-    cmd_simulate(args, source="theory-finite" if args.finite else "theory")
+    cmd_simulate(args, theory=True)
 
 
 def _write_comparison(cmp, quiet: bool = False) -> None:

@@ -214,7 +214,7 @@ def plot_curves_with_theory(
     - `sim_curves`: `SweepResult.curves` of a simulation sweep (columns task, `x`, `metric`,
       `by`..., optionally single_task, diverged); may also hold theory rows (`source` "theory"
       or "theory-finite").
-    - `theory_curves`: the same table from `sweep(..., source="theory")` (one row per point and
+    - `theory_curves`: the same table from `sweep(..., model=mtjax.PopulationTheory())` (one row per point and
       time; seeds/realisations averaged), or None.
     - `by`: columns that distinguish the settings (default: every parameter column of
       `sim_curves` that takes more than one value, seeds excepted). Each setting has one colour

@@ -42,7 +42,7 @@ grid = {"relatedness": [0.0, 1.0], "s_a": [3.0], "s_b": [3.0]}"""),
 sim.summary.groupby(["relatedness", "task"])["final_loss"].agg(["mean", "sem"])"""),
         ("md", "Theory: the same grid, integrated with diffrax; the tables have the same columns (`source = theory`)."),
         ("code", """solver = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=4096) if SCALE == "quick" else mtjax.PopulationSolver()
-th = mtjax.sweep(spec, grid, out_dir=None, progress=False, source="theory", solver=solver)
+th = mtjax.sweep(spec, grid, out_dir=None, progress=False, model=mtjax.PopulationTheory(solver))
 th.summary.groupby(["relatedness", "task"])["final_loss"].mean()"""),
         ("code", """fig = plots.plot_curves_with_theory(sim.curves, th.curves, by=("relatedness",))"""),
         ("md", """Solid lines and bands: simulation mean ± standard error over seeds; dashed: theory.
@@ -73,7 +73,7 @@ spec = {
 noise = [0.01, 1.0, 3.0]
 sim = mtjax.sweep(spec, {"sigma_a": noise, "seed": list(range(seeds))}, out_dir=None, progress=False)
 solver = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=4096) if SCALE == "quick" else mtjax.PopulationSolver()
-th = mtjax.sweep(spec, {"sigma_a": noise}, out_dir=None, progress=False, source="theory", solver=solver)"""),
+th = mtjax.sweep(spec, {"sigma_a": noise}, out_dir=None, progress=False, model=mtjax.PopulationTheory(solver))"""),
         ("code", """# The plot marks single-task runs in black; relabel them so each noise level gets a colour.
 fig = plots.plot_curves_with_theory(sim.curves.assign(single_task=False), th.curves.assign(single_task=False),
                                     by=("sigma_a",), tasks=[1])"""),
@@ -112,7 +112,7 @@ solver = mtjax.PopulationSolver(n_quad=512, n_quad_eval=2048) if SCALE == "quick
 # loss has no task-2 term) - loss with w_b = 1, per setting and seed: one compiled program covers
 # both, instead of separate single-task and multitask programs.
 th = mtjax.sweep(spec, {"relatedness": r_th, "s_a": [3.0], "s_b": sb_th, "w_b": [0.0, 1.0]},
-                 out_dir=None, progress=False, source="theory", solver=solver, save_curves=False)
+                 out_dir=None, progress=False, model=mtjax.PopulationTheory(solver), save_curves=False)
 theory_benefit = mtjax.multitask_benefit(th.summary, alone="w_b")"""),
         ("code", """sim = mtjax.sweep(spec, {"relatedness": [0.0, 0.5, 1.0], "s_a": [3.0], "s_b": [0.1, 10.0],
                          "w_b": [0.0, 1.0], "seed": list(range(seeds))},
@@ -197,7 +197,7 @@ sim = mtjax.sweep(spec, {**grid, "seed": list(range(seeds))}, out_dir=None, prog
 # draws here: with 32 the α = 4 curves overfit visibly too much (as α grows the weight process is
 # driven by its memory R_g more than by its noise C_g / α, so R_g's sampling error weighs more).
 solver = mtjax.FiniteDataSolver(n_grid=steps, n_draws=draws)
-th = mtjax.sweep(spec, grid, out_dir=None, progress=False, source="theory-finite", solver=solver)
+th = mtjax.sweep(spec, grid, out_dir=None, progress=False, model=mtjax.FiniteDataTheory(solver))
 assert not th.summary["diverged"].any()"""),
         ("md", """Task-1 test loss (solid: simulation mean ± s.e. over training sets; dashed: theory) and train
 loss (the lower curves). Black: task 1 alone; the minimum of each test curve is the

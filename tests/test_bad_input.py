@@ -103,7 +103,7 @@ API_CASES = [
     (lambda out: mtjax.sweep(SPEC, {"s_b": {"a": 1}}, out_dir=out), ["s_b", "list of values"]),
     (lambda out: mtjax.sweep({**SPEC, "train": {**SPEC["train"], "n_epoch": 3}}, {"s_b": [1.0]}, out_dir=out),
      ["train.n_epoch", "n_epochs"]),
-    (lambda out: mtjax.sweep(SPEC, {"s_b": [1.0]}, out_dir=out, source="theory", initial="warm"), ["initial", "quenched"]),
+    (lambda out: mtjax.sweep(SPEC, {"s_b": [1.0]}, out_dir=out, model=mtjax.PopulationTheory(initial="warm")), ["initial", "quenched"]),
     (lambda out: mtjax.compare(SPEC, {"s_b": [1.0]}, out_dir=out, models=["simulation", "theory"]), ["theory", "finite-data"]),
     (lambda out: mtjax.compare(SPEC, {"s_b": [1.0]}, out_dir=out, models=["simulation", "simulation"]), ["at most once"]),
     (lambda out: mtjax.compare({**SPEC, "student": {"width": 4, "activation": "relu"}}, {"s_b": [1.0]}, out_dir=out),

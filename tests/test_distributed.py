@@ -136,7 +136,7 @@ SHARDED = textwrap.dedent(
         spec, grid, kw = tiny_spec(**{train!r}), {grid!r}, {{}}
     else:
         spec, grid = {theory_spec!r}, {theory_grid!r}
-        kw = dict(source="theory", solver=mtjax.PopulationSolver(n_quad=512, n_quad_eval=1024))
+        kw = dict(model=mtjax.PopulationTheory(mtjax.PopulationSolver(n_quad=512, n_quad_eval=1024)))
     # 4 devices x 2 runs each: 10 runs (5 theory points) give chunks with padding.
     mtjax.sweep(spec, grid, name="sharded", out_dir=out, progress=False, devices=4, max_chunk=8, **kw)
     # One device, 2 runs per program: the same per-device program as each shard above.

@@ -644,7 +644,7 @@ def test_sweep_source_theory_finite_writes_the_simulation_tables(tmp_path):
     # source = theory-finite, one row per point and task, and the numbers of a direct call.
     spec = _spec(P=100, N=100, steps=8)
     grid = {"eps_a": [0.0, 0.2]}
-    res = mtjax.sweep(spec, grid, name="fin", out_dir=tmp_path, progress=False, source="theory-finite", solver=TINY)
+    res = mtjax.sweep(spec, grid, name="fin", out_dir=tmp_path, progress=False, model=mtjax.FiniteDataTheory(TINY))
     sim_cols = set(mtjax.sweep(spec, {"eps_a": [0.0]}, out_dir=None, progress=False).summary.columns)
     assert set(res.summary.columns) == sim_cols
     assert res.summary["source"].eq("theory-finite").all() and len(res.summary) == 2

@@ -144,17 +144,18 @@ def test_seed_blocks_share_data_and_equal_direct_simulation(monkeypatch):
     # seed_scope "train" (the paper's): runs of one seed share inputs, training subset and
     # minibatch order, so the sweep chunks them per seed with the seeds unbatched (one large
     # matmul over the runs). That is a performance path only: numbers equal a run alone.
+    import mtjax._model.simulation as model_sim
     import mtjax._sweep as sw
 
     flags = []
-    real_simulate = sw.simulate
+    real_simulate = model_sim.simulate
 
     def spy(*args, **kwargs):
         flags.append(kwargs.get("shared_subsets"))
         return real_simulate(*args, **kwargs)
 
     monkeypatch.setattr(sw, "SEED_BLOCK_MIN_RUNS", 2)
-    monkeypatch.setattr(sw, "simulate", spy)
+    monkeypatch.setattr(model_sim, "simulate", spy)
     spec = dict(tiny_spec(), seed_scope="train")
     grid = {"relatedness": [0.0, 1.0], "s_b": [0.5, 3.0], "seed": [0, 1]}
     s = mtjax.sweep(spec, grid, out_dir=None, progress=False, save_curves=False).summary

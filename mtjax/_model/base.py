@@ -1,0 +1,116 @@
+"""The model interface: one way to produce the learning curves of an `Experiment`.
+
+Every consumer of curves — `sweep`, `compare`, fitting and design — talks to a model through
+this interface only, so a new theory is one new file here (see `docs/architecture.md`):
+
+- `history(experiment, seeds, context)`: the curves of one run as a `History` (the same fields
+  for every model), pure and vmappable over the experiment's array fields and the seeds;
+- `prepare(experiment, seeds)`: optional data shared by a chunk of runs, computed once outside
+  the vmapped program (the simulation's shared input pool; None for the theories);
+- `bytes_per_run(experiment, shared_inputs)`: peak memory of one run in a vmapped chunk, for
+  chunk sizing;
+- `settings()`: what identifies the model in a sweep's manifest (and its resume fingerprint);
+- `check(experiment)`: a one-line `ValueError` for an experiment the model cannot handle,
+  raised before a sweep writes anything;
+- `run_grid(grid, seed_scope)`: the grid the model needs (a theory averages over training sets,
+  so where the seed only draws them it is dropped).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import equinox as eqx
+import numpy as np
+
+from .._experiment import Experiment, Seeds
+from .._train import History
+
+
+class AbstractModel(eqx.Module):
+    """A way to produce learning curves (`Simulation`, `PopulationTheory`, `FiniteDataTheory`)."""
+
+    # The table's `model` column and the CLI's name for it.
+    name: ClassVar[str]
+    # The `source` column of sweep tables (kept for tables written before the `model` column).
+    source: ClassVar[str]
+    # Whether `history` can be differentiated w.r.t. the experiment's array fields (fitting).
+    differentiable: ClassVar[bool]
+
+    @abc.abstractmethod
+    def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
+        """The curves of one run (T evaluations x K tasks) at the experiment's evaluation times."""
+
+    def prepare(self, experiment: Experiment, seeds: Seeds) -> Any:
+        """Data shared by every run of a chunk whose `seeds` (unbatched fields) agree, computed
+        once outside the vmapped program and passed to `history` as `context`. Default: None."""
+        return None
+
+    @abc.abstractmethod
+    def bytes_per_run(self, experiment: Experiment, shared_inputs: bool) -> int:
+        """Rough peak memory (bytes) of one run inside a vmapped chunk."""
+
+    def settings(self) -> dict[str, Any]:
+        """Plain values that identify the model (its solver's settings), for manifests."""
+        return {}
+
+    def check(self, experiment: Experiment) -> None:
+        """Raise a one-line `ValueError` if the model cannot handle `experiment`."""
+
+    def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
+        """The grid this model is run on (default: the whole grid)."""
+        return dict(grid)
+
+
+def solver_settings(solver) -> dict[str, Any]:
+    """A solver's settings as plain values (for manifests and their fingerprints)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(solver):
+        v = getattr(solver, f.name)
+        if isinstance(v, (int, float, bool, str)):
+            out[f.name] = v
+        elif getattr(v, "shape", None) == ():
+            out[f.name] = int(v) if np.issubdtype(np.asarray(v).dtype, np.integer) else float(v)
+        else:
+            out[f.name] = type(v).__name__
+    return out
+
+
+def check_linear(model: str, experiment: Experiment) -> None:
+    if experiment.student.activation != "linear":
+        raise ValueError(
+            f"model {model!r}: the theory needs a linear student, got student.activation="
+            f"{experiment.student.activation!r}; set student.activation = 'linear' or simulate only"
+        )
+
+
+def check_initial(initial: str) -> str:
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+    return initial
+
+
+def drop_training_seed(grid: dict[str, list], seed_scope: str) -> dict[str, list]:
+    """A theory averages over training sets: where the seed only draws the training subset
+    (seed_scope "train") it plays no role, and the theory is solved once per realisation."""
+    return {k: v for k, v in grid.items() if not (k == "seed" and seed_scope == "train")}
+
+
+_NAMES = {"simulation": "Simulation", "population": "PopulationTheory", "finite-data": "FiniteDataTheory"}
+
+
+def model_from_name(name: str, solver=None, initial: str = "quenched") -> AbstractModel:
+    """The model called `name` ("simulation", "population", "finite-data") with `solver`."""
+    from . import finite_data, population, simulation
+
+    if name == "simulation":
+        if solver is not None:
+            raise ValueError("model 'simulation' takes no solver: pass solver only for the theories")
+        return simulation.Simulation()
+    if name == "population":
+        return population.PopulationTheory(solver, initial)
+    if name == "finite-data":
+        return finite_data.FiniteDataTheory(solver, initial)
+    raise ValueError(f"model {name!r} is not one of {list(_NAMES)}")

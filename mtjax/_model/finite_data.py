@@ -1,0 +1,52 @@
+"""The finite-data theory (DMFT of full-batch GD) as a model."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import equinox as eqx
+
+from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
+from .._experiment import Experiment, Seeds
+from .._train import History
+from .base import AbstractModel, check_initial, check_linear, drop_training_seed, solver_settings
+
+
+class FiniteDataTheory(AbstractModel):
+    """The dynamical mean-field theory of full-batch GD on finite training sets (N → ∞ at
+    fixed α = P / N; `mtjax.finite_data_theory`, docs/dmft.md): overfitting, early stopping and
+    the data-size dependence of the multitask benefit.
+
+    - `solver`: `FiniteDataSolver` (default `FiniteDataSolver()`).
+    - `initial`: "quenched" (the simulation's own initial overlaps) or "typical" (N → ∞)."""
+
+    solver: FiniteDataSolver
+    initial: str = eqx.field(static=True)
+    name: ClassVar[str] = "finite-data"
+    source: ClassVar[str] = "theory-finite"
+    differentiable: ClassVar[bool] = True
+
+    def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
+        self.solver = FiniteDataSolver() if solver is None else solver
+        self.initial = check_initial(initial)
+
+    def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
+        return finite_theory_history(finite_data_theory(experiment, seeds, solver=self.solver, initial=self.initial))
+
+    def bytes_per_run(self, experiment: Experiment, shared_inputs: bool) -> int:
+        """Kernels (T H)², the response 3 n_response (T H)², the draws, the test quadrature."""
+        t, st, tr, s = experiment.teacher, experiment.student, experiment.train, self.solver
+        C = t.n_classes
+        T = s.n_grid + 1
+        H = st.width if st.depth else C
+        per_task = 3 * s.n_response * (T * H) ** 2 + 12 * s.n_draws * T * H + 8 * (T * H) ** 2
+        return 4 * (tr.n_tasks * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
+
+    def settings(self) -> dict[str, Any]:
+        return {**solver_settings(self.solver), "initial": self.initial}
+
+    def check(self, experiment: Experiment) -> None:
+        check_linear(self.name, experiment)
+
+    def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
+        return drop_training_seed(grid, seed_scope)
