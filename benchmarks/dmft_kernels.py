@@ -5,14 +5,14 @@ Output: a table on stdout (docs/dmft.md §3 quotes it).
 
 The two causal sums of a DMFT map (mtjax/_dmft.py):
 - the response Γ[n,·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k,·]) per draw, weighted over draws
-  (`_response`): "dense" is the pre-session-8 algorithm, reproduced here as the baseline — Γ
+  (`_response`): "dense" is the algorithm the blocked one replaced, the baseline here — Γ
   stored (draws, T+1, C, T+1, C) and every step contracts over all T+1 times with an einsum;
-  "blocked, 1 block" is the new layout (contracted index leading: one plain matrix product per
+  "blocked, 1 block" is the blocked layout (contracted index leading: one plain matrix product per
   step) without time blocks; "blocked" adds the default time blocks (`_time_blocks`).
 - the memory term of the example process Σ_{m<n} R_v[n,m] g^m over all 3 S draws
   (`_causal_memory_scan` vs a dense einsum over a (3, S, T+1, C) carry).
 And the Cholesky factor of the sampled fields' covariance (`psd_factor`, n = (T+1) H): the
-column loop of `_gaussian.cholesky` vs `_gaussian.blocked_cholesky` (session 9).
+column loop of `_gaussian.cholesky` vs `_gaussian.blocked_cholesky`.
 Shapes: the N = 400 depth-1 grid (T + 1 = 41, logits C = 4, 3 x 256 response draws; first-layer
 H = 8 with K = 2 tasks x 3 x 2048 draws) and a paper-preset-like one (T + 1 = 61, C = 10).
 Each row: median wall time of `--repeat` calls after one compiling call, and the compile call.

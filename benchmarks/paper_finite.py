@@ -174,7 +174,7 @@ def main():
 
     def load_done() -> dict:
         """Cells already solved with these settings (a resumed run skips them).  A file made with
-        other settings (or in the pre-session-7 format) is moved aside, never overwritten."""
+        other settings (or in the older tuple format) is moved aside, never overwritten."""
         if not os.path.exists(raw):
             return {}
         with open(raw, "rb") as f:
@@ -241,7 +241,7 @@ def main():
             cells = list(stored["done"])
             results = [stored["done"][c] for c in cells]
             header = stored["header"]
-        else:  # runs stored before session 7: (cells, results, header)
+        else:  # the older tuple format: (cells, results, header)
             cells, results, header = stored
         lines[:] = header
         for s_ in header:
