@@ -1,0 +1,5 @@
+"""`python -m mtjax.cli`."""
+
+from . import main
+
+main()
