@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import mtjax  # noqa: E402
-from mtjax._fit import Param, fit, make_problem, observations_from_table  # noqa: E402
+from mtjax import Param, fit, make_problem, observations_from_table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = str(mtjax.default_data_dir() / "rank-10.csv")  # the authors' table, shipped with mtjax

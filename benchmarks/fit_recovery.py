@@ -52,10 +52,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
 
 import mtjax  # noqa: E402
-from mtjax._fit import Param, _quantile, error_model, fit, make_problem, observations_from_table, profile  # noqa: E402
-from mtjax._sweep import apply_axes  # noqa: E402
+from mtjax import Param, error_model, fit, make_problem, observations_from_table, profile  # noqa: E402
+
+
+def _quantile(level: float, dof: float) -> float:
+    """Two-sided quantile: P(|T| <= q) = level for T ~ Student-t(dof) (normal if dof = ∞), as `mtjax.fit`'s intervals."""
+    p = 0.5 + level / 2
+    return float(scipy.stats.norm.ppf(p) if not np.isfinite(dof) else scipy.stats.t.ppf(p, dof))
+
 
 SPEC = {
     "teacher": {"n_features": 32, "rank": 3, "n_classes": 3, "scale": [1.0, 1.0], "noise": 1.0, "relatedness": 0.5},
@@ -88,7 +95,7 @@ def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
 
     @eqx.filter_jit
     def run(axes, seeds):
-        return jax.vmap(lambda a, s: mtjax.simulate(apply_axes(exp, a), s))(axes, seeds)
+        return jax.vmap(lambda a, s: mtjax.simulate(mtjax.apply_axes(exp, a), s))(axes, seeds)
 
     h = run(axes, seeds)
     loss = np.asarray(h.test_loss).reshape(n, n_seeds, *h.test_loss.shape[1:])  # (n, seeds, T, K)

@@ -31,13 +31,19 @@ from ._reproduce import (
     ReproductionResult as ReproductionResult,
     authors_table as authors_table,
     benefit_from_runs as benefit_from_runs,
+    cell_statistics as cell_statistics,
     default_data_dir as default_data_dir,
     compare as compare_with_authors,
     reproduce as reproduce,
 )
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
-from ._store import load_sweep as load_sweep, load_table as load_table, save_table as save_table
-from ._axes import PARAM_COLUMNS as PARAM_COLUMNS, check_grid as check_grid
+from ._store import (
+    ResumableTable as ResumableTable,
+    load_sweep as load_sweep,
+    load_table as load_table,
+    save_table as save_table,
+)
+from ._axes import PARAM_COLUMNS as PARAM_COLUMNS, apply_axes as apply_axes, check_grid as check_grid
 from ._model import (
     AbstractModel as AbstractModel,
     FiniteDataTheory as FiniteDataTheory,
@@ -73,7 +79,7 @@ from ._train import (
     simulate as simulate,
     simulate_batch as simulate_batch,
 )
-from ._fit import (
+from ._fitting import (
     FitProblem as FitProblem,
     FitResult as FitResult,
     Observations as Observations,

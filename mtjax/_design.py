@@ -23,7 +23,7 @@ import numpy as np
 
 from ._custom_types import Array, Bool, Float
 from ._experiment import Experiment, Seeds
-from ._fit import _Progress
+from ._fitting.progress import _Progress
 from ._population import PopulationSolver, population_theory
 from ._sweep import apply_axes
 

@@ -25,7 +25,10 @@ and its response is the exact per-draw Jacobian (a block-triangular solve).  The
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
+import threading
 
 import equinox as eqx
 import jax
@@ -38,9 +41,9 @@ from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._train import at_minimum, early_stopped_loss
 from ._gaussian import blocked_cholesky, cholesky, sobol_uniforms
-from ._student import Student
-from ._teacher import Teacher
-from ._validation import check_choice, check_int, check_range
+from ._student import Student, StudentConfig
+from ._teacher import Teacher, TeacherConfig
+from ._validation import check_choice, check_int, check_range, is_concrete
 
 
 class _Problem(eqx.Module):
@@ -277,7 +280,7 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     steps n of a time block [e_i, e_{i+1}) only touch the leading e_{i+1} C rows and columns of Γ:
     the substitution runs block by block on an array growing in both time indices (Σ_i (i/B)² / B
     of a dense sweep's flops with B blocks, `_time_blocks`).  It is not `_causal_memory_scan`,
-    which grows rows only: written on it the response is ~1.4x slower (measured, session 8).  Γ is
+    which grows rows only: written on it the response is ~1.4x slower (measured).  Γ is
     stored with the contracted index (k, d) leading, (T1 C, chunk, T1 C), so each step's memory
     term is one plain (C x e C) by (e C x chunk e C) product without transposes: with both, the
     response is 6–8x faster than the dense per-draw einsum it replaced (docs/dmft.md §3,
@@ -871,6 +874,234 @@ def _initial_overlaps(student: Student, teacher: Teacher, k: int, initial: str, 
     return jnp.zeros((C, teacher.U.shape[1])), b0, gain**2 * jnp.eye(C)
 
 
+# ---------------------------------------------------------------------------------------------
+# Compiled programs.  A theory called with concrete inputs runs as three programs, each compiled
+# once per shape that matters and kept in a bounded cache (`_call_compiled`):
+#   `_build_problem`  teacher and initial student -> the reduced problem (shapes: N, R, C, K, H, L);
+#   `_solve_grid`     the fixed point on the solver's own grid (shapes: the reduced problem's and
+#                     the solver's static settings); data sizes α_k and t_max are traced arrays;
+#   `_report`         interpolation onto the report times, padded to a power of two (`_bucket`).
+# So the report times and the data sizes do not change the large program, and the programs of
+# shapes no longer used are released (docs/dmft.md §3.1).  Under a caller's
+# jit / vmap / grad the same functions are traced into the caller's program instead.
+# ---------------------------------------------------------------------------------------------
+
+# The theories' compiled programs, least recently used first: the solves (large: 500–1,300
+# memory mappings each on CPU, measured) and the build / report steps (small: 50–300).
+_LARGE_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_SMALL_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+_CACHE_SIZE = {"large": 4, "small": 32}
+_COMPILES: collections.Counter = collections.Counter()  # compilations per program name (tests, measurements)
+_CACHE_LOCK = threading.Lock()
+
+
+def set_compiled_cache_size(n: int) -> int:
+    """Keep at most `n` compiled theory solves (and 8 n of their small build / report programs)
+    per process; returns the previous bound (default 4).
+
+    Every program the finite-data and population theories compile for concrete inputs is
+    cached per shape that matters (report times and data sizes do not change it; docs/dmft.md
+    §3.1).  On the CPU backend each compiled solve keeps 500–1,300 memory mappings (measured,
+    more for longer grids) until it is released, and Linux allows 65,530 per process
+    (`vm.max_map_count`): beyond the bound the least recently used program is released.
+    `n = 0` compiles every call afresh and keeps nothing."""
+    n = check_int("n", n, 0)
+    with _CACHE_LOCK:
+        old = _CACHE_SIZE["large"]
+        _CACHE_SIZE.update(large=n, small=8 * n)
+        for cache, bound in ((_LARGE_PROGRAMS, n), (_SMALL_PROGRAMS, 8 * n)):
+            while len(cache) > bound:
+                cache.popitem(last=False)
+    return old
+
+
+def release_compiled() -> None:
+    """Release every compiled program of this process: the theories' cached programs and every
+    program JAX keeps for jitted functions (`jax.clear_caches()`).
+
+    Call it between parts of a long-lived process that will not reuse each other's programs
+    (static groups of a sweep, notebook sections).  Arrays and results already computed stay
+    valid; a function called again is compiled again (on the next call only)."""
+    with _CACHE_LOCK:
+        _LARGE_PROGRAMS.clear()
+        _SMALL_PROGRAMS.clear()
+    jax.clear_caches()
+
+
+def _call_compiled(fn, *args, large: bool = False):
+    """`fn(*args)`, by a program compiled once per (fn, static part of `args`, shapes and dtypes
+    of their arrays) and kept in a bounded least-recently-used cache.
+
+    Traced `args` (a caller's jit, vmap or grad): `fn(*args)` is traced into the caller's program.
+    Each program is compiled from a fresh closure with `jax.jit(...).lower(...).compile()`, so
+    no cache of JAX's keeps it (JAX's trace and compilation caches are keyed weakly on the
+    function): dropping it from this cache releases its memory (measured in
+    tests/test_compile_memory.py)."""
+    if not is_concrete(args):
+        return fn(*args)
+    dyn, static = eqx.partition(args, eqx.is_array)
+    leaves, tree = jax.tree_util.tree_flatten(dyn)
+    static_leaves, static_tree = jax.tree_util.tree_flatten(static)
+    avals = tuple((np.shape(x), np.dtype(x.dtype), bool(getattr(x, "weak_type", False))) for x in leaves)
+    key = (fn, static_tree, tuple(static_leaves), tree, avals)
+    cache, size = (_LARGE_PROGRAMS, "large") if large else (_SMALL_PROGRAMS, "small")
+    with _CACHE_LOCK:
+        program = cache.pop(key, None)
+    if program is None:
+
+        def run(d):
+            return fn(*eqx.combine(d, static))
+
+        program = jax.jit(run).lower(dyn).compile()
+        _COMPILES[fn.__name__] += 1
+    with _CACHE_LOCK:
+        if _CACHE_SIZE[size] > 0:
+            cache[key] = program
+            while len(cache) > _CACHE_SIZE[size]:
+                cache.popitem(last=False)
+    return program(dyn)
+
+
+def _bucket(n: int) -> int:
+    """Padded length of n report times: the next power of two (at least 8), so that the report
+    step compiles for a handful of lengths, not for every one."""
+    return max(8, 1 << (n - 1).bit_length())
+
+
+def _report_times(tr, ts):
+    """The report times (n,) — `ts`, or lr x the evaluation steps — and t_max, their last.  On the
+    host (numpy) when concrete: no program is compiled per number of report times."""
+    xp = np if is_concrete((tr.learning_rate, ts)) else jnp
+    fdt = jax.dtypes.canonicalize_dtype(float)
+    if ts is None:
+        ts = xp.asarray(tr.learning_rate, fdt) * xp.asarray(tr.eval_steps, fdt)
+    ts = xp.asarray(ts, fdt)
+    return ts, xp.asarray(ts[-1])
+
+
+class _GridSolution(eqx.Module):
+    """The theory on its own grid: `time` (T+1,), `train_loss`, `test_loss`, `test_acc` (T+1, K)
+    (NaN for tasks not solved), `residual` (K,), `iterations` (K,)."""
+
+    time: Float[Array, " T1"]
+    train_loss: Float[Array, "T1 K"]
+    test_loss: Float[Array, "T1 K"]
+    test_acc: Float[Array, "T1 K"]
+    residual: Float[Array, " K"]
+    iterations: Int[Array, " K"]
+
+
+def _build_problem(tc: TeacherConfig, sc: StudentConfig, seeds: Seeds, student, n_train_active, task_weights,
+                   rate_multipliers, initial: str, active: tuple[int, ...]):  # fmt: skip
+    """The reduced problem of an experiment: a `_TrunkProblem` (depth >= 1) or one `_Problem` per
+    trained task (depth 0), with `dt` left to `_solve_grid`.  Takes the teacher and student
+    configs, not the experiment: the train config's static fields (data sizes, evaluation
+    schedule) would make a program per value; the data sizes enter as arrays."""
+    teacher = Teacher.sample(tc, key=seeds.key("teacher"))
+    if student is None:
+        student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
+    if sc.depth >= 1:
+        return _trunk_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers, initial)
+    # Directions outside the task's teacher subspace: N' = N − R.
+    n_perp = tc.n_features - tc.rank
+    problems = []
+    for k in active:
+        M0, b0, Q0 = _initial_overlaps(student, teacher, k, initial, sc.init_scale)
+        problems.append(_Problem(n_train_active[k] / n_perp, None, tc.scale[k], tc.noise[k], tc.flip[k],
+                                 tc.noisy_fraction[k], teacher.w[k], M0, b0, Q0))  # fmt: skip
+    return tuple(problems)
+
+
+def _solve_grid(problem, t_max, solver: FiniteDataSolver, active: tuple[int, ...], n_tasks: int) -> _GridSolution:
+    """Solve the reduced problem on the solver's grid of `n_grid` steps ending at `t_max` (traced)."""
+    grid, dt = solver.time_grid(t_max)
+    T = solver.n_grid
+    key = jax.random.key(solver.seed)
+    if isinstance(problem, _TrunkProblem):
+        train, test, acc, res, its = solve_trunk(dataclasses.replace(problem, dt=dt), solver, T, key=key)
+        return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
+    sols = {k: solve_single_task(dataclasses.replace(p, dt=dt), solver, T, key=jax.random.fold_in(key, k))
+            for k, p in zip(active, problem)}  # fmt: skip
+    nan = jnp.full(T + 1, jnp.nan)
+
+    def per_task(f, missing):
+        return jnp.stack([f(sols[k]) if k in sols else missing for k in range(n_tasks)], -1)
+
+    return _GridSolution(
+        grid, per_task(lambda s: s.train_loss, nan), per_task(lambda s: s.test_loss, nan),
+        per_task(lambda s: s.test_acc, nan), per_task(lambda s: s.residual, jnp.asarray(jnp.nan)),
+        per_task(lambda s: s.iterations, jnp.asarray(0)),
+    )  # fmt: skip
+
+
+def _solve_grid_replicas(problem, t_max, solver: FiniteDataSolver, active, n_tasks: int, offsets) -> _GridSolution:
+    """`_solve_grid` with draw seeds `solver.seed + offsets`, vmapped: a leading replica axis."""
+
+    def one(i):
+        return _solve_grid(problem, t_max, eqx.tree_at(lambda s: s.seed, solver, solver.seed + i), active, n_tasks)
+
+    return jax.vmap(one)(offsets)
+
+
+def _report(sol: _GridSolution, ts, learning_rate, tol, active: tuple[int, ...]) -> FiniteTheoryResult:
+    """The grid solution at the report times `ts` (linear interpolation; exact at grid times)."""
+    K = sol.residual.shape[0]
+    act = jnp.asarray([k in active for k in range(K)])
+    nan = jnp.full(ts.shape, jnp.nan)
+
+    def curve(f):
+        return jnp.stack([jnp.where(act[k], jnp.interp(ts, sol.time, f[:, k]), nan) for k in range(K)], -1)
+
+    train_loss, test_loss, test_acc = curve(sol.train_loss), curve(sol.test_loss), curve(sol.test_acc)
+    residual = jnp.where(act, sol.residual, jnp.nan)
+    iterations = jnp.where(act, sol.iterations, 0)
+    converged = jnp.all(jnp.where(act, residual <= tol, True))
+    finite = jnp.all(jnp.where(act[None], jnp.isfinite(test_loss) & jnp.isfinite(train_loss), True))
+    return FiniteTheoryResult(ts, ts / learning_rate, train_loss, test_loss, test_acc, residual, iterations, converged,
+                              ~finite)  # fmt: skip
+
+
+def _report_replicas(sol: _GridSolution, ts, learning_rate, tol, active) -> FiniteTheoryResult:
+    return jax.vmap(lambda s: _report(s, ts, learning_rate, tol, active))(sol)
+
+
+def _report_at(report, sol: _GridSolution, ts, tr, solver: FiniteDataSolver, time_axis: int) -> FiniteTheoryResult:
+    """`report` at the times `ts`.  Concrete: computed at `ts` padded with its last time to
+    `_bucket(n)` entries (the padding changes no reduction: the last time repeats), then cut
+    back on the host."""
+    n = ts.shape[0]
+    if not is_concrete((sol, ts, tr.learning_rate, solver.tol)):
+        return report(sol, ts, tr.learning_rate, solver.tol, tr.active_tasks)
+    padded = np.concatenate([ts, np.full(_bucket(n) - n, ts[-1], ts.dtype)])
+    # An array even where a caller set a Python float: one program for every learning rate.
+    lr = np.asarray(tr.learning_rate, ts.dtype)
+    th = _call_compiled(report, sol, padded, lr, solver.tol, tr.active_tasks)
+    cut = (slice(None),) * time_axis + (slice(0, n),)
+    # device_put, not jnp.asarray: the latter compiles a staging program per shape.
+    return eqx.tree_at(lambda r: (r.time, r.step, r.train_loss, r.test_loss, r.test_acc), th,
+                       replace_fn=lambda a: jax.device_put(np.asarray(a)[cut]))  # fmt: skip
+
+
+def _check_theory_inputs(experiment: Experiment, initial: str) -> None:
+    if experiment.student.activation != "linear":
+        raise ValueError(
+            f"finite_data_theory supports linear students only, got depth={experiment.student.depth}, "
+            f"activation={experiment.student.activation!r} (docs/dmft.md)"
+        )
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
+
+
+def _problem(experiment: Experiment, seeds: Seeds, student, initial: str):
+    """`_build_problem` of an experiment (compiled per teacher and student configuration)."""
+    from ._population import rate_multipliers
+
+    tr = experiment.train
+    mult = np.asarray(rate_multipliers(tr), jax.dtypes.canonicalize_dtype(float))
+    return _call_compiled(_build_problem, experiment.teacher, experiment.student, seeds, student, tr.n_train_active,
+                          tr.task_weights, mult, initial, tr.active_tasks)  # fmt: skip
+
+
 def finite_data_theory(
     experiment: Experiment,
     seeds: Seeds,
@@ -902,63 +1133,21 @@ def finite_data_theory(
       low-dimensional and are taken from the initial student, as in `population_theory`).
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
+
+    Called with concrete inputs, the solve is compiled once per shape of the reduced problem
+    and solver (not per report-time grid or data size) and cached (`set_compiled_cache_size`,
+    `release_compiled`; docs/dmft.md §3.1).  Under a caller's `jit`/`vmap` it is traced into the
+    caller's program, compiled per static configuration of the caller's arguments.
     """
     # Built here, not as a default argument: arrays made at import would start JAX's backend
     # before a multi-process run can call jax.distributed.initialize.
     solver = FiniteDataSolver() if solver is None else solver
-    ecfg = experiment
-    if ecfg.student.activation != "linear":
-        raise ValueError(
-            f"finite_data_theory supports linear students only, got depth={ecfg.student.depth}, "
-            f"activation={ecfg.student.activation!r} (docs/dmft.md)"
-        )
-    if initial not in ("quenched", "typical"):
-        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
-    tr, tc = ecfg.train, ecfg.teacher
-    teacher = Teacher.sample(tc, key=seeds.key("teacher"))
-    if student is None:
-        student = Student.init(ecfg.student, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
-    if ts is None:
-        ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
-    ts = jnp.asarray(ts, float)
-    T = solver.n_grid
-    # Grid times (T+1,) and steps Δ_n (T,); the curves are interpolated linearly from the grid
-    # to `ts` (exact at grid times; a non-uniform grid needs no other change).
-    grid, dt = solver.time_grid(ts[-1])
-    K = tc.n_tasks
-    active = jnp.asarray([k in tr.active_tasks for k in range(K)])
-    if ecfg.student.depth >= 1:
-        train_g, test_g, acc_g, res, its = solve_trunk(
-            _trunk_problem(ecfg, teacher, student, dt, initial), solver, T, key=jax.random.key(solver.seed)
-        )
-        nan = jnp.full(ts.shape, jnp.nan)
-        interp = lambda f: jnp.stack([jnp.where(active[k], jnp.interp(ts, grid, f[:, k]), nan) for k in range(K)], -1)  # noqa: E731
-        train_loss, test_loss, test_acc = interp(train_g), interp(test_g), interp(acc_g)
-        residual = jnp.where(active, res, jnp.nan)
-        iterations = jnp.where(active, its, 0)
-        return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
-    # Directions outside the task's teacher subspace: N' = N − R.
-    n_perp = tc.n_features - tc.rank
-    sols = []
-    for k in range(K):
-        M0, b0, Q0 = _initial_overlaps(student, teacher, k, initial, ecfg.student.init_scale)
-        p = _Problem(
-            tr.n_train_active[k] / n_perp, dt, tc.scale[k], tc.noise[k], tc.flip[k], tc.noisy_fraction[k],
-            teacher.w[k], M0, b0, Q0,
-        )  # fmt: skip
-        if k in tr.active_tasks:
-            sols.append(solve_single_task(p, solver, T, key=jax.random.fold_in(jax.random.key(solver.seed), k)))
-        else:
-            sols.append(None)
-    nan_t = jnp.full(ts.shape, jnp.nan)
-
-    def curve(f):
-        return jnp.stack([nan_t if s is None else jnp.interp(ts, grid, f(s)) for s in sols], axis=-1)
-
-    train_loss, test_loss, test_acc = curve(lambda s: s.train_loss), curve(lambda s: s.test_loss), curve(lambda s: s.test_acc)
-    residual = jnp.stack([jnp.nan if s is None else s.residual for s in sols])
-    iterations = jnp.stack([jnp.asarray(0) if s is None else s.iterations for s in sols])
-    return _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver)
+    _check_theory_inputs(experiment, initial)
+    tr = experiment.train
+    problem = _problem(experiment, seeds, student, initial)
+    ts, t_max = _report_times(tr, ts)
+    sol = _call_compiled(_solve_grid, problem, t_max, solver, tr.active_tasks, tr.n_tasks, large=True)
+    return _report_at(_report, sol, ts, tr, solver, time_axis=0)
 
 
 def finite_data_replicas(
@@ -984,31 +1173,25 @@ def finite_data_replicas(
     vmapped fixed-point loops run until the slowest replica has converged."""
     n_replicas = check_int("n_replicas", n_replicas, 1)
     solver = FiniteDataSolver() if solver is None else solver
-
-    def one(i):
-        sol = eqx.tree_at(lambda s: s.seed, solver, solver.seed + i)
-        return finite_data_theory(experiment, seeds, ts, solver=sol, student=student, initial=initial)
-
-    return jax.vmap(one)(jnp.arange(n_replicas, dtype=jnp.int32))
-
-
-def _finish(ts, tr, train_loss, test_loss, test_acc, residual, iterations, active, solver):
-    converged = jnp.all(jnp.where(active, residual <= solver.tol, True))
-    finite = jnp.all(jnp.where(active[None], jnp.isfinite(test_loss) & jnp.isfinite(train_loss), True))
-    step = ts / tr.learning_rate
-    return FiniteTheoryResult(ts, step, train_loss, test_loss, test_acc, residual, iterations, converged, ~finite)
+    _check_theory_inputs(experiment, initial)
+    tr = experiment.train
+    problem = _problem(experiment, seeds, student, initial)
+    ts, t_max = _report_times(tr, ts)
+    offsets = np.arange(n_replicas, dtype=np.int32)
+    sol = _call_compiled(_solve_grid_replicas, problem, t_max, solver, tr.active_tasks, tr.n_tasks, offsets, large=True)
+    return _report_at(_report_replicas, sol, ts, tr, solver, time_axis=1)
 
 
-def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, initial: str) -> _TrunkProblem:
-    """The trunk problem (L >= 1): teacher arrays, task rates, α_k = P_k / (N − K R), initial state.
+def _trunk_problem(tc: TeacherConfig, sc: StudentConfig, teacher: Teacher, student: Student, n_train_active, rho,
+                   initial: str) -> _TrunkProblem:  # fmt: skip
+    """The trunk problem (L >= 1): teacher arrays, task rates ρ_k, α_k = P_k / (N − K R), initial
+    state; `dt` is left to `_solve_grid`.
 
     Only the first layer is high-dimensional; its teacher-span part Ω and complement Gram matrix
     Q0 are quenched (the student's) or typical (Ω = 0, Q0 = init_scale² I).  The upper layers
     W_2..W_L (H x H), all biases and the heads are the student's own in both cases."""
-    from ._population import task_rates
     from ._teacher import teacher_coefficients
 
-    tc, tr = ecfg.teacher, ecfg.train
     E = teacher.basis
     layer = student.layers[0]
     W = layer.weight
@@ -1028,15 +1211,12 @@ def _trunk_problem(ecfg: Experiment, teacher: Teacher, student: Student, dt, ini
         Q0 = W @ W.T - Om0 @ Om0.T
     else:
         Om0 = jnp.zeros((H, E.shape[0]))
-        Q0 = ecfg.student.init_scale**2 * jnp.eye(H)
+        Q0 = sc.init_scale**2 * jnp.eye(H)
     n_perp = tc.n_features - E.shape[0]
     return _TrunkProblem(
-        tr.n_train_active / n_perp, task_rates(ecfg), dt, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
+        n_train_active / n_perp, rho, None, tc.scale, tc.noise, tc.flip, tc.noisy_fraction,
         teacher.w, teacher_coefficients(tc), Om0, b1, Wu, bu, V0, c0, Q0,
     )  # fmt: skip
-
-
-finite_data_theory_jit = eqx.filter_jit(finite_data_theory)
 
 
 def finite_theory_history(th: FiniteTheoryResult):

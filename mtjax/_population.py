@@ -150,10 +150,14 @@ class TheoryResult(eqx.Module):
 
 def task_rates(experiment: Experiment) -> Float[Array, " K"]:
     """ρ_k per unit time t = lr x steps: w_k m_k (paper alternation), w_k otherwise; 0 if untrained."""
-    tr = experiment.train
+    return experiment.train.task_weights * jnp.asarray(rate_multipliers(experiment.train))
+
+
+def rate_multipliers(tr) -> np.ndarray:
+    """ρ_k / w_k from the static train config (numpy, (K,)): m_k (paper alternation) or 1, times
+    1 if task k is trained, else 0."""
     m = np.asarray(tr.task_multiplicity if tr.protocol == "paper" else [1] * tr.n_tasks, float)
-    active = np.asarray([k in tr.active_tasks for k in range(tr.n_tasks)], float)
-    return tr.task_weights * jnp.asarray(m * active)
+    return m * np.asarray([k in tr.active_tasks for k in range(tr.n_tasks)], float)
 
 
 def reduce_student(student: Student, basis: Float[Array, "D N"]) -> Student:
@@ -326,42 +330,70 @@ def population_theory(
     - `save_states`: also return the reduced student at every saved time (`TheoryResult.states`).
 
     **Returns:** `TheoryResult`. Pure and jit/vmap-able over the experiment's array fields.
+
+    Called with concrete inputs, the solve is compiled once per shape that matters and cached
+    (`mtjax.set_compiled_cache_size`, `mtjax.release_compiled`): the report times are padded to
+    a power of two (`_dmft._bucket`; the metrics are skipped at the padding), so the number of
+    report times changes the program only at powers of two, and data sizes not at all
+    (docs/dmft.md §3.1).  Under a caller's `jit`/`vmap` it is traced into the
+    caller's program.
     """
+    from ._dmft import _bucket, _call_compiled, _report_times
+
     if experiment.student.activation != "linear":
         raise ValueError("population_theory needs a linear student (activation='linear')")
+    if initial not in ("quenched", "typical"):
+        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
     # Built here, not as the default argument: arrays created at import would start JAX's
     # backend on `import mtjax`, after which `jax.distributed.initialize` is refused.
     solver = PopulationSolver() if solver is None else solver
     tr = experiment.train
-    teacher = Teacher.sample(experiment.teacher, key=seeds.key("teacher"))
-    if student is None:
-        student = Student.init(
-            experiment.student, experiment.teacher.n_features, experiment.teacher.n_classes,
-            experiment.teacher.n_tasks, key=seeds.key("init"),
-        )  # fmt: skip
-    if initial == "quenched":
-        st0 = reduce_student(student, teacher.basis)
-    elif initial == "typical":
-        st0 = typical_reduced(student, teacher.basis.shape[0], experiment.student.init_scale)
-    else:
-        raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
-    D = teacher.basis.shape[0]
-    Dp = _first_matrix(st0).shape[1]
-    T = jnp.pad(teacher_coefficients(experiment.teacher), ((0, 0), (0, 0), (0, Dp - D)))
-    consts = teacher_constants(teacher)
-    rho = task_rates(experiment)
-    active = tr.active_tasks
-    C = experiment.teacher.n_classes
-    g = sobol_normals(solver.n_quad, C, seed=solver.quad_seed)
-    R = experiment.teacher.rank
-    xe = sobol_normals(solver.n_quad_eval, R + 2 * C, seed=solver.quad_seed + 1)
-    x_eval, xi_eval = xe[:, : R + C], xe[:, R + C :]
     if ts is None:
         ts_first_is_zero = int(tr.eval_steps[0]) == 0
-        ts = tr.learning_rate * jnp.asarray(tr.eval_steps, float)
     else:
         ts_first_is_zero = is_concrete(ts) and float(np.asarray(ts)[0]) == 0.0
-    ts = jnp.asarray(ts, float)
+    ts, _ = _report_times(tr, ts)
+    mult = np.asarray(rate_multipliers(tr), jax.dtypes.canonicalize_dtype(float))
+    args = (experiment.teacher, experiment.student, seeds, student, tr.task_weights, mult, tr.learning_rate)
+    statics = (solver, initial, save_states, tr.active_tasks, ts_first_is_zero)
+    if not is_concrete((args, ts, solver)):
+        return _population_solve(*args, ts, None, *statics)
+    n = ts.shape[0]
+    padded = np.concatenate([ts, np.full(_bucket(n) - n, ts[-1], ts.dtype)])
+    # The learning rate as an array even where a caller set a Python float: one program for all.
+    args = args[:-1] + (np.asarray(tr.learning_rate, ts.dtype),)
+    th = _call_compiled(_population_solve, *args, padded, np.asarray(n, np.int32), *statics, large=True)
+    # device_put, not jnp.asarray: the latter compiles a staging program per shape.
+    return eqx.tree_at(lambda r: (r.time, r.step, r.test_loss, r.test_loss_se, r.test_acc, r.overlap_AA, r.overlap_AU,
+                                  r.states), th,
+                       replace_fn=lambda t: jax.tree_util.tree_map(lambda a: jax.device_put(np.asarray(a)[:n]), t),
+                       is_leaf=lambda x: x is None)  # fmt: skip
+
+
+def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate, ts, n_valid,
+                      solver: PopulationSolver, initial: str, save_states: bool, active: tuple[int, ...],
+                      ts_first_is_zero: bool) -> TheoryResult:
+    """The body of `population_theory`.  `n_valid`: None, or the number of report times when
+    `ts` is padded with its last time: the metrics are then computed for the first `n_valid`
+    times only (the rest are 0) and only those count for `diverged`."""
+    teacher = Teacher.sample(tc, key=seeds.key("teacher"))
+    if student is None:
+        student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
+    if initial == "quenched":
+        st0 = reduce_student(student, teacher.basis)
+    else:
+        st0 = typical_reduced(student, teacher.basis.shape[0], sc.init_scale)
+    D = teacher.basis.shape[0]
+    Dp = _first_matrix(st0).shape[1]
+    T = jnp.pad(teacher_coefficients(tc), ((0, 0), (0, 0), (0, Dp - D)))
+    consts = teacher_constants(teacher)
+    rho = task_weights * jnp.asarray(mult)
+    C = tc.n_classes
+    g = sobol_normals(solver.n_quad, C, seed=solver.quad_seed)
+    R = tc.rank
+    xe = sobol_normals(solver.n_quad_eval, R + 2 * C, seed=solver.quad_seed + 1)
+    x_eval, xi_eval = xe[:, : R + C], xe[:, R + C :]
+    ts = jnp.asarray(ts)
 
     # The ODE state is the tuple of the student's arrays: diffrax's save buffers reject the empty
     # `layers` node of a depth-0 student.
@@ -397,14 +429,27 @@ def population_theory(
         )
         ys = sol.ys
         code = jnp.asarray(sol.result._value, jnp.int32)
-    # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
     ys = jax.tree_util.tree_unflatten(treedef, list(ys))
-    metrics = jax.lax.map(lambda y: population_metrics(y, teacher, consts, T, x_eval, xi_eval, active, solver.smooth_loss), ys)
+
+    # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
+    def metric(y):
+        return population_metrics(y, teacher, consts, T, x_eval, xi_eval, active, solver.smooth_loss)
+
+    n_ts = ts.shape[0]
+    valid = jnp.ones(n_ts, bool) if n_valid is None else jnp.arange(n_ts) < n_valid
+    if n_valid is None:
+        metrics = jax.lax.map(metric, ys)
+    else:  # padded report times: skip the metrics there (2–3 ms a time at the defaults, depth 1, H = 8)
+        shapes = jax.eval_shape(metric, jax.tree_util.tree_map(lambda a: a[0], ys))
+        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        metrics = jax.lax.map(lambda iy: jax.lax.cond(iy[0] < n_valid, metric, lambda y: zeros, iy[1]),
+                              (jnp.arange(n_ts), ys))
     loss, se, acc, AA, AU = metrics
     success = code == 0
-    finite = jnp.all(jnp.where(jnp.isnan(loss) & ~jnp.asarray([k in active for k in range(tr.n_tasks)]), True, jnp.isfinite(loss)))
+    trained = jnp.asarray([k in active for k in range(tc.n_tasks)])
+    finite = jnp.all(jnp.where((jnp.isnan(loss) & ~trained) | ~valid[:, None], True, jnp.isfinite(loss)))
     diverged = ~success | ~finite
-    return TheoryResult(ts, ts / tr.learning_rate, loss, se, acc, AA, AU, code, success, diverged,
+    return TheoryResult(ts, ts / learning_rate, loss, se, acc, AA, AU, code, success, diverged,
                         ys if save_states else None)
 
 
@@ -445,9 +490,6 @@ def _fresh_heun(field, y0, args, ts, solver: PopulationSolver, C: int, first_is_
         return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
     _, ys = jax.lax.scan(interval, y0, (jnp.arange(ts.shape[0]), spans))
     return ys
-
-
-population_theory_jit = eqx.filter_jit(population_theory)
 
 
 def theory_history(th: TheoryResult):

@@ -24,6 +24,7 @@ from ._axes import (  # noqa: F401  (re-exported: the axis names are part of thi
     AXES, DYNAMIC_AXES, PARAM_COLUMNS, SEED_AXES, STATIC_AXES, TASK2_AXES,
     apply_axes, apply_static, check_grid, expand_grid, param_values,
 )
+from ._dmft import release_compiled
 from ._experiment import Experiment, Seeds
 from ._model import AbstractModel, Simulation, model_from_name
 from ._plan import chunk_arrays, chunks, iter_groups, plan_groups
@@ -188,7 +189,7 @@ def sweep(
             # The previous group's programs have other shapes and are never called again; XLA
             # keeps each compiled program's memory mappings until its cache is cleared, and a
             # process has ~65k of them (a sweep over many static values would otherwise die).
-            jax.clear_caches()
+            release_compiled()
         group = groups[key]
         parts, size = chunks(rows, group, model, scope, memory_budget, max_chunk, _distributed.mesh_size(mesh),
                              SEED_BLOCK_MIN_RUNS)

@@ -13,10 +13,10 @@ import pytest
 
 import mtjax
 from mtjax._design import optimal_task_weight
-from mtjax._fit import (
-    Param, Profile, _forward, _quantile, _residuals_and_jacobian, _value_and_grad, error_model, fit, make_problem, observations_from_table,
-    profile,
-)
+from mtjax._fitting import Param, Profile, error_model, fit, make_problem, observations_from_table, profile
+from mtjax._fitting.errors import _quantile
+from mtjax._fitting.params import _forward
+from mtjax._fitting.problem import _residuals_and_jacobian, _value_and_grad
 
 SPEC = {
     "teacher": {"n_features": 24, "rank": 3, "n_classes": 3, "scale": [1.0, 1.0], "noise": 1.0, "relatedness": 0.5},

@@ -184,7 +184,7 @@ def test_fit_uses_the_manifest_next_to_the_table_and_says_so(tmp_path, monkeypat
 
 
 def test_fit_drops_diverged_rows_with_a_one_line_warning(tmp_path, monkeypatch, capsys):
-    import mtjax._fit
+    import mtjax._fitting.fits
 
     path = tmp_path / "curves.csv"
     _table(test_loss=[0.7, NAN, 0.69, 0.65], diverged=[False, True, False, False]).to_csv(path, index=False)
@@ -194,7 +194,7 @@ def test_fit_drops_diverged_rows_with_a_one_line_warning(tmp_path, monkeypatch, 
         seen["n"] = obs.value.shape[0]
         raise _Reached
 
-    monkeypatch.setattr(mtjax._fit, "make_problem", fake_make_problem)
+    monkeypatch.setattr(mtjax._fitting.fits, "make_problem", fake_make_problem)
     (tmp_path / "cfg.toml").write_text(CONFIG)
     with pytest.raises(_Reached):
         main(["fit", str(path), "--config", str(tmp_path / "cfg.toml"), "--free", "relatedness"])

@@ -1,0 +1,203 @@
+"""The fit problem: parameters -> theory solves -> predictions -> objective, and its derivatives."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Float
+from .._experiment import Experiment, Seeds
+from .._population import PopulationSolver, population_theory
+from .._sweep import apply_axes
+from .observations import Observations
+from .params import Param, _forward, _inverse
+
+
+class FitProblem(eqx.Module):
+    """Everything the objective needs: base experiment, seeds, observations, free parameters.
+
+    Build with `FitProblem(...)`; `fit` does this for you."""
+
+    experiment: Experiment
+    seeds: Seeds
+    obs: Observations
+    params: tuple[Param, ...] = eqx.field(static=True)
+    n_levels: tuple[int, ...] = eqx.field(static=True)
+    solver: PopulationSolver
+    initial: str = eqx.field(static=True)
+    loss: str = eqx.field(static=True)
+
+    @property
+    def size(self) -> int:
+        """Length of the unconstrained vector θ (plus one noise parameter for `loss="gaussian"`)."""
+        return sum(self.n_levels) + (1 if self.loss == "gaussian" else 0)
+
+    def unpack(self, theta: Float[Array, " P"]) -> dict[str, Float[Array, " L"]]:
+        """θ -> {name: (n_levels,) constrained values}."""
+        out, i = {}, 0
+        for p, n in zip(self.params, self.n_levels):
+            out[p.name] = _forward(p.transform, theta[i : i + n])
+            i += n
+        return out
+
+    def pack(self, values: dict[str, Any]) -> Float[Array, " P"]:
+        """{name: constrained value(s)} -> θ (inverse of `unpack`)."""
+        parts = []
+        for p, n in zip(self.params, self.n_levels):
+            v = np.broadcast_to(np.asarray(values[p.name], float), (n,))
+            parts.append(_inverse(p.transform, v))
+        if self.loss == "gaussian":
+            parts.append(np.asarray([values.get("noise", -2.0)], float))
+        return jnp.asarray(np.concatenate(parts))
+
+    def initial_theta(self) -> Float[Array, " P"]:
+        return self.pack({p.name: np.asarray(p.init) for p in self.params})
+
+    def _condition_levels(self, name: str, by: str | None):
+        """Level index of every condition for a parameter varying by `by` (first row of each)."""
+        if by is None:
+            return jnp.zeros(self.obs.n_conditions, jnp.int32)
+        lev = self.obs.level[by]
+        return jax.ops.segment_max(lev, self.obs.condition, num_segments=self.obs.n_conditions)
+
+    def curves(self, theta: Float[Array, " P"]) -> Float[Array, "n_cond T K"]:
+        """Theory test loss of every condition at the grid times (time scale not applied)."""
+        vals = self.unpack(theta)
+        nc = self.obs.n_conditions
+        axes = {}
+        for c, v in self.obs.known.items():
+            if c == "single_task":
+                continue
+            axes[c] = v
+        for p in self.params:
+            if p.name == "time_scale":
+                continue
+            axes[p.name] = vals[p.name][self._condition_levels(p.name, p.by)]
+        single = self.obs.known.get("single_task")
+        w_b = None
+        if self.experiment.train.n_tasks > 1:
+            w_b = axes.get("w_b", jnp.broadcast_to(self.experiment.train.task_weights[1], (nc,)))
+        if single is not None and w_b is not None:
+            axes["w_b"] = jnp.where(single > 0.5, 0.0, w_b)
+        # Task-2 parameters of single-task rows are NaN in the tables; any finite value gives
+        # the same task-1 flow once w_b = 0, so replace NaNs by 0.5 (a harmless interior value).
+        axes = {k: jnp.where(jnp.isnan(v), 0.5, v) for k, v in axes.items()}
+
+        def one(ax):
+            th = population_theory(apply_axes(self.experiment, ax), self.seeds, self.obs.grid, solver=self.solver, initial=self.initial)
+            return jnp.where(th.diverged, jnp.nan, th.test_loss)
+
+        return jax.vmap(one)(axes) if axes else jnp.broadcast_to(one({}), (nc,) + (self.obs.grid.shape[0], self.experiment.train.n_tasks))
+
+    def predict(self, theta: Float[Array, " P"]) -> Float[Array, " n"]:
+        """Predicted metric of every observation.
+
+        Loss at time τ t by linear interpolation on the grid (exact at grid times when τ = 1);
+        early-stopped rows take the minimum over grid times <= τ t and the interpolated end."""
+        vals = self.unpack(theta)
+        cur = self.curves(theta)
+        o = self.obs
+        tau = jnp.ones(o.time.shape)
+        for p in self.params:
+            if p.name == "time_scale":
+                lev = o.level[p.by] if p.by is not None else jnp.zeros(o.time.shape, jnp.int32)
+                tau = vals[p.name][lev]
+        tt = tau * o.time
+        rows = cur[o.condition, :, o.task]  # (n, T)
+        grid = o.grid
+        at = jax.vmap(lambda r, t: jnp.interp(t, grid, r))(rows, tt)
+        before = jnp.min(jnp.where(grid[None, :] <= tt[:, None] * (1 + 1e-6), rows, jnp.inf), axis=1)
+        return jnp.where(o.early_stopped, jnp.minimum(at, before), at)
+
+    def objective(self, theta: Float[Array, " P"]) -> Float[Array, ""]:
+        """Weighted squared error ½ Σ ((pred − value)/se)², or the Gaussian negative log-likelihood
+        with variance se² + exp(2 θ_noise) (θ_noise: the last entry of θ) up to a constant."""
+        res = self.predict(theta) - self.obs.value
+        if self.loss == "gaussian":
+            var = self.obs.se**2 + jnp.exp(2 * theta[-1])
+            return 0.5 * jnp.sum(res**2 / var + jnp.log(var))
+        return 0.5 * jnp.sum((res / self.obs.se) ** 2)
+
+
+def make_problem(
+    experiment: Experiment,
+    obs: Observations,
+    params: Sequence[Param],
+    *,
+    seeds: Seeds | None = None,
+    solver: PopulationSolver | None = None,
+    initial: str = "quenched",
+    loss: str = "wls",
+) -> FitProblem:
+    """The `FitProblem` of fitting `params` of `experiment` to `obs`.
+
+    **Raises:** `ValueError` before any solve: no or repeated parameters, a task of `obs` beyond
+    the experiment's tasks, a `by` column missing from `obs` or mixed within one theory solve,
+    an `init` of the wrong length, or an unknown `loss`."""
+    seeds = Seeds(0) if seeds is None else seeds
+    solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
+    if loss not in ("wls", "gaussian"):
+        raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise ValueError(f"parameters {names} are not distinct")
+    if not names:
+        raise ValueError("no free parameters: pass at least one Param (CLI: --free NAME ...)")
+    n_tasks = experiment.train.n_tasks
+    top = int(np.max(np.asarray(obs.task))) + 1
+    if top > n_tasks:
+        # indexing the theory's task axis out of range would silently read the last task
+        raise ValueError(f"the observations have task {top}, but the experiment has {n_tasks} tasks (1..{n_tasks}): "
+                         f"drop those rows (CLI: --query 'task <= {n_tasks}') or use the experiment of the runs")
+    n_levels = []
+    for p in params:
+        if p.by is not None and p.by not in obs.level:
+            raise ValueError(f"Param {p.name!r} varies by {p.by!r}, which is not a `by` column of the observations")
+        n = 1 if p.by is None else int(np.max(np.asarray(obs.level[p.by]))) + 1
+        if p.by is not None and p.name != "time_scale":
+            lev, cond = np.asarray(obs.level[p.by]), np.asarray(obs.condition)
+            if any(len(set(lev[cond == c])) > 1 for c in range(obs.n_conditions)):
+                raise ValueError(f"Param {p.name!r} varies by {p.by!r} but one theory solve mixes its levels: "
+                                 f"pass split=[{p.by!r}] to observations_from_table")
+        if len(p.init) not in (1, n):
+            raise ValueError(f"Param {p.name!r}: init has {len(p.init)} values, need 1 or {n} (levels of {p.by!r})")
+        n_levels.append(n)
+    return FitProblem(experiment, seeds, obs, tuple(params), tuple(n_levels), solver, initial, loss)
+
+
+def _with_adjoint(problem: FitProblem, adjoint) -> FitProblem:
+    return eqx.tree_at(lambda p: p.solver.adjoint, problem, adjoint)
+
+
+@eqx.filter_jit
+def _value_and_grad(problem: FitProblem, thetas: Float[Array, "S P"]):
+    """Objective and its gradient (reverse mode through the solve) for a batch of θ."""
+    return jax.vmap(jax.value_and_grad(problem.objective))(thetas)
+
+
+@eqx.filter_jit
+def _residuals_and_jacobian(problem: FitProblem, thetas: Float[Array, "S P"]):
+    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P), forward mode.
+
+    Forward mode costs P tangents however many observations there are, and diffrax's
+    reverse-mode adjoints (custom VJPs) cannot be entered by forward mode, so the solve runs
+    with `diffrax.ForwardMode()` here (same discretisation, exact derivatives)."""
+    prob = _with_adjoint(problem, diffrax.ForwardMode())
+
+    def res(th):
+        return (prob.predict(th) - prob.obs.value) / prob.obs.se
+
+    return jax.vmap(lambda th: (res(th), jax.jacfwd(res)(th)))(thetas)
+
+
+@eqx.filter_jit
+def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
+    """Hessian of the objective, forward over forward (`jax.hessian` is forward over reverse,
+    which cannot enter diffrax's reverse-mode custom VJP)."""
+    prob = _with_adjoint(problem, diffrax.ForwardMode())
+    return jax.jacfwd(jax.jacfwd(prob.objective))(theta)
