@@ -1,4 +1,5 @@
-"""Optimal design by differentiating the population theory (docs/fitting.md §5).
+"""Optimal design by differentiating a theory (docs/fitting.md §5): the population theory by
+default, or any differentiable model (`model=mtjax.FiniteDataTheory(solver)`).
 
 - `optimal_task_weight`: the loss weight w_2 on the auxiliary task(s) that minimises task 1's
   early-stopped test loss.
@@ -10,12 +11,12 @@
 - `optimal_stopping_time`: the time t* = lr x steps minimising task 1's test loss.
 
 Derivatives come from forward mode through the diffrax solve (`diffrax.ForwardMode`: one
-tangent for one design variable).
+tangent for one design variable), or reverse mode for a model whose solve has a custom VJP
+(the finite-data theory's implicit fixed-point gradient; `AbstractModel.jacobian_mode`).
 """
 
 from __future__ import annotations
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,9 @@ import numpy as np
 from ._custom_types import Array, Bool, Float
 from ._experiment import Experiment, Seeds
 from ._fitting.progress import _Progress
-from ._population import PopulationSolver, population_theory
+from ._fitting.problem import fit_model
+from ._model import AbstractModel
+from ._population import PopulationSolver
 from ._sweep import apply_axes
 
 def design_solver() -> PopulationSolver:
@@ -63,22 +66,35 @@ def _ts(experiment: Experiment, ts):
     return jnp.asarray(ts, float)
 
 
+def design_model(model: AbstractModel | None = None, solver: PopulationSolver | None = None,
+                 initial: str = "quenched") -> AbstractModel:
+    """The theory a design helper runs: `model` (any differentiable model, e.g.
+    `FiniteDataTheory(solver)` for finite training sets), else `PopulationTheory(solver, initial)`
+    with `design_solver()` by default."""
+    if model is None and solver is None:
+        solver = design_solver()
+    return fit_model(model, solver, initial)
+
+
 def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: PopulationSolver | None = None,
-                       initial: str = "quenched", task: int = 0) -> Float[Array, ""]:
-    """min over the save times `ts` (t = lr x steps) of task `task`'s theory test loss."""
-    solver = design_solver() if solver is None else solver
-    th = population_theory(experiment, seeds, ts, solver=solver, initial=initial)
-    return jnp.where(th.diverged, jnp.nan, jnp.min(th.test_loss[:, task]))
+                       initial: str = "quenched", task: int = 0, model: AbstractModel | None = None) -> Float[Array, ""]:
+    """min over the save times `ts` (t = lr x steps) of task `task`'s theory test loss (the
+    theory: `model`, default the population theory with `solver`, `initial`)."""
+    loss, diverged = design_model(model, solver, initial).test_loss_at(experiment, seeds, ts)
+    return jnp.where(diverged, jnp.nan, jnp.min(loss[:, task]))
 
 
 @eqx.filter_jit
-def _loss_and_slope(experiment, seeds, ts, solver, initial, log_w):
-    """Early-stopped task-1 loss and its derivative in log w_2, for a batch of log w_2."""
-    solver = eqx.tree_at(lambda s: s.adjoint, solver, diffrax.ForwardMode())
+def _loss_and_slope(experiment, seeds, ts, model, log_w):
+    """Early-stopped task-1 loss and its derivative in log w_2, for a batch of log w_2: forward
+    mode (one tangent) or, for a model whose solve has a custom VJP, reverse mode."""
+    model = model.forward_mode()
 
     def f(lw):
-        return early_stopped_loss(apply_axes(experiment, {"w_b": jnp.exp(lw)}), seeds, ts, solver=solver, initial=initial)
+        return early_stopped_loss(apply_axes(experiment, {"w_b": jnp.exp(lw)}), seeds, ts, model=model)
 
+    if model.jacobian_mode == "reverse":
+        return jax.vmap(jax.value_and_grad(f))(log_w)
     return jax.vmap(lambda lw: jax.jvp(f, (lw,), (jnp.ones_like(lw),)))(log_w)
 
 
@@ -92,6 +108,7 @@ def optimal_task_weight(
     n_refine: int = 3,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    model: AbstractModel | None = None,
     progress: bool = False,
 ) -> DesignResult:
     """The loss weight w_2 (on tasks 2..K) in `bounds` minimising task 1's early-stopped test loss.
@@ -99,6 +116,7 @@ def optimal_task_weight(
     **Arguments:**
 
     - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory` (linear student).
+    - `model`: the theory instead (any differentiable model, e.g. `mtjax.FiniteDataTheory(solver)`).
     - `ts`: save times (t = lr x steps) over which the early-stopped minimum is taken; default:
       the experiment's evaluation times.
     - `bounds`: search interval of w_2 (log-uniform grid of `n_grid` points).
@@ -114,7 +132,7 @@ def optimal_task_weight(
     **Raises:** `ValueError` before any solve unless 0 < bounds[0] < bounds[1] < ∞,
     `n_grid` >= 3 and `n_refine` >= 0.
     """
-    solver = design_solver() if solver is None else solver
+    model = design_model(model, solver, initial)
     seeds = Seeds(0) if seeds is None else seeds
     if not (len(bounds) == 2 and 0 < bounds[0] < bounds[1] < np.inf):
         raise ValueError(f"bounds={tuple(bounds)} must satisfy 0 < lo < hi < inf (CLI: --w-min, --w-max)")
@@ -130,7 +148,7 @@ def optimal_task_weight(
     report(f"{n_refine + 1} rounds of {n_grid} values of w_2 in [{bounds[0]:g}, {bounds[1]:g}]; "
            "the first compiles the theory (can take minutes)", force=True)
     for r in range(n_refine + 1):
-        loss, slope = (np.asarray(a, float) for a in _loss_and_slope(experiment, seeds, ts, solver, initial, jnp.asarray(grid)))
+        loss, slope = (np.asarray(a, float) for a in _loss_and_slope(experiment, seeds, ts, model, jnp.asarray(grid)))
         all_g.append(grid), all_l.append(loss), all_s.append(slope)
         i = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
         report(f"round {r + 1}/{n_refine + 1}: w_2 in [{np.exp(grid[0]):.4g}, {np.exp(grid[-1]):.4g}], "
@@ -145,7 +163,7 @@ def optimal_task_weight(
             a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
         grid = np.linspace(a, b, n_grid)
     g, l, s = (np.concatenate(x) for x in (all_g, all_l, all_s))
-    base_l, base_s = (np.asarray(x, float) for x in _loss_and_slope(experiment, seeds, ts, solver, initial, jnp.zeros(n_grid)))
+    base_l, base_s = (np.asarray(x, float) for x in _loss_and_slope(experiment, seeds, ts, model, jnp.zeros(n_grid)))
     j = int(np.nanargmin(np.where(np.isfinite(l), l, np.inf)))
     order = np.argsort(g)
     # every round's grid keeps the bracket's ends exactly, so the bounds themselves were evaluated
@@ -161,8 +179,8 @@ def optimal_task_weight(
 
 
 @eqx.filter_jit
-def _loss_at_rates(experiment, seeds, ts, solver, initial, ws):
-    return jax.vmap(lambda w: early_stopped_loss(apply_axes(experiment, {"w_b": w}), seeds, ts, solver=solver, initial=initial))(ws)
+def _loss_at_rates(experiment, seeds, ts, model, ws):
+    return jax.vmap(lambda w: early_stopped_loss(apply_axes(experiment, {"w_b": w}), seeds, ts, model=model))(ws)
 
 
 def optimal_aux_data_size(
@@ -173,6 +191,7 @@ def optimal_aux_data_size(
     max_multiple: int = 8,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    model: AbstractModel | None = None,
     progress: bool = False,
 ) -> DesignResult:
     """Auxiliary data size n_2 = m n_1 (m = 1..`max_multiple`) minimising task 1's early-stopped loss.
@@ -190,7 +209,7 @@ def optimal_aux_data_size(
     **Raises:** `ValueError` before any solve for a non-paper or single-task experiment or
     `max_multiple` < 2.
     """
-    solver = design_solver() if solver is None else solver
+    model = design_model(model, solver, initial)
     seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     if tr.protocol != "paper" or tr.single_task:
@@ -206,7 +225,7 @@ def optimal_aux_data_size(
     m_now = tr.task_multiplicity[1]
     # rate ρ_2 = m w_2: rescale the weight so that the experiment's own m is replaced by m
     w = np.asarray(tr.task_weights[1]) * m / m_now
-    loss = np.asarray(_loss_at_rates(experiment, seeds, ts, solver, initial, jnp.asarray(w)), float)
+    loss = np.asarray(_loss_at_rates(experiment, seeds, ts, model, jnp.asarray(w)), float)
     j = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
     n1 = tr.n_train[0]
     report(f"done: optimum m = {m[j]:g}", force=True)
@@ -240,6 +259,7 @@ def optimal_stopping_time(
     n_times: int = 64,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
+    model: AbstractModel | None = None,
     progress: bool = False,
 ) -> StoppingResult:
     """Time t* (t = lr x steps, up to `t_max`; default the experiment's horizon) of the minimum
@@ -252,7 +272,7 @@ def optimal_stopping_time(
 
     **Raises:** `ValueError` before any solve unless `t_max` > 0 is finite, `n_times` >= 3 and
     `task` is a task of the experiment."""
-    solver = design_solver() if solver is None else solver
+    model = design_model(model, solver, initial)
     seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     t_max = float(tr.learning_rate * tr.eval_steps[-1]) if t_max is None else float(t_max)
@@ -265,8 +285,8 @@ def optimal_stopping_time(
     ts = jnp.linspace(t_max / n_times, t_max, n_times)
     report = _Progress("design stop", progress)
     report(f"one theory solve to t = {t_max:g} ({n_times} times); compiling can take minutes", force=True)
-    th = eqx.filter_jit(population_theory)(experiment, seeds, ts, solver=solver, initial=initial)
-    L = np.asarray(th.test_loss[:, task], float)
+    loss, _ = eqx.filter_jit(model.test_loss_at)(experiment, seeds, ts)
+    L = np.asarray(loss[:, task], float)
     t = np.asarray(ts)
     i = int(np.nanargmin(L))
     report(f"done: grid minimum at t = {t[i]:.4g}", force=True)

@@ -18,7 +18,7 @@ from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr,
 from .observations import KNOWN_COLUMNS, observations_from_table
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
 from .params import Param
-from .problem import FitProblem, _exact_hessian, make_problem
+from .problem import FitProblem, _exact_hessian, fit_model, make_problem
 from .progress import _Progress
 
 
@@ -271,10 +271,13 @@ def fit_table(
     initial: str = "quenched",
     loss: str = "wls",
     mapping: dict | None = None,
+    model=None,
     **fit_kwargs,
 ) -> tuple[FitResult, FitProblem]:
     """Convenience: `observations_from_table(table, **mapping)` → `make_problem` → `fit`.
 
+    `model`: the theory (`PopulationTheory`, `FiniteDataTheory`; default the population theory
+    with `solver`, `initial`).
     `mapping`: keyword arguments of `observations_from_table` (column names, `se`, `by`, ...);
     `by` defaults to the `by` columns of `params`, `known` to every parameter column of the
     table that is not fitted. `fit_kwargs` go to `fit` (e.g. `progress=True`).
@@ -290,15 +293,14 @@ def fit_table(
                 raise ValueError(f"column {col!r} of the table is {vals[0]:g}, but the experiment's student.{col} is {have}: "
                                  f"use the config of the runs (CLI: --config, or --set student.{col}={vals[0]:g})")
     seeds = Seeds(0) if seeds is None else seeds
-    solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
+    model = fit_model(model, solver, initial)
     mapping = dict(mapping or {})
     mapping.setdefault("by", sorted({p.by for p in params if p.by is not None}))
     free = {p.name for p in params}
     mapping.setdefault("split", sorted({p.by for p in params if p.by is not None and p.name != "time_scale"}))
     mapping.setdefault("known", [c for c in KNOWN_COLUMNS if c in table and c not in free])
     obs, _ = observations_from_table(table, **mapping)
-    kw = {} if solver is None else {"solver": solver}
-    problem = make_problem(experiment, obs, params, seeds=seeds, initial=initial, loss=loss, **kw)
+    problem = make_problem(experiment, obs, params, seeds=seeds, loss=loss, model=model)
     return fit(problem, **fit_kwargs), problem
 
 

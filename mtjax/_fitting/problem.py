@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,8 @@ import numpy as np
 
 from .._custom_types import Array, Float
 from .._experiment import Experiment, Seeds
-from .._population import PopulationSolver, population_theory
+from .._model import AbstractModel, PopulationTheory
+from .._population import PopulationSolver
 from .._sweep import apply_axes
 from .observations import Observations
 from .params import Param, _forward, _inverse
@@ -28,8 +28,7 @@ class FitProblem(eqx.Module):
     obs: Observations
     params: tuple[Param, ...] = eqx.field(static=True)
     n_levels: tuple[int, ...] = eqx.field(static=True)
-    solver: PopulationSolver
-    initial: str = eqx.field(static=True)
+    model: AbstractModel
     loss: str = eqx.field(static=True)
 
     @property
@@ -89,8 +88,8 @@ class FitProblem(eqx.Module):
         axes = {k: jnp.where(jnp.isnan(v), 0.5, v) for k, v in axes.items()}
 
         def one(ax):
-            th = population_theory(apply_axes(self.experiment, ax), self.seeds, self.obs.grid, solver=self.solver, initial=self.initial)
-            return jnp.where(th.diverged, jnp.nan, th.test_loss)
+            loss, diverged = self.model.test_loss_at(apply_axes(self.experiment, ax), self.seeds, self.obs.grid)
+            return jnp.where(diverged, jnp.nan, loss)
 
         return jax.vmap(one)(axes) if axes else jnp.broadcast_to(one({}), (nc,) + (self.obs.grid.shape[0], self.experiment.train.n_tasks))
 
@@ -133,14 +132,18 @@ def make_problem(
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
     loss: str = "wls",
+    model: AbstractModel | None = None,
 ) -> FitProblem:
     """The `FitProblem` of fitting `params` of `experiment` to `obs`.
+
+    The theory is `model` (any differentiable model: `PopulationTheory`, `FiniteDataTheory`),
+    or else `PopulationTheory(solver, initial)` with a smooth-loss solver by default.
 
     **Raises:** `ValueError` before any solve: no or repeated parameters, a task of `obs` beyond
     the experiment's tasks, a `by` column missing from `obs` or mixed within one theory solve,
     an `init` of the wrong length, or an unknown `loss`."""
     seeds = Seeds(0) if seeds is None else seeds
-    solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True) if solver is None else solver
+    model = fit_model(model, solver, initial)
     if loss not in ("wls", "gaussian"):
         raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
     names = [p.name for p in params]
@@ -167,11 +170,27 @@ def make_problem(
         if len(p.init) not in (1, n):
             raise ValueError(f"Param {p.name!r}: init has {len(p.init)} values, need 1 or {n} (levels of {p.by!r})")
         n_levels.append(n)
-    return FitProblem(experiment, seeds, obs, tuple(params), tuple(n_levels), solver, initial, loss)
+    return FitProblem(experiment, seeds, obs, tuple(params), tuple(n_levels), model, loss)
 
 
-def _with_adjoint(problem: FitProblem, adjoint) -> FitProblem:
-    return eqx.tree_at(lambda p: p.solver.adjoint, problem, adjoint)
+def fit_model(model: AbstractModel | None, solver, initial: str) -> AbstractModel:
+    """The theory a fit or a design runs: `model`, or `PopulationTheory(solver, initial)`
+    (default solver: smooth loss, 512 field points, so that gradients are smooth)."""
+    if model is None:
+        if solver is None:
+            solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
+        return PopulationTheory(solver, initial)
+    if solver is not None:
+        raise ValueError("pass the solver inside the model (model=mtjax.FiniteDataTheory(solver)), not both")
+    if not isinstance(model, AbstractModel) or not model.differentiable:
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(f"model {name!r} cannot be fitted (not differentiable): pass mtjax.PopulationTheory(...) or "
+                         "mtjax.FiniteDataTheory(...)")
+    return model
+
+
+def _forward_mode(problem: FitProblem) -> FitProblem:
+    return eqx.tree_at(lambda p: p.model, problem, problem.model.forward_mode())
 
 
 @eqx.filter_jit
@@ -182,22 +201,35 @@ def _value_and_grad(problem: FitProblem, thetas: Float[Array, "S P"]):
 
 @eqx.filter_jit
 def _residuals_and_jacobian(problem: FitProblem, thetas: Float[Array, "S P"]):
-    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P), forward mode.
+    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P).
 
-    Forward mode costs P tangents however many observations there are, and diffrax's
-    reverse-mode adjoints (custom VJPs) cannot be entered by forward mode, so the solve runs
-    with `diffrax.ForwardMode()` here (same discretisation, exact derivatives)."""
-    prob = _with_adjoint(problem, diffrax.ForwardMode())
+    Forward mode where the model allows it (`jacobian_mode`): it costs P tangents however many
+    observations there are, and diffrax's reverse-mode adjoints (custom VJPs) cannot be entered
+    by forward mode, so the population solve runs with `diffrax.ForwardMode()` here (same
+    discretisation, exact derivatives). The finite-data theory's fixed point has an implicit
+    (custom) VJP instead: reverse mode, n cotangents."""
+    prob = _forward_mode(problem)
+    jac = jax.jacfwd if prob.model.jacobian_mode == "forward" else jax.jacrev
 
     def res(th):
         return (prob.predict(th) - prob.obs.value) / prob.obs.se
 
-    return jax.vmap(lambda th: (res(th), jax.jacfwd(res)(th)))(thetas)
+    def one(th):
+        return res(th), jac(res)(th)
+
+    if prob.model.jacobian_mode == "reverse":
+        # The starts one after another: `vmap` of `jacrev` through the fixed point's custom VJP
+        # crashed XLA's CPU backend (SIGSEGV, jax 0.10.2, two starts of a depth-1 DMFT fit),
+        # while `lax.map` of it, `vmap` of `grad` and a single `jacrev` run.
+        return jax.lax.map(one, thetas)
+    return jax.vmap(one)(thetas)
 
 
 @eqx.filter_jit
 def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
-    """Hessian of the objective, forward over forward (`jax.hessian` is forward over reverse,
-    which cannot enter diffrax's reverse-mode custom VJP)."""
-    prob = _with_adjoint(problem, diffrax.ForwardMode())
-    return jax.jacfwd(jax.jacfwd(prob.objective))(theta)
+    """Hessian of the objective: forward over forward (`jax.hessian` is forward over reverse,
+    which cannot enter diffrax's reverse-mode custom VJP), or reverse over reverse for a model
+    whose solve has a custom VJP of its own (`jacobian_mode = "reverse"`)."""
+    prob = _forward_mode(problem)
+    jac = jax.jacfwd if prob.model.jacobian_mode == "forward" else jax.jacrev
+    return jac(jac(prob.objective))(theta)

@@ -38,6 +38,10 @@ class AbstractModel(eqx.Module):
     source: ClassVar[str]
     # Whether `history` can be differentiated w.r.t. the experiment's array fields (fitting).
     differentiable: ClassVar[bool]
+    # How fitting takes Jacobians and Hessians of `test_loss_at`: "forward" (jacfwd; cheap for
+    # few parameters) or "reverse" (jacrev; for solves with a custom reverse-mode rule, such as
+    # the implicit gradient of a fixed point, which forward mode cannot enter).
+    jacobian_mode: ClassVar[str] = "forward"
 
     @abc.abstractmethod
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
@@ -62,6 +66,17 @@ class AbstractModel(eqx.Module):
     def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
         """The grid this model is run on (default: the whole grid)."""
         return dict(grid)
+
+    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
+        """(test loss (T, K) at the times `ts` (T,), diverged ()): what fitting and design
+        differentiate. Only differentiable models (the theories) have it."""
+        raise ValueError(f"model {self.name!r} cannot be fitted or used for design (not differentiable): "
+                         "pass model=mtjax.PopulationTheory(...) or mtjax.FiniteDataTheory(...)")
+
+    def forward_mode(self) -> "AbstractModel":
+        """The same model set up for forward-mode differentiation (`jax.jacfwd`), where its
+        solver needs it (diffrax's reverse-mode adjoints cannot be entered by forward mode)."""
+        return self
 
 
 def solver_settings(solver) -> dict[str, Any]:

@@ -25,6 +25,8 @@ class FiniteDataTheory(AbstractModel):
     name: ClassVar[str] = "finite-data"
     source: ClassVar[str] = "theory-finite"
     differentiable: ClassVar[bool] = True
+    # The fixed point's implicit gradient is a custom VJP: reverse mode only.
+    jacobian_mode: ClassVar[str] = "reverse"
 
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
         self.solver = FiniteDataSolver() if solver is None else solver
@@ -50,3 +52,7 @@ class FiniteDataTheory(AbstractModel):
 
     def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
         return drop_training_seed(grid, seed_scope)
+
+    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
+        th = finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
+        return th.test_loss, th.diverged

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import diffrax
 import equinox as eqx
 
 from .._experiment import Experiment, Seeds
@@ -52,3 +53,10 @@ class PopulationTheory(AbstractModel):
 
     def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
         return drop_training_seed(grid, seed_scope)
+
+    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
+        th = population_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
+        return th.test_loss, th.diverged
+
+    def forward_mode(self) -> "PopulationTheory":
+        return eqx.tree_at(lambda m: m.solver.adjoint, self, diffrax.ForwardMode())
