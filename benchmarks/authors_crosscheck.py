@@ -23,7 +23,7 @@ Two checks (docs/reproduction.md, "Cross-check against the authors' code"):
   6 single-task cells, 390 runs) trained with mtjax's paper protocol on the authors' realisation
   (their generator at data_seed = 0 for the cell's s_a, s_b, r; their init at model_seed = 0;
   their training subsets per train seed), compared with the authors' CSV by
-  `mtjax._reproduce.compare` / `headline`: what the authors' published code gets against their
+  `mtjax.compare_with_authors` / `mtjax.reproduction_headline`: what the authors' published code gets against their
   own CSV. Writes ``<out>_runs.csv`` (per chunk, resumable), ``<out>_comparison.csv``, ``<out>.txt``,
   ``<out>.json``.
 
@@ -45,6 +45,8 @@ import time
 import types
 
 import numpy as np
+
+LOSS = "validation-1/loss"  # the loss column of the authors' tables (task 1, early-stopped)
 
 
 def _shim(authors: str):
@@ -128,9 +130,7 @@ def replay(args):
     import jax.numpy as jnp
     import optax
 
-    from mtjax._experiment import TrainConfig
-    from mtjax._student import Dense, Student
-    from mtjax._train import cross_entropy
+    from mtjax import Dense, Student, TrainConfig, cross_entropy
 
     t0 = time.time()
     rec = record_authors_run(args.authors, args.ntrain, args.scale, args.train_seed, args.epochs)
@@ -182,11 +182,8 @@ def realisations(args):
     import torch
     from torch import nn
 
-    from mtjax._experiment import Seeds
-    from mtjax._spec import experiment_from_spec, paper_spec
-    from mtjax._student import Dense, Student
-    from mtjax._teacher import Teacher
-    from mtjax._train import TaskData, make_datasets, make_inputs, train_on_datasets
+    from mtjax import Dense, Seeds, Student, TaskData, Teacher, experiment_from_spec, make_datasets, make_inputs, paper_spec
+    from mtjax import train_on_datasets
 
     _shim(args.authors)
     from data import make_teacher_classification  # the authors' data.py
@@ -274,7 +271,7 @@ def cells(args):
     ``--eval-every`` epochs). One compiled program per (ntrain, single/multi); cells are vmapped
     in chunks of ``--chunk-cells`` and every finished chunk is appended to ``<out>_runs.csv``
     (the authors' columns), so an interrupted run resumes and a partial one still compares.
-    The comparison and headline are `mtjax._reproduce`'s (`select_cells`, `compare`, `headline`).
+    The comparison and headline are `mtjax reproduce`'s (`mtjax.select_cells`, `compare_with_authors`, `reproduction_headline`).
     """
     import jax
     import jax.numpy as jnp
@@ -282,33 +279,27 @@ def cells(args):
     import torch
     from torch import nn
 
-    from mtjax import _reproduce as R
-    from mtjax._experiment import Seeds
-    from mtjax._spec import experiment_from_spec
-    from mtjax._student import Dense, Student
-    from mtjax._train import TaskData, train_on_datasets
+    import mtjax
+    from mtjax import Dense, Seeds, Student, TaskData, experiment_from_spec, train_on_datasets
 
     _shim(args.authors)
     from data import make_teacher_classification  # the authors' data.py
 
-    authors = R.authors_table(args.experiment, args.data)
-    sel = R.select_cells(authors, args.experiment, args.scale)
+    authors = mtjax.authors_table(args.experiment, args.data)
+    sel = mtjax.select_cells(authors, args.experiment, args.scale)
     if args.ntrain:
         sel = sel[sel["main_train_pts"].isin(args.ntrain)].reset_index(drop=True)
-    assert (sel["nlayers"] == 2).all() and R.EXPERIMENTS[args.experiment].activation == "linear"
-    rank = R.EXPERIMENTS[args.experiment].rank
+    preset = mtjax.reproduction_spec(args.experiment)
+    assert (sel["nlayers"] == 2).all() and preset["student"]["activation"] == "linear"
+    rank = preset["teacher"]["rank"]
     multi_rows = sel[~sel["single_task"]]
     assert (multi_rows["aux_train_pts"] == multi_rows["main_train_pts"]).all(), "m = 1 only"
     seeds = sorted(int(v) for v in sel["train_seed"].unique())
     out = args.out
     runs_csv = out + "_runs.csv"
-    key_cols = ["main_train_pts", "single_task", "relatedness", "s_a", "s_b"]
     if args.fresh and os.path.exists(runs_csv):
         os.remove(runs_csv)
-    done = pd.read_csv(runs_csv) if os.path.exists(runs_csv) else None
-    if done is not None:
-        done = R._normalise(done, R.EXPERIMENTS[args.experiment])
-    columns = list(authors.columns)
+    done = pd.read_csv(runs_csv) if os.path.exists(runs_csv) else None  # its keys are rounded below
 
     torch.manual_seed(0)  # their train.py: torch.manual_seed(model_seed) after the data, then nn.Linear + orthogonal_
     mods = [nn.Linear(100, 64), nn.Linear(64, 64), nn.Linear(64, rank), nn.Linear(64, rank)]
@@ -345,7 +336,7 @@ def cells(args):
                 todo = [c for c in todo if tuple(np.round([c[k] for k in cols], 12)) not in have]
             if not todo:
                 continue
-            spec = R.reproduction_spec(args.experiment, eval_every=args.eval_every,
+            spec = mtjax.reproduction_spec(args.experiment, eval_every=args.eval_every,
                                        overrides={"train": {"n_epochs": args.epochs, "single_task": single}})
             spec["train"]["n_train"] = [ntrain, ntrain]
             cfg = experiment_from_spec(spec).train
@@ -369,7 +360,7 @@ def cells(args):
                 for c, v in zip(chunk, loss):
                     for s, x in zip(seeds, v):
                         recs.append({"main_train_pts": ntrain, "aux_train_pts": ntrain, "relatedness": c.get("relatedness", np.nan),
-                                     "s_a": c["s_a"], "s_b": c.get("s_b", np.nan), "single_task": single, "train_seed": s, R.LOSS: float(x)})
+                                     "s_a": c["s_a"], "s_b": c.get("s_b", np.nan), "single_task": single, "train_seed": s, LOSS: float(x)})
                 part = pd.DataFrame(recs)
                 part.to_csv(runs_csv, mode="a", header=not os.path.exists(runs_csv), index=False)
                 total += len(recs)
@@ -384,28 +375,22 @@ def summarise(args, authors, sel, runs_csv):
     """Compare the runs in `runs_csv` with the authors' cells exactly as `mtjax reproduce` does."""
     import pandas as pd
 
-    from mtjax import _reproduce as R
+    import mtjax
 
-    runs = R._normalise(pd.read_csv(runs_csv), R.EXPERIMENTS[args.experiment])
+    runs = pd.read_csv(runs_csv)
+    runs[["relatedness", "s_a", "s_b"]] = runs[["relatedness", "s_a", "s_b"]].round(12)  # as mtjax.cell_statistics keys them
     runs = runs.drop_duplicates(["main_train_pts", "single_task", "relatedness", "s_a", "s_b", "train_seed"], keep="last")
-    summary = runs.drop(columns=["nlayers"])  # single-task runs join on (ntrain, depth, s_a, seed): r, s_b are labels there
-    summary = summary.rename(columns={"main_train_pts": "ntrain", "aux_train_pts": "ntrain_b", "train_seed": "seed"})
-    summary["depth"] = 2
-    summary["task"] = 1
-    summary["early_stopped_loss"] = summary[R.LOSS]
-    ours = R._ours_in_authors_format(summary, sel, list(authors.columns), args.experiment, 0)
-    ours = ours.dropna(subset=[R.LOSS])
-    ours["id"] = ours["id"].str.replace("-mtjax0-", "-authors-realisation-", regex=False)
-    comp = R.compare(sel, ours, args.experiment)
+    # Our runs are in the authors' format already: the comparison of `mtjax reproduce` (inner join on the cells of `sel`).
+    comp = mtjax.compare_with_authors(sel, runs, args.experiment)
     comp.to_csv(args.out + "_comparison.csv", index=False)
-    head = R.headline(comp)
-    per = {int(n): R.headline(comp[comp["main_train_pts"] == n].reset_index(drop=True)) for n in sorted(comp["main_train_pts"].unique())}
+    head = mtjax.reproduction_headline(comp)
+    per = {int(n): mtjax.reproduction_headline(comp[comp["main_train_pts"] == n].reset_index(drop=True)) for n in sorted(comp["main_train_pts"].unique())}
     lines = [f"# `mtjax reproduce {args.experiment} --scale {args.scale}` cells trained on the authors' realisation",
              "",
              "Data: the authors' generator (data.py) at data_seed = 0 per cell (s_a, s_b, r); init: their student at "
              "model_seed = 0; training subsets: theirs (RandomState(train_seed).permutation(3200)[:ntrain], both tasks); "
              f"training: mtjax's paper protocol, {args.epochs} epochs, eval every {args.eval_every}; loss: task-1 "
-             "validation CE, min over evaluations. Compared with the authors' CSV by mtjax._reproduce.compare/headline.",
+             "validation CE, min over evaluations. Compared with the authors' CSV by mtjax.compare_with_authors/reproduction_headline.",
              f"Command: python benchmarks/authors_crosscheck.py cells --authors DIR --experiment {args.experiment} "
              f"--scale {args.scale} --epochs {args.epochs} --eval-every {args.eval_every}.",
              f"Runs: {len(runs)}; cells compared: {head['cells']} ({head['single_task_cells']} single-task, "
@@ -420,7 +405,7 @@ def summarise(args, authors, sel, runs_csv):
                      f"{h['max_abs_diff']:.3f} | {h['abs_z_below_2']:.1%} | {sa} of {h['benefit_cells_with_abs_ge_0.02']} | "
                      f"{h['benefit_median_abs_diff']:.3f} |")
     lines.append("")
-    lines.append(R.report_markdown(args.experiment, args.scale, comp, head).split("\n", 2)[2])
+    lines.append(mtjax.reproduction_report(args.experiment, args.scale, comp, head).split("\n", 2)[2])
     text = "\n".join(lines)
     with open(args.out + ".txt", "w") as f:
         f.write(text)
@@ -462,10 +447,10 @@ def main():
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.cmd == "cells" and args.summary_only:
-        from mtjax import _reproduce as R
+        import mtjax
 
-        sel = R.select_cells(R.authors_table(args.experiment, args.data), args.experiment, args.scale)
-        summarise(args, R.authors_table(args.experiment, args.data), sel, args.out + "_runs.csv")
+        sel = mtjax.select_cells(mtjax.authors_table(args.experiment, args.data), args.experiment, args.scale)
+        summarise(args, mtjax.authors_table(args.experiment, args.data), sel, args.out + "_runs.csv")
         return
     {"replay": replay, "realisations": realisations, "cells": cells}[args.cmd](args)
 

@@ -3,16 +3,16 @@
 Run: python benchmarks/dmft_kernels.py [--repeat 3] [--solve]
 Output: a table on stdout (docs/dmft.md §3 quotes it).
 
-The two causal sums of a DMFT map (mtjax/_dmft.py):
+The two causal sums of a DMFT map (mtjax/_dmft.py; the kernels are `mtjax.internal`'s):
 - the response Γ[n,·] = J^n (E_n − (1/α) Σ_{k<n} R_v[n,k] Γ[k,·]) per draw, weighted over draws
-  (`_response`): "dense" is the algorithm the blocked one replaced, the baseline here — Γ
+  (`response`): "dense" is the algorithm the blocked one replaced, the baseline here — Γ
   stored (draws, T+1, C, T+1, C) and every step contracts over all T+1 times with an einsum;
   "blocked, 1 block" is the blocked layout (contracted index leading: one plain matrix product per
   step) without time blocks; "blocked" adds the default time blocks (`_time_blocks`).
 - the memory term of the example process Σ_{m<n} R_v[n,m] g^m over all 3 S draws
-  (`_causal_memory_scan` vs a dense einsum over a (3, S, T+1, C) carry).
+  (`causal_memory_scan` vs a dense einsum over a (3, S, T+1, C) carry).
 And the Cholesky factor of the sampled fields' covariance (`psd_factor`, n = (T+1) H): the
-column loop of `_gaussian.cholesky` vs `_gaussian.blocked_cholesky`.
+column loop of `mtjax.internal.cholesky` vs `mtjax.internal.blocked_cholesky`.
 Shapes: the N = 400 depth-1 grid (T + 1 = 41, logits C = 4, 3 x 256 response draws; first-layer
 H = 8 with K = 2 tasks x 3 x 2048 draws) and a paper-preset-like one (T + 1 = 61, C = 10).
 Each row: median wall time of `--repeat` calls after one compiling call, and the compile call.
@@ -30,8 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtjax._dmft import _causal_memory_scan, _response, _softmax_jacobian
-from mtjax._gaussian import blocked_cholesky, cholesky
+from mtjax.internal import blocked_cholesky, causal_memory_scan, cholesky, response, softmax_jacobian
 
 
 def dense_response(h, Rv, alpha, wts, chunk=32):
@@ -41,7 +40,7 @@ def dense_response(h, Rv, alpha, wts, chunk=32):
 
     @jax.checkpoint
     def one_chunk(hc, wc):
-        J = _softmax_jacobian(hc)
+        J = softmax_jacobian(hc)
         B = hc.shape[0]
 
         def step(G, n):
@@ -103,8 +102,8 @@ def main():
         Rv = 0.1 * jnp.tril(jnp.ones((T1, T1)), -1)[:, None, :, None] * jax.random.normal(kr, (T1, C, T1, C))
         w = jax.random.uniform(kw, (S,)) / S
         variants = [("dense (old)", jax.jit(lambda h, R, w: dense_response(h, R, 2.0, w))),
-                    ("blocked, 1 block", jax.jit(lambda h, R, w: _response(h, R, 2.0, w, n_blocks=1))),
-                    ("blocked", jax.jit(lambda h, R, w: _response(h, R, 2.0, w)))]
+                    ("blocked, 1 block", jax.jit(lambda h, R, w: response(h, R, 2.0, w, n_blocks=1))),
+                    ("blocked", jax.jit(lambda h, R, w: response(h, R, 2.0, w)))]
         base = ref = None
         for name, f in variants:
             run, comp = timed(f, h, Rv, w, repeat=args.repeat)
@@ -117,8 +116,8 @@ def main():
         u = jax.random.normal(ku, (T1, W, cols))
         R = 0.3 / np.sqrt(T1 * W) * jax.random.normal(kr, (T1, W, T1 * W))
         variants = [("dense (old)", jax.jit(lambda u, R: dense_memory(u, R)[1])),
-                    ("blocked, 1 block", jax.jit(lambda u, R: _causal_memory_scan(_memory_step(u), jnp.asarray(0.0), R, jnp.full(T1, 0.1), W, cols, n_blocks=1)[2])),
-                    ("blocked", jax.jit(lambda u, R: _causal_memory_scan(_memory_step(u), jnp.asarray(0.0), R, jnp.full(T1, 0.1), W, cols)[2]))]  # fmt: skip
+                    ("blocked, 1 block", jax.jit(lambda u, R: causal_memory_scan(_memory_step(u), jnp.asarray(0.0), R, jnp.full(T1, 0.1), W, cols, n_blocks=1)[2])),
+                    ("blocked", jax.jit(lambda u, R: causal_memory_scan(_memory_step(u), jnp.asarray(0.0), R, jnp.full(T1, 0.1), W, cols)[2]))]  # fmt: skip
         base = ref = None
         for name, f in variants:
             run, comp = timed(f, u, R, repeat=args.repeat)

@@ -45,6 +45,7 @@ import argparse
 import itertools
 import os
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -84,17 +85,6 @@ def _settings(args) -> str:
             f"replicas={args.replicas}")
 
 
-def _load_rows(csv_path: str, settings: str) -> tuple[list[dict], list[dict]]:
-    """Stored rows made with `settings`, and all the others (kept in the CSV, never dropped)."""
-    if not os.path.exists(csv_path):
-        return [], []
-    import pandas as pd
-
-    df = pd.read_csv(csv_path)
-    same = df["settings"] == settings if "settings" in df else np.zeros(len(df), bool)
-    return df[same].to_dict("records"), df[~same].to_dict("records")
-
-
 def _setup(args):
     """The theory solver, the number of simulation seeds and their `Seeds` (one teacher and
     initial student, datasets 1..ns)."""
@@ -126,52 +116,42 @@ def _curve_stats(tl):
     return m, m[i], i, se
 
 
-def _run_grid(args, grid, key_of, compute, line, header, summary_of):
-    """Run `compute(point) -> row` over `grid`, storing every row as it finishes (`<out>.csv` and the
-    table `<out>`, both replaced atomically) and skipping the rows a previous run with the same
-    settings stored, so an interrupted grid resumes and processes can share a grid by running
-    disjoint subsets into different `--out` files."""
-    import pandas as pd
-
-    from mtjax._sweep import _atomic_write_csv, _atomic_write_text
-    from pathlib import Path
-
-    settings = _settings(args)
-    csv_path = os.path.splitext(args.out)[0] + ".csv"
-    rows, others = _load_rows(csv_path, settings)  # others: rows of other settings, written back as they are
-    done = {key_of(o) for o in rows}
+def _run_grid(args, grid, key, compute, line, header, summary_of):
+    """Run `compute(point) -> row` over `grid` (points: tuples of the `key` columns), storing every
+    row as it finishes in `<out>.csv` (`mtjax.ResumableTable`: the rows of other settings are kept)
+    and rewriting the table `<out>` (atomically), so an interrupted grid resumes and processes can
+    share a grid by running disjoint subsets into different `--out` files (`--merge` joins them)."""
+    store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".csv", key=key, settings=_settings(args))
     for extra in args.merge or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
-        for o in _load_rows(extra, settings)[0]:
-            if key_of(o) not in done:
-                rows.append(o)
-                done.add(key_of(o))
+        store.merge(extra)
+    grid = list(dict.fromkeys(grid))  # a value given twice is one point
 
     def write():
+        rows = store.rows.to_dict("records")
         order = {k: i for i, k in enumerate(grid)}
         # The table and its summary: this grid's points only (the CSV keeps every stored row).
-        rs = sorted((o for o in rows if key_of(o) in order), key=lambda o: order[key_of(o)])
+        rs = sorted((o for o in rows if store.key_of(o) in order), key=lambda o: order[store.key_of(o)])
         summary = [""] + [f"points: {len(rs)} of the {len(grid)} requested" +
                           ("" if len(rs) >= len(grid) else " (partial: the others are not computed yet)" if args.table_only
                            else " (partial: rerun the same command to resume)")] + summary_of(rs)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(Path(args.out), "\n".join(header + [line(o) for o in rs] + summary) + "\n")
-        _atomic_write_csv(Path(csv_path), pd.DataFrame(others + rows))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text("\n".join(header + [line(o) for o in rs] + summary) + "\n")
+        out.with_suffix(".tmp").replace(out)  # atomic: a reader never sees half a table
         return summary
 
     for h in header:
         print(h, flush=True)
-    for o in rows:
+    for o in store.rows.to_dict("records"):
         print(line(o) + "   (stored)", flush=True)
-    grid = list(dict.fromkeys(grid))  # a value given twice is one point
     for point in grid:
-        if point in done or args.table_only:
+        if point in store or args.table_only:
             continue
         o = compute(point)
-        o = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in o.items()}
-        o["settings"] = settings
-        rows.append(o)
+        store.add(o)
         print(line(o), flush=True)
         write()
+    store.save()  # rows taken from --merge
     for s_ in write():
         print(s_)
 
@@ -255,7 +235,7 @@ def main_trunk(args):
                     curve=np.max(np.abs(mean_m - te.mean(0)) / te.mean(0)), res_m=res_m, res_s=res_s, conv=conv_m and conv_s,
                     t_sim=t_sim, t_th=dt_m + dt_s)
 
-    _run_grid(args, grid, lambda o: (o["eps"], o["alpha"], o["r"], o["s_a"], o["s_b"]), compute, line, header, summary_of)
+    _run_grid(args, grid, ["eps", "alpha", "r", "s_a", "s_b"], compute, line, header, summary_of)
 
 
 def main_single(args):
@@ -311,7 +291,7 @@ def main_single(args):
                     curve=np.max(np.abs(mean - te.mean(0)) / te.mean(0)),
                     train_rel=np.max(np.abs(trt.mean(0) - trl.mean(0)) / trl.mean(0)), res=res, conv=conv, t_sim=t_sim, t_th=dt)
 
-    _run_grid(args, grid, lambda o: (o["alpha"], o["s"], o["eps"]), compute, line, header, summary_of)
+    _run_grid(args, grid, ["alpha", "s", "eps"], compute, line, header, summary_of)
 
 
 def main():

@@ -24,7 +24,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import mtjax  # noqa: E402
-from mtjax._sweep import apply_axes  # noqa: E402
 
 SPEC = {
     "teacher": {"n_features": 32, "rank": 3, "n_classes": 3, "scale": [1.0, 1.0], "noise": 1.0},
@@ -35,7 +34,7 @@ P0 = jnp.array([0.5, 1.5, 2.0])
 
 
 def objective(exp, solver, p):
-    e = apply_axes(exp, {"relatedness": p[0], "s_a": p[1], "s_b": p[2]})
+    e = mtjax.apply_axes(exp, {"relatedness": p[0], "s_a": p[1], "s_b": p[2]})
     th = mtjax.population_theory(e, mtjax.Seeds(0), jnp.arange(1.0, 11.0), solver=solver)
     return jnp.sum(th.test_loss)
 

@@ -2,10 +2,15 @@
 
 Run: python benchmarks/paper_finite.py [--data PATH]  (default: the authors' rank-10.csv shipped with mtjax)
          [--n-grid 20] [--max-step 1] [--draws 512] [--response 32] [--r 0 1] [--sa ...] [--sb ...] [--full]
-Output: docs/results/paper_finite.txt (and the per-cell table as CSV next to it)
-Resumable: every solved chunk of cells is stored at once in `<out>.raw.pkl` (atomically, with the
-solver settings); rerunning the same command skips the cells stored with the same settings, so a
-long grid (`--full`) can be run in pieces and on several machines into different `--out` files.
+The table of docs/results/paper_finite.txt:
+    python benchmarks/paper_finite.py --ntrain 100 200 400 800 --sa 10 --sb 0.158 10 --r 0 1
+and of the full grid, re-tabulated from its stored cells (add `--replot` to any command):
+    python benchmarks/paper_finite.py --full --draws 2048 --out docs/results/paper_finite_full.txt --replot
+Output: the table `--out` (default docs/results/paper_finite.txt) and the per-cell table as CSV next to it.
+Resumable: every solved chunk of cells is stored at once in `<out>.cells.parquet`
+(`mtjax.ResumableTable`: one row per cell with its curve, tagged with the solver settings);
+rerunning the same command skips the cells stored with the same settings, so a long grid
+(`--full`) can be run in pieces and on several machines into different `--out` files.
 
 Theory: `mtjax.finite_data_theory` with the paper's teacher (N = 100, R = C = 10, σ = 1/sqrt(N)
 on a noisy fraction q = 1/2 of the examples, train and validation alike) and student (two linear
@@ -42,7 +47,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
 import sys
 import time
 
@@ -57,6 +61,7 @@ import mtjax
 
 # Solver settings of the paper grid (the defaults of the flags below; paper_finite_size.py reuses them).
 GRID_SOLVER = {"n_response": 32, "max_iter": 15, "tol": 2e-2, "n_quad_eval": 8192}
+CELL_KEY = ["main_train_pts", "s_a", "s_b", "relatedness", "single"]  # a cell of the store (ResumableTable)
 
 
 def tmax(n: int) -> float:
@@ -73,21 +78,19 @@ def base_experiment(n_grid: int):
 
 
 def authors_tables(d: pd.DataFrame):
-    """Per-cell authors' means ± s.e.: single (ntrain, s_a), multitask and benefit (ntrain, s_a, s_b, r)."""
-    key = "validation-1/loss"
-    s = d[d.single_task].drop_duplicates(["main_train_pts", "s_a", "train_seed"])
-    m = d[~d.single_task]
-    single = s.groupby(["main_train_pts", "s_a"])[key].agg(["mean", "std", "count"])
-    single["se"] = single["std"] / np.sqrt(single["count"])
-    pair = m.merge(s[["main_train_pts", "s_a", "train_seed", key]], on=["main_train_pts", "s_a", "train_seed"],
-                   suffixes=("_multi", "_single"))  # fmt: skip
-    pair["benefit"] = pair[key + "_single"] - pair[key + "_multi"]
-    g = pair.groupby(["main_train_pts", "s_a", "s_b", "relatedness"])
-    multi = g[key + "_multi"].agg(["mean", "std", "count"])
-    ben = g["benefit"].agg(["mean", "std", "count"])
-    multi["se"] = multi["std"] / np.sqrt(multi["count"])
-    ben["se"] = ben["std"] / np.sqrt(ben["count"])
-    return single[["mean", "se"]], multi[["mean", "se"]], ben[["mean", "se"]]
+    """Per-cell authors' means ± s.e. (`mtjax.cell_statistics`): single (ntrain, s_a), multitask and
+    benefit (ntrain, s_a, s_b, r); keys rounded as `mtjax.cell_statistics` rounds them (`_key`)."""
+    c = mtjax.cell_statistics(d, "rank-10", prefix="authors")
+    single = c[c.single_task].set_index(["main_train_pts", "s_a"])
+    multi = c[~c.single_task].astype({"aux_train_pts": int}).set_index(["main_train_pts", "s_a", "s_b", "relatedness"])
+    return (single[["authors_mean", "authors_sem"]].set_axis(["mean", "se"], axis=1),
+            multi[["authors_mean", "authors_sem"]].set_axis(["mean", "se"], axis=1),
+            multi[["authors_benefit", "authors_benefit_sem"]].set_axis(["mean", "se"], axis=1))
+
+
+def _key(x: float) -> float:
+    """A grid value as `mtjax.cell_statistics` keys it (rounded to 12 decimals), for the joins."""
+    return round(float(x), 12)
 
 
 def main():
@@ -116,7 +119,7 @@ def main():
     ap.add_argument("--no-multi", action="store_true", help="single-task cells only")
     ap.add_argument("--single-sa-only", action="store_true", help="single-task cells only for the multitask s_a values")
     ap.add_argument("--out", default="docs/results/paper_finite.txt")
-    ap.add_argument("--replot", action="store_true", help="re-tabulate the saved raw results of the last run")
+    ap.add_argument("--replot", action="store_true", help="re-tabulate every cell stored with these settings (no solving)")
     args = ap.parse_args()
 
     d = pd.read_csv(args.data)
@@ -170,32 +173,11 @@ def main():
                 f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}"
                 + ("" if args.initial == "quenched" else f" initial={args.initial}")  # stores of quenched runs predate the flag
                 + ("" if args.damping == 1.0 else f" damping={args.damping}"))  # and of undamped runs, the damping flag
-    raw = os.path.splitext(args.out)[0] + ".raw.pkl"
+    # The store: one row per solved cell (its curve at the grid times, residual, iterations, flags),
+    # keyed by the cell and tagged with the settings; `mtjax.ResumableTable` skips what is stored.
+    store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".cells.parquet", key=CELL_KEY, settings=settings)
 
-    def load_done() -> dict:
-        """Cells already solved with these settings (a resumed run skips them).  A file made with
-        other settings (or in the older tuple format) is moved aside, never overwritten."""
-        if not os.path.exists(raw):
-            return {}
-        with open(raw, "rb") as f:
-            stored = pickle.load(f)
-        if isinstance(stored, dict) and stored.get("settings") == settings:
-            return stored["done"]
-        k = 1
-        while os.path.exists(f"{raw}.prev{k}"):
-            k += 1
-        os.replace(raw, f"{raw}.prev{k}")
-        print(f"# {raw} holds another run (other settings): moved to {raw}.prev{k}", flush=True)
-        return {}
-
-    def store(done: dict):  # atomic: a kill mid-write leaves the previous file
-        os.makedirs(os.path.dirname(raw) or ".", exist_ok=True)
-        tmp = raw + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump({"settings": settings, "done": done, "header": list(lines)}, f)
-        os.replace(tmp, raw)
-
-    def solve_group(T, idx, done):
+    def solve_group(T, idx):
         solver = mtjax.FiniteDataSolver(n_grid=T, n_draws=args.draws, n_response=args.response, max_iter=args.max_iter,
                                         tol=args.tol, n_quad_eval=args.n_quad_eval, damping=args.damping, **sched)  # fmt: skip
         e0 = base_experiment(T)
@@ -222,48 +204,42 @@ def main():
             t0 = time.time()
             o = jax.block_until_ready(run(*xs))
             times.append(time.time() - t0)
-            for q, i in enumerate(chunk):
-                done[cells[i]] = tuple(np.asarray(a[q]) for a in o)
-            store(done)
+            store.add([dict(zip(CELL_KEY, cells[i]), curve=np.asarray(o[0][q]), residual=np.asarray(o[1][q]),
+                            iterations=np.asarray(o[2][q]), converged=np.asarray(o[3][q]), diverged=np.asarray(o[4][q]))
+                       for q, i in enumerate(chunk)])  # fmt: skip  (a padded repeat replaces its cell)
             print(f"  n_grid {T}: chunk {j // b + 1}/{len(padded) // b} in {times[-1]:.0f} s (stored)", flush=True)
         per = float(np.mean(times[1:])) / b if len(times) > 1 else float("nan")
         emit(f"# n_grid {T}: {len(idx)} cells solved now; first chunk of {b} (incl. compilation) {times[0]:.0f} s, "
              f"then {per:.1f} s per cell (2 shared CPU cores)")
         return per
 
-    if args.replot:  # re-tabulate a finished run (the solves are the expensive part)
-        with open(raw, "rb") as f:
-            stored = pickle.load(f)
-        if isinstance(stored, dict):  # the resumable format: every cell it holds
-            if stored["settings"] != settings:
-                print(f"# warning: {raw} was made with {stored['settings']!r}; the grid times (t*) are "
-                      f"rebuilt from this command's {settings!r}", flush=True)
-            cells = list(stored["done"])
-            results = [stored["done"][c] for c in cells]
-            header = stored["header"]
-        else:  # the older tuple format: (cells, results, header)
-            cells, results, header = stored
-        lines[:] = header
-        for s_ in header:
-            print(s_)
+    if args.replot:  # re-tabulate every cell stored with these settings (the solves are the expensive part)
+        if not len(store):
+            raise SystemExit(f"{store.path} holds no cells solved with {settings!r}: pass the flags of the run that stored them")
+        cells = [store.key_of(r) for r in store.rows.to_dict("records")]
+        # The header of the run that wrote the table (its solve times), else this command's.
+        if os.path.exists(args.out):
+            with open(args.out) as f:
+                old = f.read().split("\n\n", 1)[0].splitlines()
+            lines[:] = old
+            print("\n".join(old), flush=True)
     else:
-        done = load_done()
-        if done:
-            emit(f"# resumed: {sum(c in done for c in cells)} of {len(cells)} cells stored by an earlier run with these settings")
+        if len(store):
+            emit(f"# resumed: {sum(c in store for c in cells)} of {len(cells)} cells stored by an earlier run with these settings")
         groups: dict[int, list[int]] = {}
         for i, c in enumerate(cells):
-            if c not in done:
+            if c not in store:
                 groups.setdefault(n_grid(c[0]), []).append(i)
         cost = {}
         for T, idx in sorted(groups.items()):
-            cost[T] = solve_group(T, idx, done)
+            cost[T] = solve_group(T, idx)
         # Full grid: 6 single + 180 multitask cells per ntrain, at that ntrain's grid cost (grids
         # finer than those run here cost ~ (n_grid ratio)^3 more: not extrapolated).
         if cost and all(n_grid(n) in cost for n in ntrains):  # a resumed run may have timed some grids only
             full = sum(cost[n_grid(n)] * (6 + 180) for n in ntrains)
             emit(f"# cost of the full grid (36 + 1080 cells) for these ntrain at these settings ≈ {full / 3600:.1f} h on this machine")
-        store(done)
-        results = [done[c] for c in cells]
+    stored = [store.get(c) for c in cells]
+    results = [(np.asarray(r["curve"]), r["residual"], r["iterations"], r["converged"], r["diverged"]) for r in stored]
     curves, res, its, conv, div = (list(a) for a in zip(*results))
 
     rows = []
@@ -273,6 +249,7 @@ def main():
                          t_star=float(grid_times(n)[np.argmin(cu)]), residual=float(rr), iterations=int(it),
                          ok=bool(cv) and not bool(dv)))  # fmt: skip
     th = pd.DataFrame(rows)
+    th[["s_a", "s_b", "relatedness"]] = th[["s_a", "s_b", "relatedness"]].map(_key)
     a_single, a_multi, a_ben = authors_tables(d)
     st = th[th.single].set_index(["main_train_pts", "s_a"]).join(a_single)
     mt = th[~th.single].set_index(["main_train_pts", "s_a"]).join(

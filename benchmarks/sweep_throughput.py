@@ -27,12 +27,12 @@ import platform
 import sys
 import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mtjax  # noqa: E402
-from mtjax._sweep import _make_inputs_jit  # noqa: E402
 
 try:
     import torch
@@ -105,20 +105,18 @@ def main():
     rate_a = n_runs / t_a
 
     # (a2) seeds mixed inside chunks: every run's data batched.
-    import mtjax._sweep as sw
-
-    block_min, sw.SEED_BLOCK_MIN_RUNS = sw.SEED_BLOCK_MIN_RUNS, 10**9
     # Same number of runs as (a): 5 r x 6 s_b x 6 seeds per s_a value, seeds mixed in one chunk.
+    # 30 runs per seed is below the size from which the sweep chunks a seed's runs on their own
+    # (32 runs: SEED_BLOCK_MIN_RUNS, mtjax/_sweep.py), so the sweep mixes the seeds by itself.
     mixed = {**grid, "s_a": [10.0], "seed": list(range(6 * args.seeds))}
     n_mixed = n_runs
-    sw.sweep(spec, mixed, out_dir=None, progress=False, save_curves=False, max_chunk=n_runs)
+    mtjax.sweep(spec, mixed, out_dir=None, progress=False, save_curves=False, max_chunk=n_runs)
     t = time.perf_counter()
-    sw.sweep(spec, mixed, out_dir=None, progress=False, save_curves=False, max_chunk=n_runs)
+    mtjax.sweep(spec, mixed, out_dir=None, progress=False, save_curves=False, max_chunk=n_runs)
     rate_a2 = n_mixed / (time.perf_counter() - t)
-    sw.SEED_BLOCK_MIN_RUNS = block_min
 
     exp = mtjax.experiment_from_spec(spec)
-    inputs = _make_inputs_jit(exp, key=mtjax.Seeds(0).key("data"))
+    inputs = eqx.filter_jit(mtjax.make_inputs)(exp, key=mtjax.Seeds(0).key("data"))
     exec_flops = collapsed_flops_per_run(exp)
 
     # (b) one run at a time, jit once.

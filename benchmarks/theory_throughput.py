@@ -109,8 +109,6 @@ def accuracy(spec, solver):
     import equinox as eqx
     import jax.numpy as jnp
 
-    from mtjax._sweep import apply_axes
-
     ref = mtjax.PopulationSolver(n_quad=8192, n_quad_eval=16384, n_substeps=80, n_sets=64, estimator="score")
     exp0 = mtjax.experiment_from_spec(spec)
     solve = eqx.filter_jit(mtjax.population_theory)
@@ -121,7 +119,7 @@ def accuracy(spec, solver):
     print(f"{'r':>5s} {'s_a':>6s} {'s_b':>6s}  max|Δ loss| task 1, task 2 over the curve: as benchmarked | dynamics only (n_quad_eval {ref.n_quad_eval})")
     worst = 0.0
     for r, sa, sb in [(0.0, 0.1, 0.1), (0.5, 1.0, 1.0), (0.0, 10.0, 0.1), (1.0, 10.0, 10.0), (1.0, 0.01, 10.0), (0.5, 3.0, 3.0)]:
-        e = apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
+        e = mtjax.apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
         b_ = solve(e, mtjax.Seeds(0), solver=ref)
         d = [jnp.max(jnp.abs(solve(e, mtjax.Seeds(0), solver=s).test_loss - b_.test_loss), axis=0) for s in (solver, same_eval)]
         worst = max(worst, float(jnp.max(d[1])))

@@ -1,6 +1,8 @@
 """Population theory vs online simulation, curve by curve.
 
 Run: python benchmarks/theory_vs_simulation.py [--seeds 3] [--steps 1200] [--lr 0.005]
+(the defaults print the table of docs/results/theory_vs_simulation.txt; a quick run of the same
+grid: --steps 120 --seeds 2 --n-test 2000 --n-quad-eval 1024)
 
 Grid (72 points): r in {0, .5, 1} x s_a in {1, 4} x s_b in {0.3, 3} x eps_a in {0, .2} (task 1) x
 depth L in {0, 1, 2}; N = 200, C = R = 4, width 16, sigma = 1/sqrt(N), online SGD (fresh batches of
@@ -34,7 +36,6 @@ import pandas as pd
 import scipy.stats
 
 import mtjax
-from mtjax._sweep import apply_axes
 
 POINT = ["relatedness", "s_a", "s_b", "eps_a", "depth", "task"]
 
@@ -92,7 +93,7 @@ def main():
         e = mtjax.experiment_from_spec({**spec, "student": {**spec["student"], "depth": depth}})
         pts = list(itertools.product(*(grid[c] for c in dyn)))
         axes = {c: jnp.asarray([p[i] for p in pts]) for i, c in enumerate(dyn)}
-        run = eqx.filter_jit(jax.vmap(lambda ax: theory_on_test_set(apply_axes(e, ax), mtjax.Seeds(0, 0, 0, 0), solver)))
+        run = eqx.filter_jit(jax.vmap(lambda ax: theory_on_test_set(mtjax.apply_axes(e, ax), mtjax.Seeds(0, 0, 0, 0), solver)))
         loss, acc, qloss, qse, ok = jax.device_get(run(axes))
         assert ok.all(), "a theory solve failed"
         for i, p in enumerate(pts):
@@ -101,10 +102,8 @@ def main():
                     rows.append({**dict(zip(dyn, p)), "depth": depth, "task": k + 1, "step": st, "theory_loss": loss[i, j, k],
                                  "theory_acc": acc[i, j, k], "quad_loss": qloss[i, j, k], "quad_se": qse[i, j, k]})
     if rows is not None:
-        cache.parent.mkdir(exist_ok=True)
-        pd.DataFrame(rows).to_csv(cache.with_suffix(".tmp"), index=False)
-        cache.with_suffix(".tmp").replace(cache)
-    tc = pd.read_csv(cache)
+        mtjax.save_table(cache, pd.DataFrame(rows))  # atomic
+    tc = mtjax.load_table(cache)
     t_th = time.time() - t0
 
     keys = POINT + ["step"]

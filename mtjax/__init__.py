@@ -34,7 +34,11 @@ from ._reproduce import (
     cell_statistics as cell_statistics,
     default_data_dir as default_data_dir,
     compare as compare_with_authors,
+    headline as reproduction_headline,
+    report_markdown as reproduction_report,
     reproduce as reproduce,
+    reproduction_spec as reproduction_spec,
+    select_cells as select_cells,
 )
 from ._student import Dense as Dense, Student as Student, StudentConfig as StudentConfig
 from ._store import (
@@ -78,6 +82,7 @@ from ._train import (
     make_inputs as make_inputs,
     simulate as simulate,
     simulate_batch as simulate_batch,
+    train_on_datasets as train_on_datasets,
 )
 from ._fitting import (
     FitProblem as FitProblem,

@@ -189,7 +189,18 @@ def expand_grid(grid: dict[str, list]) -> pd.DataFrame:
 
 
 def apply_axes(exp: Experiment, values: dict) -> Experiment:
-    """Set the dynamic sweep axes `values` (name -> scalar or traced scalar) on one experiment."""
+    """Set the dynamic sweep axes `values` (name -> scalar or traced scalar) on one experiment,
+    as `mtjax.sweep` does for every run: vmap it over arrays of values to run a batch of points
+    in one compiled program.
+
+    **Arguments:** `exp`: an `Experiment`; `values`: axis name (a dynamic axis of the sweep
+    grid: e.g. relatedness, s_a, s_b, eps_a, learning_rate) -> value.
+
+    **Returns:** the experiment with those fields replaced.
+
+    ```python
+    run = jax.vmap(lambda r: mtjax.simulate(mtjax.apply_axes(exp, {"relatedness": r}), seeds))
+    ```"""
     for name, v in values.items():
         exp = DYNAMIC_AXES[name](exp, v)
     return exp

@@ -262,6 +262,29 @@ def _cell_stats(table: pd.DataFrame, prefix: str) -> pd.DataFrame:
     return t
 
 
+def cell_statistics(table: pd.DataFrame, experiment: str = "rank-10", prefix: str = "authors") -> pd.DataFrame:
+    """Per-cell statistics over seeds of a run table in the authors' format (e.g. `authors_table`),
+    as `compare_with_authors` computes them.
+
+    A single-task cell is (main_train_pts, nlayers, s_a), a multitask cell adds aux_train_pts,
+    relatedness and s_b; a single-task run repeated in the file (rank-10 repeats it for every
+    r, s_b) counts once per seed. The benefit of a multitask run is the single-task loss of the
+    same (main_train_pts, nlayers, s_a, train_seed) minus its loss (> 0: multitask helps).
+
+    **Arguments:** `table`: one row per run with the `validation-1/loss` column; `experiment`:
+    one of `EXPERIMENTS` (fills the columns its file lacks); `prefix`: of the statistic columns.
+
+    **Returns:** one row per cell: `single_task`, the cell columns (r, s_b rounded to 12
+    decimals; NaN / absent for single-task cells), `<prefix>_mean`, `<prefix>_sem` (standard
+    error, ddof 1), `<prefix>_count` (seeds), and for multitask cells `<prefix>_benefit`,
+    `<prefix>_benefit_sem` (nats).
+
+    ```python
+    stats = mtjax.cell_statistics(mtjax.authors_table("rank-10"))
+    ```"""
+    return _cell_stats(_normalise(table, _check_experiment(experiment)), prefix)
+
+
 _CELL = ["single_task", *MULTI_CELL]
 
 
@@ -313,7 +336,13 @@ def compare(authors: pd.DataFrame, ours: pd.DataFrame | list[pd.DataFrame], expe
 
 
 def headline(comparison: pd.DataFrame) -> dict[str, Any]:
-    """Acceptance numbers of a `compare` table (fractions in [0, 1], nats)."""
+    """Acceptance numbers of a `compare` table (fractions in [0, 1], nats); public as
+    `mtjax.reproduction_headline`.
+
+    **Returns:** a dict: cell counts, the fraction of cells within `TOLERANCE` (0.1 nats),
+    median / mean / max difference, the fraction with |z| < 2, and for the benefit its median
+    difference, sign agreement where |authors' benefit| >= `SIGN_THRESHOLD` and |z| < 2; with
+    several realisations also the realisation spread and the same per realisation."""
     c = comparison
     ad = c["diff"].abs()
     multi = c[~c["single_task"]]
@@ -375,7 +404,11 @@ def _fmt(v) -> str:
 
 
 def report_markdown(experiment: str, scale: str, comparison: pd.DataFrame, head: dict[str, Any], timing: dict[str, Any] | None = None) -> str:
-    """Markdown report of a reproduction: headline, per-size summary, worst cells, benefits."""
+    """Markdown report of a reproduction: headline, per-size summary, worst cells, benefits;
+    public as `mtjax.reproduction_report`.
+
+    **Arguments:** `experiment`, `scale` (for the title), `comparison` (`compare_with_authors`),
+    `head` (`reproduction_headline` of it), `timing` (optional dict of run times). **Returns:** str."""
     c = comparison
     lines = [f"# Reproduction of `{experiment}` (scale `{scale}`)", ""]
     lines.append(

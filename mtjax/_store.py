@@ -382,3 +382,98 @@ def table_to_dataset(df: pd.DataFrame, inner: list[str], *, grid: dict | None = 
         else:
             ds = ds.assign_coords(time=(dims, scatter(df["time"], len(dims))))
     return ds
+
+
+class ResumableTable:
+    """A results table filled point by point, saved atomically after every addition and resumed
+    by key: a script that solves one grid point (or one chunk of points) at a time skips the
+    points an earlier run stored with the same settings. For computations that do not fit
+    `mtjax.sweep` (e.g. a different time grid or solver per point); `sweep` folders are the
+    resumable store for everything that does.
+
+    Every row carries a ``settings`` column, a string naming how it was computed (solver
+    settings, sizes); rows of other settings stay in the file untouched, so an interrupted run
+    resumes, and processes with different settings or disjoint parts of a grid can write to
+    different files and be combined with `merge`.
+
+    **Arguments:**
+
+    - `path`: the table file, ``.parquet`` or ``.csv`` (`save_table`); Parquet keeps list
+      columns (e.g. a curve per row) and exact floats, CSV is readable by anything.
+    - `key`: the columns that identify a point (values compared with ``==``).
+    - `settings`: the settings string of this run.
+
+    ```python
+    table = mtjax.ResumableTable("out.parquet", key=["alpha", "s"], settings="lr=0.5 draws=512")
+    for alpha, s in grid:
+        if (alpha, s) not in table:
+            table.add({"alpha": alpha, "s": s, "loss": solve(alpha, s)})  # written at once
+    df = table.rows  # this run's settings only
+    ```"""
+
+    def __init__(self, path: str | os.PathLike, key: list[str], settings: str):
+        self.path = Path(path)
+        self.key = list(key)
+        self.settings = str(settings)
+        self._rows: list[dict] = []
+        self._others: list[dict] = []
+        if self.path.exists():
+            self._rows, self._others = self._read(self.path)
+        self._done = {self.key_of(r) for r in self._rows}
+
+    def _read(self, path: Path) -> tuple[list[dict], list[dict]]:
+        df = load_table(path)
+        same = (df["settings"] == self.settings).to_numpy() if "settings" in df else np.zeros(len(df), bool)
+        return df[same].to_dict("records"), df[~same].to_dict("records")
+
+    def key_of(self, row: dict) -> tuple:
+        """The key tuple of a row (dict of column -> value)."""
+        return tuple(row[k] for k in self.key)
+
+    def __contains__(self, key: tuple) -> bool:
+        return tuple(key) in self._done
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        """The rows stored with this table's settings, in the order they were added."""
+        return pd.DataFrame(self._rows)
+
+    def get(self, key: tuple) -> dict:
+        """The row stored under `key` (raises `KeyError` if there is none)."""
+        for r in self._rows:
+            if self.key_of(r) == tuple(key):
+                return r
+        raise KeyError(key)
+
+    def merge(self, path: str | os.PathLike) -> int:
+        """Take the rows with this table's settings that another run stored in `path` and this
+        table lacks (held in memory; written with the next `add` or `save`). **Returns:** how many."""
+        n = 0
+        for r in self._read(Path(path))[0]:
+            if self.key_of(r) not in self._done:
+                self._rows.append(r)
+                self._done.add(self.key_of(r))
+                n += 1
+        return n
+
+    def add(self, rows: dict | list[dict]) -> None:
+        """Store one row or several (dicts with at least the key columns) and write the file.
+        A row whose key is already stored replaces it. NumPy scalars and 0-d arrays are stored as
+        Python scalars, 1-d arrays as list cells (Parquet)."""
+        for row in [rows] if isinstance(rows, dict) else rows:
+            row = {c: (v.item() if isinstance(v, np.generic) or (isinstance(v, np.ndarray) and v.ndim == 0) else v)
+                   for c, v in row.items()}
+            row["settings"] = self.settings
+            k = self.key_of(row)
+            if k in self._done:
+                self._rows = [r for r in self._rows if self.key_of(r) != k]
+            self._rows.append(row)
+            self._done.add(k)
+        self.save()
+
+    def save(self) -> None:
+        """Write the file atomically: the rows of other settings first, then this run's."""
+        save_table(self.path, pd.DataFrame(self._others + self._rows))
