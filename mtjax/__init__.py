@@ -47,7 +47,12 @@ from ._store import (
     load_table as load_table,
     save_table as save_table,
 )
-from ._axes import PARAM_COLUMNS as PARAM_COLUMNS, apply_axes as apply_axes, check_grid as check_grid
+from ._axes import (
+    PARAM_COLUMNS as PARAM_COLUMNS,
+    SEED_AXES as SEED_AXES,
+    apply_axes as apply_axes,
+    check_grid as check_grid,
+)
 from ._model import (
     AbstractModel as AbstractModel,
     FiniteDataTheory as FiniteDataTheory,

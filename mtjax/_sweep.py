@@ -170,18 +170,10 @@ def sweep(
 
     out = None if out_dir is None else Path(out_dir) / name
     done = set() if out is None else open_folder(out, _manifest(name, raw, grid, len(runs), model), resume)
-    not_done = ~runs["run"].isin(done).to_numpy()
-    if distributed and multi:
-        # One list for all: process 0's view of what is done. No process writes a part before
-        # this collective has completed on every process.
-        mine = _distributed.share_todo(_distributed.agree(not_done), process_index, process_count)
-    else:
-        mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count) & not_done
-    todo = runs[mine]
+    todo, n_before = _todo(runs, done, distributed, process_index, process_count)
     from tqdm.auto import tqdm
 
     desc = f"sweep {name}" + (f" [process {process_index}/{process_count}]" if multi else "")
-    n_before = len(runs) - int(not_done.sum()) if not multi else 0
     bar = tqdm(total=n_before + len(todo), initial=n_before, disable=not progress, desc=desc, unit="run")
     new = []
     for i_group, (key, rows) in enumerate(iter_groups(todo)):
@@ -211,6 +203,19 @@ def sweep(
     complete = _done_runs(out) >= set(runs["run"])
     summary, curves = merge_parts(out, write=complete)
     return SweepResult(curves, summary, out, complete=complete, grid=grid)
+
+
+def _todo(runs: pd.DataFrame, done: set[int], distributed: bool, process_index: int, process_count: int):
+    """This process's runs still to do, and how many runs were done before (for the progress
+    bar; 0 in a multi-process sweep, whose other processes' shares are not counted)."""
+    not_done = ~runs["run"].isin(done).to_numpy()
+    if distributed and process_count > 1:
+        # One list for all: process 0's view of what is done. No process writes a part before
+        # this collective has completed on every process.
+        mine = _distributed.share_todo(_distributed.agree(not_done), process_index, process_count)
+    else:
+        mine = _distributed.process_runs(runs["run"].to_numpy(), process_index, process_count) & not_done
+    return runs[mine], (len(runs) - int(not_done.sum()) if process_count == 1 else 0)
 
 
 def _run_and_tabulate(model, group, chunk, size, scope, mesh, save_curves):

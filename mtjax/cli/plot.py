@@ -44,7 +44,7 @@ def _check_same_experiment(results: Path, theory: Path) -> None:
     import inspect
 
     import mtjax
-    from mtjax._axes import SEED_AXES
+    from mtjax import SEED_AXES
 
     manifests = {}
     for flag, d in (("RESULTS", results), ("--theory", theory)):
