@@ -228,7 +228,7 @@ def test_design_flags_an_optimum_on_the_bound(value, flag, tmp_path, monkeypatch
 
     grid = jnp.asarray([1e-3, 0.1, 0.5, 10.0])
 
-    def fake(exp, seeds, *, bounds, solver, initial, progress):
+    def fake(exp, seeds, *, bounds, model, progress):
         assert bounds == (1e-3, 10.0) and progress is True
         return mtjax.DesignResult(value=jnp.asarray(value), loss=jnp.asarray(0.5), baseline_value=jnp.asarray(1.0),
                                   baseline_loss=jnp.asarray(0.6), grid=grid, grid_loss=jnp.full(4, 0.55),

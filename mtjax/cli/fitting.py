@@ -58,10 +58,17 @@ def _experiment_from(spec: dict, origin: str | None):
         raise ValueError(f"{origin or '--config/--set'}: {e}") from None
 
 
-def _solver_from_args(args):
+def _model_from_args(args):
+    """The theory of `mtjax fit` / `mtjax design`: --model population (smooth-loss solver) or
+    finite-data (the DMFT at --n-grid, --n-draws)."""
     import mtjax
 
-    return mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol, smooth_loss=True)
+    if args.model == "finite-data":
+        solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws, n_response=min(256, args.n_draws))
+        return mtjax.FiniteDataTheory(solver, args.initial)
+    solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol,
+                                    smooth_loss=True)
+    return mtjax.PopulationTheory(solver, args.initial)
 
 
 def cmd_fit(args) -> None:
@@ -129,8 +136,8 @@ def cmd_fit(args) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = one_line_warning
-        res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), solver=_solver_from_args(args),
-                                       initial=args.initial, loss=args.loss, mapping=mapping, n_starts=args.starts,
+        res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), model=_model_from_args(args),
+                                       loss=args.loss, mapping=mapping, n_starts=args.starts,
                                        n_adam=args.adam_steps, n_newton=args.newton_steps, progress=not args.quiet)
     if not np.isfinite(float(res.loss)):
         raise ValueError("no start reached a finite objective (the theory diverged or gave NaN at every start): "
@@ -159,19 +166,19 @@ def cmd_design(args) -> None:
         raise ValueError(f"design evaluates one experiment, but {where} (axes: {', '.join(axes)}): remove it and select "
                          "one point with --set SECTION.KEY=VALUE (e.g. --set teacher.relatedness=0.5)")
     exp = _experiment_from(spec, None)
-    seeds, solver = mtjax.Seeds(args.seed), _solver_from_args(args)
+    seeds, model = mtjax.Seeds(args.seed), _model_from_args(args)
     progress = not args.quiet
     if args.what == "stop":
-        r = mtjax.optimal_stopping_time(exp, seeds, args.t_max, solver=solver, initial=args.initial, progress=progress)
+        r = mtjax.optimal_stopping_time(exp, seeds, args.t_max, model=model, progress=progress)
         print(f"optimal stopping time t* = {float(r.time):.4g} (step {float(r.step):.0f}), task-1 loss {float(r.loss):.4f} nats"
               + ("  [at the horizon: the loss still falls]" if bool(r.at_horizon) else ""))
         return
     if args.what == "w2":
-        r = mtjax.optimal_task_weight(exp, seeds, bounds=(args.w_min, args.w_max), solver=solver, initial=args.initial,
+        r = mtjax.optimal_task_weight(exp, seeds, bounds=(args.w_min, args.w_max), model=model,
                                       progress=progress)
         name = "w_2"
     else:
-        r = mtjax.optimal_aux_data_size(exp, seeds, max_multiple=args.max_multiple, solver=solver, initial=args.initial,
+        r = mtjax.optimal_aux_data_size(exp, seeds, max_multiple=args.max_multiple, model=model,
                                         progress=progress)
         name = "n_2"
     flag = ""
