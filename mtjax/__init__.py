@@ -59,12 +59,8 @@ from ._model import (
     PopulationTheory as PopulationTheory,
     Simulation as Simulation,
 )
-from ._compare import (
-    Comparison as Comparison,
-    benefit_reference as benefit_reference,
-    compare as compare,
-    default_models as default_models,
-)
+from ._compare import Comparison as Comparison, compare as compare, default_models as default_models
+from ._tables import benefit_reference as benefit_reference, varying_columns as varying_columns
 from ._sweep import (
     SweepResult as SweepResult,
     expand_grid as expand_grid,

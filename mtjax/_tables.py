@@ -89,6 +89,22 @@ def multitask_benefit(summary: pd.DataFrame, task: int = 1, metric: str = "early
     return merged
 
 
+def varying_columns(table: pd.DataFrame, exclude=(), *, keep_alone: bool = False) -> list[str]:
+    """The parameter columns of `table` that tell its settings apart: those taking more than one
+    value (NaN not counted; seeds never), less those that say nothing more — `ntrain_b` where it
+    equals `ntrain`, and (unless `keep_alone`) `single_task` and a `w_b` whose only values are 0
+    (task 1 alone) and one weight, since task-1-alone runs are told apart by those."""
+    skip = {"seed", "realisation", *exclude} | (set() if keep_alone else {"single_task"})
+    out = [c for c in PARAM_COLUMNS if c in table and c not in skip and table[c].nunique(dropna=True) > 1]
+    if "ntrain_b" in out and "ntrain" in table:
+        b = table["ntrain_b"]
+        if (b.isna() | (b == table["ntrain"])).all():
+            out.remove("ntrain_b")
+    if not keep_alone and "w_b" in out and table.loc[table["w_b"] != 0, "w_b"].nunique(dropna=True) <= 1:
+        out.remove("w_b")
+    return out
+
+
 def benefit_reference(summary: pd.DataFrame) -> str | None:
     """How a table pairs multitask runs with task 1 alone: "single_task" (a single_task axis with
     both values), "w_b" (a w_b axis containing 0), or None (no benefit can be formed)."""

@@ -64,11 +64,11 @@ def _load_config(path: str) -> dict:
             raise SystemExit(f"--config {path}: not valid TOML: {e}") from None
 
 
-def _varying(table, exclude=("seed", "realisation", "single_task", "w_b")) -> list[str]:
-    """The parameter columns that take several values in `table` (the settings to group by)."""
-    from mtjax import PARAM_COLUMNS
+def _varying(table, exclude=(), keep_alone: bool = False) -> list[str]:
+    """The parameter columns that tell the settings of `table` apart (`mtjax.varying_columns`)."""
+    from mtjax import varying_columns
 
-    return [c for c in PARAM_COLUMNS if c in table and c not in exclude and table[c].nunique(dropna=True) > 1]
+    return varying_columns(table, exclude, keep_alone=keep_alone)
 
 
 def _print_benefit(benefit, by_model: bool = False) -> None:

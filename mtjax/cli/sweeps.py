@@ -95,7 +95,7 @@ def _write_comparison(cmp, quiet: bool = False) -> None:
     n_div = s[s["model"] == "simulation"].drop_duplicates("run")["diverged"].sum()
     print(f"models: {', '.join(cmp.results)}; simulated runs: {s[s['model'] == 'simulation']['run'].nunique()} "
           f"(diverged: {int(n_div)})")
-    cols = _varying(s, exclude=("seed", "realisation")) or ["s_a"]
+    cols = _varying(s, keep_alone=True) or ["s_a"]
     es = s.pivot_table(index=cols, columns="model", values="early_stopped_loss", aggfunc="mean")
     sim = s[s["model"] == "simulation"].groupby(cols)["early_stopped_loss"].sem()
     if len(sim):

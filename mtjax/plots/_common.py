@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .._axes import PARAM_COLUMNS, SEED_AXES, TASK2_AXES
+from .._tables import varying_columns
 
 # Columns that tell settings apart: every parameter column but the seeds (averaged over).
 # `single_task` is drawn apart (black), so it is not a label column either.
@@ -34,17 +35,8 @@ def _label(row: dict, keys) -> str:
 
 
 def _varying(table: pd.DataFrame, exclude=()) -> list[str]:
-    """The setting columns of `table` that take more than one value (NaN not counted), less
-    those that say nothing more: `ntrain_b` where it equals `ntrain`, and `w_b` where its only
-    values are 0 (task 1 alone, drawn apart) and one weight."""
-    out = [c for c in SETTING_COLUMNS if c in table and c not in exclude and table[c].nunique(dropna=True) > 1]
-    if "ntrain_b" in out and "ntrain" in table:
-        b = table["ntrain_b"]
-        if (b.isna() | (b == table["ntrain"])).all():
-            out.remove("ntrain_b")
-    if "w_b" in out and table.loc[table["w_b"] != 0, "w_b"].nunique(dropna=True) <= 1:
-        out.remove("w_b")
-    return out
+    """The setting columns of `table` (`mtjax.varying_columns`)."""
+    return varying_columns(table, exclude)
 
 
 def _single(d: pd.DataFrame) -> pd.Series:
