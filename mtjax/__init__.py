@@ -27,7 +27,7 @@ from ._population import (
     task_rates as task_rates,
     theory_history as theory_history,
 )
-from ._reproduce import (
+from ._reproduction import (
     ReproductionResult as ReproductionResult,
     authors_table as authors_table,
     benefit_from_runs as benefit_from_runs,
