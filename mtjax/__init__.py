@@ -1,6 +1,6 @@
 """mtjax: a JAX-accelerated, differentiable theory engine for multitask learning in deep softmax classifiers."""
 
-from importlib.metadata import PackageNotFoundError, version
+from ._version import __version__ as __version__
 
 from ._distributed import initialize as distributed_initialize, local_mesh as local_mesh
 from ._experiment import Experiment as Experiment, Seeds as Seeds, TrainConfig as TrainConfig
@@ -118,10 +118,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'mtjax' has no attribute {name!r}")
 
 
-try:
-    __version__ = version("mtjax")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
 from ._dmft import (
     FiniteDataSolver as FiniteDataSolver,
     FiniteTheoryResult as FiniteTheoryResult,

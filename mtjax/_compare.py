@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ._model import AbstractModel, model_from_name
-from ._store import CSV_MAX_ROWS
+from ._store import CSV_MAX_ROWS, save_table
 from ._spec import normalise_spec
 from ._sweep import SweepResult, sweep
 from ._tables import benefit_reference, multitask_benefit
@@ -136,8 +136,6 @@ def _join(results: dict[str, SweepResult], base: Path | None) -> Comparison:
     curve = pd.concat(curves, ignore_index=True) if curves else None
     benefit = pd.concat(benefits, ignore_index=True) if benefits else None
     if base is not None:
-        from ._store import save_table
-
         save_table(base / "summary.csv", summary)
         if curve is not None:
             save_table(base / "curves.parquet", curve)

@@ -17,6 +17,7 @@ import pandas as pd
 from . import _distributed
 from ._axes import DYNAMIC_AXES, STATIC_AXES, apply_static, param_values
 from ._experiment import Experiment, Seeds
+from ._model import Simulation
 from ._spec import experiment_from_spec
 
 @dataclasses.dataclass
@@ -89,8 +90,6 @@ def chunks(rows: pd.DataFrame, group: Group, model, scope: str, memory_budget: f
     data be one large matmul over the chunk (`Simulation.prepare`), worth it once blocks have
     `seed_block_min_runs` runs.
     `memory_budget` (bytes) is per device, so the chunk grows with the devices."""
-    from ._model import Simulation
-
     shared = scope == "train"
     blocks = [rows]
     if shared and isinstance(model, Simulation):

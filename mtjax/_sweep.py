@@ -35,6 +35,7 @@ from ._store import (  # noqa: F401  (merge_parts and the writers stay importabl
 )
 from ._tables import benefit_reference, history_tables, multitask_benefit  # noqa: F401
 from ._train import History
+from ._version import __version__
 
 # Smallest per-(realisation, seed) block of simulation runs chunked on its own (`_plan.chunks`).
 SEED_BLOCK_MIN_RUNS = 32
@@ -254,8 +255,6 @@ def _processes(devices, distributed, process_index, process_count, resume):
 
 def _manifest(name: str, spec: dict, grid: dict, n_runs: int, model: AbstractModel) -> dict:
     """What the sweep folder records: the spec as given, the grid, the model and versions."""
-    from . import __version__
-
     manifest = {
         "name": name,
         "spec": spec,

@@ -111,21 +111,3 @@ def drop_training_seed(grid: dict[str, list], seed_scope: str) -> dict[str, list
     """A theory averages over training sets: where the seed only draws the training subset
     (seed_scope "train") it plays no role, and the theory is solved once per realisation."""
     return {k: v for k, v in grid.items() if not (k == "seed" and seed_scope == "train")}
-
-
-_NAMES = {"simulation": "Simulation", "population": "PopulationTheory", "finite-data": "FiniteDataTheory"}
-
-
-def model_from_name(name: str, solver=None, initial: str = "quenched") -> AbstractModel:
-    """The model called `name` ("simulation", "population", "finite-data") with `solver`."""
-    from . import finite_data, population, simulation
-
-    if name == "simulation":
-        if solver is not None:
-            raise ValueError("model 'simulation' takes no solver: pass solver only for the theories")
-        return simulation.Simulation()
-    if name == "population":
-        return population.PopulationTheory(solver, initial)
-    if name == "finite-data":
-        return finite_data.FiniteDataTheory(solver, initial)
-    raise ValueError(f"model {name!r} is not one of {list(_NAMES)}")
