@@ -118,12 +118,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'mtjax' has no attribute {name!r}")
 
 
-from ._dmft import (
-    FiniteDataSolver as FiniteDataSolver,
+from ._finite.compiled import release_compiled as release_compiled, set_compiled_cache_size as set_compiled_cache_size
+from ._finite.solver import FiniteDataSolver as FiniteDataSolver
+from ._finite.theory import (
     FiniteTheoryResult as FiniteTheoryResult,
     finite_data_replicas as finite_data_replicas,
     finite_data_theory as finite_data_theory,
     finite_theory_history as finite_theory_history,
-    release_compiled as release_compiled,
-    set_compiled_cache_size as set_compiled_cache_size,
 )

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Array, Float, PRNGKeyArray
+from ._metrics import mix
 from ._teacher import Teacher
 
 
@@ -241,7 +242,7 @@ def teacher_constants(teacher: Teacher, *, n_samples: int = 2**18, key: PRNGKeyA
             out.append((e.T @ u / n_samples, jnp.mean(e, 0)))
         (L0, p0), (Ls, ps) = out
         qk, ek = cfg.noisy_fraction[k], cfg.flip[k]
-        return (1 - ek) * (qk * Ls + (1 - qk) * L0), (1 - ek) * (qk * ps + (1 - qk) * p0) + ek / C
+        return mix(ek, qk, L0, Ls), mix(ek, qk, p0, ps) + ek / C
 
     Lam, pi = jax.vmap(one)(jnp.arange(K))
     return TeacherConstants(Lam, pi)

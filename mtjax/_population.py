@@ -24,6 +24,7 @@ import numpy as np
 from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._gaussian import TeacherConstants, cholesky, forward_substitution, sobol_normals, stein_gradient, teacher_constants
+from ._metrics import mix, noisy_labels
 from ._student import Dense, Student
 from ._teacher import Teacher, teacher_coefficients
 from ._train import early_stopped_loss
@@ -269,12 +270,11 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         z = u @ P.T + w_pts @ L_perp.T + a
         lse = jax.nn.logsumexp(z, axis=-1)
         clean = cfg.scale[k] * u @ teacher.w[k].T
-        y0 = jnp.argmax(clean, -1)
-        ys = jnp.argmax(clean + cfg.noise[k] * xi_eval, -1)
+        y0, ys = noisy_labels(clean, cfg.noise[k], xi_eval)
         q, e = cfg.noisy_fraction[k], cfg.flip[k]
         # z_y of the label mixture (noisy fraction q, flips ε to a uniform class), per draw.
-        zy = (1 - e) * (q * jnp.take_along_axis(z, ys[:, None], -1)[:, 0]
-                        + (1 - q) * jnp.take_along_axis(z, y0[:, None], -1)[:, 0]) + e * jnp.mean(z, -1)
+        zy = mix(e, q, jnp.take_along_axis(z, y0[:, None], -1)[:, 0],
+                 jnp.take_along_axis(z, ys[:, None], -1)[:, 0]) + e * jnp.mean(z, -1)  # fmt: skip
         ce = lse - zy
         sg = jax.lax.stop_gradient
         # E[z_y] in closed form: with respect to the student (for the control variate) and with
@@ -295,7 +295,7 @@ def population_metrics(student: Student, teacher: Teacher, consts: TeacherConsta
         pair = 0.5 * (est[: n // 2] + est[n // 2 :])
         se.append(jnp.std(pair) / jnp.sqrt(n // 2))
         am = jnp.argmax(z, -1)
-        acc.append((1 - e) * (q * jnp.mean(am == ys) + (1 - q) * jnp.mean(am == y0)) + e / C)
+        acc.append(mix(e, q, jnp.mean(am == y0), jnp.mean(am == ys)) + e / C)
     As = jnp.stack(As)
     AA = jnp.einsum("jcd,ked->jkce", As, As)
     AU = jnp.einsum("kcd,krd->kcr", As, T)
@@ -333,12 +333,12 @@ def population_theory(
 
     Called with concrete inputs, the solve is compiled once per shape that matters and cached
     (`mtjax.set_compiled_cache_size`, `mtjax.release_compiled`): the report times are padded to
-    a power of two (`_dmft._bucket`; the metrics are skipped at the padding), so the number of
+    a power of two (`_finite.compiled._bucket`; the metrics are skipped at the padding), so the number of
     report times changes the program only at powers of two, and data sizes not at all
     (docs/dmft.md §3.1).  Under a caller's `jit`/`vmap` it is traced into the
     caller's program.
     """
-    from ._dmft import _bucket, _call_compiled, _report_times
+    from ._finite.compiled import _bucket, _call_compiled, _report_times
 
     if experiment.student.activation != "linear":
         raise ValueError("population_theory needs a linear student (activation='linear')")

@@ -1,0 +1,175 @@
+"""Depth 0: the DMFT of one task's softmax layer — its reduced problem, the sampled example
+process, one Picard map of (C_g, R_g), the test metrics and the solve (docs/dmft.md §§1–3)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float, Int
+from .._gaussian import cholesky
+from .._metrics import likelihood_ratio, mixture_labels, mixture_metrics, mixture_train_loss, noisy_labels
+from .._student import Student
+from .._teacher import Teacher
+from .fixed_point import solve_fixed_point
+from .kernels import _causal_memory_scan, _response, _steps_padded, psd_factor, weight_process
+from .sampling import _eval_points, _input_draws
+from .solver import FiniteDataSolver
+
+
+class _Problem(eqx.Module):
+    """The inputs of one single-task DMFT solve (all arrays, so vmappable).
+
+    - `alpha`: P / N' (N' = N − R, the directions outside the teacher subspace).
+    - `dt`: (T,) GD step sizes Δ_n (time units; step n takes t_n to t_{n+1} = t_n + Δ_n).
+    - `scale`, `noise`, `flip`, `noisy_fraction`: s, σ, ε, q of the task.
+    - `w`: teacher readout (C, R).
+    - `M0`: W(0) Uᵀ (C, R); `b0`: (C,); `Q0`: W(0)(I − UᵀU)W(0)ᵀ (C, C).
+    """
+
+    alpha: Float[Array, ""]
+    dt: Float[Array, " T"]
+    scale: Float[Array, ""]
+    noise: Float[Array, ""]
+    flip: Float[Array, ""]
+    noisy_fraction: Float[Array, ""]
+    w: Float[Array, "C R"]
+    M0: Float[Array, "C R"]
+    b0: Float[Array, " C"]
+    Q0: Float[Array, "C C"]
+
+
+class _Draws(eqx.Module):
+    """Fixed random numbers of the example process (common to every iteration).
+
+    - `u`: (S, R) teacher fields; `xi`: (S, C) logit noise; `zeta`: (S, (T+1) C) standard
+      normals for χ; `y_unif`: (S,) uniform labels (the flipped component)."""
+
+    u: Float[Array, "S R"]
+    xi: Float[Array, "S C"]
+    zeta: Float[Array, "S TC"]
+    y_unif: Array
+
+
+def _labels(p: _Problem, d: _Draws):
+    return mixture_labels(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, d.u, d.xi, d.y_unif)
+
+
+def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
+    """Run the sampled example process for every draw and label component.
+
+    **Returns:** `(h, g, M, b)`: fields and gradients (3, S, T+1, C), and M^n (T+1, C, R), b^n (T+1, C)."""
+    T1, C = Cv.shape[0], Cv.shape[1]
+    S = d.u.shape[0]
+    Lc = psd_factor(Cv.reshape(T1 * C, T1 * C))
+    chi = (d.zeta @ Lc.T).reshape(S, T1, C)
+    onehot = jax.nn.one_hot(ys, C)  # (3, S, C)
+    wts = weights / S  # (3, S)
+
+    def step(carry, mem, xs):
+        n, dt_n = xs
+        M, b = carry
+        mem = jnp.moveaxis(mem.reshape(C, 3, S), 0, -1) / p.alpha  # Σ_{m<n} R_v[n,m] g^m, (3, S, C)
+        h = d.u @ M.T + b + chi[:, n] - mem
+        g = jax.nn.softmax(h, -1) - onehot
+        M_new = M - dt_n * jnp.einsum("xs,xsc,sr->cr", wts, g, d.u)
+        b_new = b - dt_n * jnp.einsum("xs,xsc->c", wts, g)
+        return (M_new, b_new), jnp.moveaxis(g, -1, 0).reshape(C, 3 * S), (h, M, b)
+
+    _, buf, (h, M, b) = _causal_memory_scan(step, (p.M0, p.b0), Rv.reshape(T1, C, T1 * C), _steps_padded(p.dt), C, 3 * S)
+    G = jnp.transpose(buf.reshape(T1, C, 3, S), (2, 3, 0, 1))
+    return jnp.moveaxis(h, 0, 2), G, M, b
+
+
+def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
+    """One Picard map (C_g, R_g) -> (C_g', R_g') plus the trajectories it implies."""
+    Cv, Rv = weight_process(Rg, Cg, p.Q0, p.alpha, p.dt)
+    h, G, M, b = _example_process(p, d, Cv, Rv, ys, weights)
+    S = d.u.shape[0]
+    wts = weights / S
+    Cg_new = jnp.einsum("xs,xsnc,xsme->ncme", wts, G, G)
+    # Response on a subset of the draws (its cost is T³C³ per draw).
+    Sr = n_response
+    hr = h[:, :Sr].reshape(3 * Sr, *h.shape[2:])
+    wr = (weights[:, :Sr] / Sr).reshape(-1)
+    Rg_new = _response(hr, Rv, p.alpha, wr)
+    return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
+
+
+def _test_metrics(p: _Problem, Cv, M, b, x_eval):
+    """Test loss and accuracy at every grid time: a fresh example has field M^n u + b^n + v,
+    v ~ N(0, Cv[n, n]) independent of u (it never entered training).  Joint quadrature over
+    (u, logit noise, v) with the three label components mixed exactly.
+
+    `x_eval`: (n, R + 2C) standard normals. **Returns:** (loss, acc), each (T+1,)."""
+    R, C = p.w.shape[1], p.w.shape[0]
+    u, xi, gz = x_eval[:, :R], x_eval[:, R : R + C], x_eval[:, R + C :]
+    clean = p.scale * u @ p.w.T
+    T1 = Cv.shape[0]
+    diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]
+    return _quadrature_metrics(clean, p.noise, p.noisy_fraction, p.flip, u, xi, gz, M, b, diag)
+
+
+def _quadrature_metrics(clean, noise, q, flip, u, xi, gz, M, b, Sig):
+    """Test loss and accuracy (T1,) of logits z = M^n u + b^n + L^n g, L^n L^nᵀ = Sig^n, at the
+    quadrature points `u` (n, D), logit noise `xi` (n, C) and `gz` (n, C), with labels from the
+    clean teacher logits `clean` (n, C) mixed exactly (`mixture_metrics`; the logit-noise labels
+    carry their likelihood ratio).  `M` (T1, C, D), `b` (T1, C), `Sig` (T1, C, C)."""
+    y0, ys = noisy_labels(clean, noise, xi)
+    lr = likelihood_ratio(clean, noise, ys)
+
+    def one(Mn, bn, Sn):
+        return mixture_metrics(u @ Mn.T + bn + gz @ cholesky(Sn).T, y0, ys, q, flip, lr)
+
+    return jax.lax.map(lambda a: one(*a), (M, b, Sig))
+
+
+class _Solution(eqx.Module):
+    """Grid curves of one task: train/test loss, accuracy (T+1,), residual, iterations."""
+
+    train_loss: Float[Array, " T1"]
+    test_loss: Float[Array, " T1"]
+    test_acc: Float[Array, " T1"]
+    overlap_M: Float[Array, "T1 C R"]
+    bias: Float[Array, "T1 C"]
+    residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+
+
+def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key) -> _Solution:
+    """Solve the DMFT of one task to a fixed point (damped Picard on (C_g, R_g)) and evaluate.
+
+    `key` fixes every draw (common random numbers across iterations and across a sweep)."""
+    C, R = p.w.shape
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (), S, R, C, solver.sampling)
+    d = _Draws(u, xi, jax.random.normal(k[2], (S, T1 * C)), y_unif)
+
+    def iterate(params, z):
+        pp, dd = params
+        ys, weights = _labels(pp, dd)
+        Cg, Rg, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
+        return (Cg, Rg), (ys, weights, aux)
+
+    z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
+    ctrl = (solver.damping, solver.tol)
+    _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(iterate, solver.max_iter, ctrl, (p, d), z0)
+    x_eval = _eval_points(k[4], solver.n_quad_eval, R + 2 * C, solver.sampling)
+    test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
+    train_loss = mixture_train_loss(h, ys, weights)
+    return _Solution(train_loss, test_loss, test_acc, M, b, res, maps)
+
+
+def _initial_overlaps(student: Student, teacher: Teacher, k: int, initial: str, gain):
+    """(M0, b0, Q0) of task k's head: teacher overlap W Uᵀ, bias and the Gram matrix of the rest."""
+    head = student.heads[k]
+    W = head.weight
+    C = W.shape[0]
+    b0 = jnp.zeros(C) if head.bias is None else head.bias
+    if initial == "quenched":
+        M0 = W @ teacher.U[k].T
+        return M0, b0, W @ W.T - M0 @ M0.T
+    return jnp.zeros((C, teacher.U.shape[1])), b0, gain**2 * jnp.eye(C)

@@ -1,0 +1,132 @@
+"""`FiniteDataSolver`: the numerical settings of the finite-data theory and its time grid."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Float, Int
+from .._validation import check_choice, check_int, check_range
+from .sampling import SAMPLINGS
+
+
+STEP_SCHEDULES = ("uniform", "geometric")  # `FiniteDataSolver.step_schedule`
+
+
+class FiniteDataSolver(eqx.Module):
+    """Numerical settings of the finite-data (DMFT) theory.
+
+    - `n_grid`: GD steps T of the theory grid (static); the theory is exact (N → ∞) for GD with
+      the steps Δ_n of the grid, so with the uniform schedule (Δ = t_max / T) T = the
+      simulation's number of steps reproduces its learning rate.
+    - `step_schedule`: the step sizes Δ_n, n = 0..T−1 (static; `time_grid`): `"uniform"`
+      (Δ_n = t_max / T) or `"geometric"` (Δ_{n+1} = q Δ_n with q = `step_growth`, scaled so that
+      Σ Δ_n = t_max: grid times t_n = t_max (qⁿ − 1)/(q^T − 1)).  Geometric steps are small where
+      the loss moves fast and GD is least stable (early) and large late, so a short grid (the cost
+      grows like T³) reaches a long t_max stably (docs/dmft.md §3).  The theory is then GD with
+      that step sequence, not with the simulation's constant learning rate: it approximates the
+      gradient flow (or a constant-step GD whose steps are small on the scale of the curves).
+    - `step_growth`: q in (1, 2] of the geometric schedule (static; validated, unused by
+      `"uniform"`).  First and last steps: Δ_0 = t_max (q − 1)/(q^T − 1), Δ_{T−1} = q^{T−1} Δ_0.
+    - `n_draws`: draws S of the example process per label component (static); 3 S draws in all.
+      The solution is a Monte Carlo estimate: its seed-to-seed spread falls like 1/sqrt(S) and is
+      largest for a trunk at large α with clean labels (depth 1, α = 8, S = 2048: sd 0.02 nats,
+      4 % of the early-stopped loss; depth 0: 0.004–0.009).  No bias is resolved at S = 2048 in
+      the N = 400 problems (depth 1, α = 8: mean over 6 seeds 0.4798 ± 0.0086 vs the simulations'
+      0.4807 ± 0.0036; docs/dmft.md §6.1).  With wide upper layers there *is* a 1/S bias (the
+      layers are fitted to the 3 S draws): the paper preset (H = 64) loses 0.04 nats from
+      S = 512 to 2048 at ntrain 100 and 0.12 at ntrain 800 (§6.2) — use S ≫ H² there, or
+      extrapolate in 1/S.  Error bars: `finite_data_replicas`; power-of-2 S suits the QMC sets.
+    - `n_response`: the first `n_response` draws of each component also carry the response
+      kernel (static; its cost is ~2 T³ C³ per draw, before the time blocks).  For gradients w.r.t.
+      s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
+      response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
+      draws on the test problem; docs/dmft.md §3).
+    - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
+    - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
+      which a point counts as converged. The residual does not go to 0: with float32 and the
+      pivot-dropping factor of `psd_factor` it stalls near 1e-3, far below the sampling error.
+    - `n_quad_eval`: Monte Carlo points for the test loss and accuracy (static).
+    - `sampling`: `"qmc"` (default) or `"iid"` (static): how the per-example inputs, logit noise
+      and uniform labels of the draws, and the test-metric points, are drawn — randomly shifted
+      scrambled Sobol points (unbiased, lower seed-to-seed spread) or i.i.d. normals.  The
+      χ-noise paths ((T+1)·H dimensions) are i.i.d. either way.
+    - `seed`: seed of all fixed draws (a non-negative integer < 2³¹, stored as an array and
+      traced: `jax.vmap` over seeds gives independent replicas in one compilation).  The draws
+      make the theory a Monte Carlo estimate whose seed-to-seed spread is *not* small at large
+      α: depth 0, α = 8, s = 3, ε = 0, S = 2048: sd 0.009 (1.7 %) over 8 seeds with i.i.d.
+      draws, 0.004 with the default QMC draws; depth 1, α = 8: sd 0.02 (4 %) either way.  One
+      seed's number can be 2 % off while the mean of 8 is within 0.6 % of the simulation
+      (docs/dmft.md §6.1): compare through replicas (`finite_data_replicas`,
+      `benchmarks/finite_data_accuracy.py --replicas`).
+
+    Cost per iteration: weight process O(T³ C³); example process O(S T² C²);
+    response O(3 n_response T³ C³) flops and 3 n_response (T C)² memory; the two causal sums run
+    in time blocks (`_time_blocks`; at T = 40 0.44 (response) and 0.6 (memory) of the dense
+    flops; docs/dmft.md §3, `benchmarks/dmft_kernels.py`).
+    """
+
+    n_grid: int = eqx.field(static=True)
+    step_schedule: str = eqx.field(static=True)
+    step_growth: float = eqx.field(static=True)
+    n_draws: int = eqx.field(static=True)
+    n_response: int = eqx.field(static=True)
+    max_iter: int = eqx.field(static=True)
+    n_quad_eval: int = eqx.field(static=True)
+    sampling: str = eqx.field(static=True)
+    seed: Int[Array, ""]
+    damping: Float[Array, ""]
+    tol: Float[Array, ""]
+
+    def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
+                 step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc"):  # fmt: skip
+        self.n_grid = check_int("n_grid", n_grid, 1)
+        self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
+        # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
+        if isinstance(step_growth, bool) or not isinstance(step_growth, (int, float, np.integer, np.floating)):
+            raise ValueError(f"step_growth must be a Python float in (1.0, 2.0], got {step_growth!r}")
+        check_range("step_growth", step_growth, 1.0, 2.0, lo_open=True)
+        self.step_growth = float(step_growth)
+        self.n_draws = check_int("n_draws", n_draws, 2)
+        self.n_response = check_int("n_response", n_response, 1)
+        if self.n_response > self.n_draws:
+            raise ValueError(f"n_response={n_response} must be in [1, n_draws={n_draws}]")
+        self.max_iter = check_int("max_iter", max_iter, 1)
+        self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
+        self.sampling = check_choice("sampling", sampling, SAMPLINGS)
+        self.seed = _check_seed(seed)
+        check_range("damping", damping, 0.0, 1.0, lo_open=True)
+        check_range("tol", tol, 0.0, lo_open=True)
+        self.damping = jnp.asarray(damping, float)
+        self.tol = jnp.asarray(tol, float)
+
+    def time_grid(self, t_max) -> tuple[Float[Array, " T1"], Float[Array, " T"]]:
+        """Grid times t_n (T+1,), t_0 = 0, t_T = t_max, and the GD steps Δ_n (T,) between them
+        (time units t = lr x steps), for T = `n_grid` and the `step_schedule`.
+
+        `t_max` may be traced (jit/vmap over the evaluation times); the schedule's shape is
+        fixed by the static T, q.  Uniform: t_n = Δ n, Δ = t_max / T (the historical grid,
+        bit for bit).  Geometric: the unit grid (qⁿ − 1)/(q^T − 1) and its steps are computed in
+        float64 from the static q, T (no cancellation in q^T − 1 for q near 1), then scaled."""
+        t_max = jnp.asarray(t_max, float)
+        T = self.n_grid
+        if self.step_schedule == "uniform":
+            dt = t_max / T
+            return dt * jnp.arange(T + 1), jnp.broadcast_to(dt, (T,))
+        q = self.step_growth
+        unit = np.expm1(np.arange(T + 1) * np.log(q)) / np.expm1(T * np.log(q))
+        unit[-1] = 1.0
+        return t_max * jnp.asarray(unit, t_max.dtype), t_max * jnp.asarray(np.diff(unit), t_max.dtype)
+
+
+def _check_seed(seed) -> Int[Array, "..."]:
+    """`seed` as an integer array; concrete values must be non-negative integers (a traced seed,
+    e.g. under `jax.vmap`, is taken as it is)."""
+    if isinstance(seed, jax.core.Tracer):
+        return seed
+    a = np.asarray(seed)
+    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or np.any(a < 0) or np.any(a >= 2**31):
+        raise ValueError(f"seed must be an integer in [0, 2**31) (or an integer array of them), got {seed!r}")
+    return jnp.asarray(a, jnp.int32)
