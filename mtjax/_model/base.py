@@ -111,3 +111,27 @@ def drop_training_seed(grid: dict[str, list], seed_scope: str) -> dict[str, list
     """A theory averages over training sets: where the seed only draws the training subset
     (seed_scope "train") it plays no role, and the theory is solved once per realisation."""
     return {k: v for k, v in grid.items() if not (k == "seed" and seed_scope == "train")}
+
+
+class AbstractTheory(AbstractModel):
+    """A theory with a `solver` and an `initial` condition ("quenched" or "typical"): what every
+    theory shares (manifest settings, the linear-student check, the grid without the training
+    seed, `test_loss_at`). A member implements `solve(experiment, seeds, ts)`, returning a
+    result with `test_loss` (T, K) and `diverged` (), and `history`."""
+
+    @abc.abstractmethod
+    def solve(self, experiment: Experiment, seeds: Seeds, ts=None):
+        """The theory's result at the times `ts` (default: the experiment's evaluation times)."""
+
+    def settings(self) -> dict[str, Any]:
+        return {**solver_settings(self.solver), "initial": self.initial}
+
+    def check(self, experiment: Experiment) -> None:
+        check_linear(self.name, experiment)
+
+    def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
+        return drop_training_seed(grid, seed_scope)
+
+    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
+        th = self.solve(experiment, seeds, ts)
+        return th.test_loss, th.diverged

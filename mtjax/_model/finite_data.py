@@ -9,10 +9,10 @@ import equinox as eqx
 from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
 from .._experiment import Experiment, Seeds
 from .._train import History
-from .base import AbstractModel, check_initial, check_linear, drop_training_seed, solver_settings
+from .base import AbstractTheory, check_initial
 
 
-class FiniteDataTheory(AbstractModel):
+class FiniteDataTheory(AbstractTheory):
     """The dynamical mean-field theory of full-batch GD on finite training sets (N → ∞ at
     fixed α = P / N; `mtjax.finite_data_theory`, docs/dmft.md): overfitting, early stopping and
     the data-size dependence of the multitask benefit.
@@ -33,7 +33,7 @@ class FiniteDataTheory(AbstractModel):
         self.initial = check_initial(initial)
 
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
-        return finite_theory_history(finite_data_theory(experiment, seeds, solver=self.solver, initial=self.initial))
+        return finite_theory_history(self.solve(experiment, seeds))
 
     def bytes_per_run(self, experiment: Experiment, shared_inputs: bool) -> int:
         """Kernels (T H)², the response 3 n_response (T H)², the draws, the test quadrature."""
@@ -44,15 +44,5 @@ class FiniteDataTheory(AbstractModel):
         per_task = 3 * s.n_response * (T * H) ** 2 + 12 * s.n_draws * T * H + 8 * (T * H) ** 2
         return 4 * (tr.n_tasks * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
 
-    def settings(self) -> dict[str, Any]:
-        return {**solver_settings(self.solver), "initial": self.initial}
-
-    def check(self, experiment: Experiment) -> None:
-        check_linear(self.name, experiment)
-
-    def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
-        return drop_training_seed(grid, seed_scope)
-
-    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
-        th = finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
-        return th.test_loss, th.diverged
+    def solve(self, experiment: Experiment, seeds: Seeds, ts=None):
+        return finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)

@@ -10,10 +10,10 @@ import equinox as eqx
 from .._experiment import Experiment, Seeds
 from .._population import PopulationSolver, population_theory, theory_history
 from .._train import History
-from .base import AbstractModel, check_initial, check_linear, drop_training_seed, solver_settings
+from .base import AbstractTheory, check_initial
 
 
-class PopulationTheory(AbstractModel):
+class PopulationTheory(AbstractTheory):
     """The exact N → ∞ flow of the population loss (infinite data; the online protocol's
     theory), integrated with diffrax (`mtjax.population_theory`, docs/theory.md).
 
@@ -31,7 +31,7 @@ class PopulationTheory(AbstractModel):
         self.initial = check_initial(initial)
 
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
-        return theory_history(population_theory(experiment, seeds, solver=self.solver, initial=self.initial))
+        return theory_history(self.solve(experiment, seeds))
 
     def bytes_per_run(self, experiment: Experiment, shared_inputs: bool) -> int:
         """Quadrature of one saved time, the solver's stages, and the saved states and overlaps."""
@@ -45,18 +45,8 @@ class PopulationTheory(AbstractModel):
         saved = tr.n_evals * (params + tr.n_tasks * (3 + C * C * tr.n_tasks + C * t.rank))
         return 4 * (evals + field + 12 * params + saved) + 4096
 
-    def settings(self) -> dict[str, Any]:
-        return {**solver_settings(self.solver), "initial": self.initial}
-
-    def check(self, experiment: Experiment) -> None:
-        check_linear(self.name, experiment)
-
-    def run_grid(self, grid: dict[str, list], seed_scope: str) -> dict[str, list]:
-        return drop_training_seed(grid, seed_scope)
-
-    def test_loss_at(self, experiment: Experiment, seeds: Seeds, ts) -> tuple:
-        th = population_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
-        return th.test_loss, th.diverged
+    def solve(self, experiment: Experiment, seeds: Seeds, ts=None):
+        return population_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
 
     def forward_mode(self) -> "PopulationTheory":
         return eqx.tree_at(lambda m: m.solver.adjoint, self, diffrax.ForwardMode())
