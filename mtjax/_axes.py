@@ -35,7 +35,9 @@ class Axis:
     - `kind`: "dynamic" (vmapped array field), "static" (one compile per value) or "seed".
     - `lo`, `hi`, `lo_open`: the allowed range (None = unbounded).
     - `integer`, `boolean`: value type.
-    - `set`: dynamic axes: `(experiment, scalar) -> experiment`.
+    - `field`: dynamic axes: (config section, field name, "all" | "a" | "b") — the array field
+      it sets (every entry, task 1's, or tasks 2..K's); the spec key of the same name holds the
+      value a user sets without sweeping.
     - `spec_key`: static axes: (spec section, key) they set.
     - `task2`: the axis does not affect task 1 when it is trained alone.
     - `meaning`: a few words for error messages and docs.
@@ -48,7 +50,7 @@ class Axis:
     lo_open: bool = False
     integer: bool = False
     boolean: bool = False
-    set: Callable | None = None
+    field: tuple[str, str, str] | None = None
     spec_key: tuple[str, str] | None = None
     task2: bool = False
 
@@ -62,7 +64,18 @@ class Axis:
         return f"{kind}{lb}{lo}, {hi}{')' if self.hi is None else ']'}"
 
 
-def _setter(where: Callable, index=None):
+_INDEX = {"all": None, "a": 0, "b": slice(1, None)}
+
+
+def _setter(field: tuple[str, str, str]) -> Callable:
+    """`(experiment, v) -> experiment` setting the config array `field` = (section, name, which):
+    every entry ("all"), task 1's ("a") or tasks 2..K's ("b")."""
+    section, name, which = field
+    index = _INDEX[which]
+
+    def where(exp):
+        return getattr(getattr(exp, section), name)
+
     def setter(exp: Experiment, v):
         old = where(exp)
         new = jnp.full(old.shape, v, old.dtype) if index is None else old.at[index].set(v)
@@ -71,22 +84,21 @@ def _setter(where: Callable, index=None):
     return setter
 
 
-_B = slice(1, None)
 AXES: dict[str, Axis] = {
     # dynamic (vmapped) -----------------------------------------------------------------------
-    "relatedness": Axis("dynamic", "overlap r of the teachers' subspaces", -1.0, 1.0, set=_setter(lambda e: e.teacher.relatedness), task2=True),
-    "s_a": Axis("dynamic", "task-1 signal scale", 0.0, set=_setter(lambda e: e.teacher.scale, 0)),
-    "s_b": Axis("dynamic", "task-2 signal scale", 0.0, set=_setter(lambda e: e.teacher.scale, _B), task2=True),
-    "sigma_a": Axis("dynamic", "task-1 logit noise", 0.0, set=_setter(lambda e: e.teacher.noise, 0)),
-    "sigma_b": Axis("dynamic", "task-2 logit noise", 0.0, set=_setter(lambda e: e.teacher.noise, _B), task2=True),
-    "eps_a": Axis("dynamic", "task-1 label-flip probability", 0.0, 1.0, set=_setter(lambda e: e.teacher.flip, 0)),
-    "eps_b": Axis("dynamic", "task-2 label-flip probability", 0.0, 1.0, set=_setter(lambda e: e.teacher.flip, _B), task2=True),
-    "q": Axis("dynamic", "fraction of examples with logit noise", 0.0, 1.0, set=_setter(lambda e: e.teacher.noisy_fraction)),
+    "relatedness": Axis("dynamic", "overlap r of the teachers' subspaces", -1.0, 1.0, field=("teacher", "relatedness", "all"), task2=True),
+    "s_a": Axis("dynamic", "task-1 signal scale", 0.0, field=("teacher", "scale", "a")),
+    "s_b": Axis("dynamic", "task-2 signal scale", 0.0, field=("teacher", "scale", "b"), task2=True),
+    "sigma_a": Axis("dynamic", "task-1 logit noise", 0.0, field=("teacher", "noise", "a")),
+    "sigma_b": Axis("dynamic", "task-2 logit noise", 0.0, field=("teacher", "noise", "b"), task2=True),
+    "eps_a": Axis("dynamic", "task-1 label-flip probability", 0.0, 1.0, field=("teacher", "flip", "a")),
+    "eps_b": Axis("dynamic", "task-2 label-flip probability", 0.0, 1.0, field=("teacher", "flip", "b"), task2=True),
+    "q": Axis("dynamic", "fraction of examples with logit noise", 0.0, 1.0, field=("teacher", "noisy_fraction", "all")),
     "readout_alignment": Axis("dynamic", "overlap of the teachers' readouts", -1.0, 1.0,
-                              set=_setter(lambda e: e.teacher.readout_alignment), task2=True),
-    "lr": Axis("dynamic", "learning rate", 0.0, lo_open=True, set=_setter(lambda e: e.train.learning_rate)),
-    "w_b": Axis("dynamic", "loss weight of task 2", 0.0, set=_setter(lambda e: e.train.task_weights, _B), task2=True),
-    "init_scale": Axis("dynamic", "initialisation gain", 0.0, lo_open=True, set=_setter(lambda e: e.student.init_scale)),
+                              field=("teacher", "readout_alignment", "all"), task2=True),
+    "lr": Axis("dynamic", "learning rate", 0.0, lo_open=True, field=("train", "learning_rate", "all")),
+    "w_b": Axis("dynamic", "loss weight of task 2", 0.0, field=("train", "task_weights", "b"), task2=True),
+    "init_scale": Axis("dynamic", "initialisation gain", 0.0, lo_open=True, field=("student", "init_scale", "all")),
     # seeds -------------------------------------------------------------------------------------
     "seed": Axis("seed", "random seed", 0, 2**31 - 2, integer=True),
     "realisation": Axis("seed", "teacher/data/init realisation", 0, 2**31 - 2, integer=True),
@@ -98,7 +110,7 @@ AXES: dict[str, Axis] = {
     "single_task": Axis("static", "train task 1 alone", boolean=True, spec_key=("train", "single_task")),
 }  # fmt: skip
 
-DYNAMIC_AXES: dict[str, Callable] = {n: a.set for n, a in AXES.items() if a.kind == "dynamic"}
+DYNAMIC_AXES: dict[str, Callable] = {n: _setter(a.field) for n, a in AXES.items() if a.kind == "dynamic"}
 STATIC_AXES: dict[str, tuple[str, str]] = {n: a.spec_key for n, a in AXES.items() if a.kind == "static"}
 SEED_AXES = tuple(n for n, a in AXES.items() if a.kind == "seed")
 # Axes that do not affect task 1 when it is trained alone: single-task runs are not repeated
@@ -276,34 +288,20 @@ def param_values(exp: Experiment, spec: dict | None = None) -> dict[str, Any]:
     return out
 
 
-# name -> (section, key, index of the task entry: 0 = task 1, 1 = task 2, None = scalar)
-_SPEC_FIELDS = {
-    "relatedness": ("teacher", "relatedness", 0),
-    "s_a": ("teacher", "scale", 0),
-    "s_b": ("teacher", "scale", 1),
-    "sigma_a": ("teacher", "noise", 0),
-    "sigma_b": ("teacher", "noise", 1),
-    "eps_a": ("teacher", "flip", 0),
-    "eps_b": ("teacher", "flip", 1),
-    "q": ("teacher", "noisy_fraction", 0),
-    "readout_alignment": ("teacher", "readout_alignment", 0),
-    "lr": ("train", "learning_rate", None),
-    "w_b": ("train", "task_weights", 1),
-    "init_scale": ("student", "init_scale", None),
-}
-
-
 def _spec_values(spec: dict, n_tasks: int) -> dict[str, float]:
-    """The axis values a spec sets explicitly as plain numbers (scalar, or a per-task list)."""
+    """The dynamic-axis values a spec sets explicitly as plain numbers (a scalar, or a per-task
+    list: task 1's entry for "all"/"a" axes, task 2's for "b")."""
     out = {}
-    for name, (sec, key, idx) in _SPEC_FIELDS.items():
-        v = spec.get(sec, {}).get(key)
-        if isinstance(v, (list, tuple)):
-            # "relatedness" and "readout_alignment" are per task pair (K - 1 entries): index 0.
-            i = 0 if name in ("relatedness", "readout_alignment") else idx
-            v = v[i] if i is not None and i < len(v) else None
-        if idx == 1 and n_tasks < 2:
+    for name, ax in AXES.items():
+        if ax.kind != "dynamic":
             continue
+        section, key, which = ax.field
+        if which == "b" and n_tasks < 2:
+            continue
+        v = spec.get(section, {}).get(key)
+        if isinstance(v, (list, tuple)):
+            i = 1 if which == "b" else 0
+            v = v[i] if i < len(v) else None
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             out[name] = float(v)
     return out

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from ._model import AbstractModel, model_from_name
-from ._store import CSV_MAX_ROWS, save_table
+from ._store import save_table, write_tables
 from ._spec import normalise_spec
 from ._sweep import SweepResult, sweep
 from ._tables import benefit_reference, multitask_benefit
@@ -136,11 +136,7 @@ def _join(results: dict[str, SweepResult], base: Path | None) -> Comparison:
     curve = pd.concat(curves, ignore_index=True) if curves else None
     benefit = pd.concat(benefits, ignore_index=True) if benefits else None
     if base is not None:
-        save_table(base / "summary.csv", summary)
-        if curve is not None:
-            save_table(base / "curves.parquet", curve)
-            if len(curve) <= CSV_MAX_ROWS:
-                save_table(base / "curves.csv", curve)
         if benefit is not None:
             save_table(base / "benefit.csv", benefit)
+        write_tables(base, summary, curve)
     return Comparison(curve, summary, benefit, results, base)

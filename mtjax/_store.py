@@ -210,16 +210,23 @@ def merge_parts(
     if curves_list:
         curves = pd.concat(curves_list, ignore_index=True).sort_values(["run", "task", "step"], ignore_index=True)
     if write:
-        # The summary last: its presence says the merged folder is complete.
-        if curves is not None:
-            save_table(out / "curves.parquet", curves)
-            if csv_max_rows is None or len(curves) <= csv_max_rows:
-                save_table(out / "curves.csv", curves)
-            else:
-                (out / "curves.csv").unlink(missing_ok=True)
-        save_table(out / "summary.parquet", summary)
-        save_table(out / "summary.csv", summary)
+        write_tables(out, summary, curves, csv_max_rows=csv_max_rows)
     return summary, curves
+
+
+def write_tables(out: Path, summary: pd.DataFrame, curves: pd.DataFrame | None, *,
+                 csv_max_rows: int | None = CSV_MAX_ROWS) -> None:
+    """Write a folder's merged tables: ``curves.parquet`` (and ``curves.csv`` up to
+    `csv_max_rows` rows; a stale larger one is removed), then ``summary.parquet`` and
+    ``summary.csv`` — the summary last: its presence says the folder is complete."""
+    if curves is not None:
+        save_table(out / "curves.parquet", curves)
+        if csv_max_rows is None or len(curves) <= csv_max_rows:
+            save_table(out / "curves.csv", curves)
+        else:
+            (out / "curves.csv").unlink(missing_ok=True)
+    save_table(out / "summary.parquet", summary)
+    save_table(out / "summary.csv", summary)
 
 
 def _read_merged(out: Path, name: str) -> pd.DataFrame | None:

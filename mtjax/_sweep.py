@@ -71,9 +71,10 @@ def resolve_model(model: AbstractModel | None, source: str | None, solver, initi
         if source not in SOURCES:
             raise ValueError(f"source={source!r} is not one of {list(SOURCES)}; pass model=mtjax.Simulation(), "
                              "mtjax.PopulationTheory(solver) or mtjax.FiniteDataTheory(solver) instead")
-        warnings.warn(f"sweep(source={source!r}) is deprecated: pass model=mtjax.{type(model_from_name(SOURCES[source], None if source == 'simulation' else solver)).__name__}(...)",
+        model = model_from_name(SOURCES[source], solver, initial or "quenched")
+        warnings.warn(f"sweep(source={source!r}) is deprecated: pass model=mtjax.{type(model).__name__}(...)",
                       DeprecationWarning, stacklevel=3)
-        return model_from_name(SOURCES[source], solver, initial or "quenched")
+        return model
     if solver is not None or initial is not None:
         raise ValueError("solver= and initial= belong to the model: pass model=mtjax.PopulationTheory(solver, initial) "
                          "or mtjax.FiniteDataTheory(solver, initial)")

@@ -200,7 +200,7 @@ def register(sub) -> None:
     """Add the fit, design subcommands to `sub`."""
     f = sub.add_parser("fit", help="fit theory parameters to a table of observed learning curves",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Fit the population theory to a tidy CSV (one row per observation): columns for time\n"
+                       description="Fit a theory (--model) to a tidy CSV or Parquet table (one row per observation): columns for time\n"
                        "(or step), task (1-based), the metric, optionally its standard error and known parameters\n"
                        "(relatedness, s_a, s_b, ..., single_task). Example, on a theory or simulate sweep folder:\n"
                        "  mtjax fit results/NAME/curves.csv --free relatedness s_a s_b\n"
