@@ -40,11 +40,15 @@ def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"],
     return Cv, Rv
 
 
-def _causal_memory_scan(step, carry, Rrows, dt, width: int, n_cols: int, n_blocks: int | None = None):
+def _causal_memory_scan(step, carry, Rrows, dt, width: int, n_cols: int, n_blocks: int | None = None, memory=None):
     """Scan `step` over the T+1 grid times with a causal memory of the rows it wrote.
 
     `step(carry, mem, (n, dt_n)) -> (carry, row, out)` sees mem = Σ_{m<n} Rrows[n, :, m] · row^m,
-    (a, n_cols), and writes its row (width, n_cols) at time n.  The rows are kept in one buffer
+    (a, n_cols), and writes its row (width, n_cols) at time n.  With `memory` given, mem =
+    `memory(Rrows[n, :, :e w_R], buffer[:e width], carry)` instead, for the leading e times of
+    the current block (w_R = Rrows.shape[2] / T1 may differ from `width`): a memory whose kernel
+    reaches the rows through quantities the scan itself produces (the trunk's heads,
+    `trunk._trunk_example_process`).  The rows are kept in one buffer
     with the contracted index (m, j) leading, so each memory term is one plain matrix product;
     rows of later times are still zero, so a time block [e_i, e_{i+1}) uses only the leading
     e_{i+1} · width rows (the buffer grows block by block: (B + 1)/(2B) of a dense sweep's flops).
@@ -52,6 +56,8 @@ def _causal_memory_scan(step, carry, Rrows, dt, width: int, n_cols: int, n_block
     `Rrows`: (T1, a, T1 · width); `dt`: (T1,) steps (`_steps_padded`).
     **Returns:** (carry, buffer (T1 · width, n_cols), outs stacked over the T1 times)."""
     T1 = Rrows.shape[0]
+    w_R = Rrows.shape[2] // T1
+    memory = (lambda Rn, b, c: Rn @ b) if memory is None else memory
     edges = _time_blocks(T1, n_blocks)
     buf = jnp.zeros((0, n_cols), Rrows.dtype)
     outs = []
@@ -62,10 +68,11 @@ def _causal_memory_scan(step, carry, Rrows, dt, width: int, n_cols: int, n_block
         def body(state, xs):
             c, b = state
             n, Rn, dt_n = xs
-            c, row, out = step(c, Rn @ b, (n, dt_n))
+            c, row, out = step(c, memory(Rn, b, c), (n, dt_n))
             return (c, jax.lax.dynamic_update_slice(b, row.astype(b.dtype), (n * width, 0))), out
 
-        (carry, buf), out = jax.lax.scan(body, (carry, buf), (jnp.arange(lo, hi_t), Rrows[lo:hi_t, :, :hi], dt[lo:hi_t]))
+        xs = (jnp.arange(lo, hi_t), Rrows[lo:hi_t, :, : hi_t * w_R], dt[lo:hi_t])
+        (carry, buf), out = jax.lax.scan(body, (carry, buf), xs)
         outs.append(out)
     return carry, buf, jax.tree_util.tree_map(lambda *a: jnp.concatenate(a), *outs)
 

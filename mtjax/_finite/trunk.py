@@ -125,19 +125,29 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     wts = weights / S  # (K, 3, S)
     mem_coef = p.rho / p.alpha
 
+    def memory(Rn, buf, carry):
+        # Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m (the first-layer forces of earlier steps), (K, 3, S, H):
+        # the buffer keeps the C-dimensional errors g^m, not the H-dimensional forces Ṽ^mᵀ g^m,
+        # and the kernel is contracted with the heads first, A_k[n,m] = R_v[n,m] Ṽ_k^mᵀ (H x C):
+        # C/H of the flops of a force buffer (the paper preset: 10/64; docs/dmft.md §3).
+        e = buf.shape[0] // C
+        Vtraj = carry[-1][:e]  # (e, K, C, H); rows m >= n are not yet written, and R_v[n, m>=n] = 0
+        A = jnp.einsum("hmg,mkcg->khmc", Rn.reshape(H, e, H), Vtraj)
+        mem = jnp.einsum("khmc,mcks->khs", A, buf.reshape(e, C, K, 3 * S))
+        return jnp.moveaxis(mem.reshape(K, H, 3, S), 1, -1) * mem_coef[:, None, None, None]
+
     def step(carry, mem, xs):
         n, dt_n = xs
-        Om, b1, Wu, bu, V, c = carry
+        Om, b1, Wu, bu, V, c, Vtraj = carry
         Vt, ct, P = _effective_heads(V, c, Wu, bu)
-        # Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m (the first-layer forces of earlier steps), (K, 3, S, H).
-        mem = jnp.moveaxis(mem.reshape(H, K, 3, S), 0, -1) * mem_coef[:, None, None, None]
+        Vtraj = jax.lax.dynamic_update_slice(Vtraj, Vt[None], (n, 0, 0, 0))
         f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
         fs = [f]
         for ell in range(Lu):
             fs.append(fs[-1] @ Wu[ell].T + bu[ell])
         h = jnp.einsum("kxsh,kch->kxsc", fs[-1], V) + c[:, None, None]
         g = jax.nn.softmax(h, -1) - onehot
-        force = jnp.einsum("kxsc,kch->hkxs", g, Vt).reshape(H, K * 3 * S)
+        row = jnp.moveaxis(g, -1, 0).reshape(C, K * 3 * S)
         wg = wts[..., None] * g  # (K, 3, S, C)
         Om_new = Om - dt_n * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
         b1_new = b1 - dt_n * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
@@ -148,11 +158,11 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
                             for ell in range(Lu)]) if Lu else bu  # fmt: skip
         V_new = V - dt_n * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
         c_new = c - dt_n * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
-        return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new), force, (h, g, Om, b1, Vt, ct)
+        return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new, Vtraj), row, (h, g, Om, b1, Vt, ct)
 
-    init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0)
-    _, _, (h, G, Om, b1, Vt, ct) = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), H,
-                                                       K * 3 * S)
+    init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, jnp.zeros((T1, K, C, H), p.V0.dtype))
+    _, _, (h, G, Om, b1, Vt, ct) = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), C,
+                                                       K * 3 * S, memory=memory)
     return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
