@@ -119,7 +119,7 @@ def __getattr__(name: str):
 
 
 from ._finite.compiled import release_compiled as release_compiled, set_compiled_cache_size as set_compiled_cache_size
-from ._finite.solver import FiniteDataSolver as FiniteDataSolver
+from ._finite.solver import FiniteDataSolver as FiniteDataSolver, fit_solver as fit_solver
 from ._finite.theory import (
     FiniteTheoryResult as FiniteTheoryResult,
     finite_data_replicas as finite_data_replicas,

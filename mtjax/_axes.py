@@ -111,6 +111,11 @@ AXES: dict[str, Axis] = {
 }  # fmt: skip
 
 DYNAMIC_AXES: dict[str, Callable] = {n: _setter(a.field) for n, a in AXES.items() if a.kind == "dynamic"}
+# The data sizes as continuous values for the theories: the static axes ntrain, ntrain_b fix the
+# training sets' shapes, but a theory sees a data size only as α = P / N, through the array field
+# `train.n_train_active`; fitting and design set it there (`apply_axes` accepts these names).
+DATA_SIZE_AXES: dict[str, Callable] = {"ntrain": _setter(("train", "n_train_active", "a")),
+                                       "ntrain_b": _setter(("train", "n_train_active", "b"))}  # fmt: skip
 STATIC_AXES: dict[str, tuple[str, str]] = {n: a.spec_key for n, a in AXES.items() if a.kind == "static"}
 SEED_AXES = tuple(n for n, a in AXES.items() if a.kind == "seed")
 # Axes that do not affect task 1 when it is trained alone: single-task runs are not repeated
@@ -206,7 +211,8 @@ def apply_axes(exp: Experiment, values: dict) -> Experiment:
     in one compiled program.
 
     **Arguments:** `exp`: an `Experiment`; `values`: axis name (a dynamic axis of the sweep
-    grid: e.g. relatedness, s_a, s_b, eps_a, learning_rate) -> value.
+    grid: e.g. relatedness, s_a, s_b, eps_a, learning_rate; or a data size `ntrain`, `ntrain_b`,
+    set as `train.n_train_active`, which the theories read as α = P / N) -> value.
 
     **Returns:** the experiment with those fields replaced.
 
@@ -214,7 +220,7 @@ def apply_axes(exp: Experiment, values: dict) -> Experiment:
     run = jax.vmap(lambda r: mtjax.simulate(mtjax.apply_axes(exp, {"relatedness": r}), seeds))
     ```"""
     for name, v in values.items():
-        exp = DYNAMIC_AXES[name](exp, v)
+        exp = (DYNAMIC_AXES[name] if name in DYNAMIC_AXES else DATA_SIZE_AXES[name])(exp, v)
     return exp
 
 

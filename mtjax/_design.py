@@ -1,13 +1,14 @@
-"""Optimal design by differentiating a theory (docs/fitting.md §5): the population theory by
-default, or any differentiable model (`model=mtjax.FiniteDataTheory(solver)`).
+"""Optimal design by differentiating a theory (docs/fitting.md §5): by default the theory of
+the experiment's data (the finite-data theory for finite training sets, the population theory
+for online data; `design_model`), or any differentiable model (`model=...`).
 
 - `optimal_task_weight`: the loss weight w_2 on the auxiliary task(s) that minimises task 1's
   early-stopped test loss.
-- `optimal_aux_data_size`: the auxiliary data size n_2 in the paper protocol. The population
-  (infinite-data) theory sees n_2 only through the alternation: task 2 takes m = n_2 // n_1
-  steps per task-1 step, i.e. runs at rate ρ_2 = m w_2 (docs/theory.md §3). So the optimal
-  n_2 is n_1 times the optimal integer rate multiplier. Finite-data effects of n_2 (overfitting
-  task 2's smaller or larger training set) are *not* in this theory.
+- `optimal_aux_data_size`: the auxiliary data size n_2: continuous through the finite-data
+  theory for full-batch runs (α_2 = n_2 / N); in the paper protocol n_2 = m n_1 with task 2
+  taking m steps per task-1 step (rate ρ_2 = m w_2, docs/theory.md §3), which is all the
+  population (infinite-data) theory knows about n_2 — the finite-data theory also sees
+  task 2's training set (its overfitting).
 - `optimal_stopping_time`: the time t* = lr x steps minimising task 1's test loss.
 
 Derivatives come from forward mode through the diffrax solve (`diffrax.ForwardMode`: one
@@ -67,35 +68,86 @@ def _ts(experiment: Experiment, ts):
 
 
 def design_model(model: AbstractModel | None = None, solver: PopulationSolver | None = None,
-                 initial: str = "quenched") -> AbstractModel:
-    """The theory a design helper runs: `model` (any differentiable model, e.g.
-    `FiniteDataTheory(solver)` for finite training sets), else `PopulationTheory(solver, initial)`
-    with `design_solver()` by default."""
-    if model is None and solver is None:
+                 initial: str = "quenched", experiment: Experiment | None = None) -> AbstractModel:
+    """The theory a design helper runs: `model` (any differentiable model); else
+    `PopulationTheory(solver, initial)` with a given `solver`; else the theory of the
+    experiment's data (`fit_model`): the finite-data theory (`mtjax.fit_solver()`) for finite
+    training sets, the population theory (`design_solver()`) for online data."""
+    if model is None and solver is None and (experiment is None or experiment.train.protocol == "online"):
         solver = design_solver()
-    return fit_model(model, solver, initial)
+    return fit_model(model, solver, initial, experiment)
 
 
 def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: PopulationSolver | None = None,
                        initial: str = "quenched", task: int = 0, model: AbstractModel | None = None) -> Float[Array, ""]:
     """min over the save times `ts` (t = lr x steps) of task `task`'s theory test loss (the
     theory: `model`, default the population theory with `solver`, `initial`)."""
-    loss, diverged = design_model(model, solver, initial).test_loss_at(experiment, seeds, ts)
+    loss, diverged = design_model(model, solver, initial, experiment).test_loss_at(experiment, seeds, ts)
     return jnp.where(diverged, jnp.nan, jnp.min(loss[:, task]))
 
 
 @eqx.filter_jit
-def _loss_and_slope(experiment, seeds, ts, model, log_w):
-    """Early-stopped task-1 loss and its derivative in log w_2, for a batch of log w_2: forward
-    mode (one tangent) or, for a model whose solve has a custom VJP, reverse mode."""
+def _loss_and_slope(experiment, seeds, ts, model, axis, log_v):
+    """Early-stopped task-1 loss and its derivative in log v for the design variable `axis`
+    (w_b, ntrain_b) = exp(log v), for a batch of log v: forward mode (one tangent) or, for a
+    model whose solve has a custom VJP, reverse mode."""
     model = model.forward_mode()
 
-    def f(lw):
-        return early_stopped_loss(apply_axes(experiment, {"w_b": jnp.exp(lw)}), seeds, ts, model=model)
+    def f(lv):
+        return early_stopped_loss(apply_axes(experiment, {axis: jnp.exp(lv)}), seeds, ts, model=model)
 
     if model.jacobian_mode == "reverse":
-        return jax.vmap(jax.value_and_grad(f))(log_w)
-    return jax.vmap(lambda lw: jax.jvp(f, (lw,), (jnp.ones_like(lw),)))(log_w)
+        return jax.vmap(jax.value_and_grad(f))(log_v)
+    return jax.vmap(lambda lv: jax.jvp(f, (lv,), (jnp.ones_like(lv),)))(log_v)
+
+
+def _bracket_search(loss_and_slope, bounds, baseline: float, n_grid: int, n_refine: int, report, what: str) -> DesignResult:
+    """Minimise a smooth 1-d design loss over `bounds` (log-uniform): `n_refine` + 1 rounds of
+    `n_grid` points, each round keeping the bracket that the derivative's sign at the best point
+    points into.  `loss_and_slope(log_v (G,)) -> (loss (G,), d loss/d log v (G,))`."""
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    grid = np.linspace(lo, hi, n_grid)
+    all_g, all_l, all_s = [], [], []
+    report(f"{n_refine + 1} rounds of {n_grid} values of {what} in [{bounds[0]:g}, {bounds[1]:g}]; "
+           "the first compiles the theory (can take minutes)", force=True)
+    for r in range(n_refine + 1):
+        loss, slope = (np.asarray(a, float) for a in loss_and_slope(jnp.asarray(grid)))
+        all_g.append(grid), all_l.append(loss), all_s.append(slope)
+        i = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
+        report(f"round {r + 1}/{n_refine + 1}: {what} in [{np.exp(grid[0]):.4g}, {np.exp(grid[-1]):.4g}], "
+               f"best {np.exp(grid[i]):.4g} (loss {loss[i]:.5g})", force=True)
+        # Bracket the stationary point: the slope's sign says on which side of the best grid
+        # point the minimum lies (at a bound, the bracket shrinks onto that bound).
+        if slope[i] > 0 and i > 0:
+            a, b = grid[i - 1], grid[i]
+        elif slope[i] < 0 and i < n_grid - 1:
+            a, b = grid[i], grid[i + 1]
+        else:
+            a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
+        grid = np.linspace(a, b, n_grid)
+    g, l, s = (np.concatenate(x) for x in (all_g, all_l, all_s))
+    base_l, _ = (np.asarray(x, float) for x in loss_and_slope(jnp.full(n_grid, np.log(baseline))))
+    j = int(np.nanargmin(np.where(np.isfinite(l), l, np.inf)))
+    order = np.argsort(g)
+    # every round's grid keeps the bracket's ends exactly, so the bounds themselves were evaluated
+    on_bound = bool(np.isclose(g[j], lo, rtol=0, atol=1e-12) or np.isclose(g[j], hi, rtol=0, atol=1e-12))
+    report(f"baseline {what} = {baseline:g}: loss {base_l[0]:.5g}; optimum {what} = {np.exp(g[j]):.4g}"
+           + (" (on the bound)" if on_bound else ""), force=True)
+    return DesignResult(
+        value=jnp.asarray(np.exp(g[j])), loss=jnp.asarray(l[j]),
+        baseline_value=jnp.asarray(float(baseline)), baseline_loss=jnp.asarray(base_l[0]),
+        grid=jnp.asarray(np.exp(g[order])), grid_loss=jnp.asarray(l[order]), grid_slope=jnp.asarray(s[order]),
+        on_bound=jnp.asarray(on_bound),
+    )  # fmt: skip
+
+
+def _check_search(bounds, n_grid, n_refine, flags: str) -> None:
+    if not (len(bounds) == 2 and 0 < bounds[0] < bounds[1] < np.inf):
+        raise ValueError(f"bounds={tuple(bounds)} must satisfy 0 < lo < hi < inf (CLI: {flags})")
+    if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 3):
+        raise ValueError(f"n_grid={n_grid!r} must be an integer >= 3")
+    if not (isinstance(n_refine, (int, np.integer)) and n_refine >= 0):
+        raise ValueError(f"n_refine={n_refine!r} must be an integer >= 0")
 
 
 def optimal_task_weight(
@@ -116,7 +168,9 @@ def optimal_task_weight(
     **Arguments:**
 
     - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory` (linear student).
-    - `model`: the theory instead (any differentiable model, e.g. `mtjax.FiniteDataTheory(solver)`).
+    - `model`: the theory (any differentiable model); default (`design_model`): the finite-data
+      theory for runs on finite training sets, the population theory for online runs or when a
+      `solver` is given.
     - `ts`: save times (t = lr x steps) over which the early-stopped minimum is taken; default:
       the experiment's evaluation times.
     - `bounds`: search interval of w_2 (log-uniform grid of `n_grid` points).
@@ -132,55 +186,25 @@ def optimal_task_weight(
     **Raises:** `ValueError` before any solve unless 0 < bounds[0] < bounds[1] < ∞,
     `n_grid` >= 3 and `n_refine` >= 0.
     """
-    model = design_model(model, solver, initial)
+    model = design_model(model, solver, initial, experiment)
     seeds = Seeds(0) if seeds is None else seeds
-    if not (len(bounds) == 2 and 0 < bounds[0] < bounds[1] < np.inf):
-        raise ValueError(f"bounds={tuple(bounds)} must satisfy 0 < lo < hi < inf (CLI: --w-min, --w-max)")
-    if not (isinstance(n_grid, (int, np.integer)) and n_grid >= 3):
-        raise ValueError(f"n_grid={n_grid!r} must be an integer >= 3")
-    if not (isinstance(n_refine, (int, np.integer)) and n_refine >= 0):
-        raise ValueError(f"n_refine={n_refine!r} must be an integer >= 0")
-    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    _check_search(bounds, n_grid, n_refine, "--w-min, --w-max")
     ts = _ts(experiment, ts)
-    grid = np.linspace(lo, hi, n_grid)
-    all_g, all_l, all_s = [], [], []
     report = _Progress("design w2", progress)
-    report(f"{n_refine + 1} rounds of {n_grid} values of w_2 in [{bounds[0]:g}, {bounds[1]:g}]; "
-           "the first compiles the theory (can take minutes)", force=True)
-    for r in range(n_refine + 1):
-        loss, slope = (np.asarray(a, float) for a in _loss_and_slope(experiment, seeds, ts, model, jnp.asarray(grid)))
-        all_g.append(grid), all_l.append(loss), all_s.append(slope)
-        i = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
-        report(f"round {r + 1}/{n_refine + 1}: w_2 in [{np.exp(grid[0]):.4g}, {np.exp(grid[-1]):.4g}], "
-               f"best {np.exp(grid[i]):.4g} (loss {loss[i]:.5g})", force=True)
-        # Bracket the stationary point: the slope's sign says on which side of the best grid
-        # point the minimum lies (at a bound, the bracket shrinks onto that bound).
-        if slope[i] > 0 and i > 0:
-            a, b = grid[i - 1], grid[i]
-        elif slope[i] < 0 and i < n_grid - 1:
-            a, b = grid[i], grid[i + 1]
-        else:
-            a, b = grid[max(i - 1, 0)], grid[min(i + 1, n_grid - 1)]
-        grid = np.linspace(a, b, n_grid)
-    g, l, s = (np.concatenate(x) for x in (all_g, all_l, all_s))
-    base_l, base_s = (np.asarray(x, float) for x in _loss_and_slope(experiment, seeds, ts, model, jnp.zeros(n_grid)))
-    j = int(np.nanargmin(np.where(np.isfinite(l), l, np.inf)))
-    order = np.argsort(g)
-    # every round's grid keeps the bracket's ends exactly, so the bounds themselves were evaluated
-    on_bound = bool(np.isclose(g[j], lo, rtol=0, atol=1e-12) or np.isclose(g[j], hi, rtol=0, atol=1e-12))
-    report(f"baseline w_2 = 1: loss {base_l[0]:.5g}; optimum w_2 = {np.exp(g[j]):.4g}" + (" (on the bound)" if on_bound else ""),
-           force=True)
-    return DesignResult(
-        value=jnp.asarray(np.exp(g[j])), loss=jnp.asarray(l[j]),
-        baseline_value=jnp.asarray(1.0), baseline_loss=jnp.asarray(base_l[0]),
-        grid=jnp.asarray(np.exp(g[order])), grid_loss=jnp.asarray(l[order]), grid_slope=jnp.asarray(s[order]),
-        on_bound=jnp.asarray(on_bound),
-    )  # fmt: skip
+    return _bracket_search(lambda lv: _loss_and_slope(experiment, seeds, ts, model, "w_b", lv), bounds, 1.0, n_grid,
+                           n_refine, report, "w_2")  # fmt: skip
 
 
 @eqx.filter_jit
-def _loss_at_rates(experiment, seeds, ts, model, ws):
-    return jax.vmap(lambda w: early_stopped_loss(apply_axes(experiment, {"w_b": w}), seeds, ts, model=model))(ws)
+def _loss_at_multiples(experiment, seeds, ts, model, ws, n2):
+    """Early-stopped task-1 loss at task-2 weights `ws` (G,) (the rates m w_2) and, for a model
+    with training sets, task-2 data sizes `n2` (G,)."""
+
+    def one(w, n):
+        axes = {"w_b": w, **({"ntrain_b": n} if model.data_sizes else {})}
+        return early_stopped_loss(apply_axes(experiment, axes), seeds, ts, model=model)
+
+    return jax.vmap(one)(ws, n2)
 
 
 def optimal_aux_data_size(
@@ -189,45 +213,64 @@ def optimal_aux_data_size(
     ts=None,
     *,
     max_multiple: int = 8,
+    bounds: tuple[float, float] | None = None,
+    n_grid: int = 9,
+    n_refine: int = 3,
     solver: PopulationSolver | None = None,
     initial: str = "quenched",
     model: AbstractModel | None = None,
     progress: bool = False,
 ) -> DesignResult:
-    """Auxiliary data size n_2 = m n_1 (m = 1..`max_multiple`) minimising task 1's early-stopped loss.
+    """The auxiliary data size n_2 (examples of tasks 2..K) minimising task 1's early-stopped loss.
 
-    Paper protocol only (`experiment.train.protocol == "paper"`): there n_2 sets the rate
-    ρ_2 = m w_2 of task 2 (m = n_2 // n_1 steps per task-1 step), which is all the population
-    theory knows about n_2 (see the module docstring for what that leaves out). `ts` are in
-    the task-1 clock (t = lr x task-1 steps), which does not depend on n_2.
+    - Full-batch runs (`protocol="full_batch"`), through a theory with training sets (the
+      finite-data theory, the default there): n_2 is continuous (α_2 = n_2 / N in the theory),
+      searched log-uniformly in `bounds` (default (n_1 / 4, `max_multiple` n_1)) by bracketing
+      with the derivative d loss / d log n_2 (`n_grid` points, `n_refine` rounds, as
+      `optimal_task_weight`); baseline: the experiment's own n_2.  The task rates do not depend
+      on n_2 in full-batch GD.
+    - Paper protocol (`protocol="paper"`): n_2 = m n_1, m = 1..`max_multiple` (task 2 takes m
+      steps per task-1 step, rate ρ_2 = m w_2, docs/theory.md §3); the finite-data theory also
+      sees n_2 as task 2's training set, the population theory only through the rate.
+      Baseline m = 1.
 
-    `progress`: print the start and the result (elapsed time) to stderr.
+    `ts` are in the task-1 clock (t = lr x task-1 steps), which does not depend on n_2.
+    `progress`: print the rounds (elapsed time) to stderr.
 
-    **Returns:** `DesignResult` with `value` = n_2, baseline n_2 = n_1 (m = 1); the grid is n_2;
-    `on_bound` flags m = 1 or m = `max_multiple`.
+    **Returns:** `DesignResult` with `value` = n_2; `on_bound` flags an optimum at either end
+    of the searched range.
 
-    **Raises:** `ValueError` before any solve for a non-paper or single-task experiment or
-    `max_multiple` < 2.
+    **Raises:** `ValueError` before any solve for a single-task or online experiment, a
+    full-batch experiment with a theory without training sets, `max_multiple` < 2, or bad
+    `bounds`, `n_grid`, `n_refine`.
     """
-    model = design_model(model, solver, initial)
+    model = design_model(model, solver, initial, experiment)
     seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
-    if tr.protocol != "paper" or tr.single_task:
-        raise ValueError(f"optimal_aux_data_size needs a multitask paper-protocol experiment, got protocol={tr.protocol!r}"
+    if tr.single_task or tr.n_tasks < 2 or tr.protocol == "online":
+        raise ValueError(f"optimal_aux_data_size needs a multitask experiment on training sets, got protocol={tr.protocol!r}"
                          f", single_task={tr.single_task}")
     if not (isinstance(max_multiple, (int, np.integer)) and max_multiple >= 2):
         raise ValueError(f"max_multiple={max_multiple!r} must be an integer >= 2 (CLI: --max-multiple)")
     ts = _ts(experiment, ts)
+    n1 = tr.n_train[0]
     report = _Progress("design aux", progress)
+    if tr.protocol == "full_batch":
+        if not model.data_sizes:
+            raise ValueError(f"model {model.name!r} has no training set, so the auxiliary data size of full-batch runs "
+                             "does not enter it: use model=mtjax.FiniteDataTheory(...) (CLI: --model finite-data)")
+        bounds = (n1 / 4, max_multiple * n1) if bounds is None else bounds
+        _check_search(bounds, n_grid, n_refine, "--n-min, --n-max")
+        return _bracket_search(lambda lv: _loss_and_slope(experiment, seeds, ts, model, "ntrain_b", lv), bounds,
+                               float(tr.n_train_active[1]), n_grid, n_refine, report, "n_2")  # fmt: skip
     report(f"{max_multiple} values of n_2 = m n_1 (m = 1..{max_multiple}) at once; compiling the theory can take minutes",
            force=True)
     m = np.arange(1, max_multiple + 1, dtype=float)
     m_now = tr.task_multiplicity[1]
     # rate ρ_2 = m w_2: rescale the weight so that the experiment's own m is replaced by m
     w = np.asarray(tr.task_weights[1]) * m / m_now
-    loss = np.asarray(_loss_at_rates(experiment, seeds, ts, model, jnp.asarray(w)), float)
+    loss = np.asarray(_loss_at_multiples(experiment, seeds, ts, model, jnp.asarray(w), jnp.asarray(m * n1)), float)
     j = int(np.nanargmin(np.where(np.isfinite(loss), loss, np.inf)))
-    n1 = tr.n_train[0]
     report(f"done: optimum m = {m[j]:g}", force=True)
     return DesignResult(
         value=jnp.asarray(float(m[j] * n1)), loss=jnp.asarray(loss[j]),
@@ -272,7 +315,7 @@ def optimal_stopping_time(
 
     **Raises:** `ValueError` before any solve unless `t_max` > 0 is finite, `n_times` >= 3 and
     `task` is a task of the experiment."""
-    model = design_model(model, solver, initial)
+    model = design_model(model, solver, initial, experiment)
     seeds = Seeds(0) if seeds is None else seeds
     tr = experiment.train
     t_max = float(tr.learning_rate * tr.eval_steps[-1]) if t_max is None else float(t_max)

@@ -180,8 +180,9 @@ def test_example_processes_match_plain_loops():
     Cv, Rv = _causal_inputs(ks[10], T1, H)
     ys = jax.random.randint(ks[11], (K, 3, S), 0, C)
     wts = jax.random.uniform(ks[0], (K, 3, S))
-    h, G, Om, b1, Vt, ct = _trunk_example_process(pt, dt_, Cv, Rv, ys, wts)
-    chi = (dt_.zeta @ psd_factor(Cv.reshape(T1 * H, -1)).T).reshape(K, S, T1, H)
+    F = psd_factor(Cv.reshape(T1 * H, -1))  # any factor of the fields' covariance
+    h, G, Om, b1, Vt, ct = _trunk_example_process(pt, dt_, F, Rv, ys, wts)
+    chi = (dt_.zeta @ F.T).reshape(K, S, T1, H)
     O, bb, V, c, Fs = pt.Omega0, pt.b10, pt.V0, pt.c0, []
     for t in range(T1):
         mem = sum((jnp.einsum("hj,kxsj->kxsh", Rv[t, :, m], Fs[m]) for m in range(t)), jnp.zeros((K, 3, S, H)))
@@ -200,6 +201,55 @@ def test_example_processes_match_plain_loops():
                            V - dt[t] * pt.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, f),
                            c - dt[t] * pt.rho[:, None] * wg.sum((1, 2)))
 
+
+
+def test_depth2_example_process_matches_autodiff_of_the_explicit_network():
+    # Depth 2: the example process runs on the first layer's fields only (logits through the
+    # effective heads, every gradient from one error-field correlation, the memory contracted
+    # with the heads).  Reference: the explicit per-example network f_2 = W_2 f_1 + b_2,
+    # h = V f_2 + c, with the parameters moved by jax.grad of the weighted loss (memory and
+    # noise held fixed as inputs), and the memory formed per example in H-space.
+    T1, C, S, K, H, D = 11, 3, 5, 2, 4, 6
+    ks = jax.random.split(jax.random.PRNGKey(8), 14)
+    n = lambda i, shape, sc=1.0: sc * jax.random.normal(ks[i], shape)  # noqa: E731
+    dt = 0.3 + 0.1 * jax.random.uniform(ks[0], (T1 - 1,))
+    pt = _TrunkProblem(alpha=jnp.array([0.7, 1.3]), rho=jnp.array([1.0, 0.5]), dt=dt, scale=jnp.ones(K), noise=jnp.ones(K),
+                       flip=jnp.zeros(K), noisy_fraction=jnp.ones(K), w=n(1, (K, C, 2)), T=n(2, (K, 2, D)),
+                       Omega0=n(3, (H, D), 0.5), b10=n(4, (H,), 0.1), Wu0=n(12, (1, H, H), 0.5), bu0=n(13, (1, H), 0.1),
+                       V0=n(5, (K, C, H), 0.5), c0=n(6, (K, C), 0.1), Q0=jnp.eye(H))  # fmt: skip
+    d = _TrunkDraws(u=n(7, (K, S, D)), xi=n(8, (K, S, C)), zeta=n(9, (K, S, T1 * H)), y_unif=jnp.zeros((K, S), int))
+    Cv, Rv = _causal_inputs(ks[10], T1, H)
+    ys = jax.random.randint(ks[11], (K, 3, S), 0, C)
+    wts = jax.random.uniform(ks[0], (K, 3, S))
+    F = psd_factor(Cv.reshape(T1 * H, -1))
+    h, G, Om, b1, Vt, ct = _trunk_example_process(pt, d, F, Rv, ys, wts)
+    chi = (d.zeta @ F.T).reshape(K, S, T1, H)
+
+    def logits(prm, mem, t):
+        O, bb, W2, b2, V, c = prm
+        f1 = (d.u @ O.T)[:, None] + bb + chi[:, None, :, t] - mem
+        return jnp.einsum("kxsh,kch->kxsc", f1 @ W2.T + b2, V) + c[:, None, None]
+
+    def loss(prm, mem, t):
+        lp = jax.nn.log_softmax(logits(prm, mem, t), -1)
+        ce = -jnp.take_along_axis(lp, ys[..., None], -1)[..., 0]
+        return jnp.einsum("k,kxs->", pt.rho, wts / S * ce)
+
+    prm = (pt.Omega0, pt.b10, pt.Wu0[0], pt.bu0[0], pt.V0, pt.c0)
+    Fs = []
+    for t in range(T1):
+        mem = sum((jnp.einsum("hj,kxsj->kxsh", Rv[t, :, m], Fs[m]) for m in range(t)), jnp.zeros((K, 3, S, H)))
+        mem = (pt.rho / pt.alpha)[:, None, None, None] * mem
+        ht = logits(prm, mem, t)
+        np.testing.assert_allclose(h[:, :, :, t], ht, atol=1e-5, err_msg=f"depth 2 h, t={t}")
+        np.testing.assert_allclose(Om[t], prm[0], atol=1e-5)
+        Veff = jnp.einsum("kch,hg->kcg", prm[4], prm[2])
+        np.testing.assert_allclose(Vt[t], Veff, atol=1e-5)
+        np.testing.assert_allclose(G[:, :, :, t], jax.nn.softmax(ht, -1) - jax.nn.one_hot(ys, C), atol=1e-5)
+        Fs.append(jnp.einsum("kxsc,kch->kxsh", G[:, :, :, t], Veff))
+        if t < T1 - 1:
+            grads = jax.grad(loss)(prm, mem, t)
+            prm = tuple(a - dt[t] * g for a, g in zip(prm, grads))
 
 def test_blocked_cholesky_matches_the_column_loop():
     # psd_factor switches to the blocked factor above n = 256: same factor, any n (padded blocks),

@@ -127,7 +127,7 @@ CASES = [
     (["design", "w2", "--config", "{in}/cfg.toml", "--grid", "s_b=1,2"], "design evaluates one experiment, but --grid"),
     (["design", "w2", "--config", "{in}/cfg.toml", "--w-min", "0"], "bounds=(0.0, 10.0) must satisfy 0 < lo < hi"),
     (["design", "w2", "--config", "{in}/cfg.toml", "--w-min", "20"], "bounds=(20.0, 10.0)"),
-    (["design", "aux", "--config", "{in}/cfg.toml"], "needs a multitask paper-protocol experiment"),
+    (["design", "aux", "--config", "{in}/cfg.toml"], "needs a multitask experiment on training sets"),
     (["design", "aux", "--preset", "paper", "--max-multiple", "1"], "max_multiple=1 must be an integer >= 2"),
     (["design", "stop", "--config", "{in}/cfg.toml", "--t-max", "-1"], "t_max=-1.0 must be finite and > 0"),
 ]

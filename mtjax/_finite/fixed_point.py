@@ -14,18 +14,21 @@ def _rel(new, old):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _fixed_point(F, max_iter: int, ctrl, params, z0):
-    """z* = F(params, z*) by damped Picard iteration, differentiated implicitly:
-    z̄ -> w = z̄ + (∂F/∂z)ᵀ w (iterated), params̄ = (∂F/∂params)ᵀ w (Christianson 1994; the JAX
-    `fixed_point` recipe).  Returns (z*, iterations)."""
-    return _fixed_point_fwd(F, max_iter, ctrl, params, z0)[0]
+def _fixed_point(F, iters: tuple[int, int], ctrl, params, z0):
+    """z* = F(params, z*) by damped Picard iteration (at least `iters[0]`, at most `iters[1]`
+    maps), differentiated implicitly: z̄ -> w = z̄ + (∂F/∂z)ᵀ w (iterated `iters[1]` times),
+    params̄ = (∂F/∂params)ᵀ w (Christianson 1994; the JAX `fixed_point` recipe).
+    Returns (z*, iterations)."""
+    return _fixed_point_fwd(F, iters, ctrl, params, z0)[0]
 
 
-def _fixed_point_fwd(F, max_iter, ctrl, params, z0):
+def _fixed_point_fwd(F, iters, ctrl, params, z0):
+    min_iter, max_iter = iters
     damping, tol = ctrl
+
     def cond(state):
         i, _, res = state
-        return (i < max_iter) & (res > tol)
+        return (i < min_iter) | ((i < max_iter) & (res > tol))
 
     def body(state):
         i, z, _ = state
@@ -37,7 +40,7 @@ def _fixed_point_fwd(F, max_iter, ctrl, params, z0):
     return (z, i), (ctrl, params, z)
 
 
-def _fixed_point_bwd(F, max_iter, res, cot):
+def _fixed_point_bwd(F, iters, res, cot):
     ctrl, params, z = res
     zbar, _ = cot
     _, vjp_z = jax.vjp(lambda zz: F(params, zz), z)
@@ -45,7 +48,7 @@ def _fixed_point_bwd(F, max_iter, res, cot):
     def body(_, w):
         return tuple(a + b for a, b in zip(zbar, vjp_z(w)[0]))
 
-    w = jax.lax.fori_loop(0, max_iter, body, zbar)
+    w = jax.lax.fori_loop(0, iters[1], body, zbar)
     _, vjp_p = jax.vjp(lambda pp: F(pp, z), params)
     zeros = functools.partial(jax.tree_util.tree_map, jnp.zeros_like)
     return zeros(ctrl), vjp_p(w)[0], zeros(z)
@@ -54,7 +57,7 @@ def _fixed_point_bwd(F, max_iter, res, cot):
 _fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
 
 
-def solve_fixed_point(iterate, max_iter: int, ctrl, params, z0):
+def solve_fixed_point(iterate, iters: tuple[int, int], ctrl, params, z0):
     """The one fixed-point solve of both problems (single task and trunk).
 
     `iterate(params, z) -> (z', aux)` is one Picard map and what it implies (labels,
@@ -68,6 +71,6 @@ def solve_fixed_point(iterate, max_iter: int, ctrl, params, z0):
     def F(params, z):
         return iterate(params, z)[0]
 
-    z, i = _fixed_point(F, max_iter, ctrl, params, z0)
+    z, i = _fixed_point(F, iters, ctrl, params, z0)
     z2, aux = iterate(params, z)
     return z, aux, sum(_rel(a, b) for a, b in zip(z2, z)), i + 1

@@ -11,14 +11,14 @@ from .._custom_types import Array, Float
 from .._gaussian import blocked_cholesky, cholesky
 
 
-def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"], Q0, alpha, dt):
-    """Exact statistics of the linear coordinate process
-    v^{n+1} = v^n − Δ_n Σ_{k<=n} R_g[n,k] v^k + Δ_n η^n.
+def propagator(Rg: Float[Array, "T1 C T1 C"], dt):
+    """The response of the linear coordinate process
+    v^{n+1} = v^n − Δ_n Σ_{k<=n} R_g[n,k] v^k + Δ_n η^n to a kick, and to its initial value.
 
     `dt`: the step sizes Δ_n, (T,) or a scalar (uniform steps), in time units.
 
-    **Returns:** `(Cv, Rv)`, both (T+1, C, T+1, C): Cv[n,:,m,:] = E[v^n v^mᵀ] and
-    Rv[n,:,m,:] = ∂v^n/∂f^m for a force f^m entering like η^m (zero for m >= n)."""
+    **Returns:** `(Rv, P0)`: Rv (T+1, C, T+1, C), Rv[n,:,m,:] = ∂v^n/∂f^m for a force f^m entering
+    like η^m (zero for m >= n), and P0 (T+1, C, C) = ∂v^n/∂v^0."""
     T1, C = Rg.shape[0], Rg.shape[1]
     dt = jnp.broadcast_to(jnp.asarray(dt, float), (T1 - 1,))
     eye = jnp.eye(C)
@@ -35,7 +35,16 @@ def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"],
     psi, _ = jax.lax.scan(step, psi0, (jnp.arange(T1 - 1), dt))
     # A force at step m kicks v^{m+1} by Δ_m f^m (no step after the last time: column T is 0).
     Rv = jnp.concatenate([psi[:, :, 1:, :] * dt[:, None], jnp.zeros((T1, C, 1, C))], axis=2)
-    P0 = psi[:, :, 0, :]  # (T1, C, C)
+    return Rv, psi[:, :, 0, :]
+
+
+def weight_process(Rg: Float[Array, "T1 C T1 C"], Cg: Float[Array, "T1 C T1 C"], Q0, alpha, dt):
+    """Exact statistics of the linear coordinate process
+    v^{n+1} = v^n − Δ_n Σ_{k<=n} R_g[n,k] v^k + Δ_n η^n, η Gaussian with covariance C_g / α and
+    E[v^0 v^0ᵀ] = Q0 (`propagator`).
+
+    **Returns:** `(Cv, Rv)`, both (T+1, C, T+1, C): Cv[n,:,m,:] = E[v^n v^mᵀ] and Rv as `propagator`."""
+    Rv, P0 = propagator(Rg, dt)
     Cv = jnp.einsum("ncd,de,mfe->ncmf", P0, Q0, P0) + jnp.einsum("ncad,adbe,mfbe->ncmf", Rv, Cg, Rv) / alpha
     return Cv, Rv
 
@@ -123,8 +132,10 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     **Returns:** (T1, C, T1, C)."""
     S, T1, C = h.shape
     chunk = min(chunk, S)
-    if S % chunk:
-        raise ValueError(f"the response draws ({S}) must be a multiple of the chunk ({chunk})")
+    if S % chunk:  # pad with draws of weight 0 (they add nothing) to whole chunks
+        pad = chunk - S % chunk
+        h, wts = jnp.pad(h, ((0, pad), (0, 0), (0, 0))), jnp.pad(wts, (0, pad))
+        S = S + pad
     TC = T1 * C
     A = Rv.reshape(T1, C, TC) / alpha  # A[n, d, (k, e)]
     edges = _time_blocks(T1, n_blocks)

@@ -156,7 +156,7 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
 
     z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
     ctrl = (solver.damping, solver.tol)
-    _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(iterate, solver.max_iter, ctrl, (p, d), z0)
+    _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0)
     x_eval = _eval_points(k[4], solver.n_quad_eval, R + 2 * C, solver.sampling)
     test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
     train_loss = mixture_train_loss(h, ys, weights)

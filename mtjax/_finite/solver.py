@@ -44,7 +44,13 @@ class FiniteDataSolver(eqx.Module):
       s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
       response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
       draws on the test problem; docs/dmft.md §3).
-    - `max_iter`: Picard iterations at most (static); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
+    - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
+      gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
+      where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
+    - `min_iter`: Picard iterations at least (static, <= `max_iter`; default 1).  With
+      `min_iter` above the iterations the fixed point needs, every solve runs the same number of
+      maps, so the result is a smooth function of the parameters (an early exit at `tol` makes
+      it jump by ~the residual where the count changes: what a fit's line search sees).
     - `tol`: relative fixed-point residual max|F(z) − z| / max|F(z)| (summed over C_g, R_g) below
       which a point counts as converged. The residual does not go to 0: with float32 and the
       pivot-dropping factor of `psd_factor` it stalls near 1e-3, far below the sampling error.
@@ -74,6 +80,7 @@ class FiniteDataSolver(eqx.Module):
     n_draws: int = eqx.field(static=True)
     n_response: int = eqx.field(static=True)
     max_iter: int = eqx.field(static=True)
+    min_iter: int = eqx.field(static=True)
     n_quad_eval: int = eqx.field(static=True)
     sampling: str = eqx.field(static=True)
     seed: Int[Array, ""]
@@ -81,7 +88,7 @@ class FiniteDataSolver(eqx.Module):
     tol: Float[Array, ""]
 
     def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
-                 step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc"):  # fmt: skip
+                 step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc", min_iter: int = 1):  # fmt: skip
         self.n_grid = check_int("n_grid", n_grid, 1)
         self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
         # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
@@ -94,6 +101,9 @@ class FiniteDataSolver(eqx.Module):
         if self.n_response > self.n_draws:
             raise ValueError(f"n_response={n_response} must be in [1, n_draws={n_draws}]")
         self.max_iter = check_int("max_iter", max_iter, 1)
+        self.min_iter = check_int("min_iter", min_iter, 1)
+        if self.min_iter > self.max_iter:
+            raise ValueError(f"min_iter={min_iter} must be in [1, max_iter={max_iter}]")
         self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.seed = _check_seed(seed)
@@ -130,3 +140,19 @@ def _check_seed(seed) -> Int[Array, "..."]:
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or np.any(a < 0) or np.any(a >= 2**31):
         raise ValueError(f"seed must be an integer in [0, 2**31) (or an integer array of them), got {seed!r}")
     return jnp.asarray(a, jnp.int32)
+
+
+def fit_solver(**overrides) -> FiniteDataSolver:
+    """The finite-data solver that fitting and design use by default (docs/fitting.md §6).
+
+    Measured on the paper preset (`benchmarks/dmft_speed.py`, docs/results/dmft_speed.txt): a
+    grid of 16 steps and 2048 test points instead of the paper grid's 20 and 8192 cost 0.65 of
+    the reference solve and move its multitask benefits by at most 0.007 nats (rms 0.004); the
+    draws (3 x 2048) and response draws (3 x 32) stay, since halving either moves benefits by up
+    to 0.02–0.03 nats.  Exactly 6 Picard maps per solve (`min_iter` = `max_iter` = 6; the
+    paper preset's fixed points converge in 4–5 to tol 0.02): a smooth objective for the
+    optimiser, and an adjoint solve of 6 vector–Jacobian products per gradient.
+
+    `overrides`: any `FiniteDataSolver` argument (e.g. `n_grid=30` for a long horizon)."""
+    settings = dict(n_grid=16, n_draws=2048, n_response=32, min_iter=4, max_iter=4, tol=2e-2, n_quad_eval=2048)
+    return FiniteDataSolver(**{**settings, **overrides})

@@ -11,7 +11,7 @@ from .._metrics import mixture_labels, mixture_train_loss
 from .._student import Student, StudentConfig
 from .._teacher import Teacher, TeacherConfig
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response, _steps_padded, psd_factor, weight_process
+from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
 from .sampling import _eval_points, _input_draws
 from .single import _quadrature_metrics
 from .solver import FiniteDataSolver
@@ -55,11 +55,12 @@ class _TrunkProblem(eqx.Module):
 
 class _TrunkDraws(eqx.Module):
     """Fixed draws per task: `u` (K, S, D) inputs in the teacher basis, `xi` (K, S, C),
-    `zeta` (K, S, (T+1) H), `y_unif` (K, S)."""
+    `zeta` (K, S, n) standard normals of the first-layer fields (n = the columns of their
+    factor, `_field_factor`: H + K (T+1) C), `y_unif` (K, S)."""
 
     u: Float[Array, "K S D"]
     xi: Float[Array, "K S C"]
-    zeta: Float[Array, "K S TH"]
+    zeta: Float[Array, "K S n"]
     y_unif: Array
 
 
@@ -104,7 +105,26 @@ def _effective_heads(V, c, Wu, bu):
     return Vt, ct, P
 
 
-def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights):
+def _field_factor(p: _TrunkProblem, P0, Rv, V, Cg) -> Float[Array, "TH n"]:
+    """A factor F (T1 H, H + K T1 C) of the first-layer fields' covariance, F Fᵀ = C_v:
+    C_v = P0 Q0 P0ᵀ + Σ_k (ρ_k² / α_k) (R_v Ṽ_kᵀ) C_g,k (R_v Ṽ_kᵀ)ᵀ (the coordinate process driven
+    by the heads' projections of the logit-space noise), so F = [P0 L_Q, (ρ_k/√α_k) R_v Ṽ_kᵀ L_k]
+    with L_Q L_Qᵀ = Q0 and L_k L_kᵀ = C_g,k (`psd_factor`, jittered).
+
+    C_v has rank <= H + K T1 C, below T1 H whenever K C < H (the paper preset: 484 of 1344):
+    sampling by this factor costs S T1 H (H + K T1 C) per map instead of S (T1 H)², and needs
+    no (T1 H)-sized Cholesky factor or C_v itself (docs/dmft.md §4).
+    `P0` (T1, H, H), `Rv` (T1, H, T1, H), `V` (T1, K, C, H) Ṽ_k^n, `Cg` (K, T1, C, T1, C)."""
+    T1, H = Rv.shape[0], Rv.shape[1]
+    K, C = Cg.shape[0], Cg.shape[2]
+    parts = [jnp.einsum("nhg,gj->nhj", P0, psd_factor(p.Q0)).reshape(T1 * H, H)]
+    for k in range(K):
+        Mk = jnp.einsum("nhmg,mcg->nhmc", Rv, V[:, k]).reshape(T1 * H, T1 * C)
+        parts.append((p.rho[k] / jnp.sqrt(p.alpha[k])) * (Mk @ psd_factor(Cg[k].reshape(T1 * C, T1 * C))))
+    return jnp.concatenate(parts, 1)
+
+
+def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights):
     """Sampled example processes of all K tasks, coupled through the shared Ω, b1, the upper
     trunk layers (W_l, b_l), l = 2..L, and the heads.
 
@@ -112,52 +132,72 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     f_l = W_l f_{l−1} + b_l,  h = V_k f_L + c_k  (Ṽ_k = V_k W_L ⋯ W_2, `_effective_heads`).
     The low-dimensional parameters move by the data-averaged gradients backpropagated through
     the linear layers, with error δ_l = (V_k W_L ⋯ W_{l+1})ᵀ g at the output of layer l.
+    χ = F ζ with F (T1 H, n) a factor of the fields' covariance C_v (`_field_factor`).
 
     **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories (values *at* each
     step) Ω (T1, H, D), b1 (T1, H), Ṽ (T1, K, C, H), c̃ (T1, K, C)."""
-    T1, H = Cv.shape[0], Cv.shape[1]
+    T1, H = Rv.shape[0], Rv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
     C = p.V0.shape[1]
     Lu = p.Wu0.shape[0]  # L − 1 upper trunk layers (static)
-    Lc = psd_factor(Cv.reshape(T1 * H, T1 * H))
-    chi = (d.zeta @ Lc.T).reshape(K, S, T1, H)
+    chi = (d.zeta @ F.T).reshape(K, S, T1, H)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
     wts = weights / S  # (K, 3, S)
     mem_coef = p.rho / p.alpha
 
     def memory(Rn, buf, carry):
-        # Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m (the first-layer forces of earlier steps), (K, 3, S, H):
-        # the buffer keeps the C-dimensional errors g^m, not the H-dimensional forces Ṽ^mᵀ g^m,
-        # and the kernel is contracted with the heads first, A_k[n,m] = R_v[n,m] Ṽ_k^mᵀ (H x C):
-        # C/H of the flops of a force buffer (the paper preset: 10/64; docs/dmft.md §3).
+        # The memory force on the first-layer field, mem = (ρ_k/α_k) Σ_{m<n} R_v[n,m] Ṽ_k^mᵀ g^m,
+        # never formed per example (H numbers each): the buffer keeps the C-dimensional errors
+        # g^m, the kernel is contracted with the heads first, A_k = (ρ_k/α_k) R_v[n,·] Ṽ_k^·ᵀ
+        # (H x e C), and mem enters the logits as Ṽ_k^n A_k g (C x e C by e C per example) and
+        # the gradients as (Σ_s wg_s g_sᵀ) A_kᵀ (in `step`): C/H of the flops (docs/dmft.md §4).
         e = buf.shape[0] // C
-        Vtraj = carry[-1][:e]  # (e, K, C, H); rows m >= n are not yet written, and R_v[n, m>=n] = 0
-        A = jnp.einsum("hmg,mkcg->khmc", Rn.reshape(H, e, H), Vtraj)
-        mem = jnp.einsum("khmc,mcks->khs", A, buf.reshape(e, C, K, 3 * S))
-        return jnp.moveaxis(mem.reshape(K, H, 3, S), 1, -1) * mem_coef[:, None, None, None]
+        Om, b1, Wu, bu, V, c, Vtraj = carry
+        Vt = _effective_heads(V, c, Wu, bu)[0]
+        # Rows m >= n of Vtraj are not yet written, and R_v[n, m >= n] = 0.
+        A = jnp.einsum("hmg,mkcg->khmc", Rn.reshape(H, e, H), Vtraj[:e]).reshape(K, H, e * C) * mem_coef[:, None, None]
+        # All tasks' heads against all tasks' columns in one plain product, then the diagonal
+        # blocks: twice the flops at K = 2 but no per-step transpose of the buffer (a batched
+        # contraction over its middle axis was 1.5x slower, measured).
+        full = (jnp.einsum("kch,khj->kcj", Vt, A).reshape(K * C, e * C) @ buf).reshape(K, C, K, 3, S)
+        h_mem = jnp.stack([full[k, :, k] for k in range(K)])  # (K, C, 3, S)
+        return jnp.moveaxis(h_mem, 1, -1), A, buf
 
     def step(carry, mem, xs):
         n, dt_n = xs
+        h_mem, A, buf = mem
         Om, b1, Wu, bu, V, c, Vtraj = carry
         Vt, ct, P = _effective_heads(V, c, Wu, bu)
         Vtraj = jax.lax.dynamic_update_slice(Vtraj, Vt[None], (n, 0, 0, 0))
-        f = (d.u @ Om.T)[:, None] + b1 + chi[:, None, :, n] - mem  # (K, 3, S, H)
-        fs = [f]
-        for ell in range(Lu):
-            fs.append(fs[-1] @ Wu[ell].T + bu[ell])
-        h = jnp.einsum("kxsh,kch->kxsc", fs[-1], V) + c[:, None, None]
+        # f_1 = base − mem with base = Ω u + b1 + χ^n (per example, shared by the 3 label
+        # components); h = V_k f_L + c_k = Ṽ_k f_1 + c̃_k (no pass through the H x H layers).
+        base = d.u @ Om.T + b1 + chi[:, :, n]  # (K, S, H)
+        h = jnp.einsum("ksh,kch->ksc", base, Vt)[:, None] + ct[:, None, None] - h_mem  # (K, 3, S, C)
         g = jax.nn.softmax(h, -1) - onehot
         row = jnp.moveaxis(g, -1, 0).reshape(C, K * 3 * S)
         wg = wts[..., None] * g  # (K, 3, S, C)
-        Om_new = Om - dt_n * jnp.einsum("k,kch,kxsc,ksd->hd", p.rho, Vt, wg, d.u)
-        b1_new = b1 - dt_n * jnp.einsum("k,kch,kxsc->h", p.rho, Vt, wg)
-        # Layer l+2 (index ell): error P[ell+1]ᵀ g at its output, input fs[ell].
-        Wu_new = jnp.stack([Wu[ell] - dt_n * jnp.einsum("k,kch,kxsc,kxsg->hg", p.rho, P[ell + 1], wg, fs[ell])
+        gsum = jnp.sum(wg, (1, 2))  # (K, C)
+        # Every gradient is an error-input correlation over the examples; the inputs of the
+        # upper layers are affine in f_1 (f_l = A_l f_1 + a_l), so one correlation Σ wg f_1ᵀ
+        # (K, C, H) serves all layers: Σ wg f_lᵀ = (Σ wg f_1ᵀ) A_lᵀ + (Σ wg) a_lᵀ (`lin`, `off`).
+        # Σ_s wg_s g_s^mᵀ per task as one product with the errors placed block-diagonally.
+        blocks = (wg.reshape(K, 3 * S, 1, C) * jnp.eye(K)[:, None, :, None]).reshape(K * 3 * S, K * C)
+        corr_mem = (buf @ blocks).reshape(-1, K, C)  # (e C, K, C)
+        G1 = jnp.einsum("ksc,ksh->kch", jnp.sum(wg, 1), base) - jnp.einsum("jkc,khj->kch", corr_mem, A)
+        lin, off, corr = jnp.eye(H), jnp.zeros(H), [G1]
+        for ell in range(Lu):
+            lin, off = Wu[ell] @ lin, Wu[ell] @ off + bu[ell]
+            corr.append(jnp.einsum("kch,gh->kcg", G1, lin) + gsum[..., None] * off)
+        Gu = jnp.einsum("kxsc,ksd->kcd", wg, d.u)
+        Om_new = Om - dt_n * jnp.einsum("k,kch,kcd->hd", p.rho, Vt, Gu)
+        b1_new = b1 - dt_n * jnp.einsum("k,kch,kc->h", p.rho, Vt, gsum)
+        # Layer l+2 (index ell): error P[ell+1]ᵀ g at its output, input f_{l+1} (corr[ell]).
+        Wu_new = jnp.stack([Wu[ell] - dt_n * jnp.einsum("k,kch,kcg->hg", p.rho, P[ell + 1], corr[ell])
                             for ell in range(Lu)]) if Lu else Wu  # fmt: skip
-        bu_new = jnp.stack([bu[ell] - dt_n * jnp.einsum("k,kch,kxsc->h", p.rho, P[ell + 1], wg)
+        bu_new = jnp.stack([bu[ell] - dt_n * jnp.einsum("k,kch,kc->h", p.rho, P[ell + 1], gsum)
                             for ell in range(Lu)]) if Lu else bu  # fmt: skip
-        V_new = V - dt_n * p.rho[:, None, None] * jnp.einsum("kxsc,kxsh->kch", wg, fs[-1])
-        c_new = c - dt_n * p.rho[:, None] * jnp.einsum("kxsc->kc", wg)
+        V_new = V - dt_n * p.rho[:, None, None] * corr[-1]
+        c_new = c - dt_n * p.rho[:, None] * gsum
         return (Om_new, b1_new, Wu_new, bu_new, V_new, c_new, Vtraj), row, (h, g, Om, b1, Vt, ct)
 
     init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, jnp.zeros((T1, K, C, H), p.V0.dtype))
@@ -166,13 +206,25 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, Cv, Rv, ys, weights
     return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
-def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_response: int):
-    """One Picard map of the first-layer kernels (C_v, R_v) (H-space) -> new ones.  The
-    logit-space quantities reach the first layer through the effective heads Ṽ_k (V below)."""
-    h, G, Om, b1, V, c = _trunk_example_process(p, d, Cv, Rv, ys, weights)
+def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, n_response: int):
+    """One Picard map of the logit-space kernels (C_g, R_g) (K, T1, C, T1, C) of every task and
+    the effective heads Ṽ (T1, K, C, H) -> new ones.
+
+    The first layer's coordinate process sees the tasks only through
+    R_g^H = Σ_k ρ_k Ṽ_kᵀ R_g,k Ṽ_k and C_g^H = Σ_k (ρ_k²/α_k) Ṽ_kᵀ C_g,k Ṽ_k (H-space); its
+    response R_v comes from R_g^H (`propagator`), its fields are sampled by the factor of
+    `_field_factor`.  The state is kept in logit space (K (T1 C)² + T1 K C H numbers, not 2 (T1 H)²),
+    which also makes the implicit gradient's fixed-point iterations cheap.
+
+    **Returns:** `(Cg', Rg', Ṽ', aux)`, aux = (h, G, Ω, b1, Ṽ, c̃, C_v[n, n] (T1, H, H))."""
+    RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, Vz, Rg, Vz)
+    Rv, P0 = propagator(RgH, p.dt)
+    F = _field_factor(p, P0, Rv, Vz, Cg)
+    h, G, Om, b1, V, c = _trunk_example_process(p, d, F, Rv, ys, weights)
     K, S = d.u.shape[0], d.u.shape[1]
+    T1, H = Rv.shape[0], Rv.shape[1]
     wts = weights / S  # (K, 3, S)
-    Cg = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
+    Cg_new = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
     Sr = n_response
 
     def resp(k):
@@ -181,11 +233,10 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cv, Rv, n_re
         hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
         return _response(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
-    Rg = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
-    RgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho, V, Rg, V)
-    CgH = jnp.einsum("k,nkch,kncme,mkeg->nhmg", p.rho**2 / p.alpha, V, Cg, V)
-    Cv_new, Rv_new = weight_process(RgH, CgH, p.Q0, jnp.asarray(1.0), p.dt)
-    return Cv_new, Rv_new, (h, G, Om, b1, V, c)
+    Rg_new = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
+    Fr = F.reshape(T1, H, -1)
+    diag = jnp.einsum("nhj,ngj->nhg", Fr, Fr)  # C_v[n, n], for the test metrics
+    return Cg_new, Rg_new, V, (h, G, Om, b1, V, c, diag)
 
 
 def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
@@ -207,21 +258,22 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     S = solver.n_draws
     k = jax.random.split(key, 5)
     u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
-    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, T1 * H)), y_unif)
+    n_noise = H + K * T1 * C  # columns of the fields' factor (`_field_factor`)
+    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, n_noise)), y_unif)
 
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp, dd)
-        Cv, Rv, aux = _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)
-        return (Cv, Rv), (ys, weights, aux)
+        Cg, Rg, Vz, aux = _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)
+        return (Cg, Rg, Vz), (ys, weights, aux)
 
-    Cv0 = jnp.broadcast_to(p.Q0[None, :, None, :], (T1, H, T1, H))
-    z0 = (Cv0, jnp.zeros((T1, H, T1, H)))
+    # Start: no logit-space noise or memory (C_v = Q0 at every time pair, free response).
+    zero = jnp.zeros((K, T1, C, T1, C))
+    z0 = (zero, zero, jnp.broadcast_to(p.V0[None], (T1, K, C, H)))
     ctrl = (solver.damping, solver.tol)
-    (Cv, _), (ys, weights, traj), res, maps = solve_fixed_point(iterate, solver.max_iter, ctrl, (p, d), z0)
-    h, G, Om, b1, V, c = traj
+    _, (ys, weights, traj), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0)
+    h, G, Om, b1, V, c, diag = traj
     x_eval = _eval_points(k[4], solver.n_quad_eval, D + 2 * C, solver.sampling)
-    diag = Cv[jnp.arange(T1), :, jnp.arange(T1), :]  # (T1, H, H)
     test_loss, test_acc = [], []
     for kk in range(K):
         Vk = V[:, kk]

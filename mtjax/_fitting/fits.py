@@ -16,6 +16,7 @@ from .._experiment import Experiment, Seeds
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
+from .params import DATA_SIZES
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
 from .params import Param
 from .problem import FitProblem, _exact_hessian, fit_model, make_problem
@@ -276,8 +277,11 @@ def fit_table(
 ) -> tuple[FitResult, FitProblem]:
     """Convenience: `observations_from_table(table, **mapping)` → `make_problem` → `fit`.
 
-    `model`: the theory (`PopulationTheory`, `FiniteDataTheory`; default the population theory
-    with `solver`, `initial`).
+    `model`: the theory (`PopulationTheory`, `FiniteDataTheory`); default (`fit_model`): the
+    population theory with `solver` if one is given, else the finite-data theory
+    (`mtjax.fit_solver()`) for runs on finite training sets and the population theory for
+    online runs.  With the finite-data theory the data-size columns `ntrain`, `ntrain_b` are
+    known columns too (one theory solve per data size).
     `mapping`: keyword arguments of `observations_from_table` (column names, `se`, `by`, ...);
     `by` defaults to the `by` columns of `params`, `known` to every parameter column of the
     table that is not fitted. `fit_kwargs` go to `fit` (e.g. `progress=True`).
@@ -293,12 +297,14 @@ def fit_table(
                 raise ValueError(f"column {col!r} of the table is {vals[0]:g}, but the experiment's student.{col} is {have}: "
                                  f"use the config of the runs (CLI: --config, or --set student.{col}={vals[0]:g})")
     seeds = Seeds(0) if seeds is None else seeds
-    model = fit_model(model, solver, initial)
+    model = fit_model(model, solver, initial, experiment)
     mapping = dict(mapping or {})
     mapping.setdefault("by", sorted({p.by for p in params if p.by is not None}))
     free = {p.name for p in params}
     mapping.setdefault("split", sorted({p.by for p in params if p.by is not None and p.name != "time_scale"}))
-    mapping.setdefault("known", [c for c in KNOWN_COLUMNS if c in table and c not in free])
+    # A model with training sets (the finite-data theory) also takes the data sizes as known.
+    columns = KNOWN_COLUMNS + (DATA_SIZES if model.data_sizes else ())
+    mapping.setdefault("known", [c for c in columns if c in table and c not in free])
     obs, _ = observations_from_table(table, **mapping)
     problem = make_problem(experiment, obs, params, seeds=seeds, loss=loss, model=model)
     return fit(problem, **fit_kwargs), problem

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .._custom_types import Array, Bool, Float, Int
 from .._sweep import DYNAMIC_AXES, STATIC_AXES, TASK2_AXES
+from .params import DATA_SIZES
 
 #: Table columns that name a theory parameter (besides `time_scale`) and may be known per row.
 #: `single_task` is mapped to w_b = 0: with rate 0 task 2 never moves the trunk, which is
@@ -224,7 +225,9 @@ def observations_from_table(
     - `task`: 1-based task column (default `task`; `None`: every row is task 1).
     - `se`: optional standard-error column (weights 1/se²); without it every row has weight 1.
     - `known`: parameter columns known per row (default: every column of `KNOWN_COLUMNS`
-      present in the table). Rows with equal known values share one theory solve.
+      present in the table; the data sizes `ntrain`, `ntrain_b` may be added for the
+      finite-data theory, which `fit_table` does). Rows with equal known values share one
+      theory solve.
     - `by`: extra columns that index per-level parameters (`Param(by=...)`).
     - `split`: columns that must also split the theory solves: the `by` columns of every
       per-level parameter other than `time_scale` (which acts per row, on the time axis).
@@ -252,8 +255,8 @@ def observations_from_table(
         known = [c for c in KNOWN_COLUMNS if c in d]
     known = list(known)
     for c in known:
-        if c not in KNOWN_COLUMNS:
-            raise ValueError(f"known column {c!r} is not a theory parameter; allowed: {list(KNOWN_COLUMNS)}")
+        if c not in KNOWN_COLUMNS + DATA_SIZES:
+            raise ValueError(f"known column {c!r} is not a theory parameter; allowed: {list(KNOWN_COLUMNS + DATA_SIZES)}")
     es_col = [early_stopped] if isinstance(early_stopped, str) else []
     for col in [value, time, *([task] if task else []), *([se] if se else []), *known, *by, *split, *es_col]:
         if col not in d:
@@ -265,7 +268,7 @@ def observations_from_table(
         raise ValueError(f"no rows left: every {value!r} is non-finite (all runs diverged)")
     _check_se_and_task(d, se, task)
     t = _times(d, time, lr)
-    kcols = sorted(set(known) | set(c for c in split if c in KNOWN_COLUMNS))
+    kcols = sorted(set(known) | set(c for c in split if c in KNOWN_COLUMNS + DATA_SIZES))
     _check_known_nan(d, kcols)
     _check_one_condition(d, set(kcols) | set(by) | set(split))
     cidx, conditions = _conditions(d, kcols, split)

@@ -26,7 +26,12 @@ DEFAULT_TRANSFORMS = {
     "w_b": "log",
     "init_scale": "log",
     "time_scale": "log",
+    "ntrain": "log",
+    "ntrain_b": "log",
 }
+#: Data sizes: free or known only for a model that sees training sets (`AbstractModel.data_sizes`,
+#: the finite-data theory), as continuous P_k (α_k = P_k / N); default start: the experiment's.
+DATA_SIZES = ("ntrain", "ntrain_b")
 TRANSFORMS = ("identity", "log", "tanh", "sigmoid")
 
 
@@ -62,9 +67,11 @@ class Param(eqx.Module):
     **Arguments:**
 
     - `name`: a theory parameter (`relatedness`, `s_a`, `s_b`, `sigma_a`, `sigma_b`, `eps_a`,
-      `eps_b`, `q`, `readout_alignment`, `w_b`, `init_scale`, `lr`) or `time_scale` (effective
-      factor on every task rate, i.e. on the learning rate).
-    - `init`: starting value (constrained units), a scalar or one value per level of `by`.
+      `eps_b`, `q`, `readout_alignment`, `w_b`, `init_scale`, `lr`), `time_scale` (effective
+      factor on every task rate, i.e. on the learning rate), or a data size `ntrain`, `ntrain_b`
+      (examples of task 1 / tasks 2..K, continuous; finite-data theory only).
+    - `init`: starting value (constrained units), a scalar or one value per level of `by`
+      (data sizes: default the experiment's own).
     - `transform`: `"tanh"`, `"log"`, `"sigmoid"` or `"identity"` (default by name, see
       `DEFAULT_TRANSFORMS`): the fit optimises the unconstrained u with value = transform(u),
       so bounded parameters cannot leave their range.
@@ -85,5 +92,8 @@ class Param(eqx.Module):
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform={self.transform!r} is not one of {list(TRANSFORMS)}")
         default = {"relatedness": 0.0, "eps_a": 0.1, "eps_b": 0.1, "q": 0.5, "readout_alignment": 0.0}.get(name, 1.0)
-        self.init = tuple(np.atleast_1d(np.asarray(default if init is None else init, float)).tolist())
+        if init is None and name in DATA_SIZES:
+            self.init = ()  # the experiment's data size (`FitProblem.initial_theta`)
+        else:
+            self.init = tuple(np.atleast_1d(np.asarray(default if init is None else init, float)).tolist())
         self.by = by

@@ -15,7 +15,7 @@ from .._model import AbstractModel, PopulationTheory
 from .._population import PopulationSolver
 from .._sweep import apply_axes
 from .observations import Observations
-from .params import Param, _forward, _inverse
+from .params import DATA_SIZES, Param, _forward, _inverse
 
 
 class FitProblem(eqx.Module):
@@ -55,7 +55,9 @@ class FitProblem(eqx.Module):
         return jnp.asarray(np.concatenate(parts))
 
     def initial_theta(self) -> Float[Array, " P"]:
-        return self.pack({p.name: np.asarray(p.init) for p in self.params})
+        tr = self.experiment.train
+        own = {"ntrain": tr.n_train_active[0], "ntrain_b": tr.n_train_active[-1]}  # a data size's default start
+        return self.pack({p.name: np.asarray(p.init if p.init else own[p.name]) for p in self.params})
 
     def _condition_levels(self, name: str, by: str | None):
         """Level index of every condition for a parameter varying by `by` (first row of each)."""
@@ -137,13 +139,15 @@ def make_problem(
     """The `FitProblem` of fitting `params` of `experiment` to `obs`.
 
     The theory is `model` (any differentiable model: `PopulationTheory`, `FiniteDataTheory`),
-    or else `PopulationTheory(solver, initial)` with a smooth-loss solver by default.
+    or `PopulationTheory(solver, initial)` when a `solver` is given, or else (`fit_model`) the
+    finite-data theory for an experiment on finite training sets and the population theory for
+    online data.
 
     **Raises:** `ValueError` before any solve: no or repeated parameters, a task of `obs` beyond
     the experiment's tasks, a `by` column missing from `obs` or mixed within one theory solve,
     an `init` of the wrong length, or an unknown `loss`."""
     seeds = Seeds(0) if seeds is None else seeds
-    model = fit_model(model, solver, initial)
+    model = fit_model(model, solver, initial, experiment)
     if loss not in ("wls", "gaussian"):
         raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
     names = [p.name for p in params]
@@ -152,6 +156,13 @@ def make_problem(
     if not names:
         raise ValueError("no free parameters: pass at least one Param (CLI: --free NAME ...)")
     n_tasks = experiment.train.n_tasks
+    sizes = [c for c in DATA_SIZES if c in names or c in obs.known]
+    if sizes and not model.data_sizes:
+        raise ValueError(f"{sizes[0]!r} (a data size) is known or free, but model {model.name!r} has no training set: "
+                         "fit with model=mtjax.FiniteDataTheory(...) (CLI: --model finite-data), or drop it "
+                         f"(population theory: --by time_scale={sizes[0]})")
+    if "ntrain_b" in sizes and n_tasks < 2:
+        raise ValueError("'ntrain_b' is known or free, but the experiment has one task")
     top = int(np.max(np.asarray(obs.task))) + 1
     if top > n_tasks:
         # indexing the theory's task axis out of range would silently read the last task
@@ -167,16 +178,24 @@ def make_problem(
             if any(len(set(lev[cond == c])) > 1 for c in range(obs.n_conditions)):
                 raise ValueError(f"Param {p.name!r} varies by {p.by!r} but one theory solve mixes its levels: "
                                  f"pass split=[{p.by!r}] to observations_from_table")
-        if len(p.init) not in (1, n):
+        if len(p.init) not in (0, 1, n):
             raise ValueError(f"Param {p.name!r}: init has {len(p.init)} values, need 1 or {n} (levels of {p.by!r})")
         n_levels.append(n)
     return FitProblem(experiment, seeds, obs, tuple(params), tuple(n_levels), model, loss)
 
 
-def fit_model(model: AbstractModel | None, solver, initial: str) -> AbstractModel:
-    """The theory a fit or a design runs: `model`, or `PopulationTheory(solver, initial)`
-    (default solver: smooth loss, 512 field points, so that gradients are smooth)."""
+def fit_model(model: AbstractModel | None, solver, initial: str, experiment: Experiment | None = None) -> AbstractModel:
+    """The theory a fit or a design runs: `model`; else, with a `PopulationSolver`,
+    `PopulationTheory(solver, initial)`; else the theory of the experiment's data: the
+    finite-data theory (`FiniteDataTheory(fit_solver(), initial)`) when it trains on finite
+    training sets (protocols "full_batch" and "paper"), the population theory (smooth loss,
+    512 field points, so that gradients are smooth) for online data or without an experiment."""
     if model is None:
+        if solver is None and experiment is not None and experiment.train.protocol != "online":
+            from .._finite.solver import fit_solver
+            from .._model import FiniteDataTheory
+
+            return FiniteDataTheory(fit_solver(), initial)
         if solver is None:
             solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
         return PopulationTheory(solver, initial)

@@ -42,6 +42,9 @@ class AbstractModel(eqx.Module):
     # few parameters) or "reverse" (jacrev; for solves with a custom reverse-mode rule, such as
     # the implicit gradient of a fixed point, which forward mode cannot enter).
     jacobian_mode: ClassVar[str] = "forward"
+    # Whether the curves depend on the training-set sizes `train.n_train_active` as continuous
+    # values (the finite-data theory): then data sizes can be known columns or free in a fit.
+    data_sizes: ClassVar[bool] = False
 
     @abc.abstractmethod
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:

@@ -27,6 +27,7 @@ class FiniteDataTheory(AbstractTheory):
     differentiable: ClassVar[bool] = True
     # The fixed point's implicit gradient is a custom VJP: reverse mode only.
     jacobian_mode: ClassVar[str] = "reverse"
+    data_sizes: ClassVar[bool] = True
 
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
         self.solver = FiniteDataSolver() if solver is None else solver

@@ -125,10 +125,12 @@ def _theory_args(parser, n_quad=512, n_quad_eval=4096, rtol=1e-4):
     parser.add_argument("--rtol", type=float, default=rtol)
     parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--initial", choices=["quenched", "typical"], default="quenched")
-    parser.add_argument("--model", choices=["population", "finite-data"], default="population",
-                        help="the theory: population (infinite data) or finite-data (DMFT of full-batch GD; default population)")
-    parser.add_argument("--n-grid", type=int, default=40, help="finite-data: GD steps of the theory's time grid (default 40)")
-    parser.add_argument("--n-draws", type=int, default=1024, help="finite-data: draws of the effective processes (default 1024)")
+    parser.add_argument("--model", choices=["auto", "population", "finite-data"], default="auto",
+                        help="the theory: population (infinite data), finite-data (DMFT of full-batch GD), or auto "
+                             "(default): finite-data for runs on training sets (full_batch, paper), population for online")
+    parser.add_argument("--n-grid", type=int, help="finite-data: GD steps of the theory's time grid (default: "
+                        "mtjax.fit_solver()'s, 16)")
+    parser.add_argument("--n-draws", type=int, help="finite-data: draws of the effective processes (default 2048)")
     parser.add_argument("--seed", type=int, default=0, help="teacher/init seed of the theory (Seeds(seed))")
     parser.add_argument("--config", help="TOML file describing the experiment (teacher/student/train); required unless "
                         "--preset is given (fit: or the table lies in a sweep folder with its manifest.json)")

@@ -58,14 +58,20 @@ def _experiment_from(spec: dict, origin: str | None):
         raise ValueError(f"{origin or '--config/--set'}: {e}") from None
 
 
-def _model_from_args(args):
-    """The theory of `mtjax fit` / `mtjax design`: --model population (smooth-loss solver) or
-    finite-data (the DMFT at --n-grid, --n-draws)."""
+def _model_from_args(args, experiment):
+    """The theory of `mtjax fit` / `mtjax design`: --model population (smooth-loss solver),
+    finite-data (the DMFT: `mtjax.fit_solver()`, with --n-grid, --n-draws), or auto (default):
+    finite-data for runs on training sets (protocols full_batch, paper), population for online."""
     import mtjax
 
-    if args.model == "finite-data":
-        solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws, n_response=min(256, args.n_draws))
-        return mtjax.FiniteDataTheory(solver, args.initial)
+    name = args.model
+    if name == "auto":
+        name = "population" if experiment.train.protocol == "online" else "finite-data"
+    if name == "finite-data":
+        over = {k: v for k, v in (("n_grid", args.n_grid), ("n_draws", args.n_draws)) if v is not None}
+        if "n_draws" in over:
+            over["n_response"] = min(32, over["n_draws"])
+        return mtjax.FiniteDataTheory(mtjax.fit_solver(**over), args.initial)
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol,
                                     smooth_loss=True)
     return mtjax.PopulationTheory(solver, args.initial)
@@ -136,7 +142,7 @@ def cmd_fit(args) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = one_line_warning
-        res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), model=_model_from_args(args),
+        res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), model=_model_from_args(args, exp),
                                        loss=args.loss, mapping=mapping, n_starts=args.starts,
                                        n_adam=args.adam_steps, n_newton=args.newton_steps, progress=not args.quiet)
     if not np.isfinite(float(res.loss)):
@@ -166,7 +172,7 @@ def cmd_design(args) -> None:
         raise ValueError(f"design evaluates one experiment, but {where} (axes: {', '.join(axes)}): remove it and select "
                          "one point with --set SECTION.KEY=VALUE (e.g. --set teacher.relatedness=0.5)")
     exp = _experiment_from(spec, None)
-    seeds, model = mtjax.Seeds(args.seed), _model_from_args(args)
+    seeds, model = mtjax.Seeds(args.seed), _model_from_args(args, exp)
     progress = not args.quiet
     if args.what == "stop":
         r = mtjax.optimal_stopping_time(exp, seeds, args.t_max, model=model, progress=progress)
@@ -178,7 +184,9 @@ def cmd_design(args) -> None:
                                       progress=progress)
         name = "w_2"
     else:
-        r = mtjax.optimal_aux_data_size(exp, seeds, max_multiple=args.max_multiple, model=model,
+        bounds = None if args.n_min is None and args.n_max is None else (
+            args.n_min or exp.train.n_train[0] / 4, args.n_max or args.max_multiple * exp.train.n_train[0])
+        r = mtjax.optimal_aux_data_size(exp, seeds, max_multiple=args.max_multiple, bounds=bounds, model=model,
                                         progress=progress)
         name = "n_2"
     flag = ""
@@ -187,6 +195,8 @@ def cmd_design(args) -> None:
         if args.what == "w2":
             side, bound = ("w_min", args.w_min) if low else ("w_max", args.w_max)
             flag = f"  [on the bound {side} = {bound:g}: widen --{side.replace('_', '-')}]"
+        elif exp.train.protocol == "full_batch":
+            flag = f"  [on the bound n_2 = {float(r.value):.4g}: widen --{'n-min' if low else 'n-max'}]"
         else:
             flag = ("  [on the bound n_2 = n_1: the smallest size searched]" if low
                     else f"  [on the bound n_2 = {args.max_multiple} n_1: widen --max-multiple]")
@@ -230,11 +240,16 @@ def register(sub) -> None:
     f.set_defaults(func=cmd_fit)
 
     de = sub.add_parser("design", help="optimal task-2 weight, auxiliary data size or stopping time (theory)")
-    de.add_argument("what", choices=["w2", "aux", "stop"], help="w2: loss weight of task 2; aux: n_2 (paper protocol); stop: t*")
+    de.add_argument("what", choices=["w2", "aux", "stop"],
+                    help="w2: loss weight of task 2; aux: task-2 data size n_2 (full-batch: continuous, finite-data "
+                         "theory; paper protocol: n_2 = m n_1); stop: t*")
     _theory_args(de)
     de.add_argument("--w-min", type=float, default=1e-3)
     de.add_argument("--w-max", type=float, default=10.0)
-    de.add_argument("--max-multiple", type=int, default=8, help="aux: n_2 = m n_1 for m = 1..this")
+    de.add_argument("--max-multiple", type=int, default=8, help="aux: n_2 = m n_1 for m = 1..this (full-batch: the "
+                    "default upper end of the search, --n-max)")
+    de.add_argument("--n-min", type=float, help="aux, full-batch: smallest n_2 searched (default n_1 / 4)")
+    de.add_argument("--n-max", type=float, help="aux, full-batch: largest n_2 searched (default max-multiple x n_1)")
     de.add_argument("--t-max", type=float, help="stop: horizon (default: the experiment's)")
     de.add_argument("--grid", action="append", metavar="AXIS=V", help="refused: design evaluates one experiment (use --set)")
     de.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
