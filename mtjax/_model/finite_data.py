@@ -25,8 +25,9 @@ class FiniteDataTheory(AbstractTheory):
     name: ClassVar[str] = "finite-data"
     source: ClassVar[str] = "theory-finite"
     differentiable: ClassVar[bool] = True
-    # The fixed point's implicit gradient is a custom VJP: reverse mode only.
-    jacobian_mode: ClassVar[str] = "reverse"
+    # The fixed point's implicit derivative is a custom JVP (reverse mode by transposition):
+    # Jacobians by forward mode cost one tangent per parameter, however many observations.
+    jacobian_mode: ClassVar[str] = "forward"
     data_sizes: ClassVar[bool] = True
 
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
