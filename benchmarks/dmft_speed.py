@@ -15,7 +15,10 @@ grid).
 Settings:
 - `reference`: the paper grid's (benchmarks/paper_finite.py): n_grid 20, 3 x 2048 draws,
   3 x 32 response draws, max_iter 15, tol 0.02, 8192 test points;
-- `fit`: `mtjax.fit_solver()`, the settings fitting and design use (n_grid 16, 2048 test points).
+- `reference, draw seed 1`: the same with another seed of the fixed draws: the theory's own
+  Monte Carlo spread, the scale against which the other rows' differences are read;
+- `fit`: `mtjax.fit_solver()`, the settings fitting and design use (n_grid 16, 2048 test
+  points, exactly 4 Picard maps + the final one).
 
 `--old-rev REV`: the same reference cells solved by the mtjax of git revision REV (extracted with
 `git archive` into a temporary folder and run in a subprocess), for the old cost per cell and a
@@ -122,6 +125,8 @@ def main():
     if args.old_rev:
         rows[f"reference, mtjax@{args.old_rev}"] = run_old(args.old_rev)
     rows["reference"] = solve_cells(REFERENCE)
+    # The Monte Carlo spread of the fixed draws: the same settings with another draw seed.
+    rows["reference, draw seed 1"] = solve_cells({**REFERENCE, "seed": 1})
     rows["fit"] = solve_cells(fit_settings)
     ref = rows["reference"]
     b_ref = benefits(ref["loss"])

@@ -1,4 +1,12 @@
-"""Fit effective parameters of the population theory to the authors' rank-10 runs.
+"""Fit the theories to the authors' rank-10 runs: effective parameters of the population theory
+(default), or the finite-data theory of the paper's own network (`--model finite`).
+
+    python benchmarks/fit_paper.py --model finite --discrepancy --out docs/results/fit_paper_finite.txt
+
+The finite-data fit takes every cell with ntrain <= --max-ntrain (default 800: 744 cells), the
+data sizes, s_a, s_b, r and single-task mode known per cell, and fits one time scale τ_n per
+ntrain (SGD time -> the theory's GD time); see `fit_finite`.  The rest of this docstring is the
+population fit's.
 
 Data: the authors' rank-10.csv, shipped with mtjax (mtjax.default_data_dir()) (Lee & Ndirango 2019): early-stopped task-1 validation
 cross-entropy of 2000-epoch runs, 5 training seeds per cell. The population theory has no
@@ -28,9 +36,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+if "finite" not in sys.argv:  # the population fit is compile-bound; the DMFT fit is run-bound
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -61,8 +71,64 @@ def load_cells(path: str, s_a, s_b, r) -> pd.DataFrame:
     return cells
 
 
+def paper_full_batch(n_grid: int):
+    """The paper preset (N = 100, R = C = 10, depth-2 linear trunk of width 64, orthogonal init)
+    re-expressed as full-batch GD: the finite-data theory reads the data sizes from
+    `train.n_train_active` (known per cell, up to the 3200-example pool)."""
+    spec = mtjax.paper_spec(n_train=3200)
+    spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [3200, 3200], "n_pool": [3200, 3200],
+                     "n_steps": n_grid, "eval_every": 1}  # fmt: skip
+    return mtjax.experiment_from_spec(spec)
+
+
+def fit_finite(cells: pd.DataFrame, a):
+    """The finite-data theory (the DMFT of the paper's own network, quenched initial student of
+    seed 0, `mtjax.fit_solver()`), one fit per ntrain: its time scale τ_n is the only free
+    parameter, so each ntrain's cells are solved once (`FitProblem.with_fixed_curves`).  The
+    theory grid runs to 1.5 t_n with steps Δ <= 1 (GD stability; at least 16 steps).
+
+    **Returns:** (fitted predictions (len(cells),), predictions at τ = 1, {ntrain: FitResult})."""
+    cells = cells.assign(ntrain_b=np.where(cells.single_task, np.nan, cells.ntrain))
+    pred, nominal = np.full(len(cells), np.nan), np.full(len(cells), np.nan)
+    results = {}
+    for n in sorted(cells.ntrain.unique()):
+        sel = (cells.ntrain == n).to_numpy()
+        sub = cells[sel]
+        t_n = float(sub.time.iloc[0])
+        T = max(16, math.ceil(1.5 * t_n))
+        model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T))
+        obs, _ = observations_from_table(
+            sub, value="mean", se="se", known=["s_a", "s_b", "relatedness", "single_task", "ntrain", "ntrain_b"],
+            early_stopped=True, grid=np.linspace(0.0, 1.5 * t_n, T + 1), by=["s_a"] if a.offsets else [],
+        )  # fmt: skip
+        params = [Param("time_scale", 1.0)] + ([Param("loss_offset", 0.0, by="s_a")] if a.offsets else [])
+        t0 = time.time()
+        # Solved once here (only post-solve parameters are free), so the fit and the predictions reuse it.
+        prob = make_problem(paper_full_batch(T), obs, params, model=model).with_fixed_curves()
+        t_solve = time.time() - t0
+        res = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4,
+                  discrepancy="estimate" if a.discrepancy else None)  # fmt: skip
+        pred[sel] = np.asarray(prob.predict(res.theta))
+        nominal[sel] = np.asarray(prob.predict(prob.pack({"time_scale": 1.0})))
+        results[int(n)] = res
+        print(f"ntrain {int(n)}: {obs.n_conditions} cells solved in {t_solve:.0f} s (n_grid {T}, incl. compiling), "
+              f"fitted in {time.time() - t0 - t_solve:.0f} s: time_scale {float(res.params['time_scale'][0]):.3f}", flush=True)
+    return pred, nominal, results
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=["population", "finite"], default="population",
+                    help="population: effective parameters of the infinite-data theory; finite: the DMFT of the "
+                         "paper's network with the data sizes known (all cells with ntrain <= --max-ntrain)")
+    ap.add_argument("--max-ntrain", type=int, default=800, help="finite: largest ntrain fitted")
+    ap.add_argument("--discrepancy", action="store_true", help="finite: estimate a model-discrepancy term (error bars)")
+    ap.add_argument("--offsets", action="store_true",
+                    help="finite: also fit a loss offset per (ntrain, s_a) (`loss_offset`): the level of the task-1 "
+                         "loss, which cancels in the benefit, so the time scale is set by the rest")
+    ap.add_argument("--read-back", type=float, nargs="*", default=None, metavar="TAU",
+                    help="finite: fit r and s_b as free parameters to groups of multitask cells (s_a = 10, ntrain 200, "
+                         "400, 800), the theory's time at TAU_n x t_n (the fitted time scales of ntrain 200, 400, 800)")
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--s-a", type=float, nargs="+", default=[0.6309573444801929, 10.0])
     ap.add_argument("--s-b", type=float, nargs="+", default=[10.0])
@@ -77,6 +143,10 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     t0 = time.time()
+    if a.model == "finite" and a.read_back is not None:
+        return read_back(a, t0)
+    if a.model == "finite":
+        return main_finite(a, t0)
     cells = load_cells(a.data, a.s_a, a.s_b, a.r)
     spec = {
         "teacher": {"n_features": 100, "rank": 10, "n_classes": 10, "scale": [1.0, 1.0], "noise": 0.1, "noisy_fraction": 0.5},
@@ -107,6 +177,91 @@ def main():
             f.write(report + "\n")
 
 
+def main_finite(a, t0):
+    raw = pd.read_csv(a.data)
+    cells = load_cells(a.data, raw.s_a.unique(), raw.s_b.unique(), raw.relatedness.unique())
+    cells = cells[cells.ntrain <= a.max_ntrain].reset_index(drop=True)
+    print(f"{len(cells)} cells (ntrain <= {a.max_ntrain}), one fit per ntrain", flush=True)
+    pred, nominal, results = fit_finite(cells, a)
+    cells["theory"] = nominal
+    L0 = _benefit_table(cells)[:2]  # the summary lines of the unfitted theory (τ = 1)
+    cells["theory"] = pred
+    cells["resid"] = cells["mean"] - cells["theory"]
+    seconds = time.time() - t0
+    L = [f"fit_paper --model finite: {len(cells)} cells of rank-10.csv (every s_a, s_b, r; ntrain <= {a.max_ntrain}); "
+         f"theory: the DMFT of the paper's network (depth 2 x 64, quenched initial student of seed 0), "
+         f"mtjax.fit_solver() with n_grid max(16, 1.5 t_n); one time scale per ntrain"
+         f"{' and one loss offset per (ntrain, s_a)' if a.offsets else ''}; {seconds:.0f} s on 2 CPU cores",
+         f"command: python benchmarks/fit_paper.py " + " ".join(sys.argv[1:]), ""]
+    L.append("fitted time scales (SGD time t = lr x steps -> theory GD time τ t; ± Laplace s.e.), χ²/dof per ntrain:")
+    for n, res in results.items():
+        sel = cells.ntrain == n
+        dof = max(1, int(sel.sum()) - 1)
+        tau = np.asarray(res.discrepancy)[0]
+        chi2_d = float(np.sum(cells.resid[sel] ** 2 / (cells.se[sel] ** 2 + tau**2)) / dof)
+        L.append(f"  ntrain {n:4d}: τ = {float(res.params['time_scale'][0]):.4f} ± {float(res.stderr['time_scale'][0]):.4f}; "
+                 f"χ²/dof {float(res.chi2_dof):.1f} without, {chi2_d:.2f} with the discrepancy term "
+                 f"(τ_disc = {tau:.3f} nats{', estimated' if a.discrepancy else ': none requested'})")
+        if "loss_offset" in res.params:
+            sas = sorted(cells.s_a[sel].unique())
+            L.append("      loss offsets by s_a: " + ", ".join(
+                f"{sa:.3g}: {float(v):+.3f}" for sa, v in zip(sas, np.asarray(res.params["loss_offset"]))))
+    L += ["", "the theory at τ = 1 (SGD time = GD time, nothing fitted):"] + ["  " + x for x in L0]
+    return _finish(cells, L, a)
+
+
+READ_BACK = [(0.0, 10.0), (1.0, 10.0), (0.5, 2.512), (1.0, 0.631)]  # (r, s_b) the authors set
+
+
+def read_back(a, t0):
+    """r and s_b as free parameters: for each (r, s_b) of `READ_BACK`, the multitask cells at
+    s_a = 10 and ntrain 200, 400, 800 (3 early-stopped losses, one solve each) fitted through the
+    finite-data theory, from r = 0.5, s_b = 1, the theory's time at τ_n t_n (`--read-back`)."""
+    ns = (200, 400, 800)
+    taus = dict(zip(ns, a.read_back or [1.0, 1.0, 1.0]))
+    raw = pd.read_csv(a.data)
+    cells = load_cells(a.data, [10.0], raw.s_b.unique(), raw.relatedness.unique())
+    cells = cells[~cells.single_task & cells.ntrain.isin(ns)]
+    T = 21  # steps <= 1 up to 1.5 t_n at ntrain 800
+    L = [f"fit_paper --read-back: r and s_b free, fitted through the finite-data theory to the multitask cells "
+         f"(s_a = 10, ntrain {list(ns)}) of each (r, s_b) the authors set; theory time τ_n t_n with τ = {taus}",
+         f"command: python benchmarks/fit_paper.py " + " ".join(sys.argv[1:]), "",
+         f"{'r set':>6} {'r fit ± se':>16} {'s_b set':>8} {'s_b fit ± se':>18} {'chi2/dof':>8} {'s':>5}"]
+    for r, sb in READ_BACK:
+        close = np.isclose(cells.relatedness, r) & np.isclose(cells.s_b, sb, rtol=1e-3)
+        sub = cells[close].assign(time=lambda d: [taus[int(n)] * t for n, t in zip(d.ntrain, d.time)])
+        sub = sub.assign(ntrain_b=sub.ntrain)
+        ti = time.time()
+        obs, _ = observations_from_table(sub, value="mean", se="se", known=["s_a", "ntrain", "ntrain_b"],
+                                         early_stopped=True, grid=np.linspace(0.0, 1.5 * sub.time.max(), T + 1))  # fmt: skip
+        model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T))
+        prob = make_problem(paper_full_batch(T), obs, [Param("relatedness", 0.5), Param("s_b", 1.0)], model=model)
+        res = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4)
+        L.append(f"{r:6.2f} {float(res.params['relatedness'][0]):7.3f} ± {float(res.stderr['relatedness'][0]):6.3f} "
+                 f"{sb:8.3f} {float(res.params['s_b'][0]):8.3f} ± {float(res.stderr['s_b'][0]):7.3f} "
+                 f"{float(res.chi2_dof):8.2f} {time.time() - ti:5.0f}")
+        print(L[-1], flush=True)
+    L.append("")
+    L.append(f"total {time.time() - t0:.0f} s on 2 CPU cores")
+    report = "\n".join(L)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report + "\n")
+
+
+def _finish(cells, L, a):
+    L.append("")
+    L.append(f"loss fit: RMS residual {np.sqrt(np.mean(cells.resid**2)):.3f} nats, median |resid|/se "
+             f"{np.median(np.abs(cells.resid) / cells.se):.1f}")
+    L += _benefit_table(cells)
+    report = "\n".join(L)
+    print(report)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(report + "\n")
+
+
 def format_report(cells: pd.DataFrame, res, a, seconds: float) -> str:
     L = [f"fit_paper: {len(cells)} cells of rank-10.csv (s_a in {[round(x, 3) for x in a.s_a]}, s_b in "
          f"{[round(x, 3) for x in a.s_b]}, r in {a.r}, all ntrain); theory student depth {a.depth} x width {a.width}, "
@@ -121,6 +276,12 @@ def format_report(cells: pd.DataFrame, res, a, seconds: float) -> str:
     L.append("")
     L.append(f"loss fit: RMS residual {np.sqrt(np.mean(cells.resid**2)):.3f} nats, median |resid|/se "
              f"{np.median(np.abs(cells.resid) / cells.se):.1f}")
+    return "\n".join(L + _benefit_table(cells))
+
+
+def _benefit_table(cells: pd.DataFrame) -> list[str]:
+    """The multitask-benefit summary and table (data vs fitted theory) and the single-task table."""
+    L = []
     single = cells[cells.single_task].set_index(["ntrain", "s_a"])
     multi = cells[~cells.single_task].copy()
     sj = single.loc[list(zip(multi.ntrain, multi.s_a))]
@@ -143,7 +304,7 @@ def format_report(cells: pd.DataFrame, res, a, seconds: float) -> str:
     L.append("single-task early-stopped loss (nats): data ± s.e. | fitted theory")
     for (n, sa), s in single.sort_index().iterrows():
         L.append(f"{int(n):6d} {sa:6.3f} {s['mean']:8.3f} ± {s['se']:5.3f} {s['theory']:8.3f}")
-    return "\n".join(L)
+    return L
 
 
 def _sign_agree(multi: pd.DataFrame) -> float:

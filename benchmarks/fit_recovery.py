@@ -31,6 +31,11 @@ determined when task 2 is barely learned (small s_b).
 
     python benchmarks/fit_recovery.py --cache '' --out docs/results/fit_recovery.txt
     python benchmarks/fit_recovery.py --settings 4 --seeds 4   # smoke run
+    python benchmarks/fit_recovery.py --model finite --no-profile --out docs/results/fit_recovery_finite.txt
+
+`--model finite`: full-batch GD on finite training sets (N = 200, P = α N with α ~ log-U(0.5, 8),
+known; 40 steps at lr 0.5, so the noisy-label curves overfit), fitted by the finite-data theory
+and, side by side, by the population theory (which has no training set).
 
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
 faster but runs the threefry PRNG that draws every online batch 6-12x slower. The simulations
@@ -70,19 +75,38 @@ SPEC = {
     "train": {"protocol": "online", "n_steps": 2000, "eval_every": 200, "learning_rate": 0.005, "batch_size": 256, "n_test": 8000},
 }
 SOLVER = mtjax.PopulationSolver(n_quad=1024, n_quad_eval=8192, rtol=1e-4, atol=1e-6, smooth_loss=True)
+# `--model finite`: full-batch GD on P = α N examples per task (α ~ log-U(0.5, 8), known), long
+# enough to overfit the noisy labels; the theory is the DMFT of that GD on its own 40-step grid.
+SPEC_FINITE = {
+    "teacher": {"n_features": 200, "rank": 3, "n_classes": 3, "scale": [1.0, 1.0], "noise": 1.0, "relatedness": 0.5},
+    "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+    "train": {"protocol": "full_batch", "n_train": [1600, 1600], "n_steps": 40, "eval_every": 4, "learning_rate": 0.5,
+              "n_test": 8000},
+}  # fmt: skip
 #: r is called identifiable when its 95 % profile interval is closed and no wider than ± this.
 R_MAX_HALF_WIDTH = 0.2
 #: profile grid of r: estimate + h x these, h = min(s.e., 0.2) (in r units), clipped to ±0.99
 PROFILE_STEPS = (-4.5, -3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0, 4.5)
 
 
-def settings(n: int, seed: int) -> pd.DataFrame:
+def settings(n: int, seed: int, finite: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
+    d = pd.DataFrame({
         "relatedness": rng.uniform(0.0, 0.9, n),
         "s_a": 10 ** rng.uniform(-0.4, 0.5, n),
         "s_b": 10 ** rng.uniform(-0.4, 0.5, n),
     })  # fmt: skip
+    if finite:  # data size P = α N per task (both tasks), known to the fit
+        d["ntrain"] = np.round(200 * 2 ** rng.uniform(-1.0, 3.0, n))
+        d["ntrain_b"] = d["ntrain"]
+    return d
+
+
+def theory_experiment(exp, truth: pd.DataFrame, i: int):
+    """The experiment a fit of setting i starts from: its data sizes set (finite data), else `exp`."""
+    if "ntrain" not in truth:
+        return exp
+    return mtjax.apply_axes(exp, {"ntrain": float(truth.ntrain.iloc[i]), "ntrain_b": float(truth.ntrain_b.iloc[i])})
 
 
 def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
@@ -118,14 +142,18 @@ def main():
     ap.add_argument("--cache", default="/tmp", help="folder of the simulation cache ('' : no cache)")
     ap.add_argument("--only", type=int, nargs="*", default=None, help="fit only these settings (debugging)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profile intervals of r")
+    ap.add_argument("--model", choices=["population", "finite"], default="population",
+                    help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
+                         "training sets fitted by the finite-data theory, and by the population theory side by side")
     a = ap.parse_args()
     t0 = time.time()
-    exp = mtjax.experiment_from_spec(SPEC)
-    truth = settings(a.settings, a.seed)
+    finite = a.model == "finite"
+    exp = mtjax.experiment_from_spec(SPEC_FINITE if finite else SPEC)
+    truth = settings(a.settings, a.seed, finite)
     disc = {"none": None, "estimate": "estimate"}.get(a.discrepancy, None)
     if a.discrepancy not in ("none", "estimate"):
         disc = float(a.discrepancy)
-    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.settings}_{a.seeds}_{a.seed}.npz") if a.cache else None
+    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.model}_{a.settings}_{a.seeds}_{a.seed}.npz") if a.cache else None
     if cache and os.path.exists(cache):  # the simulation is the slow part: reuse it across fit variants
         z = np.load(cache)
         times, loss = z["times"], z["loss"]
@@ -144,7 +172,16 @@ def main():
         ])  # fmt: skip
         obs, _ = observations_from_table(tab, se="se", known=[])
         params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
-        prob = make_problem(exp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), solver=SOLVER)
+        texp = theory_experiment(exp, truth, i)
+        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40)), "pop_": mtjax.PopulationTheory(SOLVER)} \
+            if finite else {"": mtjax.PopulationTheory(SOLVER)}  # fmt: skip
+        row = {"setting": i}
+        for prefix, model in list(models.items())[1:]:  # the other theory, side by side: point estimates only
+            pr_ = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=model)
+            r_ = fit(pr_, n_starts=a.starts, n_adam=30, adam_lr=0.1, n_newton=20)
+            row.update({f"{prefix}{n}_fit": float(r_.params[n][0]) for n in ("relatedness", "s_a", "s_b")})
+            row[f"{prefix}chi2_dof"] = float(r_.chi2_dof)
+        prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
         ti = time.time()
         # Errors of one seed-mean curve are correlated across times (a seed that learns fast is
         # low at every time, and it keeps its test set): the sandwich error bars treat every
@@ -152,9 +189,13 @@ def main():
         per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)
         kw = {"diagonal": {}, "replicates": {"obs_replicates": per_seed},
               "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
-        res = fit(prob, n_starts=a.starts, n_adam=30, adam_lr=0.1, n_newton=20, discrepancy=disc, **kw)
+        # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
+        # alone (forward-mode Jacobian, 3 tangents) from the starts.
+        res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc, **kw)
         base = error_model(prob, res, **kw)  # the same fit's error bars without the discrepancy term
-        row = {"setting": i, "dof": res.dof, "tau_a": float(res.discrepancy[0]), "tau_b": float(res.discrepancy[1])}
+        row.update({"dof": res.dof, "tau_a": float(res.discrepancy[0]), "tau_b": float(res.discrepancy[1])})
+        if finite:
+            row["ntrain_true"] = float(truth.ntrain.iloc[i])
         for name in ("relatedness", "s_a", "s_b"):
             row[f"{name}_true"] = float(truth[name].iloc[i])
             row[f"{name}_fit"] = float(res.params[name][0])
@@ -181,8 +222,12 @@ def main():
 
 
 def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float = float("nan")) -> str:
-    lines = [f"fit_recovery: {a.settings} settings x {a.seeds} seeds, online protocol (N=32, R=C=3, depth 1, width 8,",
-             f"sigma=1, lr 0.005, t in 1..10), {a.starts} starts, error bars: {a.errors}, discrepancy: {a.discrepancy}; "
+    setup = ("full-batch GD on P = α N examples per task, α in [0.5, 8] known (N=200, R=C=3, depth 1, width 8,\n"
+             "sigma=1, lr 0.5, 40 steps), fitted by the finite-data theory (mtjax.fit_solver(n_grid=40), quenched)"
+             if getattr(a, "model", "population") == "finite" else
+             "online protocol (N=32, R=C=3, depth 1, width 8,\nsigma=1, lr 0.005, t in 1..10)")  # fmt: skip
+    lines = [f"fit_recovery: {a.settings} settings x {a.seeds} seeds, {setup}, {a.starts} starts, error bars: {a.errors}, "
+             f"discrepancy: {a.discrepancy}; "
              f"simulation {t_sim:.0f} s, total {t_all:.0f} s wall, {t_cpu:.0f} s CPU ({os.environ.get('XLA_FLAGS', '')}; "
              f"load average {os.getloadavg()[0]:.1f} at the end)", ""]
     d = df.copy()
@@ -237,6 +282,20 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
             lines.append(f"  {name:17s} profile 68 %: {c68:4.0%}  profile 95 %: {c95:4.0%}   (n={len(sub)}; with the discrepancy term)")
     lines.append(f"median chi2/dof: {d.chi2_dof.median():.2f}; converged: {int(d.converged.sum())}/{len(d)}; "
                  f"median fit time {d.fit_s.median():.1f} s (incl. profile)")
+    if "pop_relatedness_fit" in d:  # the population theory on the same finite-data curves
+        lines.append("")
+        lines.append("the population theory fitted to the same curves (point estimates; α = P/N of each setting):")
+        lines.append(f"{'#':>2} {'ntrain':>6} {'r true':>6} {'r fit':>6} {'lg s_a':>6} {'fit':>6} {'lg s_b':>6} {'fit':>6} "
+                     f"{'chi2/dof':>8} | finite-data: {'r fit':>6} {'chi2/dof':>8}")
+        for _, r in d.iterrows():
+            lines.append(f"{int(r.setting):>2} {int(r.ntrain_true):6d} {r.relatedness_true:6.3f} {r.pop_relatedness_fit:6.3f} "
+                         f"{np.log10(r.s_a_true):6.3f} {np.log10(r.pop_s_a_fit):6.3f} {np.log10(r.s_b_true):6.3f} "
+                         f"{np.log10(r.pop_s_b_fit):6.3f} {r.pop_chi2_dof:8.2f} | {r.relatedness_fit:6.3f} {r.chi2_dof:8.2f}")
+        pr = np.abs(d.pop_relatedness_fit - d.relatedness_true) < 0.1
+        ps = [np.abs(np.log10(d[f"pop_{s}_fit"] / d[f"{s}_true"])) < 0.15 for s in ("s_a", "s_b")]
+        lines.append(f"population theory within target: r {int(pr.sum())}/{len(d)}, log10 s_a {int(ps[0].sum())}/{len(d)}, "
+                     f"log10 s_b {int(ps[1].sum())}/{len(d)}; median chi2/dof {d.pop_chi2_dof.median():.1f} "
+                     f"(finite-data {d.chi2_dof.median():.2f})")
     return "\n".join(lines)
 
 

@@ -11,9 +11,9 @@ for online data; `design_model`), or any differentiable model (`model=...`).
   task 2's training set (its overfitting).
 - `optimal_stopping_time`: the time t* = lr x steps minimising task 1's test loss.
 
-Derivatives come from forward mode through the diffrax solve (`diffrax.ForwardMode`: one
-tangent for one design variable), or reverse mode for a model whose solve has a custom VJP
-(the finite-data theory's implicit fixed-point gradient; `AbstractModel.jacobian_mode`).
+Derivatives come from forward mode (one tangent for one design variable): through the diffrax
+solve with `diffrax.ForwardMode`, through the finite-data theory's fixed point by its implicit
+custom JVP.
 """
 
 from __future__ import annotations
@@ -89,15 +89,12 @@ def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: Popu
 @eqx.filter_jit
 def _loss_and_slope(experiment, seeds, ts, model, axis, log_v):
     """Early-stopped task-1 loss and its derivative in log v for the design variable `axis`
-    (w_b, ntrain_b) = exp(log v), for a batch of log v: forward mode (one tangent) or, for a
-    model whose solve has a custom VJP, reverse mode."""
+    (w_b, ntrain_b) = exp(log v), for a batch of log v, by forward mode (one tangent)."""
     model = model.forward_mode()
 
     def f(lv):
         return early_stopped_loss(apply_axes(experiment, {axis: jnp.exp(lv)}), seeds, ts, model=model)
 
-    if model.jacobian_mode == "reverse":
-        return jax.vmap(jax.value_and_grad(f))(log_v)
     return jax.vmap(lambda lv: jax.jvp(f, (lv,), (jnp.ones_like(lv),)))(log_v)
 
 

@@ -134,3 +134,15 @@ def test_design_through_the_dmft_finds_the_known_optima():
     assert float(w.value) < 0.5 and float(w.loss) < float(w.baseline_loss) - 0.005
     with pytest.raises(ValueError, match="has no training set"):
         mtjax.optimal_aux_data_size(same, model=mtjax.PopulationTheory())
+
+
+def test_post_solve_parameters_solve_the_theory_once():
+    # Only time scale and loss offset free: `fit` solves the conditions once (fixed curves) and
+    # recovers both from the theory's own curves shifted by 0.05 nats on a stretched time axis.
+    base = _theory_values({"time_scale": 1.25})
+    prob = _problem([Param("time_scale", 1.0), Param("loss_offset", 0.0)], {k: v + 0.05 for k, v in base.items()})
+    assert prob.solve_free and prob.with_fixed_curves().fixed_curves is not None
+    res = fit(prob, n_starts=1, n_adam=0, n_newton=30, gtol=1e-9)
+    np.testing.assert_allclose(float(res.params["time_scale"][0]), 1.25, rtol=1e-3)
+    np.testing.assert_allclose(float(res.params["loss_offset"][0]), 0.05, atol=1e-4)
+    assert not _problem([Param("time_scale"), Param("eps_b")]).solve_free

@@ -16,7 +16,7 @@ from .._experiment import Experiment, Seeds
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
-from .params import DATA_SIZES
+from .params import DATA_SIZES, POST_SOLVE
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
 from .params import Param
 from .problem import FitProblem, _exact_hessian, fit_model, make_problem
@@ -159,6 +159,8 @@ def fit(
                               obs_replicates, discrepancy)
     starts = _starts(problem, starts, n_starts, start_spread, key)
     S = starts.shape[0]
+    if problem.solve_free:  # only time scales are free: the theory is solved once, not per step
+        problem = problem.with_fixed_curves()
     report = _Progress("fit", progress)
     second = "Levenberg-Marquardt" if problem.loss == "wls" else "Newton"
     report(f"{S} starts x ({n_adam} Adam + <= {n_newton} {second} steps), {int(problem.obs.value.shape[0])} observations, "
@@ -301,7 +303,7 @@ def fit_table(
     mapping = dict(mapping or {})
     mapping.setdefault("by", sorted({p.by for p in params if p.by is not None}))
     free = {p.name for p in params}
-    mapping.setdefault("split", sorted({p.by for p in params if p.by is not None and p.name != "time_scale"}))
+    mapping.setdefault("split", sorted({p.by for p in params if p.by is not None and p.name not in POST_SOLVE}))
     # A model with training sets (the finite-data theory) also takes the data sizes as known.
     columns = KNOWN_COLUMNS + (DATA_SIZES if model.data_sizes else ())
     mapping.setdefault("known", [c for c in columns if c in table and c not in free])

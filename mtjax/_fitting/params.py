@@ -28,7 +28,13 @@ DEFAULT_TRANSFORMS = {
     "time_scale": "log",
     "ntrain": "log",
     "ntrain_b": "log",
+    "loss_offset": "identity",
 }
+#: Parameters that act after the theory solve, on its predictions: `time_scale` (on the time
+#: axis) and `loss_offset` (an additive bias of the predicted metric, in nats: a fitted model
+#: discrepancy, e.g. one per condition group whose level the theory misses while it gets the
+#: differences between conditions; it cancels in a benefit between rows of one level).
+POST_SOLVE = ("time_scale", "loss_offset")
 #: Data sizes: free or known only for a model that sees training sets (`AbstractModel.data_sizes`,
 #: the finite-data theory), as continuous P_k (α_k = P_k / N); default start: the experiment's.
 DATA_SIZES = ("ntrain", "ntrain_b")
@@ -69,7 +75,8 @@ class Param(eqx.Module):
     - `name`: a theory parameter (`relatedness`, `s_a`, `s_b`, `sigma_a`, `sigma_b`, `eps_a`,
       `eps_b`, `q`, `readout_alignment`, `w_b`, `init_scale`, `lr`), `time_scale` (effective
       factor on every task rate, i.e. on the learning rate), or a data size `ntrain`, `ntrain_b`
-      (examples of task 1 / tasks 2..K, continuous; finite-data theory only).
+      (examples of task 1 / tasks 2..K, continuous; finite-data theory only), or `loss_offset`
+      (an additive bias of the predictions, nats; after the solve, like `time_scale`).
     - `init`: starting value (constrained units), a scalar or one value per level of `by`
       (data sizes: default the experiment's own).
     - `transform`: `"tanh"`, `"log"`, `"sigmoid"` or `"identity"` (default by name, see
@@ -91,7 +98,8 @@ class Param(eqx.Module):
         self.transform = transform or DEFAULT_TRANSFORMS.get(name, "log")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"transform={self.transform!r} is not one of {list(TRANSFORMS)}")
-        default = {"relatedness": 0.0, "eps_a": 0.1, "eps_b": 0.1, "q": 0.5, "readout_alignment": 0.0}.get(name, 1.0)
+        default = {"relatedness": 0.0, "eps_a": 0.1, "eps_b": 0.1, "q": 0.5, "readout_alignment": 0.0,
+                   "loss_offset": 0.0}.get(name, 1.0)  # fmt: skip
         if init is None and name in DATA_SIZES:
             self.init = ()  # the experiment's data size (`FitProblem.initial_theta`)
         else:

@@ -15,7 +15,7 @@ from .._model import AbstractModel, PopulationTheory
 from .._population import PopulationSolver
 from .._sweep import apply_axes
 from .observations import Observations
-from .params import DATA_SIZES, Param, _forward, _inverse
+from .params import DATA_SIZES, POST_SOLVE, Param, _forward, _inverse
 
 
 class FitProblem(eqx.Module):
@@ -30,6 +30,9 @@ class FitProblem(eqx.Module):
     n_levels: tuple[int, ...] = eqx.field(static=True)
     model: AbstractModel
     loss: str = eqx.field(static=True)
+    # The theory curves when no free parameter enters the solves (only `time_scale` and
+    # `loss_offset`, which act after them): solved once by `fit` (`with_fixed_curves`).
+    fixed_curves: Any = None
 
     @property
     def size(self) -> int:
@@ -66,8 +69,25 @@ class FitProblem(eqx.Module):
         lev = self.obs.level[by]
         return jax.ops.segment_max(lev, self.obs.condition, num_segments=self.obs.n_conditions)
 
+    @property
+    def solve_free(self) -> bool:
+        """True when no free parameter enters the theory solves (only `POST_SOLVE` ones)."""
+        return all(p.name in POST_SOLVE for p in self.params)
+
+    def with_fixed_curves(self) -> "FitProblem":
+        """This problem with its curves solved once (for `solve_free` problems; else itself)."""
+        if not self.solve_free or self.fixed_curves is not None:
+            return self
+        cur = eqx.filter_jit(lambda prob, th: prob.curves(th))(self, self.initial_theta())
+        return eqx.tree_at(lambda p: p.fixed_curves, self, cur, is_leaf=lambda x: x is None)
+
     def curves(self, theta: Float[Array, " P"]) -> Float[Array, "n_cond T K"]:
-        """Theory test loss of every condition at the grid times (time scale not applied)."""
+        """Theory test loss of every condition at the grid times (time scale not applied).
+
+        All conditions in one vmapped program, or in chunks of `model.fit_batch` (`lax.map`)
+        for a model whose solves are large (the finite-data theory's paper-preset cells)."""
+        if self.fixed_curves is not None:
+            return self.fixed_curves
         vals = self.unpack(theta)
         nc = self.obs.n_conditions
         axes = {}
@@ -76,7 +96,7 @@ class FitProblem(eqx.Module):
                 continue
             axes[c] = v
         for p in self.params:
-            if p.name == "time_scale":
+            if p.name in POST_SOLVE:
                 continue
             axes[p.name] = vals[p.name][self._condition_levels(p.name, p.by)]
         single = self.obs.known.get("single_task")
@@ -93,27 +113,34 @@ class FitProblem(eqx.Module):
             loss, diverged = self.model.test_loss_at(apply_axes(self.experiment, ax), self.seeds, self.obs.grid)
             return jnp.where(diverged, jnp.nan, loss)
 
-        return jax.vmap(one)(axes) if axes else jnp.broadcast_to(one({}), (nc,) + (self.obs.grid.shape[0], self.experiment.train.n_tasks))
+        if not axes:
+            return jnp.broadcast_to(one({}), (nc,) + (self.obs.grid.shape[0], self.experiment.train.n_tasks))
+        batch = self.model.fit_batch
+        return jax.vmap(one)(axes) if batch is None or batch >= nc else jax.lax.map(one, axes, batch_size=batch)
 
     def predict(self, theta: Float[Array, " P"]) -> Float[Array, " n"]:
         """Predicted metric of every observation.
 
         Loss at time τ t by linear interpolation on the grid (exact at grid times when τ = 1);
-        early-stopped rows take the minimum over grid times <= τ t and the interpolated end."""
+        early-stopped rows take the minimum over grid times <= τ t and the interpolated end;
+        plus the row's `loss_offset` where one is fitted."""
         vals = self.unpack(theta)
         cur = self.curves(theta)
         o = self.obs
-        tau = jnp.ones(o.time.shape)
+        tau, offset = jnp.ones(o.time.shape), jnp.zeros(o.time.shape)
         for p in self.params:
-            if p.name == "time_scale":
+            if p.name in POST_SOLVE:
                 lev = o.level[p.by] if p.by is not None else jnp.zeros(o.time.shape, jnp.int32)
-                tau = vals[p.name][lev]
+                if p.name == "time_scale":
+                    tau = vals[p.name][lev]
+                else:
+                    offset = vals[p.name][lev]
         tt = tau * o.time
         rows = cur[o.condition, :, o.task]  # (n, T)
         grid = o.grid
         at = jax.vmap(lambda r, t: jnp.interp(t, grid, r))(rows, tt)
         before = jnp.min(jnp.where(grid[None, :] <= tt[:, None] * (1 + 1e-6), rows, jnp.inf), axis=1)
-        return jnp.where(o.early_stopped, jnp.minimum(at, before), at)
+        return jnp.where(o.early_stopped, jnp.minimum(at, before), at) + offset
 
     def objective(self, theta: Float[Array, " P"]) -> Float[Array, ""]:
         """Weighted squared error ½ Σ ((pred − value)/se)², or the Gaussian negative log-likelihood
@@ -173,7 +200,7 @@ def make_problem(
         if p.by is not None and p.by not in obs.level:
             raise ValueError(f"Param {p.name!r} varies by {p.by!r}, which is not a `by` column of the observations")
         n = 1 if p.by is None else int(np.max(np.asarray(obs.level[p.by]))) + 1
-        if p.by is not None and p.name != "time_scale":
+        if p.by is not None and p.name not in POST_SOLVE:
             lev, cond = np.asarray(obs.level[p.by]), np.asarray(obs.condition)
             if any(len(set(lev[cond == c])) > 1 for c in range(obs.n_conditions)):
                 raise ValueError(f"Param {p.name!r} varies by {p.by!r} but one theory solve mixes its levels: "
@@ -220,35 +247,22 @@ def _value_and_grad(problem: FitProblem, thetas: Float[Array, "S P"]):
 
 @eqx.filter_jit
 def _residuals_and_jacobian(problem: FitProblem, thetas: Float[Array, "S P"]):
-    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P).
-
-    Forward mode where the model allows it (`jacobian_mode`): it costs P tangents however many
-    observations there are, and diffrax's reverse-mode adjoints (custom VJPs) cannot be entered
-    by forward mode, so the population solve runs with `diffrax.ForwardMode()` here (same
-    discretisation, exact derivatives). The finite-data theory's fixed point has an implicit
-    (custom) VJP instead: reverse mode, n cotangents."""
+    """Whitened residuals (pred − value)/se (S, n) and their Jacobian (S, n, P), by forward mode:
+    P tangents however many observations there are.  Every theory can be entered by forward
+    mode: the population solve runs with `diffrax.ForwardMode()` here (diffrax's reverse-mode
+    adjoints are custom VJPs that forward mode cannot enter; same discretisation, exact
+    derivatives), and the finite-data theory's fixed point has an implicit custom JVP."""
     prob = _forward_mode(problem)
-    jac = jax.jacfwd if prob.model.jacobian_mode == "forward" else jax.jacrev
 
     def res(th):
         return (prob.predict(th) - prob.obs.value) / prob.obs.se
 
-    def one(th):
-        return res(th), jac(res)(th)
-
-    if prob.model.jacobian_mode == "reverse":
-        # The starts one after another: `vmap` of `jacrev` through the fixed point's custom VJP
-        # crashed XLA's CPU backend (SIGSEGV, jax 0.10.2, two starts of a depth-1 DMFT fit),
-        # while `lax.map` of it, `vmap` of `grad` and a single `jacrev` run.
-        return jax.lax.map(one, thetas)
-    return jax.vmap(one)(thetas)
+    return jax.vmap(lambda th: (res(th), jax.jacfwd(res)(th)))(thetas)
 
 
 @eqx.filter_jit
 def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
     """Hessian of the objective: forward over forward (`jax.hessian` is forward over reverse,
-    which cannot enter diffrax's reverse-mode custom VJP), or reverse over reverse for a model
-    whose solve has a custom VJP of its own (`jacobian_mode = "reverse"`)."""
+    which cannot enter diffrax's reverse-mode custom VJP)."""
     prob = _forward_mode(problem)
-    jac = jax.jacfwd if prob.model.jacobian_mode == "forward" else jax.jacrev
-    return jac(jac(prob.objective))(theta)
+    return jax.jacfwd(jax.jacfwd(prob.objective))(theta)

@@ -38,13 +38,12 @@ class AbstractModel(eqx.Module):
     source: ClassVar[str]
     # Whether `history` can be differentiated w.r.t. the experiment's array fields (fitting).
     differentiable: ClassVar[bool]
-    # How fitting takes Jacobians and Hessians of `test_loss_at`: "forward" (jacfwd; cheap for
-    # few parameters) or "reverse" (jacrev; for solves with a custom reverse-mode rule, such as
-    # the implicit gradient of a fixed point, which forward mode cannot enter).
-    jacobian_mode: ClassVar[str] = "forward"
     # Whether the curves depend on the training-set sizes `train.n_train_active` as continuous
     # values (the finite-data theory): then data sizes can be known columns or free in a fit.
     data_sizes: ClassVar[bool] = False
+    # Theory solves evaluated at once when a fit evaluates many conditions (None: all in one
+    # vmapped program): bounds the memory of fits to large tables.
+    fit_batch: ClassVar[int | None] = None
 
     @abc.abstractmethod
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:

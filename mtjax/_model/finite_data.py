@@ -25,10 +25,9 @@ class FiniteDataTheory(AbstractTheory):
     name: ClassVar[str] = "finite-data"
     source: ClassVar[str] = "theory-finite"
     differentiable: ClassVar[bool] = True
-    # The fixed point's implicit derivative is a custom JVP (reverse mode by transposition):
-    # Jacobians by forward mode cost one tangent per parameter, however many observations.
-    jacobian_mode: ClassVar[str] = "forward"
     data_sizes: ClassVar[bool] = True
+    # A paper-preset solve holds ~0.1–0.2 GB while it runs (draws, fields, response chunks).
+    fit_batch: ClassVar[int | None] = 8
 
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
         self.solver = FiniteDataSolver() if solver is None else solver

@@ -1,0 +1,120 @@
+"""Design through the finite-data theory, checked by simulation.
+
+Run: python benchmarks/design_validation.py [--seeds 16] [--out docs/results/design_validation.txt]
+
+Five settings (N = 200, R = C = 3, linear trunk of width 8, full-batch GD at lr 0.5 for 40
+steps, evaluated every 2 steps, 4000 test examples): for each, a design helper through
+`mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40), "typical")` (the grid's steps are the
+simulation's: Δ = lr) predicts the optimal task-2 weight w_2, auxiliary data size P_2 or
+stopping time t*, and the improvement of task 1's early-stopped test loss over the default
+(w_2 = 1, the given P_2; for t*: stopping at the end).  Then full-batch GD simulations at the
+default and at the optimum (`--seeds` realisations of teacher, data and initialisation, the same
+for both, so the improvement is a paired difference) measure the improvement; the check is
+|simulated − predicted| <= 2 s.e. of the paired difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+import mtjax
+
+BASE = {
+    "teacher": {"n_features": 200, "rank": 3, "n_classes": 3, "scale": [3.0, 3.0], "noise": 0.3, "flip": [0.1, 0.1],
+                "noisy_fraction": 1.0, "relatedness": 0.0},
+    "student": {"depth": 1, "width": 8, "bias_init": "zeros"},
+    "train": {"protocol": "full_batch", "n_train": [200, 200], "n_steps": 40, "eval_every": 2, "learning_rate": 0.5,
+              "n_test": 4000},
+}  # fmt: skip
+
+# (name, design, teacher overrides, n_train)
+SETTINGS = [
+    ("noisy unrelated task 2", "w2", {"relatedness": 0.0, "flip": [0.1, 0.5]}, [200, 200]),
+    ("clean related task 2", "aux", {"relatedness": 1.0, "flip": [0.1, 0.0]}, [100, 100]),
+    ("asymmetric data sizes", "w2", {"relatedness": 0.7}, [100, 800]),
+    ("related task 2 with noisy labels", "aux", {"relatedness": 0.8, "flip": [0.1, 0.4]}, [200, 200]),
+    ("stopping time", "stop", {"relatedness": 0.5, "flip": [0.3, 0.3]}, [200, 200]),
+]
+
+
+def experiment(teacher: dict, n_train, w2: float = 1.0):
+    spec = {**BASE, "teacher": {**BASE["teacher"], **teacher}, "train": {**BASE["train"], "n_train": list(n_train)}}
+    e = mtjax.experiment_from_spec(spec)
+    return eqx.tree_at(lambda m: m.train.task_weights, e, jnp.asarray([1.0, w2]))
+
+
+def simulate(exp, n_seeds: int) -> np.ndarray:
+    """Task-1 test-loss curves (seeds, T) of full-batch GD over `n_seeds` realisations."""
+    i = jnp.arange(n_seeds)
+    seeds = mtjax.Seeds(i, i + 1000, i + 2000, i + 3000)
+    h = eqx.filter_jit(eqx.filter_vmap(lambda s: mtjax.simulate(exp, s)))(seeds)
+    return np.asarray(h.test_loss[..., 0]), np.asarray(h.time)[0]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40), "typical")
+    lines = []
+
+    def emit(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    emit("# design through the finite-data theory vs full-batch GD simulations")
+    emit("# command: python benchmarks/design_validation.py " + " ".join(sys.argv[1:]))
+    emit(f"# N = 200, R = C = 3, depth 1 x 8, lr 0.5, 40 steps; theory {model.solver.n_grid}-step grid, typical init; "
+         f"{a.seeds} realisations (paired)")
+    emit()
+    emit(f"{'setting':34s} {'design':>6s} {'default':>8s} {'optimum':>8s} {'Δ predicted':>11s} {'Δ simulated':>16s} "
+         f"{'|z|':>5s} {'ok':>3s}")
+    ok_all = []
+    for name, what, teacher, n_train in SETTINGS:
+        t0 = time.time()
+        exp = experiment(teacher, n_train)
+        if what == "w2":
+            r = mtjax.optimal_task_weight(exp, bounds=(0.01, 10.0), n_grid=7, n_refine=2, model=model)
+            default, best = 1.0, float(r.value)
+            sim_default = simulate(exp, a.seeds)[0]
+            sim_best = simulate(experiment(teacher, n_train, best), a.seeds)[0]
+            pred = float(r.baseline_loss - r.loss)
+            d = np.min(sim_default, 1) - np.min(sim_best, 1)
+        elif what == "aux":
+            r = mtjax.optimal_aux_data_size(exp, bounds=(n_train[0] / 4, 8 * n_train[0]), n_grid=7, n_refine=2, model=model)
+            default, best = float(n_train[1]), float(r.value)
+            sim_default = simulate(exp, a.seeds)[0]
+            sim_best = simulate(experiment(teacher, [n_train[0], int(round(best))]), a.seeds)[0]
+            pred = float(r.baseline_loss - r.loss)
+            d = np.min(sim_default, 1) - np.min(sim_best, 1)
+        else:
+            r = mtjax.optimal_stopping_time(exp, model=model, n_times=40)
+            curves, times = simulate(exp, a.seeds)
+            default, best = float(times[-1]), float(r.time)
+            j = int(np.argmin(np.abs(times - best)))  # the evaluation nearest to t*
+            th, _ = eqx.filter_jit(model.test_loss_at)(exp, mtjax.Seeds(0), jnp.asarray([times[j], times[-1]]))
+            pred = float(th[1, 0] - th[0, 0])
+            d = curves[:, -1] - curves[:, j]
+        se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+        z = abs(float(np.mean(d)) - pred) / se
+        ok = z <= 2
+        ok_all.append(ok)
+        flag = " (bound)" if what != "stop" and bool(r.on_bound) else ""
+        emit(f"{name:34s} {what:>6s} {default:8.3g} {best:8.3g} {pred:11.4f} {np.mean(d):9.4f} ± {se:.4f} {z:5.1f} "
+             f"{'yes' if ok else 'NO':>3s}{flag}   ({time.time() - t0:.0f} s)")
+    emit()
+    emit(f"# {sum(ok_all)} of {len(ok_all)} settings: simulated improvement within 2 s.e. of the predicted one")
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
