@@ -178,7 +178,7 @@ def main():
         row = {"setting": i}
         for prefix, model in list(models.items())[1:]:  # the other theory, side by side: point estimates only
             pr_ = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=model)
-            r_ = fit(pr_, n_starts=a.starts, n_adam=30, adam_lr=0.1, n_newton=20)
+            r_ = fit(pr_, n_starts=a.starts, n_adam=0, n_newton=20)
             row.update({f"{prefix}{n}_fit": float(r_.params[n][0]) for n in ("relatedness", "s_a", "s_b")})
             row[f"{prefix}chi2_dof"] = float(r_.chi2_dof)
         prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])

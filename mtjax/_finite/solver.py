@@ -146,13 +146,18 @@ def fit_solver(**overrides) -> FiniteDataSolver:
     """The finite-data solver that fitting and design use by default (docs/fitting.md §6).
 
     Measured on the paper preset (`benchmarks/dmft_speed.py`, docs/results/dmft_speed.txt): a
-    grid of 16 steps and 2048 test points instead of the paper grid's 20 and 8192 cost 0.65 of
-    the reference solve and move its multitask benefits by at most 0.007 nats (rms 0.004); the
-    draws (3 x 2048) and response draws (3 x 32) stay, since halving either moves benefits by up
-    to 0.02–0.03 nats.  Exactly 6 Picard maps per solve (`min_iter` = `max_iter` = 6; the
-    paper preset's fixed points converge in 4–5 to tol 0.02): a smooth objective for the
-    optimiser, and an adjoint solve of 6 vector–Jacobian products per gradient.
+    grid of 16 steps and 2048 test points instead of the paper grid's 20 and 8192 move its
+    multitask benefits by at most 0.007 nats (rms 0.004), less than the spread between draw
+    seeds; the draws (3 x 2048) and response draws (3 x 32) stay, since halving either moves
+    benefits by up to 0.02–0.03 nats.  The fixed point is solved to a tight `tol` = 2e-3 (at
+    most 20 maps): the number of maps then changes with the parameters only where the kernels
+    have converged to ~1e-3, so the objective a fit sees is smooth to far below its standard
+    errors.  A fixed, small number of maps is not safe: on a 40-step grid at α = 2, σ = 1 the
+    curves after 4 maps were 0.27 nats off (6 maps: 0.07; 12: converged), while the paper
+    preset's 16-step grid converges in 4.  The implicit derivative iterates its tangent
+    `max_iter` times.
 
-    `overrides`: any `FiniteDataSolver` argument (e.g. `n_grid=30` for a long horizon)."""
-    settings = dict(n_grid=16, n_draws=2048, n_response=32, min_iter=4, max_iter=4, tol=2e-2, n_quad_eval=2048)
+    `overrides`: any `FiniteDataSolver` argument (e.g. `n_grid=40` to match a simulation's
+    steps)."""
+    settings = dict(n_grid=16, n_draws=2048, n_response=32, max_iter=20, tol=2e-3, n_quad_eval=2048)
     return FiniteDataSolver(**{**settings, **overrides})
