@@ -18,7 +18,7 @@ Settings:
 - `reference, draw seed 1`: the same with another seed of the fixed draws: the theory's own
   Monte Carlo spread, the scale against which the other rows' differences are read;
 - `fit`: `mtjax.fit_solver()`, the settings fitting and design use (n_grid 16, 2048 test
-  points, exactly 4 Picard maps + the final one).
+  points, fixed point to tol 2e-3).
 
 `--old-rev REV`: the same reference cells solved by the mtjax of git revision REV (extracted with
 `git archive` into a temporary folder and run in a subprocess), for the old cost per cell and a

@@ -99,9 +99,9 @@ def fit_finite(cells: pd.DataFrame, a):
         model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T))
         obs, _ = observations_from_table(
             sub, value="mean", se="se", known=["s_a", "s_b", "relatedness", "single_task", "ntrain", "ntrain_b"],
-            early_stopped=True, grid=np.linspace(0.0, 1.5 * t_n, T + 1), by=["s_a"] if a.offsets else [],
+            early_stopped=True, grid=np.linspace(0.0, 1.5 * t_n, T + 1),
         )  # fmt: skip
-        params = [Param("time_scale", 1.0)] + ([Param("loss_offset", 0.0, by="s_a")] if a.offsets else [])
+        params = [Param("time_scale", 1.0)]
         t0 = time.time()
         # Solved once here (only post-solve parameters are free), so the fit and the predictions reuse it.
         prob = make_problem(paper_full_batch(T), obs, params, model=model).with_fixed_curves()
@@ -123,12 +123,6 @@ def main():
                          "paper's network with the data sizes known (all cells with ntrain <= --max-ntrain)")
     ap.add_argument("--max-ntrain", type=int, default=800, help="finite: largest ntrain fitted")
     ap.add_argument("--discrepancy", action="store_true", help="finite: estimate a model-discrepancy term (error bars)")
-    ap.add_argument("--offsets", action="store_true",
-                    help="finite: also fit a loss offset per (ntrain, s_a) (`loss_offset`): the level of the task-1 "
-                         "loss, which cancels in the benefit, so the time scale is set by the rest")
-    ap.add_argument("--read-back", type=float, nargs="*", default=None, metavar="TAU",
-                    help="finite: fit r and s_b as free parameters to groups of multitask cells (s_a = 10, ntrain 200, "
-                         "400, 800), the theory's time at TAU_n x t_n (the fitted time scales of ntrain 200, 400, 800)")
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--s-a", type=float, nargs="+", default=[0.6309573444801929, 10.0])
     ap.add_argument("--s-b", type=float, nargs="+", default=[10.0])
@@ -143,8 +137,6 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     t0 = time.time()
-    if a.model == "finite" and a.read_back is not None:
-        return read_back(a, t0)
     if a.model == "finite":
         return main_finite(a, t0)
     cells = load_cells(a.data, a.s_a, a.s_b, a.r)
@@ -190,8 +182,8 @@ def main_finite(a, t0):
     seconds = time.time() - t0
     L = [f"fit_paper --model finite: {len(cells)} cells of rank-10.csv (every s_a, s_b, r; ntrain <= {a.max_ntrain}); "
          f"theory: the DMFT of the paper's network (depth 2 x 64, quenched initial student of seed 0), "
-         f"mtjax.fit_solver() with n_grid max(16, 1.5 t_n); one time scale per ntrain"
-         f"{' and one loss offset per (ntrain, s_a)' if a.offsets else ''}; {seconds:.0f} s on 2 CPU cores",
+         f"mtjax.fit_solver() with n_grid max(16, 1.5 t_n); one time scale per ntrain; "
+         f"{seconds:.0f} s on 2 CPU cores",
          f"command: python benchmarks/fit_paper.py " + " ".join(sys.argv[1:]), ""]
     L.append("fitted time scales (SGD time t = lr x steps -> theory GD time τ t; ± Laplace s.e.), χ²/dof per ntrain:")
     for n, res in results.items():
@@ -202,52 +194,8 @@ def main_finite(a, t0):
         L.append(f"  ntrain {n:4d}: τ = {float(res.params['time_scale'][0]):.4f} ± {float(res.stderr['time_scale'][0]):.4f}; "
                  f"χ²/dof {float(res.chi2_dof):.1f} without, {chi2_d:.2f} with the discrepancy term "
                  f"(τ_disc = {tau:.3f} nats{', estimated' if a.discrepancy else ': none requested'})")
-        if "loss_offset" in res.params:
-            sas = sorted(cells.s_a[sel].unique())
-            L.append("      loss offsets by s_a: " + ", ".join(
-                f"{sa:.3g}: {float(v):+.3f}" for sa, v in zip(sas, np.asarray(res.params["loss_offset"]))))
     L += ["", "the theory at τ = 1 (SGD time = GD time, nothing fitted):"] + ["  " + x for x in L0]
     return _finish(cells, L, a)
-
-
-READ_BACK = [(0.0, 10.0), (1.0, 10.0), (0.5, 2.512), (1.0, 0.631)]  # (r, s_b) the authors set
-
-
-def read_back(a, t0):
-    """r and s_b as free parameters: for each (r, s_b) of `READ_BACK`, the multitask cells at
-    s_a = 10 and ntrain 200, 400, 800 (3 early-stopped losses, one solve each) fitted through the
-    finite-data theory, from r = 0.5, s_b = 1, the theory's time at τ_n t_n (`--read-back`)."""
-    ns = (200, 400, 800)
-    taus = dict(zip(ns, a.read_back or [1.0, 1.0, 1.0]))
-    raw = pd.read_csv(a.data)
-    cells = load_cells(a.data, [10.0], raw.s_b.unique(), raw.relatedness.unique())
-    cells = cells[~cells.single_task & cells.ntrain.isin(ns)]
-    T = 21  # steps <= 1 up to 1.5 t_n at ntrain 800
-    L = [f"fit_paper --read-back: r and s_b free, fitted through the finite-data theory to the multitask cells "
-         f"(s_a = 10, ntrain {list(ns)}) of each (r, s_b) the authors set; theory time τ_n t_n with τ = {taus}",
-         f"command: python benchmarks/fit_paper.py " + " ".join(sys.argv[1:]), "",
-         f"{'r set':>6} {'r fit ± se':>16} {'s_b set':>8} {'s_b fit ± se':>18} {'chi2/dof':>8} {'s':>5}"]
-    for r, sb in READ_BACK:
-        close = np.isclose(cells.relatedness, r) & np.isclose(cells.s_b, sb, rtol=1e-3)
-        sub = cells[close].assign(time=lambda d: [taus[int(n)] * t for n, t in zip(d.ntrain, d.time)])
-        sub = sub.assign(ntrain_b=sub.ntrain)
-        ti = time.time()
-        obs, _ = observations_from_table(sub, value="mean", se="se", known=["s_a", "ntrain", "ntrain_b"],
-                                         early_stopped=True, grid=np.linspace(0.0, 1.5 * sub.time.max(), T + 1))  # fmt: skip
-        model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T))
-        prob = make_problem(paper_full_batch(T), obs, [Param("relatedness", 0.5), Param("s_b", 1.0)], model=model)
-        res = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4)
-        L.append(f"{r:6.2f} {float(res.params['relatedness'][0]):7.3f} ± {float(res.stderr['relatedness'][0]):6.3f} "
-                 f"{sb:8.3f} {float(res.params['s_b'][0]):8.3f} ± {float(res.stderr['s_b'][0]):7.3f} "
-                 f"{float(res.chi2_dof):8.2f} {time.time() - ti:5.0f}")
-        print(L[-1], flush=True)
-    L.append("")
-    L.append(f"total {time.time() - t0:.0f} s on 2 CPU cores")
-    report = "\n".join(L)
-    print(report)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(report + "\n")
 
 
 def _finish(cells, L, a):

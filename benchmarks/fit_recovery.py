@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--cache", default="/tmp", help="folder of the simulation cache ('' : no cache)")
     ap.add_argument("--only", type=int, nargs="*", default=None, help="fit only these settings (debugging)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profile intervals of r")
+    ap.add_argument("--progress", action="store_true", help="print the fits' progress to stderr")
+    ap.add_argument("--no-population", action="store_true", help="finite: skip the population theory's side-by-side fits")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
@@ -173,8 +175,9 @@ def main():
         obs, _ = observations_from_table(tab, se="se", known=[])
         params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
         texp = theory_experiment(exp, truth, i)
-        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40)), "pop_": mtjax.PopulationTheory(SOLVER)} \
-            if finite else {"": mtjax.PopulationTheory(SOLVER)}  # fmt: skip
+        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40))} if finite else {"": mtjax.PopulationTheory(SOLVER)}
+        if finite and not a.no_population:
+            models["pop_"] = mtjax.PopulationTheory(SOLVER)
         row = {"setting": i}
         for prefix, model in list(models.items())[1:]:  # the other theory, side by side: point estimates only
             pr_ = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=model)
@@ -191,7 +194,8 @@ def main():
               "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
         # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
         # alone (forward-mode Jacobian, 3 tangents) from the starts.
-        res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc, **kw)
+        res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc,
+                  progress=a.progress, **kw)  # fmt: skip
         base = error_model(prob, res, **kw)  # the same fit's error bars without the discrepancy term
         row.update({"dof": res.dof, "tau_a": float(res.discrepancy[0]), "tau_b": float(res.discrepancy[1])})
         if finite:
