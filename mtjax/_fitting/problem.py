@@ -11,7 +11,8 @@ import numpy as np
 
 from .._custom_types import Array, Float
 from .._experiment import Experiment, Seeds
-from .._model import AbstractModel, PopulationTheory
+from .._finite.solver import fit_solver
+from .._model import AbstractModel, FiniteDataTheory, PopulationTheory
 from .._population import PopulationSolver
 from .._sweep import apply_axes
 from .observations import Observations
@@ -219,9 +220,6 @@ def fit_model(model: AbstractModel | None, solver, initial: str, experiment: Exp
     512 field points, so that gradients are smooth) for online data or without an experiment."""
     if model is None:
         if solver is None and experiment is not None and experiment.train.protocol != "online":
-            from .._finite.solver import fit_solver
-            from .._model import FiniteDataTheory
-
             return FiniteDataTheory(fit_solver(), initial)
         if solver is None:
             solver = PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
