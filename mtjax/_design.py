@@ -31,12 +31,6 @@ from ._model import AbstractModel
 from ._population import PopulationSolver
 from ._sweep import apply_axes
 
-def design_solver() -> PopulationSolver:
-    """Default solver of the design helpers (made on call: arrays created at import would start
-    JAX's backend before a multi-process run can call jax.distributed.initialize)."""
-    return PopulationSolver(n_quad=512, n_quad_eval=4096, rtol=1e-4, atol=1e-6, smooth_loss=True)
-
-
 class DesignResult(eqx.Module):
     """Result of a design optimisation.
 
@@ -69,12 +63,10 @@ def _ts(experiment: Experiment, ts):
 
 def design_model(model: AbstractModel | None = None, solver: PopulationSolver | None = None,
                  initial: str = "quenched", experiment: Experiment | None = None) -> AbstractModel:
-    """The theory a design helper runs: `model` (any differentiable model); else
-    `PopulationTheory(solver, initial)` with a given `solver`; else the theory of the
-    experiment's data (`fit_model`): the finite-data theory (`mtjax.fit_solver()`) for finite
-    training sets, the population theory (`design_solver()`) for online data."""
-    if model is None and solver is None and (experiment is None or experiment.train.protocol == "online"):
-        solver = design_solver()
+    """The theory a design helper runs: the same choice as a fit's (`fit_model`): `model`; else
+    `PopulationTheory(solver, initial)` with a given `solver`; else the finite-data theory
+    (`mtjax.fit_solver()`) for finite training sets and the population theory (smooth loss) for
+    online data."""
     return fit_model(model, solver, initial, experiment)
 
 
