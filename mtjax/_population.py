@@ -1,4 +1,4 @@
-"""Mean-field theory I: exact population (infinite-data) gradient flow of linear multitask students.
+"""Mean-field theory I: exact population (infinite-data) gradient flow of multitask students.
 
 The reduction (docs/theory.md §5): with E (D x N) an orthonormal basis of span{U_k} and the
 first layer written W_1 = Ω E + F Qᵀ, population gradient flow never leaves that form, so the
@@ -9,8 +9,10 @@ D' = D + H' (H' = H, or K·C for L = 0) with teacher subspaces T̃_k = [T_k, 0].
     ∂L_k/∂A_k = J̄_k A_k − Λ_k T̃_k,        ∂L_k/∂a_k = E[p] − π_k,
 
 and the chain rule to every weight is taken by autodiff of the surrogate Σ_k ρ_k ⟨G_k, A_k(θ)⟩,
-so simulation and theory share one model.  Time t = learning rate x steps; task k moves with
-rate ρ_k (ρ_k = w_k m_k in the paper protocol, w_k otherwise).
+so simulation and theory share one model.  A nonlinear trunk keeps the reduction (Stein's
+lemma needs Gaussian inputs, not linearity); its expectations are taken over the reduced input
+itself (`mtjax._population_nonlinear`, docs/theory.md §5.2).  Time t = learning rate x steps;
+task k moves with rate ρ_k (ρ_k = w_k m_k in the paper protocol, w_k otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ._custom_types import Array, Bool, Float, Int
 from ._experiment import Experiment, Seeds
 from ._gaussian import TeacherConstants, cholesky, forward_substitution, sobol_normals, stein_gradient, teacher_constants
 from ._metrics import mix, noisy_labels
+from ._population_nonlinear import label_model, nonlinear_metrics, nonlinear_vector_field
 from ._student import Dense, Student
 from ._teacher import Teacher, teacher_coefficients
 from ._train import early_stopped_loss
@@ -32,6 +35,16 @@ from ._validation import check_choice, check_int, check_range, is_concrete
 
 
 ESTIMATORS = ("direct", "score")
+# Heun steps per saved interval of a nonlinear student's flow when the solver leaves
+# `n_substeps` at 0 (docs/theory.md §5.2): its expectations are D'-dimensional, and a fixed point
+# set would be fitted by the flow like a training set.
+NONLINEAR_SUBSTEPS = 10
+
+
+def is_nonlinear(student_config) -> bool:
+    """True if the student has a nonlinear trunk (a depth-0 student is linear whatever its
+    activation)."""
+    return student_config.activation != "linear" and student_config.depth > 0
 METHODS = {"tsit5": diffrax.Tsit5, "bosh3": diffrax.Bosh3}
 
 
@@ -69,6 +82,10 @@ class PopulationSolver(eqx.Module):
       `n_sets` scrambled Sobol sets with random coordinate signs per evaluation (deterministic
       given `quad_seed`, so the result is still a smooth function of the parameters).
       `adjoint` and `rtol`/`atol` are unused in this mode; `result` is always success.
+      A nonlinear trunk (docs/theory.md §5.2) always takes this mode, its points being the
+      R + D' coordinates of the reduced input: `n_substeps = 0` then selects
+      `NONLINEAR_SUBSTEPS` (10); `estimator` and `smooth_loss` do not apply (its loss is the
+      label-averaged estimate, smooth in every parameter).
     - `n_sets`: Sobol sets cycled through when `n_substeps > 0` (static).
     - `method`: `"tsit5"` (default) or `"bosh3"` (static). Where the step size is set by stability
       rather than accuracy, Bosh3's 3 stages per step cost fewer field evaluations than Tsit5's 6.
@@ -312,11 +329,13 @@ def population_theory(
     initial: str = "quenched",
     save_states: bool = False,
 ) -> TheoryResult:
-    """Integrate the population gradient flow of `experiment`'s linear student and report curves.
+    """Integrate the population gradient flow of `experiment`'s student and report curves.
 
     **Arguments:**
 
-    - `experiment`: as for `simulate` (teacher, student, train); the student must be linear.
+    - `experiment`: as for `simulate` (teacher, student, train); any trunk activation (a
+      nonlinear one integrates the reduced network's flow with fresh quadrature points,
+      docs/theory.md §5.2; its `overlap_AA`/`overlap_AU` are NaN).
     - `seeds`: teacher and init seeds as in the simulation. The initial condition is the
       *quenched* projection of the simulation's exact initial student (or of `student`, if
       given); with independent seeds it is a typical draw from the init distribution.
@@ -340,8 +359,6 @@ def population_theory(
     """
     from ._finite.compiled import _bucket, _call_compiled, _report_times
 
-    if experiment.student.activation != "linear":
-        raise ValueError("population_theory needs a linear student (activation='linear')")
     if initial not in ("quenched", "typical"):
         raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
     # Built here, not as the default argument: arrays created at import would start JAX's
@@ -377,6 +394,7 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
     `ts` is padded with its last time: the metrics are then computed for the first `n_valid`
     times only (the rest are 0) and only those count for `diverged`."""
     teacher = Teacher.sample(tc, key=seeds.key("teacher"))
+    nonlinear = is_nonlinear(sc)
     if student is None:
         student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
     if initial == "quenched":
@@ -386,13 +404,17 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
     D = teacher.basis.shape[0]
     Dp = _first_matrix(st0).shape[1]
     T = jnp.pad(teacher_coefficients(tc), ((0, 0), (0, 0), (0, Dp - D)))
-    consts = teacher_constants(teacher)
+    consts = None if nonlinear else teacher_constants(teacher)
+    labels = label_model(teacher) if nonlinear else None
     rho = task_weights * jnp.asarray(mult)
     C = tc.n_classes
-    g = sobol_normals(solver.n_quad, C, seed=solver.quad_seed)
     R = tc.rank
-    xe = sobol_normals(solver.n_quad_eval, R + 2 * C, seed=solver.quad_seed + 1)
-    x_eval, xi_eval = xe[:, : R + C], xe[:, R + C :]
+    # Points of the field's quadrature: C-dimensional logit draws for a linear student; (u, g) of
+    # the reduced input, R + D' dimensions, for a nonlinear one.
+    dim = R + Dp if nonlinear else C
+    g = sobol_normals(solver.n_quad, dim, seed=solver.quad_seed)
+    xe = sobol_normals(solver.n_quad_eval, R + Dp if nonlinear else R + 2 * C, seed=solver.quad_seed + 1)
+    x_eval, xi_eval = (xe, None) if nonlinear else (xe[:, : R + C], xe[:, R + C :])
     ts = jnp.asarray(ts)
 
     # The ODE state is the tuple of the student's arrays: diffrax's save buffers reject the empty
@@ -404,12 +426,18 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
     score = 1.0 if solver.estimator == "score" else 0.0
 
     def field(t, y, args):
-        consts, T, rho, g = args
+        teach, T, rho, g = args
         st = jax.tree_util.tree_unflatten(treedef, list(y))
-        return tuple(jax.tree_util.tree_leaves(population_vector_field(st, consts, T, rho, g, active, score)))
+        if nonlinear:
+            out = nonlinear_vector_field(st, teach, T, rho, g, active)
+        else:
+            out = population_vector_field(st, teach, T, rho, g, active, score)
+        return tuple(jax.tree_util.tree_leaves(out))
 
-    if solver.n_substeps:
-        ys = _fresh_heun(field, tuple(leaves0), (consts, T, rho), ts, solver, C,
+    teach = labels if nonlinear else consts
+    n_substeps = solver.n_substeps or (NONLINEAR_SUBSTEPS if nonlinear else 0)
+    if n_substeps:
+        ys = _fresh_heun(field, tuple(leaves0), (teach, T, rho), ts, solver, dim, n_substeps,
                          first_is_zero=ts_first_is_zero)
         code = jnp.asarray(0, jnp.int32)
     else:
@@ -420,7 +448,7 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
             t1=ts[-1],
             dt0=None,
             y0=tuple(leaves0),
-            args=(consts, T, rho, g),
+            args=(teach, T, rho, g),
             saveat=diffrax.SaveAt(ts=ts),
             stepsize_controller=diffrax.PIDController(rtol=solver.rtol, atol=solver.atol, pcoeff=solver.pcoeff, icoeff=solver.icoeff),
             max_steps=solver.max_steps,
@@ -433,6 +461,8 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
 
     # lax.map, not vmap: one saved time at a time keeps the quadrature's memory independent of T.
     def metric(y):
+        if nonlinear:
+            return nonlinear_metrics(y, labels, T, x_eval, active, tc.n_tasks)
         return population_metrics(y, teacher, consts, T, x_eval, xi_eval, active, solver.smooth_loss)
 
     n_ts = ts.shape[0]
@@ -453,20 +483,19 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
                         ys if save_states else None)
 
 
-def _fresh_heun(field, y0, args, ts, solver: PopulationSolver, C: int, first_is_zero: bool):
-    """Fixed-step Heun from t = 0 with `solver.n_substeps` steps per saved interval and fresh
+def _fresh_heun(field, y0, args, ts, solver: PopulationSolver, dim: int, n_sub: int, first_is_zero: bool):
+    """Fixed-step Heun from t = 0 with `n_sub` steps per saved interval and fresh `dim`-dimensional
     quadrature points at each field evaluation; returns the states at `ts` (leading T axis).
 
     Points of evaluation e: Sobol set e mod n_sets (seeds quad_seed + 2, ...), each coordinate's
     sign flipped at random (a key folded with e). Sign flips and the antithetic pairs keep every
     set an exact N(0, I) design, so each evaluation is an unbiased estimate of the field and the
     steps average the quadrature error out instead of letting the flow settle onto one set."""
-    sets = jnp.stack([sobol_normals(solver.n_quad, C, seed=solver.quad_seed + 2 + i) for i in range(solver.n_sets)])
+    sets = jnp.stack([sobol_normals(solver.n_quad, dim, seed=solver.quad_seed + 2 + i) for i in range(solver.n_sets)])
     key = jax.random.key(solver.quad_seed)
-    n_sub = solver.n_substeps
 
     def points(e):
-        flip = jax.random.bernoulli(jax.random.fold_in(key, e), 0.5, (C,))
+        flip = jax.random.bernoulli(jax.random.fold_in(key, e), 0.5, (dim,))
         return sets[e % solver.n_sets] * jnp.where(flip, -1.0, 1.0)
 
     def axpy(y, k, c):

@@ -15,12 +15,20 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.scipy.special
 
 from ._custom_types import Array, Float, PRNGKeyArray
 from ._teacher import orthonormal_rows
 from ._validation import check_choice, check_int, check_range
 
-ACTIVATIONS = {"linear": lambda h: h, "relu": jax.nn.relu}
+# Elementwise trunk nonlinearities. GELU is the exact (erf) form, PyTorch's default.
+ACTIVATIONS = {
+    "linear": lambda h: h,
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "erf": jax.scipy.special.erf,
+    "gelu": lambda h: jax.nn.gelu(h, approximate=False),
+}
 
 
 class StudentConfig(eqx.Module):
@@ -30,7 +38,7 @@ class StudentConfig(eqx.Module):
 
     - `depth`: trunk layers L >= 0 (static).
     - `width`: trunk width H >= 1 (static; unused when L = 0).
-    - `activation`: `"linear"` or `"relu"` (static).
+    - `activation`: `"linear"`, `"relu"`, `"tanh"`, `"erf"` or `"gelu"` (static; exact GELU).
     - `use_bias`: biases in every layer (static).
     - `init`: `"orthogonal"` (the paper's, `torch.nn.init.orthogonal_` with gain `init_scale`) or
       `"gaussian"` (entries N(0, init_scale² / fan_in); small `init_scale` = rich regime).

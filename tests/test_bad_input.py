@@ -43,7 +43,6 @@ CLI_CASES = [
     (["simulate", "--config", "{unknown_key_toml}"], ["unknown spec keys", "grids"]),
     # A later compile group is invalid (paper protocol: task 2 needs at least task 1's data):
     (["simulate", "--preset", "paper", "--grid", "ntrain=100,400", "--grid", "ntrain_b=200"], ["n_train[1]=200", "ntrain=400"]),
-    (["theory", "--set", "student.activation=relu"], ["activation", "linear"]),
     (["theory", "--finite", "--set", "student.activation=relu"], ["activation", "linear"]),
     (["compare", "--set", "student.activation=relu", "--grid", "s_b=1"], ["activation", "linear"]),
     (["compare", "--set", "train.n_steps=0", "--grid", "s_b=1"], ["n_steps", "[1, inf]"]),

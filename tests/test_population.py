@@ -277,12 +277,6 @@ def test_typical_initial_condition_has_no_teacher_overlap():
         population_theory(e, mtjax.Seeds(0), solver=SOLVER, initial="random")
 
 
-def test_theory_needs_a_linear_student():
-    e = mtjax.experiment_from_spec({**_spec(), "student": {"depth": 1, "width": 8, "activation": "relu"}})
-    with pytest.raises(ValueError, match="linear"):
-        population_theory(e, mtjax.Seeds(0), solver=SOLVER)
-
-
 def test_paper_alternation_follows_the_rate_mapped_flow():
     # Paper protocol with m = n_2 // n_1 = 3 on plentiful data (alpha = 75 examples per input
     # dimension, 6 epochs): its task-1 curve must follow the theory with rates (1, 3), and be
