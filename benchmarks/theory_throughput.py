@@ -2,6 +2,9 @@
 
 Run: python benchmarks/theory_throughput.py [--points 10000] [--n-quad 2048] [--substeps 12]
      [--devices 2] [--estimator score] (--substeps 0: the adaptive Tsit5 solve with one point set)
+     python benchmarks/theory_throughput.py --activation relu [--points 27]: the same model with
+     a relu trunk and with the linear trunk, side by side in one run (cost per point, and each
+     one's error against its own converged reference; docs/theory.md §6.2)
 
 Model: N = 100, C = R = 10, two linear trunk layers of width 64 (the paper preset), online
 protocol time map, t up to 50 (eval at 11 times). The grid is (r, s_a, s_b) on a regular lattice
@@ -55,6 +58,7 @@ def main():
     ap.add_argument("--substeps", type=int, default=12)
     ap.add_argument("--estimator", default="score")
     ap.add_argument("--accuracy-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument("--activation", default=None, help="compare this trunk activation with the linear trunk")
     ap.add_argument("--sim-points", type=int, default=16)
     ap.add_argument("--devices", type=int, default=_N_DEV, help="XLA host devices each chunk is split over")
     ap.add_argument("--max-chunk", type=int, default=32,
@@ -72,6 +76,8 @@ def main():
     spec["train"].pop("n_pool", None)
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=1e-5,
                                     estimator=args.estimator, n_substeps=args.substeps)
+    if args.activation:
+        return activation_cost(args, spec, solver)
     how = f"fresh-point Heun, {args.substeps} steps per interval" if args.substeps else f"adaptive Tsit5, rtol={args.rtol}"
     print(f"theory grid: {n_points} points (r {n_r} x s_a {n_s} x s_b {n_s}); solver n_quad={args.n_quad}, n_quad_eval={args.n_quad_eval}, "
           f"estimator={args.estimator}, {how}; {_N_DEV} host device(s) on {os.cpu_count()} cores")
@@ -101,6 +107,42 @@ def throughput(args, spec, grid, solver, n_points, n_r, n_s):
     print(f"\ntheory wall time for {n_points} points: {t_th:.1f} s (target < 120 s), CPU time {cpu_th:.1f} s; solved without failure: {ok}/{n_points}")
     print(f"theory / simulation speed ratio: {rate_th * t_sim:.0f}x (target >= 100x)")
 
+
+
+def activation_cost(args, spec, solver):
+    """Linear and nonlinear trunk of the same model on the same grid: seconds per point (warm,
+    the second of two identical sweeps) and each one's worst error against its own reference."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    side = max(1, int(round(args.points ** (1 / 3))))
+    grid = {"relatedness": list(np.linspace(0, 1, side)), "s_a": list(np.logspace(-1, 1, side)), "s_b": list(np.logspace(-1, 1, side))}
+    n = side**3
+    refs = {"linear": mtjax.PopulationSolver(n_quad=8192, n_quad_eval=16384, n_substeps=80, n_sets=64, estimator="score"),
+            args.activation: mtjax.PopulationSolver(n_quad=8192, n_quad_eval=args.n_quad_eval, n_substeps=48)}
+    rows = []
+    for act in ("linear", args.activation):
+        sp = {**spec, "student": {**spec["student"], "activation": act}}
+        times = []
+        for _ in range(2):  # the second run is warm (compiled programs cached)
+            t0 = time.time()
+            mtjax.sweep(sp, grid, out_dir=None, model=mtjax.PopulationTheory(solver), save_curves=False, progress=False,
+                        memory_budget=4 * 2**30, max_chunk=args.max_chunk)
+            times.append(time.time() - t0)
+        exp0 = mtjax.experiment_from_spec(sp)
+        solve = eqx.filter_jit(mtjax.population_theory)
+        worst = 0.0
+        same_eval = dataclasses.replace(solver, n_quad_eval=refs[act].n_quad_eval)
+        for r, sa, sb in [(0.0, 0.1, 0.1), (1.0, 10.0, 10.0), (0.5, 3.0, 3.0)]:
+            e = mtjax.apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
+            ref = solve(e, mtjax.Seeds(0), solver=refs[act]).test_loss
+            worst = max(worst, float(jnp.max(jnp.abs(solve(e, mtjax.Seeds(0), solver=same_eval).test_loss - ref))))
+        rows.append((act, times[0] / n, times[1] / n, worst))
+    print(f"\n{n} points (r x s_a x s_b = {side}^3), paper-sized model (N = 100, C = R = 10, 2 trunk layers of 64), t up to 50")
+    print(f"{'trunk':8s} {'s/point cold':>13s} {'s/point warm':>13s} {'worst dynamics error vs reference (nats)':>42s}")
+    for act, cold, warm, worst in rows:
+        print(f"{act:8s} {cold:13.3f} {warm:13.3f} {worst:42.4f}")
+    print(f"cost ratio {args.activation} / linear (warm): {rows[1][2] / rows[0][2]:.1f}x")
 
 
 def accuracy(spec, solver):

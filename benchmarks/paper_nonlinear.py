@@ -1,0 +1,148 @@
+"""The authors' deep-nonlinear (ReLU) runs against the nonlinear and the linear population theory.
+
+Run: python benchmarks/paper_nonlinear.py [--nlayers 1 3] [--ntrain 200] [--all-cells]
+         [--simulations results/reproduce/deep-nonlinear-quick/comparison.csv] [--out FILE]
+
+Per cell (ntrain, nlayers, r, s_a, s_b): the authors' early-stopped task-1 loss (mean ± s.e. over
+their 5 seeds) and benefit (single − multi), the population theory of the paper's ReLU network
+(N = 100, R = C = 10, `nlayers` ReLU layers of 64, orthogonal init, quenched realisation 0,
+docs/theory.md §5.2), the population theory of the same network with a *linear* trunk, and,
+where given, mtjax's simulations of the authors' protocol (`mtjax reproduce deep-nonlinear
+--scale quick` writes them). Time map as in benchmarks/paper_population.py: minibatch SGD at lr
+1e-3 as gradient flow, t = lr x task-1 steps, early stopping = minimum over t <= t_max(ntrain).
+Default cells: the quick subset (r in {0, .5, 1}, s_a in {0.158, 2.51, 10}, s_b in {0.01,
+0.158, 2.51, 10}); --all-cells for every (r, s_a, s_b) of the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+import mtjax
+
+QUICK = {"relatedness": [0.0, 0.5, 1.0], "s_a": [0.158489, 2.511886, 10.0], "s_b": [0.01, 0.158489, 2.511886, 10.0]}
+
+
+def solve_cells(depth, activation, ntrain, cells, singles, ts, solver):
+    """Task-1 curves (cells, T) of the multitask cells and (singles, T) of the single-task ones."""
+    out = []
+    for single, pts in ((False, cells), (True, singles)):
+        exp = mtjax.paper(n_train=ntrain, depth=depth, activation=activation, single_task=single)
+
+        def one(r, sa, sb, exp=exp):
+            e = eqx.tree_at(lambda m: m.teacher.relatedness, exp, jnp.full((1,), r))
+            e = eqx.tree_at(lambda m: m.teacher.scale, e, jnp.stack([sa, sb]))
+            th = mtjax.population_theory(e, mtjax.Seeds(0), ts, solver=solver)
+            return th.test_loss[:, 0], th.diverged
+
+        cols = [jnp.asarray(pts[c].to_numpy(float)) for c in ("relatedness", "s_a", "s_b")]
+        loss, div = eqx.filter_jit(jax.vmap(one))(*cols)
+        out.append((np.asarray(loss), np.asarray(div)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(mtjax.default_data_dir() / "deep-nonlinear.csv"))
+    ap.add_argument("--nlayers", nargs="*", type=int, default=[1, 3])
+    ap.add_argument("--ntrain", type=int, default=200)
+    ap.add_argument("--all-cells", action="store_true")
+    ap.add_argument("--n-quad", type=int, default=2048)
+    ap.add_argument("--n-quad-eval", type=int, default=4096)
+    ap.add_argument("--n-times", type=int, default=9, help="report times in [0, t_max] (early stopping over these)")
+    ap.add_argument("--simulations", type=Path, default=None, help="comparison.csv of `mtjax reproduce deep-nonlinear`")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    lines = []
+
+    def emit(text=""):
+        print(text)
+        lines.append(text)
+
+    d = pd.read_csv(args.data)
+    d = d[(d.main_train_pts == args.ntrain) & d.nlayers.isin(args.nlayers)]
+    if not args.all_cells:
+        for c, vals in QUICK.items():
+            keep = np.zeros(len(d), bool)
+            for v in vals:
+                keep |= np.isclose(d[c], v, rtol=1e-4)
+            d = d[keep | (d.single_task & (c != "s_a"))]
+    key_m = ["nlayers", "relatedness", "s_a", "s_b"]
+    loss = "validation-1/loss"
+    agg = lambda g: g[loss].agg(["mean", "std", "count"])  # noqa: E731
+    multi = agg(d[~d.single_task].groupby(key_m)).reset_index()
+    single = agg(d[d.single_task].groupby(["nlayers", "s_a"])).reset_index()
+    t_max = float(mtjax.paper(n_train=args.ntrain).train.t_max)
+    ts = jnp.linspace(0.0, t_max, args.n_times)
+    solvers = {"relu": mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval),
+               "linear": mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=1e-3, atol=1e-5)}
+    emit(f"deep-nonlinear, ntrain {args.ntrain}: {len(multi)} multitask + {len(single)} single-task cells; t_max = {t_max:g}; "
+         f"theory n_quad {args.n_quad}, n_quad_eval {args.n_quad_eval}, {args.n_times} report times")
+    rows = []
+    t0 = time.time()
+    for depth in args.nlayers:
+        cm = multi[multi.nlayers == depth].reset_index(drop=True)
+        cs = single[single.nlayers == depth].reset_index(drop=True).assign(relatedness=0.0, s_b=1.0)
+        res = {}
+        for act in ("relu", "linear"):
+            (lm, dm), (ls, ds) = solve_cells(depth, act, args.ntrain, cm, cs, ts, solvers[act])
+            res[act] = (lm.min(1), ls.min(1), int(dm.sum() + ds.sum()))
+        for i, c in cm.iterrows():
+            j = int(np.flatnonzero(np.isclose(cs.s_a, c.s_a))[0])
+            row = dict(c[key_m])
+            row.update(authors_multi=c["mean"], authors_multi_se=c["std"] / np.sqrt(c["count"]),
+                       authors_single=cs["mean"][j], authors_single_se=cs["std"][j] / np.sqrt(cs["count"][j]))
+            for act in ("relu", "linear"):
+                row[f"{act}_multi"], row[f"{act}_single"] = res[act][0][i], res[act][1][j]
+            rows.append(row)
+        emit(f"nlayers {depth}: theory failures relu {res['relu'][2]}, linear {res['linear'][2]}")
+    emit(f"theory time {time.time() - t0:.0f} s")
+    m = pd.DataFrame(rows)
+    m["authors_benefit"] = m.authors_single - m.authors_multi
+    m["authors_benefit_se"] = np.sqrt(m.authors_multi_se**2 + m.authors_single_se**2)
+    for act in ("relu", "linear"):
+        m[f"{act}_benefit"] = m[f"{act}_single"] - m[f"{act}_multi"]
+    if args.simulations is not None and args.simulations.exists():
+        sim = pd.read_csv(args.simulations)
+        sim = sim[(sim.main_train_pts == args.ntrain) & ~sim.single_task.astype(bool)]
+        cols = [c for c in sim.columns if c.startswith("ours")]
+        for c in ("relatedness", "s_a", "s_b"):
+            sim[c] = sim[c].round(6)
+            m[c] = m[c].round(6)
+        m = m.merge(sim[key_m + cols], on=key_m, how="left")
+    pd.set_option("display.width", 250)
+    show = key_m + ["authors_multi", "authors_multi_se", "relu_multi", "linear_multi", "authors_benefit", "authors_benefit_se",
+                    "relu_benefit", "linear_benefit"] + [c for c in m.columns if c.startswith("ours")]
+    emit(m[show].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    emit()
+    for depth in args.nlayers:
+        mm = m[m.nlayers == depth]
+        resolved = (mm.authors_benefit.abs() >= 2 * mm.authors_benefit_se) & (mm.authors_benefit.abs() >= 0.02)
+        emit(f"nlayers {depth}: {len(mm)} cells; authors' benefit resolved (|b| >= 2 s.e. and >= 0.02) in {int(resolved.sum())}")
+        for act in ("relu", "linear"):
+            sign = (np.sign(mm[f"{act}_benefit"][resolved]) == np.sign(mm.authors_benefit[resolved])).mean() if resolved.any() else np.nan
+            emit(f"  {act:6s} theory: benefit sign right in {sign:.0%} of resolved cells; "
+                 f"median |Δ multi loss| {np.median(np.abs(mm[f'{act}_multi'] - mm.authors_multi)):.3f}; "
+                 f"benefit corr {np.corrcoef(mm[f'{act}_benefit'], mm.authors_benefit)[0, 1]:.2f}; "
+                 f"RMS benefit residual {np.sqrt(np.mean((mm[f'{act}_benefit'] - mm.authors_benefit) ** 2)):.3f}")
+        flip = resolved & (np.sign(mm.linear_benefit) != np.sign(mm.authors_benefit)) & (np.sign(mm.relu_benefit) == np.sign(mm.authors_benefit))
+        flop = resolved & (np.sign(mm.relu_benefit) != np.sign(mm.authors_benefit)) & (np.sign(mm.linear_benefit) == np.sign(mm.authors_benefit))
+        emit(f"  resolved cells where only the relu theory has the sign right: {int(flip.sum())}; only the linear theory: {int(flop.sum())}")
+        if flip.any():
+            emit(mm[flip][key_m + ["authors_benefit", "relu_benefit", "linear_benefit"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+        m.to_csv(args.out.with_suffix(".csv"), index=False)
+
+
+if __name__ == "__main__":
+    main()
