@@ -59,6 +59,8 @@ def main():
     ap.add_argument("--estimator", default="score")
     ap.add_argument("--accuracy-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--activation", default=None, help="compare this trunk activation with the linear trunk")
+    ap.add_argument("--nl-substeps", type=int, default=48,
+                    help="Heun steps per saved interval for the nonlinear trunk (48: steps of ~0.1, docs/theory.md §6.2)")
     ap.add_argument("--sim-points", type=int, default=16)
     ap.add_argument("--devices", type=int, default=_N_DEV, help="XLA host devices each chunk is split over")
     ap.add_argument("--max-chunk", type=int, default=32,
@@ -123,22 +125,26 @@ def activation_cost(args, spec, solver):
     rows = []
     for act in ("linear", args.activation):
         sp = {**spec, "student": {**spec["student"], "activation": act}}
+        # A sweep traces the report times, so the nonlinear trunk's step count is set here
+        # (`PopulationSolver.dt_max` applies to direct calls only).
+        solver_act = solver if act == "linear" else dataclasses.replace(solver, n_substeps=args.nl_substeps)
         times = []
         for _ in range(2):  # the second run is warm (compiled programs cached)
             t0 = time.time()
-            mtjax.sweep(sp, grid, out_dir=None, model=mtjax.PopulationTheory(solver), save_curves=False, progress=False,
+            mtjax.sweep(sp, grid, out_dir=None, model=mtjax.PopulationTheory(solver_act), save_curves=False, progress=False,
                         memory_budget=4 * 2**30, max_chunk=args.max_chunk)
             times.append(time.time() - t0)
         exp0 = mtjax.experiment_from_spec(sp)
         solve = eqx.filter_jit(mtjax.population_theory)
         worst = 0.0
-        same_eval = dataclasses.replace(solver, n_quad_eval=refs[act].n_quad_eval)
+        same_eval = dataclasses.replace(solver_act, n_quad_eval=refs[act].n_quad_eval)
         for r, sa, sb in [(0.0, 0.1, 0.1), (1.0, 10.0, 10.0), (0.5, 3.0, 3.0)]:
             e = mtjax.apply_axes(exp0, {"relatedness": r, "s_a": sa, "s_b": sb})
             ref = solve(e, mtjax.Seeds(0), solver=refs[act]).test_loss
             worst = max(worst, float(jnp.max(jnp.abs(solve(e, mtjax.Seeds(0), solver=same_eval).test_loss - ref))))
         rows.append((act, times[0] / n, times[1] / n, worst))
-    print(f"\n{n} points (r x s_a x s_b = {side}^3), paper-sized model (N = 100, C = R = 10, 2 trunk layers of 64), t up to 50")
+    print(f"\n{n} points (r x s_a x s_b = {side}^3), paper-sized model (N = 100, C = R = 10, 2 trunk layers of 64), t up to 50; "
+          f"Heun steps per interval: linear {solver.n_substeps}, {args.activation} {args.nl_substeps}")
     print(f"{'trunk':8s} {'s/point cold':>13s} {'s/point warm':>13s} {'worst dynamics error vs reference (nats)':>42s}")
     for act, cold, warm, worst in rows:
         print(f"{act:8s} {cold:13.3f} {warm:13.3f} {worst:42.4f}")

@@ -111,7 +111,7 @@ def _time_blocks(T1: int, n_blocks: int | None = None) -> list[int]:
     return [round(i * T1 / nb) for i in range(nb + 1)]
 
 
-def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
+def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None, jacobian=None):
     """Weighted mean over draws of the exact Jacobian Γ[n,m] = ∂g^n/∂ε^m of each draw's example
     process to a kick ε of its field (M, b held fixed: one example does not move them).
 
@@ -129,12 +129,17 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     chunk's scans.
 
     `h`: (S, T1, C) fields; `wts`: (S,) weights summing to the mass of these draws.
+    `jacobian`: maps a chunk of `h` to the per-draw Jacobians J^n (chunk, T1, C, C) of the error
+    with respect to the field; default the softmax Jacobian of logits `h`.  (A nonlinear trunk
+    passes the Jacobians themselves, `h` (S, T1, H, H), and the identity.)
     **Returns:** (T1, C, T1, C)."""
-    S, T1, C = h.shape
+    S, T1 = h.shape[:2]
+    C = Rv.shape[1]
+    jacobian = _softmax_jacobian if jacobian is None else jacobian
     chunk = min(chunk, S)
     if S % chunk:  # pad with draws of weight 0 (they add nothing) to whole chunks
         pad = chunk - S % chunk
-        h, wts = jnp.pad(h, ((0, pad), (0, 0), (0, 0))), jnp.pad(wts, (0, pad))
+        h, wts = jnp.pad(h, ((0, pad),) + ((0, 0),) * (h.ndim - 1)), jnp.pad(wts, (0, pad))
         S = S + pad
     TC = T1 * C
     A = Rv.reshape(T1, C, TC) / alpha  # A[n, d, (k, e)]
@@ -142,7 +147,7 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
 
     @jax.checkpoint
     def one_chunk(hc, wc):
-        J = _softmax_jacobian(hc)  # (B, T1, C, C)
+        J = jacobian(hc)  # (B, T1, C, C)
         B = hc.shape[0]
         G = jnp.zeros((0, B, 0))  # Γ[(k, d), s, (j, e)] for k, j < the current block's end
         for lo, hi_t in zip(edges[:-1], edges[1:]):
@@ -163,7 +168,7 @@ def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None):
     def body(acc, xs):
         return acc + one_chunk(*xs), None
 
-    xs = (h.reshape(S // chunk, chunk, T1, C), wts.reshape(S // chunk, chunk))
+    xs = (h.reshape(S // chunk, chunk, *h.shape[1:]), wts.reshape(S // chunk, chunk))
     out, _ = jax.lax.scan(body, jnp.zeros((TC, TC)), xs)
     return out.reshape(T1, C, T1, C)
 

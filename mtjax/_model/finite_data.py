@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 
 from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
+from .._finite.theory import check_finite_activation
 from .._experiment import Experiment, Seeds
 from .._train import History
 from .base import AbstractTheory, check_initial
@@ -32,6 +33,9 @@ class FiniteDataTheory(AbstractTheory):
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
         self.solver = FiniteDataSolver() if solver is None else solver
         self.initial = check_initial(initial)
+
+    def check(self, experiment: Experiment) -> None:
+        check_finite_activation(experiment.student)
 
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
         return finite_theory_history(self.solve(experiment, seeds))

@@ -177,7 +177,7 @@ def register(sub) -> None:
 
     th = sub.add_parser("theory", help="integrate the population mean-field dynamics over a grid (same tables)",
                         description="Same config and flags as `simulate`; instead of training it integrates the population\n"
-                        "(infinite-data) mean-field dynamics of the linear student with diffrax and writes the same tables\n"
+                        "(infinite-data) mean-field dynamics of the student (linear or nonlinear trunk) with diffrax and writes the same tables\n"
                         "with source = theory, so simulation and theory can be joined and plotted together.",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     for a, kw in _shared_sweep_args():

@@ -1,0 +1,205 @@
+"""Depth L >= 1 with a nonlinear trunk: the DMFT of the first layer's preactivations
+(docs/dmft.md §4.2).
+
+Student: pre = W x + b_1 (H), f_1 = φ(pre), f_l = φ(W_l f_{l−1} + b_l), logits h = V_k f_L + c_k.
+As for the linear trunk only W has an N-dimensional index; W = Ω E + V_⊥ with V_⊥ the DMFT
+variable, and Ω, b_1, the upper layers and the heads self-average.  The example process now
+lives in the H-dimensional preactivation (the logits are no longer an affine map of it):
+
+    pre^n = Ω^n u + b_1^n + χ^n − (ρ_k/α_k) Σ_{m<n} R_v[n,m] δ^m,     δ = ∂CE(h(pre), y)/∂pre,
+    coordinate:  v^{n+1} = v^n − Δ Σ_{m<=n} R_H[n,m] v^m + Δ η^n,
+                 R_H = Σ_k ρ_k E_k[∂δ^n/∂ε^m],   η ~ N(0, Σ_k (ρ_k²/α_k) E_k[δ^n δ^mᵀ]),
+
+the H-space form of §4 with the backpropagated error δ of the nonlinear network in place of
+Ṽ_kᵀ g.  The fixed point is iterated on (C_H, R_H) (2 (T+1)² H² numbers).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Float
+from .._metrics import mixture_train_loss
+from .._population_nonlinear import _relu, RELU_KERNEL, label_probabilities
+from .._student import ACTIVATIONS
+from .fixed_point import solve_fixed_point
+from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
+from .sampling import _eval_points, _input_draws
+from .solver import FiniteDataSolver
+from .trunk import _teacher_frame_draws, _trunk_labels, _TrunkDraws, _TrunkProblem
+
+
+class _NonlinearProblem(eqx.Module):
+    """A `_TrunkProblem` whose trunk applies the elementwise `activation` (static) after every layer."""
+
+    trunk: _TrunkProblem
+    activation: str = eqx.field(static=True)
+
+
+def _act(activation: str, h, width):
+    """φ(h); relu with `width` (per unit) as the kernel of its second derivative (`theory_relu`)."""
+    return _relu(h, width) if activation == "relu" else ACTIVATIONS[activation](h)
+
+
+def _forward(activation, pre, Wu, bu, V, c, widths):
+    """Logits (..., C) of one task's head from first-layer preactivations `pre` (..., H)."""
+    f = _act(activation, pre, widths[0])
+    for ell in range(Wu.shape[0]):
+        f = _act(activation, f @ Wu[ell].T + bu[ell], widths[ell + 1])
+    return f @ V.T + c
+
+
+def _widths(activation, pre, Wu, bu):
+    """Per-layer kernel widths (L, H) of relu'' from the draws' preactivations (stop-gradient;
+    unused by other activations)."""
+    if activation != "relu":
+        return jnp.ones((Wu.shape[0] + 1, pre.shape[-1]), pre.dtype)
+    flat = pre.reshape(-1, pre.shape[-1])
+    out = [jnp.std(flat, 0)]
+    f = jax.nn.relu(flat)
+    for ell in range(Wu.shape[0]):
+        z = f @ Wu[ell].T + bu[ell]
+        out.append(jnp.std(z, 0))
+        f = jax.nn.relu(z)
+    return jax.lax.stop_gradient(RELU_KERNEL * jnp.stack(out) + 1e-12)
+
+
+def _ce(activation, pre, y, Wu, bu, V, c, widths):
+    z = _forward(activation, pre, Wu, bu, V, c, widths)
+    return jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, y[..., None], -1)[..., 0], z
+
+
+def _field_factor_h(Q0, P0, Rv, CH) -> Float[Array, "TH n"]:
+    """F (T1 H, H + T1 H) with F Fᵀ = C_v = P0 Q0 P0ᵀ + R_v C_H R_vᵀ (jittered factors)."""
+    T1, H = Rv.shape[0], Rv.shape[1]
+    first = jnp.einsum("nhg,gj->nhj", P0, psd_factor(Q0)).reshape(T1 * H, H)
+    second = Rv.reshape(T1 * H, T1 * H) @ psd_factor(CH.reshape(T1 * H, T1 * H))
+    return jnp.concatenate([first, second], 1)
+
+
+def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int):
+    """Sampled example processes of all K tasks (three label components each).
+
+    **Returns:** logits h (K, 3, S, T1, C), errors δ (K, 3, S, T1, H), the Hessians
+    ∂δ/∂pre of the first `n_response` draws of each component (K, 3, Sr, T1, H, H), and the
+    trajectories of Ω, b_1, W_l, b_l, V, c (values at each grid time)."""
+    p, act = pn.trunk, pn.activation
+    T1, H = Rv.shape[0], Rv.shape[1]
+    K, S = d.u.shape[0], d.u.shape[1]
+    Sr = n_response
+    chi = (d.zeta @ F.T).reshape(K, S, T1, H)
+    wts = weights / S  # (K, 3, S)
+    coef = p.rho / p.alpha
+
+    def step(carry, mem, xs):
+        n, dt_n = xs
+        Om, b1, Wu, bu, V, c = carry
+        base = d.u @ Om.T + b1 + chi[:, :, n]  # (K, S, H)
+        pre = base[:, None] - jnp.moveaxis(mem.reshape(H, K, 3, S), 0, -1)  # (K, 3, S, H)
+        widths = _widths(act, pre, Wu, bu)
+
+        def ce_all(pre, Wu, bu, V, c):
+            out = [_ce(act, pre[k], ys[k], Wu, bu, V[k], c[k], widths) for k in range(K)]
+            return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
+
+        (_, h), vjp = jax.vjp(lambda *a: ce_all(*a), pre, Wu, bu, V, c)
+        zero_h = jnp.zeros_like(h)
+        delta = vjp((jnp.ones((K, 3, S)), zero_h))[0]  # per-draw ∂CE/∂pre (K, 3, S, H)
+        wdelta, gWu, gbu, gV, gc = vjp((p.rho[:, None, None] * wts, zero_h))  # ρ_k-weighted gradients
+        Om_new = Om - dt_n * jnp.einsum("kxsh,ksd->hd", wdelta, d.u)
+        b1_new = b1 - dt_n * jnp.sum(wdelta, (0, 1, 2))
+        new = (Om_new, b1_new, Wu - dt_n * gWu, bu - dt_n * gbu, V - dt_n * gV, c - dt_n * gc)
+        # Hessians ∂δ/∂pre of every draw (relu'' by its kernel, `_act`): their weighted mean is
+        # the response's diagonal block E[J^n] (from all draws: its sampling error, unlike that
+        # of the memory blocks, does not fall with α, and it biases the coordinate process's
+        # covariance, docs/dmft.md §4.2); the first n_response draws also carry the memory blocks.
+        hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k], widths)[0]),
+                                          (0, 0, None)), (0, 0, None)), (0, 0, 0))  # fmt: skip
+        J = hess(pre, ys, jnp.arange(K))  # (K, 3, S, H, H)
+        Jbar = jnp.einsum("kxs,kxshg->khg", wts, J)
+        row = jnp.moveaxis(coef[:, None, None, None] * delta, -1, 0).reshape(H, K * 3 * S)
+        return new, row, (h, delta, J[:, :, :Sr], Jbar, Om, b1, Wu, bu, V, c)
+
+    init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0)
+    _, _, outs = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), H, K * 3 * S)
+    h, delta, J = (jnp.moveaxis(o, 0, 3) for o in outs[:3])
+    return h, delta, J, outs[3], outs[4:]
+
+
+def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int):
+    """One Picard map (C_H, R_H) -> new ones (both (T1, H, T1, H)); aux = (h, Ω, b_1, W_l, b_l, V,
+    c trajectories, C_v[n, n] (T1, H, H))."""
+    p = pn.trunk
+    Rv, P0 = propagator(RH, p.dt)
+    F = _field_factor_h(p.Q0, P0, Rv, CH)
+    h, delta, J, Jbar, traj = _example_process(pn, d, F, Rv, ys, weights, n_response)
+    K, S = d.u.shape[0], d.u.shape[1]
+    T1, H = Rv.shape[0], Rv.shape[1]
+    wts = weights / S
+    Cd = jnp.einsum("kxs,kxsnh,kxsmg->knhmg", wts, delta, delta)
+    CH_new = jnp.einsum("k,knhmg->nhmg", p.rho**2 / p.alpha, Cd)
+    Sr = n_response
+
+    diag = jnp.eye(T1)[:, None, :, None]
+
+    def resp(k):
+        Jk = J[k].reshape(3 * Sr, T1, H, H)
+        G = _response(Jk, p.rho[k] * Rv, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), jacobian=lambda j: j)
+        # Diagonal blocks Γ[n, n] = E[J^n] from every draw (`_example_process`).
+        return G * (1 - diag) + diag * Jbar[:, k][:, :, None, :]
+
+    RH_new = sum(p.rho[k] * resp(k) for k in range(K))
+    Fr = F.reshape(T1, H, -1)
+    Cvd = jnp.einsum("nhj,ngj->nhg", Fr, Fr)
+    return CH_new, RH_new, (h, *traj, Cvd)
+
+
+def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_grid: int, *, key):
+    """Solve the nonlinear trunk DMFT and evaluate every task.
+
+    **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
+    p, act = pn.trunk, pn.activation
+    K, C, H = p.V0.shape
+    D = p.T.shape[2]
+    T1 = n_grid + 1
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
+    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, H + T1 * H)), y_unif)
+
+    def iterate(params, z):
+        pp, dd = params
+        ys, weights = _trunk_labels(pp.trunk, dd)
+        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
+        return (CH, RH), (ys, weights, aux)
+
+    zero = jnp.zeros((T1, H, T1, H))
+    ctrl = (solver.damping, solver.tol)
+    _, (ys, weights, aux), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero))
+    h, Om, b1, Wu, bu, V, c, diag = aux
+    x_eval = _eval_points(k[4], solver.n_quad_eval, D + H, solver.sampling)
+    test_loss, test_acc = [], []
+    n_eval = x_eval.shape[0]
+    for kk in range(K):
+        ue = _teacher_frame_draws(p.T[kk], x_eval[:, :D])
+        gz = x_eval[:, D:]
+        # The teacher fields T_k ue do not move with r in derivative (`_teacher_frame_draws`): held
+        # constant exactly, or their rounding-level tangent meets 1/σ in π at σ = 0 (NaN).
+        fields = jax.lax.stop_gradient(ue @ p.T[kk].T)
+        pi = label_probabilities(fields, p.w[kk], p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk])
+
+        def at(args, kk=kk, ue=ue, gz=gz, pi=pi):
+            Om_n, b1_n, Wu_n, bu_n, V_n, c_n, Sig = args
+            pre = ue @ Om_n.T + b1_n + gz @ psd_factor(Sig, jitter=1e-6).T
+            z = _forward(act, pre, Wu_n, bu_n, V_n[kk], c_n[kk], _widths(act, pre, Wu_n, bu_n))
+            loss = jnp.mean(jax.nn.logsumexp(z, -1) - jnp.sum(pi * z, -1))
+            acc = jnp.mean(jnp.take_along_axis(pi, jnp.argmax(z, -1)[:, None], -1))
+            return loss, acc
+
+        lo, ac = jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
+        test_loss.append(lo), test_acc.append(ac)
+    del n_eval
+    train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
+    return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, maps
