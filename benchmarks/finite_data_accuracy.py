@@ -3,6 +3,8 @@
 Run: python benchmarks/finite_data_accuracy.py [--seeds 8] [--n 400] [--steps 40] [--lr 0.5]
      python benchmarks/finite_data_accuracy.py --depth 1 --tol 2e-2   (multitask, linear trunk)
      python benchmarks/finite_data_accuracy.py --depth 2 --tol 2e-2 --sb 3   (two trunk layers)
+     python benchmarks/finite_data_accuracy.py --depth 1 --activation gelu --eps 0 --r 0 1 --alphas 0.5 2 8 \
+         --replicas 1 --tol 2e-2 --out docs/results/finite_data_accuracy_gelu.txt   (nonlinear trunk, docs/dmft.md §4.2)
 Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy_trunk.txt,
         docs/results/finite_data_accuracy_depth2.txt
 
@@ -66,12 +68,12 @@ def experiment(n, R, alpha, s, eps, steps, lr, n_test):
     return mtjax.experiment_from_spec(spec)
 
 
-def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, depth=1, s_a=3.0):
+def experiment_trunk(n, R, H, alpha, r, s_b, eps, steps, lr, n_test, single, depth=1, s_a=3.0, activation="linear"):
     P = int(round(alpha * (n - 2 * R)))
     spec = {
         "teacher": {"n_features": n, "rank": R, "n_classes": R, "scale": [s_a, s_b], "noise": 0.5, "flip": eps,
                     "relatedness": r},
-        "student": {"depth": depth, "width": H, "bias_init": "zeros"},
+        "student": {"depth": depth, "width": H, "bias_init": "zeros", "activation": activation},
         "train": {"protocol": "full_batch", "n_train": [P, P], "n_test": n_test, "n_steps": steps, "eval_every": 1,
                   "learning_rate": lr, "single_task": single},
     }
@@ -82,7 +84,7 @@ def _settings(args) -> str:
     """The settings a stored row was computed with: a resumed run only reuses rows made with the same."""
     return (f"N={args.n} R={args.rank} H={args.width} L={args.depth} lr={args.lr} steps={args.steps} seeds={args.seeds} "
             f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping} "
-            f"replicas={args.replicas}")
+            f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}"))
 
 
 def _setup(args):
@@ -167,7 +169,7 @@ def main_trunk(args):
     grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
     solver, ns, seeds = _setup(args)
     header = [
-        f"# L = {args.depth} (linear trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
+        f"# L = {args.depth} ({args.activation} trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
         f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
         _theory_note(args),
@@ -207,7 +209,7 @@ def main_trunk(args):
         t_sim = 0.0
         for single in (False, True):
             e = experiment_trunk(args.n, args.rank, args.width, alpha, r, s_b, eps, args.steps, args.lr, args.n_test, single,
-                                 args.depth, s_a)
+                                 args.depth, s_a, args.activation)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
             t0 = time.time()
             h = sim_fn(batch, seeds)
@@ -314,6 +316,7 @@ def main():
     ap.add_argument("--replicas", type=int, default=4, help="theory solves with independent draw seeds (mean ± s.e.)")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--activation", default="linear", help="trunk activation (depth >= 1): linear, tanh, erf, gelu")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

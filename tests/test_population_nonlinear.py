@@ -112,7 +112,7 @@ def _spec(activation="relu", **train):
     }
 
 
-SOLVER = PopulationSolver(n_quad=512, n_quad_eval=4096, n_substeps=4)
+SOLVER = PopulationSolver(n_quad=512, n_quad_eval=4096, n_substeps=4, dt_max=1.0)
 
 
 @pytest.mark.parametrize("activation, h, rtol", [("tanh", 0.02, 0.02), ("relu", 0.05, 0.1)])

@@ -26,9 +26,9 @@ from .._population_nonlinear import _relu, RELU_KERNEL, label_probabilities
 from .._student import ACTIVATIONS
 from .fixed_point import solve_fixed_point
 from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
-from .sampling import _eval_points, _input_draws
+from .sampling import _eval_points
 from .solver import FiniteDataSolver
-from .trunk import _teacher_frame_draws, _trunk_labels, _TrunkDraws, _TrunkProblem
+from .trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels, _TrunkDraws, _TrunkProblem
 
 
 class _NonlinearProblem(eqx.Module):
@@ -164,10 +164,7 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     K, C, H = p.V0.shape
     D = p.T.shape[2]
     T1 = n_grid + 1
-    S = solver.n_draws
-    k = jax.random.split(key, 5)
-    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
-    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, H + T1 * H)), y_unif)
+    d, eval_key = _trunk_draws(p, solver, H + T1 * H, key)  # columns of `_field_factor_h`
 
     def iterate(params, z):
         pp, dd = params
@@ -179,9 +176,8 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     ctrl = (solver.damping, solver.tol)
     _, (ys, weights, aux), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero))
     h, Om, b1, Wu, bu, V, c, diag = aux
-    x_eval = _eval_points(k[4], solver.n_quad_eval, D + H, solver.sampling)
+    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + H, solver.sampling)
     test_loss, test_acc = [], []
-    n_eval = x_eval.shape[0]
     for kk in range(K):
         ue = _teacher_frame_draws(p.T[kk], x_eval[:, :D])
         gz = x_eval[:, D:]
@@ -200,6 +196,5 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
 
         lo, ac = jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
         test_loss.append(lo), test_acc.append(ac)
-    del n_eval
     train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
     return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, maps

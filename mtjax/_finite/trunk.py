@@ -248,6 +248,18 @@ def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
     return _quadrature_metrics(clean, noise, q, flip, u, xi, gz, M, b, Sig)
 
 
+def _trunk_draws(p: _TrunkProblem, solver: FiniteDataSolver, n_noise: int, key):
+    """The fixed draws of a trunk solve (inputs in the teacher frame, logit noise, `n_noise`
+    standard normals per draw for the first-layer fields, uniform labels) and the key of the
+    test-metric points."""
+    K, C, _ = p.V0.shape
+    S = solver.n_draws
+    k = jax.random.split(key, 5)
+    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, p.T.shape[2], C, solver.sampling)
+    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, n_noise)), y_unif)
+    return d, k[4]
+
+
 def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, key):
     """Solve the trunk DMFT (L >= 1; fixed point in the first-layer kernels) and evaluate every task.
 
@@ -255,11 +267,8 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     K, C, H = p.V0.shape
     D = p.T.shape[2]
     T1 = n_grid + 1
-    S = solver.n_draws
-    k = jax.random.split(key, 5)
-    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
-    n_noise = H + K * T1 * C  # columns of the fields' factor (`_field_factor`)
-    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, n_noise)), y_unif)
+    # H + K (T+1) C columns of the fields' factor (`_field_factor`).
+    d, eval_key = _trunk_draws(p, solver, H + K * T1 * C, key)
 
     def iterate(params, z):
         pp, dd = params
@@ -273,7 +282,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     ctrl = (solver.damping, solver.tol)
     _, (ys, weights, traj), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0)
     h, G, Om, b1, V, c, diag = traj
-    x_eval = _eval_points(k[4], solver.n_quad_eval, D + 2 * C, solver.sampling)
+    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + 2 * C, solver.sampling)
     test_loss, test_acc = [], []
     for kk in range(K):
         Vk = V[:, kk]
