@@ -58,7 +58,8 @@ def main():
     ap.add_argument("--n-quad", type=int, default=2048)
     ap.add_argument("--n-quad-eval", type=int, default=4096)
     ap.add_argument("--n-times", type=int, default=9, help="report times in [0, t_max] (early stopping over these)")
-    ap.add_argument("--simulations", type=Path, default=None, help="comparison.csv of `mtjax reproduce deep-nonlinear`")
+    ap.add_argument("--simulations", type=Path, nargs="*", default=None,
+                    help="comparison.csv file(s) of `mtjax reproduce deep-nonlinear` (e.g. one per nlayers)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     lines = []
@@ -110,8 +111,8 @@ def main():
     m["authors_benefit_se"] = np.sqrt(m.authors_multi_se**2 + m.authors_single_se**2)
     for act in ("relu", "linear"):
         m[f"{act}_benefit"] = m[f"{act}_single"] - m[f"{act}_multi"]
-    if args.simulations is not None and args.simulations.exists():
-        sim = pd.read_csv(args.simulations)
+    if args.simulations:
+        sim = pd.concat([pd.read_csv(f) for f in args.simulations], ignore_index=True)
         sim = sim[(sim.main_train_pts == args.ntrain) & ~sim.single_task.astype(bool)]
         cols = [c for c in sim.columns if c.startswith("ours")]
         for c in ("relatedness", "s_a", "s_b"):
@@ -133,6 +134,11 @@ def main():
                  f"median |Δ multi loss| {np.median(np.abs(mm[f'{act}_multi'] - mm.authors_multi)):.3f}; "
                  f"benefit corr {np.corrcoef(mm[f'{act}_benefit'], mm.authors_benefit)[0, 1]:.2f}; "
                  f"RMS benefit residual {np.sqrt(np.mean((mm[f'{act}_benefit'] - mm.authors_benefit) ** 2)):.3f}")
+        if "ours_mean" in mm and mm.ours_mean.notna().any():
+            emit(f"  mtjax simulations vs authors: median |Δ multi loss| {np.median(np.abs(mm.ours_mean - mm.authors_multi)):.3f}; "
+                 f"relu theory vs mtjax simulations: median |Δ multi loss| {np.median(np.abs(mm.relu_multi - mm.ours_mean)):.3f}, "
+                 f"benefit corr {np.corrcoef(mm.relu_benefit, mm.ours_benefit)[0, 1]:.2f}, "
+                 f"RMS benefit residual {np.sqrt(np.mean((mm.relu_benefit - mm.ours_benefit) ** 2)):.3f}")
         flip = resolved & (np.sign(mm.linear_benefit) != np.sign(mm.authors_benefit)) & (np.sign(mm.relu_benefit) == np.sign(mm.authors_benefit))
         flop = resolved & (np.sign(mm.relu_benefit) != np.sign(mm.authors_benefit)) & (np.sign(mm.linear_benefit) == np.sign(mm.authors_benefit))
         emit(f"  resolved cells where only the relu theory has the sign right: {int(flip.sum())}; only the linear theory: {int(flop.sum())}")
