@@ -147,6 +147,7 @@ def test_derivative_in_r_matches_exactly_rotated_central_differences(monkeypatch
     # As tests/test_dmft.py: the sampled clean labels switch with r, so the reference rotates the
     # draws exactly with task 2's subspace (its labels stay put and its differences are smooth).
     import mtjax._finite.nonlinear as nl
+    import mtjax._finite.trunk as tr  # the draws are rotated in `trunk._trunk_draws`
 
     e = _small(noise=0.0)
     R, r0 = 3, 0.5
@@ -168,6 +169,7 @@ def test_derivative_in_r_matches_exactly_rotated_central_differences(monkeypatch
         return u @ Q.T
 
     monkeypatch.setattr(nl, "_teacher_frame_draws", exact)
+    monkeypatch.setattr(tr, "_teacher_frame_draws", exact)
     f = eqx.filter_jit(final_loss)
     np.testing.assert_allclose(f(jnp.asarray(r0)), value, rtol=1e-5)
     h = 0.02

@@ -33,7 +33,7 @@ def test_label_probabilities_match_the_label_generator():
     # π(u) = E[e_y | u] of the mixture (logit noise on a fraction q, flips ε): its mean over inputs
     # must be the generator's class frequencies, and its correlation with u the generator's Λ.
     t = _teacher()
-    n = 200_000
+    n = 50_000
     x = mtjax.sample_inputs(jax.random.key(1), n, 16)
     for k in range(2):
         y = t.label(x, k, key=jax.random.key(2 + k))
@@ -89,14 +89,14 @@ def test_nonlinear_machinery_on_a_linear_student_equals_the_closed_form():
     red = reduce_student(st, t.basis)
     T = _reduced_T(t, red)
     rho = jnp.array([1.0, 0.5])
-    pts = sobol_normals(2**16, T.shape[1] + T.shape[2], seed=4)
-    f_nl = nonlinear_vector_field(red, label_model(t), T, rho, pts, (0, 1))
+    pts = sobol_normals(2**15, T.shape[1] + T.shape[2], seed=4)
+    f_nl = jax.jit(lambda r: nonlinear_vector_field(r, label_model(t), T, rho, pts, (0, 1)))(red)
     consts = teacher_constants(t)
-    f_lin = population_vector_field(red, consts, T, rho, sobol_normals(2**16, 3, seed=5), (0, 1))
+    f_lin = population_vector_field(red, consts, T, rho, sobol_normals(2**15, 3, seed=5), (0, 1))
     for a, b in zip(jax.tree_util.tree_leaves(f_nl), jax.tree_util.tree_leaves(f_lin)):
         np.testing.assert_allclose(a, b, atol=2e-3)
-    loss_nl = nonlinear_metrics(red, label_model(t), T, pts, (0, 1), 2)[0]
-    xe = sobol_normals(2**16, 3 + 6, seed=6)
+    loss_nl = jax.jit(lambda r: nonlinear_metrics(r, label_model(t), T, pts, (0, 1), 2)[0])(red)
+    xe = sobol_normals(2**15, 3 + 6, seed=6)
     loss_lin = population_metrics(red, t, consts, T, xe[:, :6], xe[:, 6:], (0, 1))[0]
     np.testing.assert_allclose(loss_nl, loss_lin, atol=3e-3)
 
