@@ -156,7 +156,7 @@ def optimal_task_weight(
 
     **Arguments:**
 
-    - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory` (linear student).
+    - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory`.
     - `model`: the theory (any differentiable model); default (`design_model`): the finite-data
       theory for runs on finite training sets, the population theory for online runs or when a
       `solver` is given.

@@ -213,14 +213,17 @@ def finite_data_theory(
 
     Supported: linear students of depth L = 0 (each task is its own softmax layer; the tasks
     share no parameter, so every task is solved independently and the multitask benefit is 0)
-    and L >= 1 (a shared linear trunk with per-task heads: multitask, docs/dmft.md §4; the
-    first layer's complement to the teacher span is the DMFT variable, everything else
-    self-averages).
+    and L >= 1 (a shared trunk with per-task heads: multitask, docs/dmft.md §4; the first
+    layer's complement to the teacher span is the DMFT variable, everything else
+    self-averages).  The trunk may be linear or smooth nonlinear (`tanh`, `erf`, `gelu`: the
+    first layer's H-dimensional preactivation is the example process, docs/dmft.md §4.2; give
+    nonlinear trunks n_draws >= 2048); relu is refused (`FINITE_DATA_ACTIVATIONS`).
 
     **Arguments:** as `population_theory`.
 
-    - `experiment`: teacher, student (linear, any depth) and train config (protocol
-      `"full_batch"`; other protocols are treated as gradient flow on their training sets).
+    - `experiment`: teacher, student (any depth, a trunk activation of `FINITE_DATA_ACTIVATIONS`)
+      and train config (protocol `"full_batch"`; other protocols are treated as gradient flow on
+      their training sets).
     - `seeds`: teacher and init seeds; the data seed plays no role (the theory averages over
       datasets).
     - `ts`: times t = lr x steps to report; default the simulation's evaluation times.
