@@ -462,9 +462,9 @@ def _population_solve(tc, sc, seeds, student, task_weights, mult, learning_rate,
         return tuple(jax.tree_util.tree_leaves(out))
 
     teach = labels if nonlinear else consts
-    n_substeps = solver.n_substeps or (NONLINEAR_SUBSTEPS if nonlinear else 0)
-    if n_substeps:
-        ys = _fresh_heun(field, tuple(leaves0), (teach, T, rho), ts, solver, dim, n_substeps,
+    # A nonlinear trunk's step count was set by `population_theory` (`_nonlinear_steps`).
+    if solver.n_substeps:
+        ys = _fresh_heun(field, tuple(leaves0), (teach, T, rho), ts, solver, dim, solver.n_substeps,
                          first_is_zero=ts_first_is_zero)
         code = jnp.asarray(0, jnp.int32)
     else:

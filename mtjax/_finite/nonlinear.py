@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 from .._metrics import mixture_train_loss
-from .._population_nonlinear import _relu, RELU_KERNEL, label_probabilities
+from .._population_nonlinear import label_probabilities
 from .._student import ACTIVATIONS
 from .fixed_point import solve_fixed_point
 from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
@@ -32,42 +32,25 @@ from .trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels, _TrunkDraw
 
 
 class _NonlinearProblem(eqx.Module):
-    """A `_TrunkProblem` whose trunk applies the elementwise `activation` (static) after every layer."""
+    """A `_TrunkProblem` whose trunk applies the elementwise `activation` (static; one of
+    `theory.FINITE_DATA_ACTIVATIONS`, smooth: the per-draw Hessians are exact) after every layer."""
 
     trunk: _TrunkProblem
     activation: str = eqx.field(static=True)
 
 
-def _act(activation: str, h, width):
-    """φ(h); relu with `width` (per unit) as the kernel of its second derivative (`theory_relu`)."""
-    return _relu(h, width) if activation == "relu" else ACTIVATIONS[activation](h)
-
-
-def _forward(activation, pre, Wu, bu, V, c, widths):
-    """Logits (..., C) of one task's head from first-layer preactivations `pre` (..., H)."""
-    f = _act(activation, pre, widths[0])
+def _forward(activation, pre, Wu, bu, V, c):
+    """Logits (..., C) of one task's head from first-layer preactivations `pre` (..., H): the
+    layers of `Student.features` after the first matrix, on stacked arrays."""
+    act = ACTIVATIONS[activation]
+    f = act(pre)
     for ell in range(Wu.shape[0]):
-        f = _act(activation, f @ Wu[ell].T + bu[ell], widths[ell + 1])
+        f = act(f @ Wu[ell].T + bu[ell])
     return f @ V.T + c
 
 
-def _widths(activation, pre, Wu, bu):
-    """Per-layer kernel widths (L, H) of relu'' from the draws' preactivations (stop-gradient;
-    unused by other activations)."""
-    if activation != "relu":
-        return jnp.ones((Wu.shape[0] + 1, pre.shape[-1]), pre.dtype)
-    flat = pre.reshape(-1, pre.shape[-1])
-    out = [jnp.std(flat, 0)]
-    f = jax.nn.relu(flat)
-    for ell in range(Wu.shape[0]):
-        z = f @ Wu[ell].T + bu[ell]
-        out.append(jnp.std(z, 0))
-        f = jax.nn.relu(z)
-    return jax.lax.stop_gradient(RELU_KERNEL * jnp.stack(out) + 1e-12)
-
-
-def _ce(activation, pre, y, Wu, bu, V, c, widths):
-    z = _forward(activation, pre, Wu, bu, V, c, widths)
+def _ce(activation, pre, y, Wu, bu, V, c):
+    z = _forward(activation, pre, Wu, bu, V, c)
     return jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, y[..., None], -1)[..., 0], z
 
 
@@ -98,10 +81,8 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
         Om, b1, Wu, bu, V, c = carry
         base = d.u @ Om.T + b1 + chi[:, :, n]  # (K, S, H)
         pre = base[:, None] - jnp.moveaxis(mem.reshape(H, K, 3, S), 0, -1)  # (K, 3, S, H)
-        widths = _widths(act, pre, Wu, bu)
-
         def ce_all(pre, Wu, bu, V, c):
-            out = [_ce(act, pre[k], ys[k], Wu, bu, V[k], c[k], widths) for k in range(K)]
+            out = [_ce(act, pre[k], ys[k], Wu, bu, V[k], c[k]) for k in range(K)]
             return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
 
         (_, h), vjp = jax.vjp(lambda *a: ce_all(*a), pre, Wu, bu, V, c)
@@ -111,11 +92,11 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
         Om_new = Om - dt_n * jnp.einsum("kxsh,ksd->hd", wdelta, d.u)
         b1_new = b1 - dt_n * jnp.sum(wdelta, (0, 1, 2))
         new = (Om_new, b1_new, Wu - dt_n * gWu, bu - dt_n * gbu, V - dt_n * gV, c - dt_n * gc)
-        # Hessians ∂δ/∂pre of every draw (relu'' by its kernel, `_act`): their weighted mean is
+        # Hessians ∂δ/∂pre of every draw: their weighted mean is
         # the response's diagonal block E[J^n] (from all draws: its sampling error, unlike that
         # of the memory blocks, does not fall with α, and it biases the coordinate process's
         # covariance, docs/dmft.md §4.2); the first n_response draws also carry the memory blocks.
-        hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k], widths)[0]),
+        hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k])[0]),
                                           (0, 0, None)), (0, 0, None)), (0, 0, 0))  # fmt: skip
         J = hess(pre, ys, jnp.arange(K))  # (K, 3, S, H, H)
         Jbar = jnp.einsum("kxs,kxshg->khg", wts, J)
@@ -189,7 +170,7 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
         def at(args, kk=kk, ue=ue, gz=gz, pi=pi):
             Om_n, b1_n, Wu_n, bu_n, V_n, c_n, Sig = args
             pre = ue @ Om_n.T + b1_n + gz @ psd_factor(Sig, jitter=1e-6).T
-            z = _forward(act, pre, Wu_n, bu_n, V_n[kk], c_n[kk], _widths(act, pre, Wu_n, bu_n))
+            z = _forward(act, pre, Wu_n, bu_n, V_n[kk], c_n[kk])
             loss = jnp.mean(jax.nn.logsumexp(z, -1) - jnp.sum(pi * z, -1))
             acc = jnp.mean(jnp.take_along_axis(pi, jnp.argmax(z, -1)[:, None], -1))
             return loss, acc
