@@ -26,6 +26,8 @@ import numpy as np
 
 import mtjax
 
+from _report import Report
+
 BASE = {
     "teacher": {"n_features": 200, "rank": 3, "n_classes": 3, "scale": [3.0, 3.0], "noise": 0.3, "flip": [0.1, 0.1],
                 "noisy_fraction": 1.0, "relatedness": 0.0},
@@ -80,11 +82,7 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40), "typical")
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    emit = Report()
 
     emit("# design through the finite-data theory vs full-batch GD simulations")
     emit("# command: python benchmarks/design_validation.py " + " ".join(sys.argv[1:]))
@@ -133,9 +131,7 @@ def main():
              f"{se_sim:.4f} {z:5.1f} {'yes' if ok else 'NO':>3s}{flag}   ({time.time() - t0:.0f} s)")
     emit()
     emit(f"# {sum(ok_all)} of {len(ok_all)} settings: simulated improvement within 2 s.e. of the predicted one")
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit.write(a.out)
 
 
 if __name__ == "__main__":

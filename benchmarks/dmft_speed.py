@@ -38,6 +38,8 @@ import time
 
 import numpy as np
 
+from _report import Report
+
 NTRAIN = (100, 400, 800)
 S_VALUES = (0.158, 10.0)
 REFERENCE = dict(n_grid=20, n_draws=2048, n_response=32, max_iter=15, tol=2e-2, n_quad_eval=8192)
@@ -110,11 +112,7 @@ def main():
     args = ap.parse_args()
     import mtjax
 
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    emit = Report()
 
     emit("# DMFT cost per paper-preset cell (depth 2, H = 64, C = 10, K = 2), 2 CPU cores")
     emit("# command: python benchmarks/dmft_speed.py " + " ".join(sys.argv[1:]))
@@ -141,9 +139,7 @@ def main():
              f"{np.sqrt(np.mean(db ** 2)):7.4f}")
     emit()
     emit(f"# benefit range (reference): {b_ref.min():.3f} .. {b_ref.max():.3f} nats")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+    emit.write(args.out)
 
 
 if __name__ == "__main__":

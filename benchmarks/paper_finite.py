@@ -58,6 +58,8 @@ import pandas as pd
 
 import mtjax
 
+from _report import Report
+
 
 # Solver settings of the paper grid (the defaults of the flags below; paper_finite_size.py reuses them).
 GRID_SOLVER = {"n_response": 32, "max_iter": 15, "tol": 2e-2, "n_quad_eval": 8192}
@@ -141,11 +143,7 @@ def main():
     cells = [(n, sa, 1.0, 0.0, True) for n in ntrains for sa in (sas if args.single_sa_only else s_vals)]
     if not args.no_multi:
         cells += [(n, sa, sb, r, False) for n in ntrains for sa in sas for sb in sbs for r in rs]
-    lines = []
-
-    def emit(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    emit = Report()
 
     geometric = args.step_growth is not None
     sched = dict(step_schedule="geometric", step_growth=args.step_growth) if geometric else {}
@@ -221,7 +219,7 @@ def main():
         if os.path.exists(args.out):
             with open(args.out) as f:
                 old = f.read().split("\n\n", 1)[0].splitlines()
-            lines[:] = old
+            emit.lines[:] = old
             print("\n".join(old), flush=True)
     else:
         if len(store):
@@ -304,9 +302,7 @@ def main():
                 emit(f"  ntrain {n:5d}: mean benefit theory {mm.theory_benefit.mean():+.4f} vs authors {mm.ben_mean.mean():+.4f}")
     not_ok = th[~th.ok]
     emit(f"flagged (not converged or diverged, excluded above): {len(not_ok)} of {len(th)} solves")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    emit.write(args.out)
     pd.concat([st.reset_index().assign(kind="single"), mt.reset_index().assign(kind="multi")]).to_csv(
         os.path.splitext(args.out)[0] + ".csv", index=False)
 

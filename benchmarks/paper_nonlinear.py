@@ -28,6 +28,8 @@ import pandas as pd
 
 import mtjax
 
+from _report import Report
+
 QUICK = {"relatedness": [0.0, 0.5, 1.0], "s_a": [0.158489, 2.511886, 10.0], "s_b": [0.01, 0.158489, 2.511886, 10.0]}
 
 
@@ -62,11 +64,7 @@ def main():
                     help="comparison.csv file(s) of `mtjax reproduce deep-nonlinear` (e.g. one per nlayers)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    lines = []
-
-    def emit(text=""):
-        print(text)
-        lines.append(text)
+    emit = Report()
 
     d = pd.read_csv(args.data)
     d = d[(d.main_train_pts == args.ntrain) & d.nlayers.isin(args.nlayers)]
@@ -144,9 +142,8 @@ def main():
         emit(f"  resolved cells where only the relu theory has the sign right: {int(flip.sum())}; only the linear theory: {int(flop.sum())}")
         if flip.any():
             emit(mm[flip][key_m + ["authors_benefit", "relu_benefit", "linear_benefit"]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    emit.write(args.out)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
         m.to_csv(args.out.with_suffix(".csv"), index=False)
 
 

@@ -37,6 +37,8 @@ import scipy.stats
 
 import mtjax
 
+from _report import Report
+
 
 
 def theory_on_test_set(e, seeds, solver):
@@ -147,11 +149,7 @@ def main():
 def report(args, curves, tc, point, t_sim, t_th, n_div):
     """Per curve: max |theory − simulation| of loss and accuracy along the curve, in nats and in
     seed standard errors; then the summary lines."""
-    lines = []
-
-    def emit(text=""):
-        print(text)
-        lines.append(text)
+    emit = Report()
 
     keys = point + ["step"]
     g = curves.groupby(keys)
@@ -188,9 +186,7 @@ def report(args, curves, tc, point, t_sim, t_th, n_div):
     emit("quadrature reading (independent evaluation sets):")
     emit(f"  max |theory - sim|: {per.quad_max_diff.max():.4f} nats;  median of per-curve max: {per.quad_max_diff.median():.4f}")
     emit(f"diverged runs: {n_div}")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
+    emit.write(args.out)
 
 
 if __name__ == "__main__":
