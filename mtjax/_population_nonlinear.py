@@ -113,10 +113,7 @@ THEORY_ACTIVATIONS = {**ACTIVATIONS, "relu": theory_relu}
 def logits(student: Student, x: Float[Array, "n Dp"], k: int) -> Float[Array, "n C"]:
     """Task k's logits of the reduced student (same weights and function as `Student.__call__`;
     relu's second derivative as in `theory_relu`)."""
-    act = THEORY_ACTIVATIONS[student.activation]
-    for layer in student.layers:
-        x = act(layer(x))
-    return student.heads[k](x)
+    return student.heads[k](student.features(x, THEORY_ACTIVATIONS[student.activation]))
 
 
 def task_loss_terms(student: Student, k: int, labels, T_k, points):

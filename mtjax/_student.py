@@ -151,9 +151,10 @@ class Student(eqx.Module):
     def is_linear(self) -> bool:
         return self.activation == "linear"
 
-    def features(self, x: Float[Array, "... N"]) -> Float[Array, "... H"]:
-        """Trunk output h_L."""
-        act = ACTIVATIONS[self.activation]
+    def features(self, x: Float[Array, "... N"], activation=None) -> Float[Array, "... H"]:
+        """Trunk output h_L.  `activation`: a function to use instead of the named one (same
+        values; the population theory's relu differs in its second derivative only)."""
+        act = ACTIVATIONS[self.activation] if activation is None else activation
         for layer in self.layers:
             x = act(layer(x))
         return x
