@@ -21,6 +21,7 @@ from .single import _initial_overlaps, _Problem, solve_single_task
 from .solver import FiniteDataSolver
 from .nonlinear import _NonlinearProblem, solve_nonlinear_trunk
 from .trunk import _trunk_problem, _TrunkProblem, solve_trunk
+from .wide import _wide_problem, _WideProblem, check_wide, solve_wide
 
 
 class FiniteTheoryResult(eqx.Module):
@@ -73,7 +74,7 @@ class _GridSolution(eqx.Module):
 
 
 def _build_problem(tc: TeacherConfig, sc: StudentConfig, seeds: Seeds, student, n_train_active, task_weights,
-                   rate_multipliers, initial: str, active: tuple[int, ...]):  # fmt: skip
+                   rate_multipliers, initial: str, active: tuple[int, ...], width: str = "fixed"):  # fmt: skip
     """The reduced problem of an experiment: a `_TrunkProblem` (depth >= 1) or one `_Problem` per
     trained task (depth 0), with `dt` left to `_solve_grid`.  Takes the teacher and student
     configs, not the experiment: the train config's static fields (data sizes, evaluation
@@ -81,6 +82,8 @@ def _build_problem(tc: TeacherConfig, sc: StudentConfig, seeds: Seeds, student, 
     teacher = Teacher.sample(tc, key=seeds.key("teacher"))
     if student is None:
         student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
+    if width == "proportional":
+        return _wide_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers)
     if sc.depth >= 1:
         tp = _trunk_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers, initial)
         return _NonlinearProblem(tp, sc.activation) if sc.activation != "linear" else tp
@@ -102,6 +105,9 @@ def _solve_grid(problem, t_max, solver: FiniteDataSolver, active: tuple[int, ...
     if isinstance(problem, _NonlinearProblem):
         pn = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt))
         train, test, acc, res, its = solve_nonlinear_trunk(pn, solver, T, key=key)
+        return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
+    if isinstance(problem, _WideProblem):
+        train, test, acc, res, its = solve_wide(dataclasses.replace(problem, dt=dt), solver, T, key=key)
         return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
     if isinstance(problem, _TrunkProblem):
         train, test, acc, res, its = solve_trunk(dataclasses.replace(problem, dt=dt), solver, T, key=key)
@@ -184,20 +190,31 @@ def check_finite_activation(student) -> None:
         )
 
 
-def _check_theory_inputs(experiment: Experiment, initial: str) -> None:
+WIDTHS = ("fixed", "proportional")  # `finite_data_theory(width=...)`
+
+
+def _check_theory_inputs(experiment: Experiment, initial: str, width: str = "fixed") -> None:
+    if width not in WIDTHS:
+        raise ValueError(f"width={width!r} is not one of {list(WIDTHS)}")
+    if width == "proportional":
+        check_wide(experiment.student, experiment.teacher.n_features)
+        if initial != "typical":
+            raise ValueError(f"width='proportional' takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
+                             f"overlap is averaged), got initial={initial!r}; pass initial='typical'")
+        return
     check_finite_activation(experiment.student)
     if initial not in ("quenched", "typical"):
         raise ValueError(f"initial={initial!r} is not one of ['quenched', 'typical']")
 
 
-def _problem(experiment: Experiment, seeds: Seeds, student, initial: str):
+def _problem(experiment: Experiment, seeds: Seeds, student, initial: str, width: str = "fixed"):
     """`_build_problem` of an experiment (compiled per teacher and student configuration)."""
     from .._population import rate_multipliers
 
     tr = experiment.train
     mult = np.asarray(rate_multipliers(tr), jax.dtypes.canonicalize_dtype(float))
     return _call_compiled(_build_problem, experiment.teacher, experiment.student, seeds, student, tr.n_train_active,
-                          tr.task_weights, mult, initial, tr.active_tasks)  # fmt: skip
+                          tr.task_weights, mult, initial, tr.active_tasks, width)  # fmt: skip
 
 
 def finite_data_theory(
@@ -208,6 +225,7 @@ def finite_data_theory(
     solver: FiniteDataSolver | None = None,
     student: Student | None = None,
     initial: str = "quenched",
+    width: str = "fixed",
 ) -> FiniteTheoryResult:
     """DMFT of full-batch gradient descent on P_k = `n_train_active[k]` examples per task.
 
@@ -232,6 +250,9 @@ def finite_data_theory(
       the simulation's student) or `"typical"` (N → ∞: the first layer has no overlap with the
       teacher span and Gram matrix init_scale² I; the upper trunk layers, biases and heads are
       low-dimensional and are taken from the initial student, as in `population_theory`).
+    - `width`: `"fixed"` (N → ∞ at fixed trunk width H) or `"proportional"` (N, H → ∞ at fixed
+      H / N: a linear depth-1 trunk with orthogonal W(0) and `initial="typical"`; the head's
+      finite-sample noise and the trunk's share of the teacher span at O(H/N), docs/dmft.md §4.3).
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
 
@@ -243,9 +264,9 @@ def finite_data_theory(
     # Built here, not as a default argument: arrays made at import would start JAX's backend
     # before a multi-process run can call jax.distributed.initialize.
     solver = FiniteDataSolver() if solver is None else solver
-    _check_theory_inputs(experiment, initial)
+    _check_theory_inputs(experiment, initial, width)
     tr = experiment.train
-    problem = _problem(experiment, seeds, student, initial)
+    problem = _problem(experiment, seeds, student, initial, width)
     ts, t_max = _report_times(tr, ts)
     sol = _call_compiled(_solve_grid, problem, t_max, solver, tr.active_tasks, tr.n_tasks, large=True)
     return _report_at(_report, sol, ts, tr, solver, time_axis=0)
@@ -260,6 +281,7 @@ def finite_data_replicas(
     solver: FiniteDataSolver | None = None,
     student: Student | None = None,
     initial: str = "quenched",
+    width: str = "fixed",
 ) -> FiniteTheoryResult:
     """`n_replicas` independent solves of `finite_data_theory` (draw seeds `solver.seed + i`),
     vmapped: one compilation, a leading replica axis (R, ...) on every field of the result.
@@ -274,9 +296,9 @@ def finite_data_replicas(
     vmapped fixed-point loops run until the slowest replica has converged."""
     n_replicas = check_int("n_replicas", n_replicas, 1)
     solver = FiniteDataSolver() if solver is None else solver
-    _check_theory_inputs(experiment, initial)
+    _check_theory_inputs(experiment, initial, width)
     tr = experiment.train
-    problem = _problem(experiment, seeds, student, initial)
+    problem = _problem(experiment, seeds, student, initial, width)
     ts, t_max = _report_times(tr, ts)
     offsets = np.arange(n_replicas, dtype=np.int32)
     sol = _call_compiled(_solve_grid_replicas, problem, t_max, solver, tr.active_tasks, tr.n_tasks, offsets, large=True)

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 
 from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
-from .._finite.theory import check_finite_activation
+from .._finite.theory import WIDTHS, _check_theory_inputs
 from .._experiment import Experiment, Seeds
 from .._train import History
 from .base import AbstractTheory, check_initial
@@ -19,10 +19,13 @@ class FiniteDataTheory(AbstractTheory):
     the data-size dependence of the multitask benefit.
 
     - `solver`: `FiniteDataSolver` (default `FiniteDataSolver()`).
-    - `initial`: "quenched" (the simulation's own initial overlaps) or "typical" (N → ∞)."""
+    - `initial`: "quenched" (the simulation's own initial overlaps) or "typical" (N → ∞).
+    - `width`: "fixed" (N → ∞ at fixed trunk width) or "proportional" (H / N fixed: a linear
+      depth-1 trunk, orthogonal init, `initial="typical"`; docs/dmft.md §4.3)."""
 
     solver: FiniteDataSolver
     initial: str = eqx.field(static=True)
+    width: str = eqx.field(static=True)
     name: ClassVar[str] = "finite-data"
     source: ClassVar[str] = "theory-finite"
     differentiable: ClassVar[bool] = True
@@ -30,12 +33,22 @@ class FiniteDataTheory(AbstractTheory):
     # A paper-preset solve holds ~0.1–0.2 GB while it runs (draws, fields, response chunks).
     fit_batch: ClassVar[int | None] = 8
 
-    def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched"):
+    def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched", width: str = "fixed"):
         self.solver = FiniteDataSolver() if solver is None else solver
         self.initial = check_initial(initial)
+        if width not in WIDTHS:
+            raise ValueError(f"FiniteDataTheory: width={width!r} is not one of {list(WIDTHS)}")
+        if width == "proportional" and initial != "typical":
+            raise ValueError("FiniteDataTheory: width='proportional' takes initial='typical'; pass initial='typical'")
+        self.width = width
+
+    def settings(self) -> dict[str, Any]:
+        # "fixed" is left out, so the manifests (and resume fingerprints) of fixed-width sweeps stay as they were.
+        base = super().settings()
+        return base if self.width == "fixed" else {**base, "width": self.width}
 
     def check(self, experiment: Experiment) -> None:
-        check_finite_activation(experiment.student)
+        _check_theory_inputs(experiment, self.initial, self.width)
 
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
         return finite_theory_history(self.solve(experiment, seeds))
@@ -50,4 +63,4 @@ class FiniteDataTheory(AbstractTheory):
         return 4 * (tr.n_tasks * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
 
     def solve(self, experiment: Experiment, seeds: Seeds, ts=None):
-        return finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial)
+        return finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial, width=self.width)
