@@ -67,18 +67,19 @@ class _WideProblem(eqx.Module):
 
 
 class _WideDraws(eqx.Module):
-    """Fixed draws per task: `x` (K, S, D) inputs along the teacher span (teacher frame), `xi`
-    (K, S, C), `zeta` (K, S, T1 C), `y_unif` (K, S)."""
+    """Fixed draws per task: `u` (K, S, D) inputs along the teacher span (teacher frame), `us`
+    (K, S, D) along its Π-image, `xi` (K, S, C), `zeta` (K, 2, S, d) standard normals of the two
+    bulk populations' ξ (d = Q + 1 + T1 Q), `y_unif` (K, S)."""
 
-    x: Float[Array, "K S D"]
+    u: Float[Array, "K S D"]
+    us: Float[Array, "K S D"]
     xi: Float[Array, "K S C"]
-    zeta: Float[Array, "K S TC"]
+    zeta: Float[Array, "K 2 S d"]
     y_unif: Array
 
 
 def _labels(p: _WideProblem, d: _WideDraws):
-    D = p.T.shape[2]
-    u = jnp.einsum("ksd,krd->ksr", d.x[..., :D], p.T)
+    u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
     return jax.vmap(mixture_labels)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
 
 
@@ -88,73 +89,98 @@ def _safe_alpha(p: _WideProblem):
     return jnp.where(p.alpha > 0, p.alpha, 1.0)
 
 
-def _coordinate_side(p: _WideProblem, Cg, Rg, gbar, GE):
-    """The exact statistics of the linear coordinate processes and the low-dimensional state,
-    given the example side: kernels `Cg`, `Rg` (K, T1, C, T1, C), mean errors `gbar` (T1, Q) and
-    the teacher-span forces `GE` (T1, Q, D) = E[g uᵀ].  The Π-image directions' forces are
-    those of noiseless coordinates, G_S^n = Σ_l R_g[n,l] M_S^l (Stein: their inputs are
-    independent of the labels), computed here, not sampled.
+def _blockdiag_tasks(X):
+    """Per-task (K, T1, C, T1, C) -> the task-block-diagonal (T1 Q, T1 Q), ordering (time, task, class)."""
+    K, T1, C = X.shape[0], X.shape[1], X.shape[2]
+    return jnp.einsum("kncle,kj->nkclje", X, jnp.eye(K)).reshape(T1 * K * C, T1 * K * C)
 
-    Each bulk coordinate j (scaled by √N) carries m_j ∈ R^Q (its column of M) and ω_j (of w_b),
-    driven by its force γ_j = η_j + Σ_l R_g[n,l] m_j^l, η_j ~ N(0, C_g,k / α_k) per task.  Both
-    are linear in ξ = (m^0, ω^0, η^0..η^T); the coefficient rows are propagated exactly and the
-    population averages are quadratic forms in ξ's covariance (docs/dmft.md §4.3).
 
-    **Returns:** `(Cbar, Rbar, ML, beta, A)`: bulk logit covariance and response (T1, Q, T1, Q)
-    (Rbar[n, :, l, :] = ∂m^n/∂γ^l averaged over the populations), low-dimensional logit maps
-    ML (T1, Q, 2D), logit biases β = V b_1 + c (T1, Q), and A[n, l] = G^n M^lᵀ (T1, T1, Q, Q)."""
+def _xi_covariances(p: _WideProblem, Cg):
+    """ξ = (m^0, ω^0, η^0..η^T)'s covariance per bulk population (2, d, d) — for the averages —
+    and a factor of each (2, d, d) — for sampling the fields.  η ~ N(0, C_g,k / α_k) per task;
+    the Π = 1 population starts with the random-feature logits, the Π = 0 one at 0."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     Q = K * C
-    D = GE.shape[-1]
+    n0 = Q + 1
+    d = n0 + T1 * Q
+    Ck = Cg / _safe_alpha(p)[:, None, None, None, None]
+    Ce = _blockdiag_tasks(Ck)
+    Le = _blockdiag_tasks(jax.vmap(psd_factor)(Ck.reshape(K, T1 * C, T1 * C)).reshape(K, T1, C, T1, C))
+    w_in = jnp.where(p.w_in > 0, p.w_in, 1.0)
+    S0 = jnp.block([[p.K0, p.beta10[:, None]], [p.beta10[None, :], p.b1sq0[None, None]]]) * (p.g2 / w_in)
+    S0 = jnp.where(p.w_in > 0, S0, 0.0)
+    zero = jnp.zeros((d, d))
+    Sig = jnp.stack([zero.at[:n0, :n0].set(S0).at[n0:, n0:].set(Ce), zero.at[n0:, n0:].set(Ce)])
+    Fac = jnp.stack([zero.at[:n0, :n0].set(psd_factor(S0)).at[n0:, n0:].set(Le), zero.at[n0:, n0:].set(Le)])
+    return Sig, Fac
+
+
+def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
+    """One Picard map: the coordinate populations, the low-dimensional state and every task's
+    sampled example process, advanced together step by step (causal: the order parameters at
+    step n+1 use the examples' errors at step n), given the lagged kernels `Cg`, `Rg`
+    (K, T1, C, T1, C).
+
+    Each bulk coordinate (scaled by √N') carries m ∈ R^Q (its column of M) and ω (of w_b), driven
+    by γ = η + Σ_l R_g[n,l] m^l; both are linear in ξ, so their coefficient rows are propagated
+    exactly and the population averages are quadratic forms in ξ's covariance.  An example's
+    bulk field is the Gaussian Σ_p √w_p m_p^n · ξ_p, sampled through the factor of ξ's covariance.
+
+    **Returns:** h (K, 3, S, T1, C), errors G (K, 3, S, T1, C), bulk covariance and response
+    Cbar, Rbar (T1, Q, T1, Q), low-dimensional maps ML (T1, Q, 2D), logit biases β (T1, Q) and
+    A[n, l] = G^n M^lᵀ (T1, T1, Q, Q)."""
+    K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
+    Q = K * C
+    D = d.u.shape[-1]
     D2 = 2 * D
+    S = d.u.shape[1]
     dt = _steps_padded(p.dt)
     rq = jnp.repeat(p.rho, C)
     alpha = _safe_alpha(p)
-    eyeK = jnp.eye(K)
-    Rf = jnp.einsum("kncle,kj->nkclje", Rg, eyeK).reshape(T1, Q, T1, Q)
-    Ce = jnp.einsum("kncle,kj->nkclje", Cg / alpha[:, None, None, None, None], eyeK).reshape(T1 * Q, T1 * Q)
-    n0 = Q + 1  # initial-state columns of ξ
+    Rf = jnp.einsum("kncle,kj->nkclje", Rg, jnp.eye(K)).reshape(T1, Q, T1, Q)
+    Sig, Fac = _xi_covariances(p, Cg)
+    n0 = Q + 1
     dx = n0 + T1 * Q
-    w_in_safe = jnp.where(p.w_in > 0, p.w_in, 1.0)
-    S0 = jnp.block([[p.K0, p.beta10[:, None]], [p.beta10[None, :], p.b1sq0[None, None]]]) * (p.g2 / w_in_safe)
-    S0 = jnp.where(p.w_in > 0, S0, 0.0)
-    Sig_in = jnp.zeros((dx, dx)).at[:n0, :n0].set(S0).at[n0:, n0:].set(Ce)
-    Sig_out = jnp.zeros((dx, dx)).at[n0:, n0:].set(Ce)
-    Sig = jnp.stack([Sig_in, Sig_out])
     lam = jnp.array([1.0, 0.0])
     wp = jnp.stack([p.w_in, p.w_out])
     s = jnp.sqrt(jnp.clip(p.nu * (1 - p.nu), 0.0))
     eyeD = jnp.eye(D)
     PiLL = p.g2 * jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])
     steps = jnp.arange(T1)
-
-    Lm = jnp.zeros((2, T1, Q, dx)).at[:, 0, :, :Q].set(jnp.eye(Q))
-    Lw = jnp.zeros((2, T1, dx)).at[:, 0, Q].set(1.0)
-    Lg = jnp.zeros((2, T1, Q, dx))
-    ML = jnp.zeros((T1, Q, D2))
-    GL = jnp.zeros((T1, Q, D2))
-    wL = jnp.zeros((T1, D2))
-    Km = jnp.zeros((T1, Q, Q)).at[0].set(p.K0)
-    b1 = jnp.zeros((T1, Q)).at[0].set(p.beta10)
-    bsq = jnp.zeros(T1).at[0].set(p.b1sq0)
-    cc = jnp.zeros((T1, Q)).at[0].set(p.c0)
-    A = jnp.zeros((T1, T1, Q, Q))
+    onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
+    wts = weights / S  # (K, 3, S)
+    xL = jnp.concatenate([d.u, d.us], -1)  # (K, S, 2D)
 
     def step(carry, n):
-        Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, A = carry
-        d = dt[n]
-        GS = jnp.einsum("qlr,lrd->qd", Rf[n], ML[:, :, D:])
-        GL = GL.at[n].set(jnp.concatenate([GE[n], GS], 1))
+        Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, A, gbuf = carry
+        dn = dt[n]
         eta = jax.nn.one_hot(n0 + n * Q + jnp.arange(Q), dx)  # (Q, dx): the columns of η^n
         gam = eta[None] + jnp.einsum("qlr,plrx->pqx", Rf[n], Lm)  # γ^n, (2, Q, dx)
         Lg = Lg.at[:, n].set(gam)
+        # --- the examples at step n: bulk field, memory, Π-image and teacher-span parts, bias.
+        LF = jnp.einsum("pqx,pxy->pqy", Lm[:, n], Fac).reshape(2, K, C, dx)
+        chi = jnp.einsum("p,pkcx,kpsx->ksc", jnp.sqrt(wp), LF, d.zeta)
+        Rn = jnp.einsum("p,pqlr->qlr", wp, Lm[:, n, :, n0:].reshape(2, Q, T1, Q)).reshape(K, C, T1, K, C)
+        Rkk = jnp.stack([Rn[k, :, :, k] for k in range(K)])  # (K, C, T1, C); zero for l >= n
+        mem = jnp.einsum("kcle,lkxse->kxsc", Rkk, gbuf) / alpha[:, None, None, None]
+        MLn = ML[n].reshape(K, C, D2)
+        base = jnp.einsum("ksd,kcd->ksc", xL, MLn) + (b1[n] + cc[n]).reshape(K, 1, C) + chi
+        h = base[:, None] + mem
+        g = jax.nn.softmax(h, -1) - onehot
+        gbuf = gbuf.at[n].set(g)
+        gb = jnp.einsum("kxs,kxsc->kc", wts, g).reshape(Q)
+        GE = jnp.einsum("kxs,kxsc,ksd->kcd", wts, g, d.u).reshape(Q, D)
+        # Π-image directions: noiseless coordinates (their inputs are independent of the labels).
+        GS = jnp.einsum("qlr,lrd->qd", Rf[n], ML[:, :, D:])
+        Gn = jnp.concatenate([GE, GS], 1)
+        GL = GL.at[n].set(Gn)
+        # --- population averages and the order parameters' step.
         gS = jnp.einsum("pqx,pxy->pqy", gam, Sig)
-        Gn = GL[n]
         Arow = jnp.einsum("p,pqy,plry->lqr", wp, gS, Lm) + jnp.einsum("qd,lrd->lqr", Gn, ML)
-        Brow = jnp.einsum("p,pqy,plry->lqr", wp, gS, Lg) + jnp.einsum("qd,lrd->lqr", Gn, GL)  # rows l > n unused
+        Brow = jnp.einsum("p,pqy,plry->lqr", wp, gS, Lg) + jnp.einsum("qd,lrd->lqr", Gn, GL)
         past = (steps < n).astype(dt.dtype)
         # K_W^n = g² Π + Σ_{l<n} [−Δ_l (M^lᵀ ρ G^l + G^lᵀ ρ M^l) + Δ_l² G^lᵀ ρ 𝒦^l ρ G^l]: applied to a
-        # coordinate, the history enters through C x C matrices G^n M^lᵀ and G^n G^lᵀ.
+        # coordinate, the history enters through the C x C matrices G^n M^lᵀ and G^n G^lᵀ.
         cA = -(dt * past)[:, None, None] * Arow * rq
         cB = -(dt * past)[:, None, None] * Brow * rq
         cBK = (dt**2 * past)[:, None, None] * jnp.einsum("lqr,lrs->lqs", Brow * rq, Km * rq)
@@ -164,36 +190,41 @@ def _coordinate_side(p: _WideProblem, Cg, Rg, gbar, GE):
         Kg = jnp.einsum("p,pqy,pry->qr", wp, kco, gS) + kL @ Gn.T  # G K_W Gᵀ
         Gw = jnp.einsum("p,pqy,py->q", wp, gS, Lw[:, n]) + Gn @ wL[n]  # G w_b
         Ann = Arow[n]
-        gb, bb, Kn, bs = gbar[n], b1[n], Km[n], bsq[n]
+        bb, Kn, bs = b1[n], Km[n], bsq[n]
         rgb = rq * gb
         mid = rq[:, None] * (Ann + jnp.outer(gb, bb)) * rq  # ρ (G Mᵀ + ḡ β_1ᵀ) ρ
         Krq = Kn * rq
         Kgb = rq * (Kn @ rgb)
-        Lm_new = (Lm[:, n] - d * (jnp.einsum("qr,prx->pqx", Krq, gam) + rq[None, :, None] * kco
-                                  + rgb[None, :, None] * Lw[:, n][:, None, :])
-                  + d**2 * jnp.einsum("qr,prx->pqx", mid, gam))  # fmt: skip
-        Lw_new = (Lw[:, n] - d * (jnp.einsum("q,pqx->px", rgb, Lm[:, n]) + jnp.einsum("q,pqx->px", rq * bb, gam))
-                  + d**2 * jnp.einsum("q,pqx->px", Kgb, gam))  # fmt: skip
-        ML_new = ML[n] - d * (Krq @ Gn + rq[:, None] * kL + jnp.outer(rgb, wL[n])) + d**2 * mid @ Gn
-        wL_new = wL[n] - d * (ML[n].T @ rgb + Gn.T @ (rq * bb)) + d**2 * Gn.T @ Kgb
-        K_new = (Kn - d * (rq[:, None] * (Ann + jnp.outer(gb, bb)) + (Ann.T + jnp.outer(bb, gb)) * rq)
-                 + d**2 * rq[:, None] * (Kg + jnp.outer(Gw, gb) + jnp.outer(gb, Gw) + bs * jnp.outer(gb, gb)) * rq)  # fmt: skip
-        b1_new = bb - d * (Kn @ rgb + rq * (Gw + gb * bs)) + d**2 * mid @ gb
-        bs_new = bs - 2 * d * bb @ rgb + d**2 * rgb @ Kn @ rgb
-        c_new = cc[n] - d * rgb
+        Lm_new = (Lm[:, n] - dn * (jnp.einsum("qr,prx->pqx", Krq, gam) + rq[None, :, None] * kco
+                                   + rgb[None, :, None] * Lw[:, n][:, None, :])
+                  + dn**2 * jnp.einsum("qr,prx->pqx", mid, gam))  # fmt: skip
+        Lw_new = (Lw[:, n] - dn * (jnp.einsum("q,pqx->px", rgb, Lm[:, n]) + jnp.einsum("q,pqx->px", rq * bb, gam))
+                  + dn**2 * jnp.einsum("q,pqx->px", Kgb, gam))  # fmt: skip
+        ML_new = ML[n] - dn * (Krq @ Gn + rq[:, None] * kL + jnp.outer(rgb, wL[n])) + dn**2 * mid @ Gn
+        wL_new = wL[n] - dn * (ML[n].T @ rgb + Gn.T @ (rq * bb)) + dn**2 * Gn.T @ Kgb
+        K_new = (Kn - dn * (rq[:, None] * (Ann + jnp.outer(gb, bb)) + (Ann.T + jnp.outer(bb, gb)) * rq)
+                 + dn**2 * rq[:, None] * (Kg + jnp.outer(Gw, gb) + jnp.outer(gb, Gw) + bs * jnp.outer(gb, gb)) * rq)  # fmt: skip
+        b1_new = bb - dn * (Kn @ rgb + rq * (Gw + gb * bs)) + dn**2 * mid @ gb
+        bs_new = bs - 2 * dn * bb @ rgb + dn**2 * rgb @ Kn @ rgb
+        c_new = cc[n] - dn * rgb
         # The last grid time's update (Δ = 0, `_steps_padded`) rewrites that time's own values.
         m = jnp.minimum(n + 1, T1 - 1)
         carry = (Lm.at[:, m].set(Lm_new), Lw.at[:, m].set(Lw_new), Lg, ML.at[m].set(ML_new), GL, wL.at[m].set(wL_new),
                  Km.at[m].set(K_new), b1.at[m].set(b1_new), bsq.at[m].set(bs_new), cc.at[m].set(c_new),
-                 A.at[n].set(Arow))  # fmt: skip
-        return carry, None
+                 A.at[n].set(Arow), gbuf)  # fmt: skip
+        return carry, h
 
-    init = (Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, A)
-    (Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, A), _ = jax.lax.scan(step, init, steps)
+    init = (
+        jnp.zeros((2, T1, Q, dx)).at[:, 0, :, :Q].set(jnp.eye(Q)), jnp.zeros((2, T1, dx)).at[:, 0, Q].set(1.0),
+        jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, D2)),
+        jnp.zeros((T1, Q, Q)).at[0].set(p.K0), jnp.zeros((T1, Q)).at[0].set(p.beta10), jnp.zeros(T1).at[0].set(p.b1sq0),
+        jnp.zeros((T1, Q)).at[0].set(p.c0), jnp.zeros((T1, T1, Q, Q)), jnp.zeros((T1, K, 3, S, C)),
+    )  # fmt: skip
+    (Lm, _, _, ML, _, _, _, b1, _, cc, A, gbuf), h = jax.lax.scan(step, init, steps)
     LS = jnp.einsum("pnqx,pxy->pnqy", Lm, Sig)
     Cbar = jnp.einsum("p,pnqy,plry->nqlr", wp, LS, Lm)
     Rbar = jnp.einsum("p,pnqlr->nqlr", wp, Lm[..., n0:].reshape(2, T1, Q, T1, Q))
-    return Cbar, Rbar, ML, b1 + cc, A
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(gbuf, 0, 3), Cbar, Rbar, ML, b1 + cc, A
 
 
 def _task_blocks(X, K: int, C: int):
@@ -203,45 +234,20 @@ def _task_blocks(X, K: int, C: int):
     return jnp.stack([Xr[:, k, :, :, k, :] for k in range(K)])
 
 
-def _example_task(alpha, dt, Cv, Rv, ML, beta, x, zeta, ys, weights):
-    """One task's sampled example process: h^n = M_E^n u + β^n + χ^n − (1/α) Σ_{l<n} R_v[n,l] g^l,
-    χ ~ N(0, Cv) (the bulk and the Π-image directions, both independent of u).
-    **Returns:** h, G (3, S, T1, C), ḡ (T1, C), E[g uᵀ] (T1, C, D)."""
-    T1, C = Cv.shape[0], Cv.shape[1]
-    S = x.shape[0]
-    chi = (zeta @ psd_factor(Cv.reshape(T1 * C, T1 * C)).T).reshape(S, T1, C)
-    onehot = jax.nn.one_hot(ys, C)
-    wts = weights / S
-
-    def step(carry, mem, xs):
-        n, _ = xs
-        mem = jnp.moveaxis(mem.reshape(C, 3, S), 0, -1) / alpha
-        h = x @ ML[n].T + beta[n] + chi[:, n] - mem
-        g = jax.nn.softmax(h, -1) - onehot
-        gb = jnp.einsum("xs,xsc->c", wts, g)
-        gl = jnp.einsum("xs,xsc,sd->cd", wts, g, x)
-        return carry, jnp.moveaxis(g, -1, 0).reshape(C, 3 * S), (h, gb, gl)
-
-    _, buf, (h, gb, gl) = _causal_memory_scan(step, jnp.zeros(()), Rv.reshape(T1, C, T1 * C), _steps_padded(dt), C, 3 * S)
-    G = jnp.transpose(buf.reshape(T1, C, 3, S), (2, 3, 0, 1))
-    return jnp.moveaxis(h, 0, 2), G, gb, gl
-
-
-def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, gbar, GE, n_response: int):
-    """One Picard map of (C_g, R_g, ḡ, E[g uᵀ]) -> new ones, and the trajectories."""
+def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: int):
+    """One Picard map of the kernels (C_g, R_g) (K, T1, C, T1, C) -> new ones, and the trajectories:
+    h (K, 3, S, T1, C), the fields' covariance per task Cv (K, T1, C, T1, C) (bulk and Π-image
+    directions), the low-dimensional maps (K, T1, C, 2D) and biases (K, T1, C)."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
-    D = GE.shape[-1]
-    Cbar, Rbar, ML, beta, _ = _coordinate_side(p, Cg, Rg, gbar, GE)
+    D = d.u.shape[-1]
+    h, G, Cbar, Rbar, ML, beta, _ = _map(p, d, ys, weights, Cg, Rg)
     MLk = jnp.moveaxis(ML.reshape(T1, K, C, -1), 1, 0)
-    # The fields' Gaussian part: the bulk plus the Π-image directions M_S u_s (u_s ⊥ u).
+    bk = jnp.moveaxis(beta.reshape(T1, K, C), 1, 0)
     Cv = _task_blocks(Cbar, K, C) + jnp.einsum("kncd,kled->kncle", MLk[..., D:], MLk[..., D:])
     # The example's field memory is +(1/α_k) Σ Rbar g (its error kicks its coordinates' forces).
     Rv = -_task_blocks(Rbar, K, C)
-    bk = jnp.moveaxis(beta.reshape(T1, K, C), 1, 0)
     alpha = _safe_alpha(p)
-    h, G, gb, gl = jax.vmap(_example_task, in_axes=(0, None, 0, 0, 0, 0, 0, 0, 0, 0))(
-        alpha, p.dt, Cv, Rv, MLk[..., :D], bk, d.x, d.zeta, ys, weights)  # fmt: skip
-    S = d.x.shape[1]
+    S = d.u.shape[1]
     wts = weights / S
     Cg_new = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
     Sr = n_response
@@ -251,20 +257,20 @@ def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, gbar, GE, n_
         return _response(hr, Rv[k], alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
     Rg_new = jnp.stack([resp(k) for k in range(K)])
-    gbar_new = jnp.moveaxis(gb, 0, 1).reshape(T1, K * C)
-    GE_new = jnp.moveaxis(gl, 0, 1).reshape(T1, K * C, D)
-    return (Cg_new, Rg_new, gbar_new, GE_new), (h, Cv, MLk, bk)
+    return (Cg_new, Rg_new), (h, Cv, MLk, bk)
 
 
 def _wide_draws(p: _WideProblem, solver: FiniteDataSolver, T1: int, key):
     K, C, _ = p.w.shape
     D = p.T.shape[2]
     S = solver.n_draws
-    k = jax.random.split(key, 5)
-    x, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, D, C, solver.sampling)
+    Q = K * C
+    k = jax.random.split(key, 6)
+    x, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, 2 * D, C, solver.sampling)
     # The teacher-span inputs rotate with the teacher in derivative (`_teacher_frame_draws`).
-    x = jax.vmap(_teacher_frame_draws)(p.T, x)
-    return _WideDraws(x, xi, jax.random.normal(k[2], (K, S, T1 * C)), y_unif), k[4]
+    u = jax.vmap(_teacher_frame_draws)(p.T, x[..., :D])
+    zeta = jax.random.normal(k[2], (K, 2, S, Q + 1 + T1 * Q))
+    return _WideDraws(u, x[..., D:], xi, zeta, y_unif), k[4]
 
 
 def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
@@ -283,19 +289,16 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
         return znew, (ys, weights, aux)
 
     zero = jnp.zeros((K, T1, C, T1, C))
-    z0 = (zero, zero, jnp.zeros((T1, K * C)), jnp.zeros((T1, K * C, D)))
     _, (ys, weights, (h, Cv, MLk, bk)), res, maps = solve_fixed_point(
-        iterate, (solver.min_iter, solver.max_iter), (solver.damping, solver.tol), (p, d), z0)  # fmt: skip
+        iterate, (solver.min_iter, solver.max_iter), (solver.damping, solver.tol), (p, d), (zero, zero))  # fmt: skip
     x_eval = _eval_points(eval_key, solver.n_quad_eval, D + 2 * C, solver.sampling)
     idx = jnp.arange(T1)
     test_loss, test_acc = [], []
     for k in range(K):
-        ME = MLk[k, :, :, :D]
         # A fresh input's logits: M_E u + β + N(0, Cbar[n, n] + M_S M_Sᵀ) (`Cv` holds both).
-        Sig = Cv[k][idx, :, idx, :]
         xk = x_eval.at[:, :D].set(_teacher_frame_draws(p.T[k], x_eval[:, :D]))
-        lo, ac = _metrics_general(p.scale[k], p.noise[k], p.flip[k], p.noisy_fraction[k], p.w[k], p.T[k], ME, bk[k],
-                                  Sig, xk)  # fmt: skip
+        lo, ac = _metrics_general(p.scale[k], p.noise[k], p.flip[k], p.noisy_fraction[k], p.w[k], p.T[k],
+                                  MLk[k, :, :, :D], bk[k], Cv[k][idx, :, idx, :], xk)  # fmt: skip
         test_loss.append(lo), test_acc.append(ac)
     train = jnp.stack([mixture_train_loss(h[k], ys[k], weights[k]) for k in range(K)], -1)
     return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, maps

@@ -1,0 +1,103 @@
+"""The paper's size with a depth-1 trunk: N = 100, H = 64 (H/N = 0.64), the authors' teacher, full-batch GD.
+
+Run: python benchmarks/paper_width.py [--ntrain 100 200 400 800] [--sa 0.158 10] [--realisations 8]
+         [--replicas 2] [--out docs/results/paper_width.txt]
+
+The width-proportional theory (`width="proportional"`, docs/dmft.md §4.3) covers a linear trunk of
+depth 1; the paper preset's trunk has two layers (W_2 is 64 x 64, a second proportional-size
+matrix), which it does not cover yet.  This benchmark measures what the theory does at the paper's
+own sizes with one trunk layer: the authors' teacher (N = 100, R = C = 10, logit noise σ = 0.1 on
+the noisy half of the examples), a depth-1 trunk of width 64 (orthogonal init, PyTorch bias init),
+heads per task, P = ntrain examples, full-batch GD on the paper cell's theory grid (20 steps to
+t_max(ntrain) of `benchmarks/paper_finite.py`), `--realisations` simulations (teacher, data and
+init all drawn per realisation), against the proportional and the fixed-width theory (typical
+initial condition; the teacher of realisation 0, `--replicas` draw seeds).
+
+Per cell: single-task early-stopped loss (sim mean ± s.e. over realisations, both theories), and at
+r = 1 (s_b = s_a) the multitask benefit.  Last lines: the cost of one solve of each theory at this
+size (K = 2, C = 10, T = 20; compiled, one jitted call on this CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import mtjax
+from _report import Report
+from paper_finite import tmax
+
+N_GRID = 20
+
+
+def experiment(ntrain: int, s_a: float, single: bool):
+    spec = mtjax.paper_spec(n_train=ntrain)
+    spec["teacher"] = {**spec["teacher"], "scale": [s_a, s_a], "noise": 0.1, "relatedness": 1.0}
+    spec["student"] = {**spec["student"], "depth": 1}
+    spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [ntrain, ntrain], "n_pool": [ntrain, ntrain],
+                     "n_test": 4000, "n_steps": N_GRID, "eval_every": 1, "learning_rate": tmax(ntrain) / N_GRID,
+                     "single_task": single}  # fmt: skip
+    return mtjax.experiment_from_spec(spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ntrain", type=int, nargs="+", default=[100, 200, 400, 800])
+    ap.add_argument("--sa", type=float, nargs="+", default=[0.158, 10.0])
+    ap.add_argument("--realisations", type=int, default=8)
+    ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--draws", type=int, default=2048)
+    ap.add_argument("--out", default="docs/results/paper_width.txt")
+    args = ap.parse_args()
+    emit = Report()
+    solver = mtjax.FiniteDataSolver(n_grid=N_GRID, n_draws=args.draws, n_response=32, tol=2e-2, max_iter=15, n_quad_eval=8192)
+    nr = args.realisations
+    rr = jnp.arange(nr)
+    sim = eqx.filter_jit(mtjax.simulate_batch)
+    emit("# paper size, depth-1 trunk: N = 100, H = 64, R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
+         f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
+    emit(f"{'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
+         f"{'d prop':>7} {'d fixed':>7}")
+    costs = {}
+    for ntrain in args.ntrain:
+        for s_a in args.sa:
+            es = {}
+            for single in (True, False):
+                e = experiment(ntrain, s_a, single)
+                batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (nr,) + a.shape), e)
+                te = np.asarray(sim(batch, mtjax.Seeds(rr, rr, rr, rr)).test_loss[:, :, 0])
+                t0 = time.time()
+                tp = np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
+                                                           width="proportional").test_loss[..., 0])  # fmt: skip
+                costs.setdefault("proportional", []).append((time.time() - t0) / args.replicas)
+                t0 = time.time()
+                tf = np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0])
+                costs.setdefault("fixed", []).append(time.time() - t0)
+                es[single] = (te.min(1), tp.mean(0).min(), tf.min())
+                if not single and s_a != max(args.sa):
+                    continue
+                s, p_, f = es[single]
+                name = "single" if single else "multi"
+                emit(f"{ntrain:6d} {s_a:6.3f} {name:>6} | {s.mean():7.4f}±{s.std(ddof=1) / np.sqrt(nr):6.4f} {p_:15.4f} {f:7.4f} | "
+                     f"{p_ - s.mean():+7.4f} {f - s.mean():+7.4f}")
+            (s1, p1, f1), (sm, pm, fm) = es[True], es[False]
+            ben = s1 - sm
+            emit(f"{ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
+                 f"{f1 - fm:+7.4f} |")
+    # Cost of one solve at this size, compiled (the last cell's experiment, one replica each).
+    e = experiment(args.ntrain[-1], args.sa[-1], False)
+    for width in ("proportional", "fixed"):
+        mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width)
+        t0 = time.time()
+        jax.block_until_ready(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width).test_loss)
+        emit(f"cost of one compiled solve, {width} width: {time.time() - t0:.2f} s (K = 2, C = 10, H = 64, T = 20)")
+    emit.write(args.out)
+
+
+if __name__ == "__main__":
+    main()
