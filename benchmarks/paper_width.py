@@ -2,6 +2,9 @@
 
 Run: python benchmarks/paper_width.py [--ntrain 100 200 400 800] [--sa 0.158 10] [--realisations 8]
          [--replicas 2] [--out docs/results/paper_width.txt]
+     python benchmarks/paper_width.py --n 100 200 400 --ntrain 100 400 --out docs/results/paper_width_scan.txt
+         (the finite-size check: the same cells at N = 100, 200, 400 with H = 0.64 N and
+         P = ntrain (N − 20) / 80, i.e. H/N and α of the paper cell fixed)
 
 The width-proportional theory (`width="proportional"`, docs/dmft.md §4.3) covers a linear trunk of
 depth 1; the paper preset's trunk has two layers (W_2 is 64 x 64, a second proportional-size
@@ -21,6 +24,7 @@ size (K = 2, C = 10, T = 20; compiled, one jitted call on this CPU).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import equinox as eqx
@@ -35,11 +39,14 @@ from paper_finite import tmax
 N_GRID = 20
 
 
-def experiment(ntrain: int, s_a: float, single: bool):
-    spec = mtjax.paper_spec(n_train=ntrain)
-    spec["teacher"] = {**spec["teacher"], "scale": [s_a, s_a], "noise": 0.1, "relatedness": 1.0}
-    spec["student"] = {**spec["student"], "depth": 1}
-    spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [ntrain, ntrain], "n_pool": [ntrain, ntrain],
+def experiment(ntrain: int, s_a: float, single: bool, N: int = 100):
+    """The paper cell (ntrain, s_a; r = 1, s_b = s_a when multitask) at input dimension N: width
+    0.64 N, P = ntrain (N − 20) / 80 examples (H/N and α of the paper's N = 100 cell)."""
+    P = int(round(ntrain * (N - 20) / 80))
+    spec = mtjax.paper_spec(n_train=P)
+    spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1, "relatedness": 1.0}
+    spec["student"] = {**spec["student"], "depth": 1, "width": int(round(0.64 * N))}
+    spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [P, P], "n_pool": [P, P],
                      "n_test": 4000, "n_steps": N_GRID, "eval_every": 1, "learning_rate": tmax(ntrain) / N_GRID,
                      "single_task": single}  # fmt: skip
     return mtjax.experiment_from_spec(spec)
@@ -47,6 +54,7 @@ def experiment(ntrain: int, s_a: float, single: bool):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[100], help="input dimensions (H = 0.64 N)")
     ap.add_argument("--ntrain", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--sa", type=float, nargs="+", default=[0.158, 10.0])
     ap.add_argument("--realisations", type=int, default=8)
@@ -59,38 +67,33 @@ def main():
     nr = args.realisations
     rr = jnp.arange(nr)
     sim = eqx.filter_jit(mtjax.simulate_batch)
-    emit("# paper size, depth-1 trunk: N = 100, H = 64, R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
+    emit("# the paper's teacher with a depth-1 trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
+         "R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
          f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
-    emit(f"{'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
+    emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
          f"{'d prop':>7} {'d fixed':>7}")
-    costs = {}
-    for ntrain in args.ntrain:
-        for s_a in args.sa:
-            es = {}
-            for single in (True, False):
-                e = experiment(ntrain, s_a, single)
-                batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (nr,) + a.shape), e)
-                te = np.asarray(sim(batch, mtjax.Seeds(rr, rr, rr, rr)).test_loss[:, :, 0])
-                t0 = time.time()
-                tp = np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
-                                                           width="proportional").test_loss[..., 0])  # fmt: skip
-                costs.setdefault("proportional", []).append((time.time() - t0) / args.replicas)
-                t0 = time.time()
-                tf = np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0])
-                costs.setdefault("fixed", []).append(time.time() - t0)
-                es[single] = (te.min(1), tp.mean(0).min(), tf.min())
-                if not single and s_a != max(args.sa):
-                    continue
-                s, p_, f = es[single]
-                name = "single" if single else "multi"
-                emit(f"{ntrain:6d} {s_a:6.3f} {name:>6} | {s.mean():7.4f}±{s.std(ddof=1) / np.sqrt(nr):6.4f} {p_:15.4f} {f:7.4f} | "
-                     f"{p_ - s.mean():+7.4f} {f - s.mean():+7.4f}")
-            (s1, p1, f1), (sm, pm, fm) = es[True], es[False]
-            ben = s1 - sm
-            emit(f"{ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
-                 f"{f1 - fm:+7.4f} |")
-    # Cost of one solve at this size, compiled (the last cell's experiment, one replica each).
-    e = experiment(args.ntrain[-1], args.sa[-1], False)
+    for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa):
+        es = {}
+        for single in (True, False):
+            e = experiment(ntrain, s_a, single, N)
+            batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (nr,) + a.shape), e)
+            te = np.asarray(sim(batch, mtjax.Seeds(rr, rr, rr, rr)).test_loss[:, :, 0])
+            tp = np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
+                                                       width="proportional").test_loss[..., 0])  # fmt: skip
+            tf = np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0])
+            es[single] = (te.min(1), tp.mean(0).min(), tf.min())
+            if not single and s_a != max(args.sa):
+                continue
+            s, p_, f = es[single]
+            name = "single" if single else "multi"
+            emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {name:>6} | {s.mean():7.4f}±{s.std(ddof=1) / np.sqrt(nr):6.4f} {p_:15.4f} {f:7.4f} | "
+                 f"{p_ - s.mean():+7.4f} {f - s.mean():+7.4f}")
+        (s1, p1, f1), (sm, pm, fm) = es[True], es[False]
+        ben = s1 - sm
+        emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
+             f"{f1 - fm:+7.4f} |")
+    # Cost of one solve at the paper's size, compiled (one replica each).
+    e = experiment(args.ntrain[-1], args.sa[-1], False, 100)
     for width in ("proportional", "fixed"):
         mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width)
         t0 = time.time()

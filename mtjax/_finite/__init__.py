@@ -24,7 +24,8 @@ and its response is the exact per-draw Jacobian (a block-triangular solve).  The
 
 Modules, bottom up: `sampling` (the fixed draws), `kernels` (the causal kernels of one map),
 `fixed_point` (the one damped Picard solve and its implicit gradient), `solver`
-(`FiniteDataSolver`, the time grid), `single` (depth 0) and `trunk` (depth >= 1), `compiled`
+(`FiniteDataSolver`, the time grid), `single` (depth 0), `trunk` (depth >= 1), `nonlinear`
+(smooth nonlinear trunks) and `wide` (a linear trunk whose width is proportional to N), `compiled`
 (the compiled-program cache, shared with the population theory), `theory` (the public entry
 points).  The label-mixture loss and accuracy are `mtjax/_metrics.py`'s.
 """

@@ -79,7 +79,9 @@ def _theory_model(args):
 
     if args.finite:
         solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws, n_response=min(256, args.n_draws))
-        return mtjax.FiniteDataTheory(solver, args.initial)
+        return mtjax.FiniteDataTheory(solver, args.initial, args.width)
+    if args.width != "fixed":
+        raise SystemExit("--width proportional is a setting of the finite-data theory: add --finite")
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
     return mtjax.PopulationTheory(solver, args.initial)
 
@@ -192,6 +194,9 @@ def register(sub) -> None:
     th.add_argument("--n-draws", type=int, default=2048, help="--finite: draws of the effective processes (default 2048)")
     th.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="initial condition: projection of the simulation's exact init, or its N -> inf limit")
+    th.add_argument("--width", choices=["fixed", "proportional"], default="fixed",
+                    help="--finite: N -> inf at fixed trunk width, or at fixed width / N (a linear depth-1 trunk, "
+                         "orthogonal init, --initial typical; docs/dmft.md §4.3)")
     th.set_defaults(func=cmd_theory)
 
     d = sub.add_parser("demo", help="simulation and both theories on a small grid (about a minute on 2 cores): tables + PNG",
