@@ -71,8 +71,8 @@ def _model_from_args(args, experiment):
         over = {k: v for k, v in (("n_grid", args.n_grid), ("n_draws", args.n_draws)) if v is not None}
         if "n_draws" in over:
             over["n_response"] = min(32, over["n_draws"])
-        return mtjax.FiniteDataTheory(mtjax.fit_solver(**over), args.initial, args.width)
-    if args.width != "fixed":
+        return mtjax.FiniteDataTheory(mtjax.fit_solver(**over), args.initial, getattr(args, "width", "fixed"))
+    if getattr(args, "width", "fixed") != "fixed":
         raise SystemExit("--width proportional is a setting of the finite-data theory: use --model finite-data")
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol,
                                     smooth_loss=True)

@@ -79,8 +79,8 @@ def _theory_model(args):
 
     if args.finite:
         solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.n_draws, n_response=min(256, args.n_draws))
-        return mtjax.FiniteDataTheory(solver, args.initial, args.width)
-    if args.width != "fixed":
+        return mtjax.FiniteDataTheory(solver, args.initial, getattr(args, "width", "fixed"))
+    if getattr(args, "width", "fixed") != "fixed":
         raise SystemExit("--width proportional is a setting of the finite-data theory: add --finite")
     solver = mtjax.PopulationSolver(n_quad=args.n_quad, n_quad_eval=args.n_quad_eval, rtol=args.rtol, atol=args.atol)
     return mtjax.PopulationTheory(solver, args.initial)
