@@ -118,13 +118,16 @@ def _curve_stats(tl):
     return m, m[i], i, se
 
 
-def _run_grid(args, grid, key, compute, line, header, summary_of):
+def _run_grid(args, grid, key, compute, line, header, summary_of, settings: str | None = None):
     """Run `compute(point) -> row` over `grid` (points: tuples of the `key` columns), storing every
     row as it finishes in `<out>.csv` (`mtjax.ResumableTable`: the rows of other settings are kept)
     and rewriting the table `<out>` (atomically), so an interrupted grid resumes and processes can
-    share a grid by running disjoint subsets into different `--out` files (`--merge` joins them)."""
-    store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".csv", key=key, settings=_settings(args))
-    for extra in args.merge or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
+    share a grid by running disjoint subsets into different `--out` files (`--merge` joins them).
+    `settings`: the rows' settings string (default: this script's, `_settings(args)`); `args`
+    needs `out`, and may have `merge` and `table_only`."""
+    settings = _settings(args) if settings is None else settings
+    store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".csv", key=key, settings=settings)
+    for extra in getattr(args, "merge", None) or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
         store.merge(extra)
     grid = list(dict.fromkeys(grid))  # a value given twice is one point
 
@@ -134,7 +137,7 @@ def _run_grid(args, grid, key, compute, line, header, summary_of):
         # The table and its summary: this grid's points only (the CSV keeps every stored row).
         rs = sorted((o for o in rows if store.key_of(o) in order), key=lambda o: order[store.key_of(o)])
         summary = [""] + [f"points: {len(rs)} of the {len(grid)} requested" +
-                          ("" if len(rs) >= len(grid) else " (partial: the others are not computed yet)" if args.table_only
+                          ("" if len(rs) >= len(grid) else " (partial: the others are not computed yet)" if getattr(args, "table_only", False)
                            else " (partial: rerun the same command to resume)")] + summary_of(rs)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +150,7 @@ def _run_grid(args, grid, key, compute, line, header, summary_of):
     for o in store.rows.to_dict("records"):
         print(line(o) + "   (stored)", flush=True)
     for point in grid:
-        if point in store or args.table_only:
+        if point in store or getattr(args, "table_only", False):
             continue
         o = compute(point)
         store.add(o)

@@ -3,7 +3,7 @@
 Run: python benchmarks/finite_width.py [--n 100 200 400] [--nu 0.25 0.64] [--alphas 1 4 8] [--seeds 8]
          [--replicas 2] [--no-fixed] [--out docs/results/finite_width.txt]
 Output: the table `--out` and its rows as CSV next to it (`<out>.csv`, resumable: rerunning the
-same command skips the points stored with the same settings).
+same command skips the points stored with the same settings; `--table-only` rewrites the table).
 
 Setting: two tasks, a linear trunk of depth 1 and width H = round(ν N) (orthogonal init, zero
 biases), heads per task; C = R = 4, relatedness r = 1, s_a = s_b = 3, logit noise σ = 0.5 on every
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -36,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtjax
-from finite_data_accuracy import experiment_trunk
+from finite_data_accuracy import _run_grid, experiment_trunk
 
 R = 4
 STEPS = 40
@@ -54,12 +52,12 @@ def main():
     ap.add_argument("--response", type=int, default=128)
     ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--no-fixed", action="store_true", help="skip today's fixed-width DMFT")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the table from the stored rows, compute nothing")
     ap.add_argument("--out", default="docs/results/finite_width.txt")
     args = ap.parse_args()
 
     settings = (f"R={R} steps={STEPS} lr={LR} seeds={args.seeds} replicas={args.replicas} draws={args.draws} "
                 f"response={args.response} n_test={args.n_test} fixed={not args.no_fixed}")  # fmt: skip
-    store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".csv", key=["N", "nu", "alpha"], settings=settings)
     solver = mtjax.FiniteDataSolver(n_grid=STEPS, n_draws=args.draws, n_response=args.response, tol=2e-2)
     ns = args.seeds
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.arange(1, ns + 1), jnp.arange(1, ns + 1))
@@ -125,10 +123,8 @@ def main():
                 f"{o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} {o['ben_prop']:+7.4f} {o['ben_fixed']:+7.4f} | "
                 f"{o['t_sim']:6.0f} {o['t_prop']:6.0f} {o['t_fixed']:6.0f}") + ("" if o["conv"] else "  (not converged)")
 
-    def write():
-        rows = sorted(store.rows.to_dict("records"), key=lambda o: grid.index(store.key_of(o)) if store.key_of(o) in grid else 1e9)
-        rows = [o for o in rows if store.key_of(o) in grid]
-        summary = ["", f"points: {len(rows)} of {len(grid)}"]
+    def summary_of(rows):
+        summary = []
         for N in args.n:
             rs = [o for o in rows if o["N"] == N]
             if not rs:
@@ -141,24 +137,9 @@ def main():
                 f"mean |rel| proportional {100 * np.mean([o['rel_prop'] for o in rs]):.2f} %, fixed "
                 f"{100 * np.mean([o['rel_fixed'] for o in fixed]) if fixed else np.nan:.2f} %; curves within 5 %: "
                 f"{sum(o['curve_prop'] < 0.05 for o in rs)}/{len(rs)}")  # fmt: skip
-        summary.append(f"converged: {sum(bool(o['conv']) for o in rows)}/{len(rows)}")
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text("\n".join(header + [line(o) for o in rows] + summary) + "\n")
-        out.with_suffix(".tmp").replace(out)  # atomic
-        return summary
+        return summary + [f"converged: {sum(bool(o['conv']) for o in rows)}/{len(rows)}"]
 
-    for h in header:
-        print(h, flush=True)
-    for point in grid:
-        if point in store:
-            continue
-        o = compute(*point)
-        store.add(o)
-        print(line(o), flush=True)
-        write()
-    for s in write():
-        print(s)
+    _run_grid(args, grid, ["N", "nu", "alpha"], lambda point: compute(*point), line, header, summary_of, settings)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_vanishing_width_fraction_is_the_fixed_width_dmft():
     wp = _problem(e, mtjax.Seeds(0), None, "typical", "proportional")
     tp = dataclasses.replace(_problem(e, mtjax.Seeds(0), None, "typical", "fixed"), dt=dt)
     nu = 1e-3
-    wp = dataclasses.replace(wp, dt=dt, alpha=tp.alpha, nu=jnp.asarray(nu), w_in=jnp.asarray(nu), w_out=jnp.asarray(1 - nu))
+    wp = dataclasses.replace(wp, trunk=tp, nu=jnp.asarray(nu), w_in=jnp.asarray(nu), w_out=jnp.asarray(1 - nu))
     key = jax.random.key(0)
     a = jax.jit(lambda p: solve_wide(p, solver, 10, key=key))(wp)
     b = jax.jit(lambda p: solve_trunk(p, solver, 10, key=key))(tp)
@@ -83,13 +83,15 @@ def test_wide_alpha_derivative_and_vmap():
     e = mtjax.experiment_from_spec(_spec(N=100, H=48, P=100, steps=6, C=2))
     solver = mtjax.FiniteDataSolver(n_grid=6, n_draws=512, n_response=32, tol=1e-3, max_iter=40)
     grid, dt = solver.time_grid(3.0)
-    p0 = dataclasses.replace(_problem(e, mtjax.Seeds(0), None, "typical", "proportional"), dt=dt)
+    p0 = _problem(e, mtjax.Seeds(0), None, "typical", "proportional")
+    t0 = dataclasses.replace(p0.trunk, dt=dt)
     key = jax.random.key(3)
 
     def loss(a):
-        return solve_wide(dataclasses.replace(p0, alpha=jnp.stack([a, p0.alpha[1]])), solver, 6, key=key)[1][-1, 0]
+        t = dataclasses.replace(t0, alpha=jnp.stack([a, t0.alpha[1]]))
+        return solve_wide(dataclasses.replace(p0, trunk=t), solver, 6, key=key)[1][-1, 0]
 
-    a0 = p0.alpha[0]
+    a0 = t0.alpha[0]
     g = float(jax.jit(jax.grad(loss))(a0))
     f = jax.jit(loss)
     fd = float((f(a0 * 1.05) - f(a0 * 0.95)) / (0.1 * a0))

@@ -107,7 +107,8 @@ def _solve_grid(problem, t_max, solver: FiniteDataSolver, active: tuple[int, ...
         train, test, acc, res, its = solve_nonlinear_trunk(pn, solver, T, key=key)
         return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
     if isinstance(problem, _WideProblem):
-        train, test, acc, res, its = solve_wide(dataclasses.replace(problem, dt=dt), solver, T, key=key)
+        pw = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt))
+        train, test, acc, res, its = solve_wide(pw, solver, T, key=key)
         return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
     if isinstance(problem, _TrunkProblem):
         train, test, acc, res, its = solve_trunk(dataclasses.replace(problem, dt=dt), solver, T, key=key)
@@ -193,14 +194,19 @@ def check_finite_activation(student) -> None:
 WIDTHS = ("fixed", "proportional")  # `finite_data_theory(width=...)`
 
 
-def _check_theory_inputs(experiment: Experiment, initial: str, width: str = "fixed") -> None:
+def check_width(width: str, initial: str) -> None:
+    """`width` is one of `WIDTHS`, and the proportional theory's initial condition is the typical one."""
     if width not in WIDTHS:
         raise ValueError(f"width={width!r} is not one of {list(WIDTHS)}")
+    if width == "proportional" and initial != "typical":
+        raise ValueError(f"width='proportional' takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
+                         f"overlap is averaged), got initial={initial!r}; pass initial='typical'")
+
+
+def _check_theory_inputs(experiment: Experiment, initial: str, width: str = "fixed") -> None:
+    check_width(width, initial)
     if width == "proportional":
         check_wide(experiment.student, experiment.teacher.n_features)
-        if initial != "typical":
-            raise ValueError(f"width='proportional' takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
-                             f"overlap is averaged), got initial={initial!r}; pass initial='typical'")
         return
     check_finite_activation(experiment.student)
     if initial not in ("quenched", "typical"):

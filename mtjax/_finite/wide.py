@@ -25,45 +25,39 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
-from .._metrics import mixture_labels, mixture_train_loss
+from .._metrics import mixture_train_loss
 from .._student import Student, StudentConfig
 from .._teacher import Teacher, TeacherConfig
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response, _steps_padded, psd_factor
+from .kernels import _response, _steps_padded, psd_factor
 from .sampling import _eval_points, _input_draws
 from .solver import FiniteDataSolver
-from .trunk import _metrics_general, _teacher_frame_draws
+from .trunk import _metrics_general, _teacher_frame_draws, _trunk_labels, _trunk_problem, _TrunkProblem
 
 
 class _WideProblem(eqx.Module):
     """Inputs of one width-proportional solve (depth-1 linear trunk, orthogonal W(0), K tasks).
 
-    - `alpha`: (K,) P_k / N' (N' = N − D, as the fixed-width theory); `rho`: (K,) task rates; `dt`: (T,) steps Δ_n.
-    - `scale`, `noise`, `flip`, `noisy_fraction`: (K,); `w`: (K, C, R); `T`: (K, R, D).
-    - initial low-dimensional state (Q = K C): `K0` (Q, Q) = V Vᵀ, `beta10` (Q,) = V b_1,
-      `b1sq0` () = |b_1|², `c0` (Q,) head biases.
-    - `g2`: init_scale² (W(0) W(0)ᵀ = g² I_H); `nu`: H / N; `w_in`, `w_out`: the two bulk
-      populations' sizes over N' = N − D, H / N' and 1 − H / N' (the 2D low-dimensional directions
-      hold D of Π's range; counting them in the bulk too is an O(D/N) difference, and keeps the
-      fixed-width limit exact when H ~ D)."""
+    - `trunk`: the fixed-width theory's `_TrunkProblem` at the typical initial condition — teacher
+      arrays, α_k = P_k / N' (N' = N − D), task rates, steps, heads, biases and Q0 = g² I_H
+      (W(0) W(0)ᵀ = g² I_H); the width-proportional solve reads its heads and biases through their
+      Gram quantities only (`_initial_state`).
+    - `nu`: H / N; `w_in`, `w_out`: the two bulk populations' sizes over N', H / N' and
+      1 − H / N' (the 2D low-dimensional directions hold D of Π's range; counting them in the bulk
+      too is an O(D/N) difference, and keeps the fixed-width limit exact when H ~ D)."""
 
-    alpha: Float[Array, " K"]
-    rho: Float[Array, " K"]
-    dt: Float[Array, " T"]
-    scale: Float[Array, " K"]
-    noise: Float[Array, " K"]
-    flip: Float[Array, " K"]
-    noisy_fraction: Float[Array, " K"]
-    w: Float[Array, "K C R"]
-    T: Float[Array, "K R D"]
-    K0: Float[Array, "Q Q"]
-    beta10: Float[Array, " Q"]
-    b1sq0: Float[Array, ""]
-    c0: Float[Array, " Q"]
-    g2: Float[Array, ""]
+    trunk: _TrunkProblem
     nu: Float[Array, ""]
     w_in: Float[Array, ""]
     w_out: Float[Array, ""]
+
+
+def _initial_state(t: _TrunkProblem):
+    """The low-dimensional initial state (Q = K C): 𝒦 = V Vᵀ (Q, Q), β_1 = V b_1 (Q,), |b_1|² (),
+    head biases c (Q,), and g² = tr(Q0) / H (the typical Q0 is g² I_H)."""
+    K, C, H = t.V0.shape
+    Vq = t.V0.reshape(K * C, H)
+    return Vq @ Vq.T, Vq @ t.b10, t.b10 @ t.b10, t.c0.reshape(-1), jnp.trace(t.Q0) / H
 
 
 class _WideDraws(eqx.Module):
@@ -78,15 +72,10 @@ class _WideDraws(eqx.Module):
     y_unif: Array
 
 
-def _labels(p: _WideProblem, d: _WideDraws):
-    u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
-    return jax.vmap(mixture_labels)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
-
-
-def _safe_alpha(p: _WideProblem):
+def _safe_alpha(t: _TrunkProblem):
     # A task with no data (single-task training: ρ_k = 0) has α_k = 0; every force of it is
     # multiplied by ρ_k = 0, and a finite stand-in keeps 0 · ∞ out of the arithmetic.
-    return jnp.where(p.alpha > 0, p.alpha, 1.0)
+    return jnp.where(t.alpha > 0, t.alpha, 1.0)
 
 
 def _blockdiag_tasks(X):
@@ -103,11 +92,12 @@ def _xi_covariances(p: _WideProblem, Cg):
     Q = K * C
     n0 = Q + 1
     d = n0 + T1 * Q
-    Ck = Cg / _safe_alpha(p)[:, None, None, None, None]
+    Ck = Cg / _safe_alpha(p.trunk)[:, None, None, None, None]
     Ce = _blockdiag_tasks(Ck)
     Le = _blockdiag_tasks(jax.vmap(psd_factor)(Ck.reshape(K, T1 * C, T1 * C)).reshape(K, T1, C, T1, C))
+    K0, beta10, b1sq0, _, g2 = _initial_state(p.trunk)
     w_in = jnp.where(p.w_in > 0, p.w_in, 1.0)
-    S0 = jnp.block([[p.K0, p.beta10[:, None]], [p.beta10[None, :], p.b1sq0[None, None]]]) * (p.g2 / w_in)
+    S0 = jnp.block([[K0, beta10[:, None]], [beta10[None, :], b1sq0[None, None]]]) * (g2 / w_in)
     S0 = jnp.where(p.w_in > 0, S0, 0.0)
     zero = jnp.zeros((d, d))
     Sig = jnp.stack([zero.at[:n0, :n0].set(S0).at[n0:, n0:].set(Ce), zero.at[n0:, n0:].set(Ce)])
@@ -127,17 +117,18 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     bulk field is the Gaussian Σ_p √w_p m_p^n · ξ_p, sampled through the factor of ξ's covariance.
 
     **Returns:** h (K, 3, S, T1, C), errors G (K, 3, S, T1, C), bulk covariance and response
-    Cbar, Rbar (T1, Q, T1, Q), low-dimensional maps ML (T1, Q, 2D), logit biases β (T1, Q) and
-    A[n, l] = G^n M^lᵀ (T1, T1, Q, Q)."""
+    Cbar, Rbar (T1, Q, T1, Q), low-dimensional maps ML (T1, Q, 2D) and logit biases β (T1, Q)."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     Q = K * C
     D = d.u.shape[-1]
     D2 = 2 * D
     S = d.u.shape[1]
-    dt = _steps_padded(p.dt)
-    rq = jnp.repeat(p.rho, C)
-    alpha = _safe_alpha(p)
-    Rf = jnp.einsum("kncle,kj->nkclje", Rg, jnp.eye(K)).reshape(T1, Q, T1, Q)
+    t = p.trunk
+    K0, beta10, b1sq0, c0, g2 = _initial_state(t)
+    dt = _steps_padded(t.dt)
+    rq = jnp.repeat(t.rho, C)
+    alpha = _safe_alpha(t)
+    Rf = _blockdiag_tasks(Rg).reshape(T1, Q, T1, Q)
     Sig, Fac = _xi_covariances(p, Cg)
     n0 = Q + 1
     dx = n0 + T1 * Q
@@ -145,14 +136,14 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     wp = jnp.stack([p.w_in, p.w_out])
     s = jnp.sqrt(jnp.clip(p.nu * (1 - p.nu), 0.0))
     eyeD = jnp.eye(D)
-    PiLL = p.g2 * jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])
+    PiLL = g2 * jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])
     steps = jnp.arange(T1)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
     wts = weights / S  # (K, 3, S)
     xL = jnp.concatenate([d.u, d.us], -1)  # (K, S, 2D)
 
     def step(carry, n):
-        Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, A, gbuf = carry
+        Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, gbuf = carry
         dn = dt[n]
         eta = jax.nn.one_hot(n0 + n * Q + jnp.arange(Q), dx)  # (Q, dx): the columns of η^n
         gam = eta[None] + jnp.einsum("qlr,plrx->pqx", Rf[n], Lm)  # γ^n, (2, Q, dx)
@@ -161,8 +152,8 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         LF = jnp.einsum("pqx,pxy->pqy", Lm[:, n], Fac).reshape(2, K, C, dx)
         chi = jnp.einsum("p,pkcx,kpsx->ksc", jnp.sqrt(wp), LF, d.zeta)
         Rn = jnp.einsum("p,pqlr->qlr", wp, Lm[:, n, :, n0:].reshape(2, Q, T1, Q)).reshape(K, C, T1, K, C)
-        Rkk = jnp.stack([Rn[k, :, :, k] for k in range(K)])  # (K, C, T1, C); zero for l >= n
-        mem = jnp.einsum("kcle,lkxse->kxsc", Rkk, gbuf) / alpha[:, None, None, None]
+        # Each task's own block (K, C, T1, C); zero for l >= n.
+        mem = jnp.einsum("kclke,lkxse->kxsc", Rn, gbuf) / alpha[:, None, None, None]
         MLn = ML[n].reshape(K, C, D2)
         base = jnp.einsum("ksd,kcd->ksc", xL, MLn) + (b1[n] + cc[n]).reshape(K, 1, C) + chi
         h = base[:, None] + mem
@@ -184,7 +175,7 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         cA = -(dt * past)[:, None, None] * Arow * rq
         cB = -(dt * past)[:, None, None] * Brow * rq
         cBK = (dt**2 * past)[:, None, None] * jnp.einsum("lqr,lrs->lqs", Brow * rq, Km * rq)
-        kco = (p.g2 * lam[:, None, None] * gam + jnp.einsum("lqr,plrx->pqx", cA + cBK, Lg)
+        kco = (g2 * lam[:, None, None] * gam + jnp.einsum("lqr,plrx->pqx", cA + cBK, Lg)
                + jnp.einsum("lqr,plrx->pqx", cB, Lm))  # fmt: skip
         kL = Gn @ PiLL + jnp.einsum("lqr,lrd->qd", cA + cBK, GL) + jnp.einsum("lqr,lrd->qd", cB, ML)
         Kg = jnp.einsum("p,pqy,pry->qr", wp, kco, gS) + kL @ Gn.T  # G K_W Gᵀ
@@ -210,28 +201,26 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         # The last grid time's update (Δ = 0, `_steps_padded`) rewrites that time's own values.
         m = jnp.minimum(n + 1, T1 - 1)
         carry = (Lm.at[:, m].set(Lm_new), Lw.at[:, m].set(Lw_new), Lg, ML.at[m].set(ML_new), GL, wL.at[m].set(wL_new),
-                 Km.at[m].set(K_new), b1.at[m].set(b1_new), bsq.at[m].set(bs_new), cc.at[m].set(c_new),
-                 A.at[n].set(Arow), gbuf)  # fmt: skip
+                 Km.at[m].set(K_new), b1.at[m].set(b1_new), bsq.at[m].set(bs_new), cc.at[m].set(c_new), gbuf)  # fmt: skip
         return carry, h
 
     init = (
         jnp.zeros((2, T1, Q, dx)).at[:, 0, :, :Q].set(jnp.eye(Q)), jnp.zeros((2, T1, dx)).at[:, 0, Q].set(1.0),
         jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, D2)),
-        jnp.zeros((T1, Q, Q)).at[0].set(p.K0), jnp.zeros((T1, Q)).at[0].set(p.beta10), jnp.zeros(T1).at[0].set(p.b1sq0),
-        jnp.zeros((T1, Q)).at[0].set(p.c0), jnp.zeros((T1, T1, Q, Q)), jnp.zeros((T1, K, 3, S, C)),
+        jnp.zeros((T1, Q, Q)).at[0].set(K0), jnp.zeros((T1, Q)).at[0].set(beta10), jnp.zeros(T1).at[0].set(b1sq0),
+        jnp.zeros((T1, Q)).at[0].set(c0), jnp.zeros((T1, K, 3, S, C)),
     )  # fmt: skip
-    (Lm, _, _, ML, _, _, _, b1, _, cc, A, gbuf), h = jax.lax.scan(step, init, steps)
+    (Lm, _, _, ML, _, _, _, b1, _, cc, gbuf), h = jax.lax.scan(step, init, steps)
     LS = jnp.einsum("pnqx,pxy->pnqy", Lm, Sig)
     Cbar = jnp.einsum("p,pnqy,plry->nqlr", wp, LS, Lm)
     Rbar = jnp.einsum("p,pnqlr->nqlr", wp, Lm[..., n0:].reshape(2, T1, Q, T1, Q))
-    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(gbuf, 0, 3), Cbar, Rbar, ML, b1 + cc, A
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(gbuf, 0, 3), Cbar, Rbar, ML, b1 + cc
 
 
 def _task_blocks(X, K: int, C: int):
     """(T1, Q, T1, Q) -> the K diagonal task blocks (K, T1, C, T1, C)."""
     T1 = X.shape[0]
-    Xr = X.reshape(T1, K, C, T1, K, C)
-    return jnp.stack([Xr[:, k, :, :, k, :] for k in range(K)])
+    return jnp.einsum("nkclke->kncle", X.reshape(T1, K, C, T1, K, C))
 
 
 def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: int):
@@ -240,13 +229,13 @@ def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: 
     directions), the low-dimensional maps (K, T1, C, 2D) and biases (K, T1, C)."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     D = d.u.shape[-1]
-    h, G, Cbar, Rbar, ML, beta, _ = _map(p, d, ys, weights, Cg, Rg)
+    h, G, Cbar, Rbar, ML, beta = _map(p, d, ys, weights, Cg, Rg)
     MLk = jnp.moveaxis(ML.reshape(T1, K, C, -1), 1, 0)
     bk = jnp.moveaxis(beta.reshape(T1, K, C), 1, 0)
     Cv = _task_blocks(Cbar, K, C) + jnp.einsum("kncd,kled->kncle", MLk[..., D:], MLk[..., D:])
     # The example's field memory is +(1/α_k) Σ Rbar g (its error kicks its coordinates' forces).
     Rv = -_task_blocks(Rbar, K, C)
-    alpha = _safe_alpha(p)
+    alpha = _safe_alpha(p.trunk)
     S = d.u.shape[1]
     wts = weights / S
     Cg_new = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
@@ -261,14 +250,15 @@ def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: 
 
 
 def _wide_draws(p: _WideProblem, solver: FiniteDataSolver, T1: int, key):
-    K, C, _ = p.w.shape
-    D = p.T.shape[2]
+    t = p.trunk
+    K, C, _ = t.w.shape
+    D = t.T.shape[2]
     S = solver.n_draws
     Q = K * C
     k = jax.random.split(key, 6)
     x, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, 2 * D, C, solver.sampling)
     # The teacher-span inputs rotate with the teacher in derivative (`_teacher_frame_draws`).
-    u = jax.vmap(_teacher_frame_draws)(p.T, x[..., :D])
+    u = jax.vmap(_teacher_frame_draws)(t.T, x[..., :D])
     zeta = jax.random.normal(k[2], (K, 2, S, Q + 1 + T1 * Q))
     return _WideDraws(u, x[..., D:], xi, zeta, y_unif), k[4]
 
@@ -277,14 +267,15 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     """Solve the width-proportional DMFT and evaluate every task.
 
     **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
-    K, C, _ = p.w.shape
-    D = p.T.shape[2]
+    t = p.trunk
+    K, C, _ = t.w.shape
+    D = t.T.shape[2]
     T1 = n_grid + 1
     d, eval_key = _wide_draws(p, solver, T1, key)
 
     def iterate(params, z):
         pp, dd = params
-        ys, weights = _labels(pp, dd)
+        ys, weights = _trunk_labels(pp.trunk, dd)
         znew, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
         return znew, (ys, weights, aux)
 
@@ -296,8 +287,8 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     test_loss, test_acc = [], []
     for k in range(K):
         # A fresh input's logits: M_E u + β + N(0, Cbar[n, n] + M_S M_Sᵀ) (`Cv` holds both).
-        xk = x_eval.at[:, :D].set(_teacher_frame_draws(p.T[k], x_eval[:, :D]))
-        lo, ac = _metrics_general(p.scale[k], p.noise[k], p.flip[k], p.noisy_fraction[k], p.w[k], p.T[k],
+        xk = x_eval.at[:, :D].set(_teacher_frame_draws(t.T[k], x_eval[:, :D]))
+        lo, ac = _metrics_general(t.scale[k], t.noise[k], t.flip[k], t.noisy_fraction[k], t.w[k], t.T[k],
                                   MLk[k, :, :, :D], bk[k], Cv[k][idx, :, idx, :], xk)  # fmt: skip
         test_loss.append(lo), test_acc.append(ac)
     train = jnp.stack([mixture_train_loss(h[k], ys[k], weights[k]) for k in range(K)], -1)
@@ -317,24 +308,10 @@ def check_wide(sc: StudentConfig, n_features: int) -> None:
 
 def _wide_problem(tc: TeacherConfig, sc: StudentConfig, teacher: Teacher, student: Student, n_train_active,
                   rho) -> _WideProblem:  # fmt: skip
-    """The width-proportional problem: teacher arrays, α_k = P_k / N', the heads' and biases'
-    Gram quantities (the student's own), W(0)'s gain and H / N.  The first layer's overlap with
-    the teacher span is O(1/√N) at initialisation and enters as zero (typical)."""
-    from .._teacher import teacher_coefficients
-
-    E = teacher.basis
-    D = E.shape[0]
-    layer = student.layers[0]
-    H = layer.weight.shape[0]
-    N = tc.n_features
-    b1 = jnp.zeros(H) if layer.bias is None else layer.bias
-    V = jnp.stack([h.weight for h in student.heads])  # (K, C, H)
-    K, C = V.shape[0], V.shape[1]
-    c0 = jnp.stack([jnp.zeros(C) if h.bias is None else h.bias for h in student.heads])
-    Vq = V.reshape(K * C, H)
+    """The width-proportional problem: the fixed-width trunk problem at the typical initial
+    condition (the first layer's teacher overlap is O(1/√N) at initialisation and enters as zero)
+    and the sizes of the two bulk populations."""
+    N, H, D = tc.n_features, sc.width, teacher.basis.shape[0]
     n_perp = N - D
-    return _WideProblem(
-        n_train_active / n_perp, rho, None, tc.scale, tc.noise, tc.flip, tc.noisy_fraction, teacher.w,
-        teacher_coefficients(tc), Vq @ Vq.T, Vq @ b1, b1 @ b1, c0.reshape(-1), sc.init_scale**2,
-        jnp.asarray(H / N, float), jnp.asarray(H / n_perp, float), jnp.asarray(max(1.0 - H / n_perp, 0.0), float),
-    )  # fmt: skip
+    return _WideProblem(_trunk_problem(tc, sc, teacher, student, n_train_active, rho, "typical"), jnp.asarray(H / N, float),
+                        jnp.asarray(H / n_perp, float), jnp.asarray(max(1.0 - H / n_perp, 0.0), float))  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 
 from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
-from .._finite.theory import WIDTHS, _check_theory_inputs
+from .._finite.theory import _check_theory_inputs, check_width
 from .._experiment import Experiment, Seeds
 from .._train import History
 from .base import AbstractTheory, check_initial
@@ -36,10 +36,7 @@ class FiniteDataTheory(AbstractTheory):
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched", width: str = "fixed"):
         self.solver = FiniteDataSolver() if solver is None else solver
         self.initial = check_initial(initial)
-        if width not in WIDTHS:
-            raise ValueError(f"FiniteDataTheory: width={width!r} is not one of {list(WIDTHS)}")
-        if width == "proportional" and initial != "typical":
-            raise ValueError("FiniteDataTheory: width='proportional' takes initial='typical'; pass initial='typical'")
+        check_width(width, initial)
         self.width = width
 
     def settings(self) -> dict[str, Any]:
