@@ -53,11 +53,19 @@ class _WideProblem(eqx.Module):
 
 
 def _initial_state(t: _TrunkProblem):
-    """The low-dimensional initial state (Q = K C): 𝒦 = V Vᵀ (Q, Q), β_1 = V b_1 (Q,), |b_1|² (),
-    head biases c (Q,), and g² = tr(Q0) / H (the typical Q0 is g² I_H)."""
+    """The initial state in the common frame (docs/dmft.md §4.3): the Gram matrix (Q + L, Q + L) of
+    the heads Ṽ (Q = K C rows) and the biases b̃_1..b̃_L carried into the first hidden layer's
+    coordinates (a layer-ℓ vector v as W_2ᵀ ⋯ W_ℓᵀ v / (g_2 ⋯ g_ℓ)), the head biases c (Q,) and the
+    layer gains g (L,) (W_1 W_1ᵀ = g_1² I_H, W_ℓᵀ W_ℓ = g_ℓ² I_H: the typical Q0 is g_1² I_H)."""
     K, C, H = t.V0.shape
-    Vq = t.V0.reshape(K * C, H)
-    return Vq @ Vq.T, Vq @ t.b10, t.b10 @ t.b10, t.c0.reshape(-1), jnp.trace(t.Q0) / H
+    g1 = jnp.sqrt(jnp.trace(t.Q0) / H)
+    gu = jnp.sqrt(jnp.einsum("lij,lij->l", t.Wu0, t.Wu0) / H)
+    rows, frame = [t.b10[None]], jnp.eye(H)
+    for ell in range(t.Wu0.shape[0]):  # frame: layer ell+2 -> layer 1 coordinates
+        frame = frame @ t.Wu0[ell].T / gu[ell]
+        rows.append((frame @ t.bu0[ell])[None])
+    Y = jnp.concatenate([t.V0.reshape(K * C, H) @ frame.T] + rows, 0)
+    return Y @ Y.T, t.c0.reshape(-1), jnp.concatenate([g1[None], gu])
 
 
 class _WideDraws(eqx.Module):
@@ -85,20 +93,19 @@ def _blockdiag_tasks(X):
 
 
 def _xi_covariances(p: _WideProblem, Cg):
-    """ξ = (m^0, ω^0, η^0..η^T)'s covariance per bulk population (2, d, d) — for the averages —
-    and a factor of each (2, d, d) — for sampling the fields.  η ~ N(0, C_g,k / α_k) per task;
-    the Π = 1 population starts with the random-feature logits, the Π = 0 one at 0."""
+    """ξ = (ṽ^0 (Q), b̃_1^0..b̃_L^0, η^0..η^T)'s covariance per bulk population (2, d, d) — for the
+    averages — and a factor of each (2, d, d) — for sampling the fields.  η ~ N(0, C_g,k / α_k) per
+    task; the initial heads and biases live in the trunk's image (the Π = 1 population) only."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     Q = K * C
-    n0 = Q + 1
+    Y0, _, gains = _initial_state(p.trunk)
+    n0 = Q + gains.shape[0]
     d = n0 + T1 * Q
     Ck = Cg / _safe_alpha(p.trunk)[:, None, None, None, None]
     Ce = _blockdiag_tasks(Ck)
     Le = _blockdiag_tasks(jax.vmap(psd_factor)(Ck.reshape(K, T1 * C, T1 * C)).reshape(K, T1, C, T1, C))
-    K0, beta10, b1sq0, _, g2 = _initial_state(p.trunk)
     w_in = jnp.where(p.w_in > 0, p.w_in, 1.0)
-    S0 = jnp.block([[K0, beta10[:, None]], [beta10[None, :], b1sq0[None, None]]]) * (g2 / w_in)
-    S0 = jnp.where(p.w_in > 0, S0, 0.0)
+    S0 = jnp.where(p.w_in > 0, Y0 / w_in, 0.0)
     zero = jnp.zeros((d, d))
     Sig = jnp.stack([zero.at[:n0, :n0].set(S0).at[n0:, n0:].set(Ce), zero.at[n0:, n0:].set(Ce)])
     Fac = jnp.stack([zero.at[:n0, :n0].set(psd_factor(S0)).at[n0:, n0:].set(Le), zero.at[n0:, n0:].set(Le)])
@@ -106,15 +113,18 @@ def _xi_covariances(p: _WideProblem, Cg):
 
 
 def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
-    """One Picard map: the coordinate populations, the low-dimensional state and every task's
-    sampled example process, advanced together step by step (causal: the order parameters at
-    step n+1 use the examples' errors at step n), given the lagged kernels `Cg`, `Rg`
-    (K, T1, C, T1, C).
+    """One Picard map: the coordinate populations, the low-dimensional directions and every task's
+    sampled example process, advanced together step by step (causal: the step-n forces use the
+    examples' errors at step n), given the lagged kernels `Cg`, `Rg` (K, T1, C, T1, C).
 
-    Each bulk coordinate (scaled by √N') carries m ∈ R^Q (its column of M) and ω (of w_b), driven
-    by γ = η + Σ_l R_g[n,l] m^l; both are linear in ξ, so their coefficient rows are propagated
-    exactly and the population averages are quadratic forms in ξ's covariance.  An example's
-    bulk field is the Gaussian Σ_p √w_p m_p^n · ξ_p, sampled through the factor of ξ's covariance.
+    All layers live in one frame (docs/dmft.md §4.3): W_ℓ = g_ℓ Π + Σ_{l<n} −Δ_l A_ℓ^lᵀ ρ Z_{ℓ−1}^l,
+    with A_L = Ṽ, A_{ℓ−1} = A_ℓ W_ℓ (so A_0 = M, the logit map), F_0 = G, F_ℓ = F_{ℓ−1} W_ℓᵀ,
+    b̂_0 = 0, b̂_ℓ = W_ℓ b̂_{ℓ−1} + b̃_ℓ and Z_ℓ = F_ℓ + ḡ b̂_ℓᵀ; the logit bias is Ṽ·b̂_L + c.  Every
+    vector is, on a bulk coordinate (scaled by √N'), linear in ξ, so its coefficient rows are
+    propagated exactly and each C x C overlap is a quadratic form in ξ's covariance plus the
+    low-dimensional directions' dot product.  An example's bulk field is the Gaussian
+    Σ_p √w_p m_p^n · ξ_p, sampled through the factor of ξ's covariance; its memory is the η-part
+    of m^n.  The updates are discrete GD's, with the step's gradients at the step's parameters.
 
     **Returns:** h (K, 3, S, T1, C), errors G (K, 3, S, T1, C), bulk covariance and response
     Cbar, Rbar (T1, Q, T1, Q), low-dimensional maps ML (T1, Q, 2D) and logit biases β (T1, Q)."""
@@ -124,38 +134,66 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     D2 = 2 * D
     S = d.u.shape[1]
     t = p.trunk
-    K0, beta10, b1sq0, c0, g2 = _initial_state(t)
+    _, c0, gains = _initial_state(t)
+    L = gains.shape[0]
     dt = _steps_padded(t.dt)
     rq = jnp.repeat(t.rho, C)
     alpha = _safe_alpha(t)
     Rf = _blockdiag_tasks(Rg).reshape(T1, Q, T1, Q)
     Sig, Fac = _xi_covariances(p, Cg)
-    n0 = Q + 1
+    n0 = Q + L
     dx = n0 + T1 * Q
     lam = jnp.array([1.0, 0.0])
     wp = jnp.stack([p.w_in, p.w_out])
     s = jnp.sqrt(jnp.clip(p.nu * (1 - p.nu), 0.0))
     eyeD = jnp.eye(D)
-    PiLL = g2 * jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])
+    PiL = jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])  # Π on the 2D directions
     steps = jnp.arange(T1)
     onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
     wts = weights / S  # (K, 3, S)
     xL = jnp.concatenate([d.u, d.us], -1)  # (K, S, 2D)
 
+    def gram(X, XL, Y, YL):
+        # Overlaps of the rows of X (.., R, ·) with the history Y (.., T1, R', ·): (T1, R, R').
+        return jnp.einsum("p,pqy,plry->lqr", wp, jnp.einsum("pqx,pxy->pqy", X, Sig), Y) + jnp.einsum("qd,lrd->lqr", XL, YL)
+
+    def apply_w(X, XL, coef, Y, YL):
+        # X + Σ_l coef[l] Y^l on the bulk rows and on the low-dimensional directions.
+        return X + jnp.einsum("lqr,plrx->pqx", coef, Y), XL + jnp.einsum("lqr,lrd->qd", coef, YL)
+
     def step(carry, n):
-        Lm, Lw, Lg, ML, GL, wL, Km, b1, bsq, cc, gbuf = carry
+        Lv, vL, Lb, bL, cc, HA, HAL, HZ, HZL, Lm, ML, beta, gbuf = carry
         dn = dt[n]
-        eta = jax.nn.one_hot(n0 + n * Q + jnp.arange(Q), dx)  # (Q, dx): the columns of η^n
-        gam = eta[None] + jnp.einsum("qlr,plrx->pqx", Rf[n], Lm)  # γ^n, (2, Q, dx)
-        Lg = Lg.at[:, n].set(gam)
+        cpast = -(dt * (steps < n))[:, None, None] * rq  # −Δ_l ρ for l < n, as (T1, 1, Q)
+        # --- forward: A_ℓ = Ṽ W_L ⋯ W_{ℓ+1}, down to the logit map M = A_0.
+        A, AL = Lv, vL
+        As = []
+        for ell in range(L, 0, -1):
+            As.append((A, AL))
+            Gm = gram(A, AL, HA[ell - 1], HAL[ell - 1])
+            A, AL = apply_w(gains[ell - 1] * A, gains[ell - 1] * AL, Gm * cpast, HZ[ell - 1], HZL[ell - 1])
+        As = As[::-1]  # As[ℓ−1] = A_ℓ
+        Lm = Lm.at[:, n].set(A)
+        ML = ML.at[n].set(AL)
+        # --- the bias path b̂_ℓ and the logit bias β = Ṽ·b̂_L + c.
+        bh, bhL = jnp.zeros((2, 1, dx)), jnp.zeros((1, D2))
+        bhs = [(bh, bhL)]
+        for ell in range(1, L + 1):
+            Gz = gram(bh, bhL, HZ[ell - 1], HZL[ell - 1])
+            Ab, AbL = As[ell - 1]
+            bh, bhL = apply_w(gains[ell - 1] * bh + Lb[:, ell - 1 : ell], gains[ell - 1] * bhL + bL[ell - 1 : ell],
+                              Gz * cpast, HA[ell - 1], HAL[ell - 1])  # fmt: skip
+            bhs.append((bh, bhL))
+        bn = gram(Lv, vL, bh[:, None], bhL[None])[0, :, 0] + cc
+        beta = beta.at[n].set(bn)
         # --- the examples at step n: bulk field, memory, Π-image and teacher-span parts, bias.
-        LF = jnp.einsum("pqx,pxy->pqy", Lm[:, n], Fac).reshape(2, K, C, dx)
+        gam = jax.nn.one_hot(n0 + n * Q + jnp.arange(Q), dx)[None] + jnp.einsum("qlr,plrx->pqx", Rf[n], Lm)
+        LF = jnp.einsum("pqx,pxy->pqy", A, Fac).reshape(2, K, C, dx)
         chi = jnp.einsum("p,pkcx,kpsx->ksc", jnp.sqrt(wp), LF, d.zeta)
-        Rn = jnp.einsum("p,pqlr->qlr", wp, Lm[:, n, :, n0:].reshape(2, Q, T1, Q)).reshape(K, C, T1, K, C)
+        Rn = jnp.einsum("p,pqlr->qlr", wp, A[..., n0:].reshape(2, Q, T1, Q)).reshape(K, C, T1, K, C)
         # Each task's own block (K, C, T1, C); zero for l >= n.
         mem = jnp.einsum("kclke,lkxse->kxsc", Rn, gbuf) / alpha[:, None, None, None]
-        MLn = ML[n].reshape(K, C, D2)
-        base = jnp.einsum("ksd,kcd->ksc", xL, MLn) + (b1[n] + cc[n]).reshape(K, 1, C) + chi
+        base = jnp.einsum("ksd,kcd->ksc", xL, AL.reshape(K, C, D2)) + bn.reshape(K, 1, C) + chi
         h = base[:, None] + mem
         g = jax.nn.softmax(h, -1) - onehot
         gbuf = gbuf.at[n].set(g)
@@ -163,58 +201,36 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         GE = jnp.einsum("kxs,kxsc,ksd->kcd", wts, g, d.u).reshape(Q, D)
         # Π-image directions: noiseless coordinates (their inputs are independent of the labels).
         GS = jnp.einsum("qlr,lrd->qd", Rf[n], ML[:, :, D:])
-        Gn = jnp.concatenate([GE, GS], 1)
-        GL = GL.at[n].set(Gn)
-        # --- population averages and the order parameters' step.
-        gS = jnp.einsum("pqx,pxy->pqy", gam, Sig)
-        Arow = jnp.einsum("p,pqy,plry->lqr", wp, gS, Lm) + jnp.einsum("qd,lrd->lqr", Gn, ML)
-        Brow = jnp.einsum("p,pqy,plry->lqr", wp, gS, Lg) + jnp.einsum("qd,lrd->lqr", Gn, GL)
-        past = (steps < n).astype(dt.dtype)
-        # K_W^n = g² Π + Σ_{l<n} [−Δ_l (M^lᵀ ρ G^l + G^lᵀ ρ M^l) + Δ_l² G^lᵀ ρ 𝒦^l ρ G^l]: applied to a
-        # coordinate, the history enters through the C x C matrices G^n M^lᵀ and G^n G^lᵀ.
-        cA = -(dt * past)[:, None, None] * Arow * rq
-        cB = -(dt * past)[:, None, None] * Brow * rq
-        cBK = (dt**2 * past)[:, None, None] * jnp.einsum("lqr,lrs->lqs", Brow * rq, Km * rq)
-        kco = (g2 * lam[:, None, None] * gam + jnp.einsum("lqr,plrx->pqx", cA + cBK, Lg)
-               + jnp.einsum("lqr,plrx->pqx", cB, Lm))  # fmt: skip
-        kL = Gn @ PiLL + jnp.einsum("lqr,lrd->qd", cA + cBK, GL) + jnp.einsum("lqr,lrd->qd", cB, ML)
-        Kg = jnp.einsum("p,pqy,pry->qr", wp, kco, gS) + kL @ Gn.T  # G K_W Gᵀ
-        Gw = jnp.einsum("p,pqy,py->q", wp, gS, Lw[:, n]) + Gn @ wL[n]  # G w_b
-        Ann = Arow[n]
-        bb, Kn, bs = b1[n], Km[n], bsq[n]
+        # --- backward: F_ℓ = G W_1ᵀ ⋯ W_ℓᵀ and Z_ℓ = F_ℓ + ḡ b̂_ℓᵀ, ℓ = 0..L.
+        F, FL = gam, jnp.concatenate([GE, GS], 1)
+        for ell in range(1, L + 1):
+            Zp, ZpL = F + gb[None, :, None] * bhs[ell - 1][0], FL + gb[:, None] * bhs[ell - 1][1]
+            HZ, HZL = HZ.at[ell - 1, :, n].set(Zp), HZL.at[ell - 1, n].set(ZpL)
+            Gz = gram(F, FL, HZ[ell - 1], HZL[ell - 1]) * (steps < n)[:, None, None]
+            Fp, FpL = (lam[:, None, None] * F, FL @ PiL) if ell == 1 else (F, FL)
+            F, FL = apply_w(gains[ell - 1] * Fp, gains[ell - 1] * FpL, Gz * cpast, HA[ell - 1], HAL[ell - 1])
+        ZL_, ZLL = F + gb[None, :, None] * bh, FL + gb[:, None] * bhL
+        for ell in range(1, L + 1):
+            HA, HAL = HA.at[ell - 1, :, n].set(As[ell - 1][0]), HAL.at[ell - 1, n].set(As[ell - 1][1])
+        # --- discrete GD: heads, biases.
         rgb = rq * gb
-        mid = rq[:, None] * (Ann + jnp.outer(gb, bb)) * rq  # ρ (G Mᵀ + ḡ β_1ᵀ) ρ
-        Krq = Kn * rq
-        Kgb = rq * (Kn @ rgb)
-        Lm_new = (Lm[:, n] - dn * (jnp.einsum("qr,prx->pqx", Krq, gam) + rq[None, :, None] * kco
-                                   + rgb[None, :, None] * Lw[:, n][:, None, :])
-                  + dn**2 * jnp.einsum("qr,prx->pqx", mid, gam))  # fmt: skip
-        Lw_new = (Lw[:, n] - dn * (jnp.einsum("q,pqx->px", rgb, Lm[:, n]) + jnp.einsum("q,pqx->px", rq * bb, gam))
-                  + dn**2 * jnp.einsum("q,pqx->px", Kgb, gam))  # fmt: skip
-        ML_new = ML[n] - dn * (Krq @ Gn + rq[:, None] * kL + jnp.outer(rgb, wL[n])) + dn**2 * mid @ Gn
-        wL_new = wL[n] - dn * (ML[n].T @ rgb + Gn.T @ (rq * bb)) + dn**2 * Gn.T @ Kgb
-        K_new = (Kn - dn * (rq[:, None] * (Ann + jnp.outer(gb, bb)) + (Ann.T + jnp.outer(bb, gb)) * rq)
-                 + dn**2 * rq[:, None] * (Kg + jnp.outer(Gw, gb) + jnp.outer(gb, Gw) + bs * jnp.outer(gb, gb)) * rq)  # fmt: skip
-        b1_new = bb - dn * (Kn @ rgb + rq * (Gw + gb * bs)) + dn**2 * mid @ gb
-        bs_new = bs - 2 * dn * bb @ rgb + dn**2 * rgb @ Kn @ rgb
-        c_new = cc[n] - dn * rgb
-        # The last grid time's update (Δ = 0, `_steps_padded`) rewrites that time's own values.
-        m = jnp.minimum(n + 1, T1 - 1)
-        carry = (Lm.at[:, m].set(Lm_new), Lw.at[:, m].set(Lw_new), Lg, ML.at[m].set(ML_new), GL, wL.at[m].set(wL_new),
-                 Km.at[m].set(K_new), b1.at[m].set(b1_new), bsq.at[m].set(bs_new), cc.at[m].set(c_new), gbuf)  # fmt: skip
-        return carry, h
+        Lv, vL = Lv - dn * rq[None, :, None] * ZL_, vL - dn * rq[:, None] * ZLL
+        Lb = Lb - dn * jnp.stack([jnp.einsum("q,pqx->px", rgb, a) for a, _ in As], 1)
+        bL = bL - dn * jnp.stack([rgb @ aL for _, aL in As])
+        cc = cc - dn * rgb
+        return (Lv, vL, Lb, bL, cc, HA, HAL, HZ, HZL, Lm, ML, beta, gbuf), h
 
     init = (
-        jnp.zeros((2, T1, Q, dx)).at[:, 0, :, :Q].set(jnp.eye(Q)), jnp.zeros((2, T1, dx)).at[:, 0, Q].set(1.0),
-        jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, D2)),
-        jnp.zeros((T1, Q, Q)).at[0].set(K0), jnp.zeros((T1, Q)).at[0].set(beta10), jnp.zeros(T1).at[0].set(b1sq0),
-        jnp.zeros((T1, Q)).at[0].set(c0), jnp.zeros((T1, K, 3, S, C)),
+        jnp.zeros((2, Q, dx)).at[:, :, :Q].set(jnp.eye(Q)), jnp.zeros((Q, D2)),
+        jnp.zeros((2, L, dx)).at[:, :, Q:n0].set(jnp.eye(L)), jnp.zeros((L, D2)), c0,
+        jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)), jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)),
+        jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q)), jnp.zeros((T1, K, 3, S, C)),
     )  # fmt: skip
-    (Lm, _, _, ML, _, _, _, b1, _, cc, gbuf), h = jax.lax.scan(step, init, steps)
+    (*_, Lm, ML, beta, gbuf), h = jax.lax.scan(step, init, steps)
     LS = jnp.einsum("pnqx,pxy->pnqy", Lm, Sig)
     Cbar = jnp.einsum("p,pnqy,plry->nqlr", wp, LS, Lm)
     Rbar = jnp.einsum("p,pnqlr->nqlr", wp, Lm[..., n0:].reshape(2, T1, Q, T1, Q))
-    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(gbuf, 0, 3), Cbar, Rbar, ML, b1 + cc
+    return jnp.moveaxis(h, 0, 3), jnp.moveaxis(gbuf, 0, 3), Cbar, Rbar, ML, beta
 
 
 def _task_blocks(X, K: int, C: int):
@@ -259,7 +275,7 @@ def _wide_draws(p: _WideProblem, solver: FiniteDataSolver, T1: int, key):
     x, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, 2 * D, C, solver.sampling)
     # The teacher-span inputs rotate with the teacher in derivative (`_teacher_frame_draws`).
     u = jax.vmap(_teacher_frame_draws)(t.T, x[..., :D])
-    zeta = jax.random.normal(k[2], (K, 2, S, Q + 1 + T1 * Q))
+    zeta = jax.random.normal(k[2], (K, 2, S, Q + t.Wu0.shape[0] + 1 + T1 * Q))
     return _WideDraws(u, x[..., D:], xi, zeta, y_unif), k[4]
 
 
@@ -297,8 +313,8 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
 
 def check_wide(sc: StudentConfig, n_features: int) -> None:
     """The width-proportional theory's scope, checked before anything is solved."""
-    if sc.depth != 1 or sc.activation != "linear":
-        raise ValueError(f"width='proportional' needs a linear depth-1 trunk (student.depth=1, activation='linear'), "
+    if sc.depth < 1 or sc.activation != "linear":
+        raise ValueError(f"width='proportional' needs a linear trunk (student.depth >= 1, activation='linear'), "
                          f"got depth={sc.depth}, activation={sc.activation!r}; use width='fixed' otherwise")
     if sc.init != "orthogonal":
         raise ValueError(f"width='proportional' needs student.init='orthogonal' (W W ᵀ = g² I), got {sc.init!r}")
