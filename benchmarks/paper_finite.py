@@ -112,6 +112,9 @@ def main():
     ap.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="the first layer's initial overlaps: the seed-0 student's own (quenched) or their N -> inf "
                          "values (typical: no overlap with the teacher span, Gram matrix I); docs/dmft.md §6.2")  # fmt: skip
+    ap.add_argument("--width", choices=["fixed", "proportional"], default="fixed",
+                    help="N -> inf at fixed trunk width (fixed) or at fixed H/N = 0.64 (proportional, docs/dmft.md §4.3; "
+                         "needs --initial typical)")
     ap.add_argument("--batch", type=int, default=2, help="cells per vmapped batch (lax.map batch_size)")
     ap.add_argument("--ntrain", type=int, nargs="*", default=None, help="subset of ntrain values")
     ap.add_argument("--r", type=float, nargs="*", default=[0.0, 1.0])
@@ -156,7 +159,9 @@ def main():
     def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
         return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
 
-    emit(f"# DMFT (depth 2, H = 64, {args.initial} init of seed 0) vs the authors' rank-10 table ({args.data})")
+    if args.width == "proportional" and args.initial != "typical":
+        raise SystemExit("--width proportional takes --initial typical (the proportional theory's initial condition)")
+    emit(f"# DMFT (depth 2, H = 64, {args.initial} init of seed 0{', width proportional to N' if args.width == 'proportional' else ''}) vs the authors' rank-10 table ({args.data})")
     emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
     steps = (f"geometric steps Δ_(n+1) = {args.step_growth} Δ_n summing to t_max, first/last Δ "
              f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip
@@ -170,7 +175,8 @@ def main():
     settings = (f"n_grid={args.n_grid} max_step={args.max_step} step_growth={args.step_growth} draws={args.draws} "
                 f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}"
                 + ("" if args.initial == "quenched" else f" initial={args.initial}")  # stores of quenched runs predate the flag
-                + ("" if args.damping == 1.0 else f" damping={args.damping}"))  # and of undamped runs, the damping flag
+                + ("" if args.damping == 1.0 else f" damping={args.damping}")  # and of undamped runs, the damping flag
+                + ("" if args.width == "fixed" else f" width={args.width}"))  # and of fixed-width runs, the width flag
     # The store: one row per solved cell (its curve at the grid times, residual, iterations, flags),
     # keyed by the cell and tagged with the settings; `mtjax.ResumableTable` skips what is stored.
     store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".cells.parquet", key=CELL_KEY, settings=settings)
@@ -185,7 +191,7 @@ def main():
                             e0, (jnp.stack([n, n]), jnp.stack([jnp.ones_like(w2), w2]), jnp.stack([sa, sb]), r[None]))  # fmt: skip
             # Report at the grid times (no interpolation): the minimum is over the grid.
             ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)
-            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver, initial=args.initial)
+            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver, initial=args.initial, width=args.width)
             return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
 
         # Equal chunks of `--batch` cells (the last padded by repeating a cell): one compilation,

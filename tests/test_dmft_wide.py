@@ -77,6 +77,31 @@ def test_wide_trunk_matches_full_batch_gd(wide_sim):
     assert np.all((dte[early] / te_m[early] < 0.03) | (dte[early] < 2.5 * te_se[early])), (dte, te_se)
 
 
+def test_depth_two_wide_trunk_matches_full_batch_gd():
+    # Two trunk layers, both proportional (W_1: 128 x 200, W_2: 128 x 128), PyTorch biases in both.
+    # Measured (one solve, 1024 draws, against 8 realisations): train loss within 6 % to t = 3.5 and
+    # 0.02 nats along the curve, test loss within 2.5 s.e. to t = 3; later the N = 200 simulations overfit ~5 % more than the
+    # theory (at N = 400 the whole curve agrees within 1 s.e.: docs/dmft.md §6.4).  The
+    # fixed-width theory's train loss is 50 % high at the first step here.
+    spec = _spec(N=200, H=128, P=194, steps=12)
+    spec["student"].update(depth=2, bias_init="torch")
+    e = mtjax.experiment_from_spec(spec)
+    ns = 8
+    seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.arange(1, ns + 1), jnp.arange(1, ns + 1))
+    batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
+    h = eqx.filter_jit(mtjax.simulate_batch)(batch, seeds)
+    solver = mtjax.FiniteDataSolver(n_grid=12, n_draws=1024, n_response=64, tol=2e-2)
+    prop = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width="proportional")
+    assert bool(prop.converged)
+    tr, te = np.asarray(h.train_loss[:, :, 0]), np.asarray(h.test_loss[:, :, 0])
+    tr_m, te_m, te_se = tr.mean(0), te.mean(0), te.std(0, ddof=1) / np.sqrt(len(te))
+    assert tr_m[0] - tr_m[-1] > 1.0  # it fits the training set
+    dtr = np.abs(np.asarray(prop.train_loss[:, 0]) - tr_m)
+    dte = np.abs(np.asarray(prop.test_loss[:, 0]) - te_m)[1:7]
+    assert (dtr / tr_m)[1:8].max() < 0.07 and dtr[1:].max() < 0.03, (dtr, tr_m)
+    assert np.all((dte / te_m[1:7] < 0.03) | (dte < 2.5 * te_se[1:7])), (dte, te_se)
+
+
 def test_wide_alpha_derivative_and_vmap():
     # The implicit derivative of the fixed point through the coordinate populations: d(test
     # loss)/dα against central differences (the draws are fixed, so the map is smooth in α).
@@ -104,7 +129,7 @@ def test_wide_alpha_derivative_and_vmap():
 
 @pytest.mark.parametrize(
     "student, initial, match",
-    [({"depth": 2}, "typical", "depth-1"), ({"init": "gaussian"}, "typical", "orthogonal"),
+    [({"depth": 0}, "typical", "depth >= 1"), ({"init": "gaussian"}, "typical", "orthogonal"),
      ({"activation": "tanh"}, "typical", "linear"), ({}, "quenched", "initial='typical'"),
      ({"width": 300}, "typical", "n_features")],
 )  # fmt: skip
