@@ -56,13 +56,14 @@ class FiniteDataTheory(AbstractTheory):
         C = t.n_classes
         T = s.n_grid + 1
         if self.width == "proportional":
-            # Coefficient rows of the two populations (3 arrays of 2 T Q d), the draws of ξ (K 2 S d), the
-            # examples' fields and errors, the response per task (`wide._map`, `wide._iteration`).
-            K = tr.n_tasks
+            # Coefficient rows of the two populations (the logit map's and 2L layer histories', each
+            # 2 T Q d), the draws of ξ (K 2 S d), the examples' fields and errors, the response per task
+            # (`wide._map`, `wide._iteration`).
+            K, L = tr.n_tasks, st.depth
             Q = K * C
-            d = Q + 1 + T * Q
+            d = Q + L + T * Q
             per_task = 3 * s.n_response * (T * C) ** 2 + 2 * s.n_draws * d + 18 * s.n_draws * T * C
-            return 4 * (6 * T * Q * d + T * T * Q * Q + K * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
+            return 4 * (2 * (2 * L + 1) * T * Q * d + T * T * Q * Q + K * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
         H = st.width if st.depth else C
         per_task = 3 * s.n_response * (T * H) ** 2 + 12 * s.n_draws * T * H + 8 * (T * H) ** 2
         return 4 * (tr.n_tasks * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
