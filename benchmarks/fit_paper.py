@@ -83,7 +83,8 @@ def paper_full_batch(n_grid: int):
 
 def fit_finite(cells: pd.DataFrame, a):
     """The finite-data theory (the DMFT of the paper's own network, quenched initial student of
-    seed 0, `mtjax.fit_solver()`), one fit per ntrain: its time scale τ_n is the only free
+    seed 0, `mtjax.fit_solver()`; with `--trunk-width proportional` the width-proportional DMFT at
+    the typical initial condition), one fit per ntrain: its time scale τ_n is the only free
     parameter, so each ntrain's cells are solved once (`FitProblem.with_fixed_curves`).  The
     theory grid runs to 1.5 t_n with steps Δ <= 1 (GD stability; at least 16 steps).
 
@@ -96,7 +97,8 @@ def fit_finite(cells: pd.DataFrame, a):
         sub = cells[sel]
         t_n = float(sub.time.iloc[0])
         T = max(16, math.ceil(1.5 * t_n))
-        model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T))
+        model = (mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T)) if a.trunk_width == "fixed" else
+                 mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=T), "typical", "proportional"))  # fmt: skip
         obs, _ = observations_from_table(
             sub, value="mean", se="se", known=["s_a", "s_b", "relatedness", "single_task", "ntrain", "ntrain_b"],
             early_stopped=True, grid=np.linspace(0.0, 1.5 * t_n, T + 1),
@@ -123,6 +125,9 @@ def main():
                          "paper's network with the data sizes known (all cells with ntrain <= --max-ntrain)")
     ap.add_argument("--max-ntrain", type=int, default=800, help="finite: largest ntrain fitted")
     ap.add_argument("--discrepancy", action="store_true", help="finite: estimate a model-discrepancy term (error bars)")
+    ap.add_argument("--trunk-width", choices=["fixed", "proportional"], default="fixed",
+                    help="finite: the DMFT at fixed trunk width (quenched initial student) or with the width "
+                         "proportional to N (typical initial condition, docs/dmft.md §4.3)")
     ap.add_argument("--data", default=DATA)
     ap.add_argument("--s-a", type=float, nargs="+", default=[0.6309573444801929, 10.0])
     ap.add_argument("--s-b", type=float, nargs="+", default=[10.0])
@@ -181,7 +186,9 @@ def main_finite(a, t0):
     cells["resid"] = cells["mean"] - cells["theory"]
     seconds = time.time() - t0
     L = [f"fit_paper --model finite: {len(cells)} cells of rank-10.csv (every s_a, s_b, r; ntrain <= {a.max_ntrain}); "
-         f"theory: the DMFT of the paper's network (depth 2 x 64, quenched initial student of seed 0), "
+         f"theory: the DMFT of the paper's network (depth 2 x 64, "
+         + ("quenched initial student of seed 0), " if a.trunk_width == "fixed" else
+            "width proportional to N, typical initial condition of seed 0), ") +
          f"mtjax.fit_solver() with n_grid max(16, 1.5 t_n); one time scale per ntrain; "
          f"{seconds:.0f} s on 2 CPU cores",
          f"command: python benchmarks/fit_paper.py " + " ".join(sys.argv[1:]), ""]

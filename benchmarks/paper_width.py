@@ -1,16 +1,16 @@
-"""The paper's size with a depth-1 trunk: N = 100, H = 64 (H/N = 0.64), the authors' teacher, full-batch GD.
+"""The paper's size: N = 100, H = 64 (H/N = 0.64), the authors' teacher, full-batch GD, and the same cells at growing N.
 
-Run: python benchmarks/paper_width.py [--ntrain 100 200 400 800] [--sa 0.158 10] [--realisations 8]
-         [--replicas 2] [--out docs/results/paper_width.txt]
+Run: python benchmarks/paper_width.py [--depth 1] [--ntrain 100 200 400 800] [--sa 0.158 10] [--realisations 8]
+         [--replicas 2] [--no-fixed] [--out docs/results/paper_width.txt]
      python benchmarks/paper_width.py --n 100 200 400 --ntrain 100 400 --out docs/results/paper_width_scan.txt
          (the finite-size check: the same cells at N = 100, 200, 400 with H = 0.64 N and
          P = ntrain (N − 20) / 80, i.e. H/N and α of the paper cell fixed)
+     python benchmarks/paper_width.py --depth 2 --n 100 200 400 --ntrain 100 400 --no-fixed
+         --out docs/results/paper_width_depth2_scan.txt  (the same with the paper's two trunk layers)
 
-The width-proportional theory (`width="proportional"`, docs/dmft.md §4.3) covers a linear trunk of
-depth 1; the paper preset's trunk has two layers (W_2 is 64 x 64, a second proportional-size
-matrix), which it does not cover yet.  This benchmark measures what the theory does at the paper's
-own sizes with one trunk layer: the authors' teacher (N = 100, R = C = 10, logit noise σ = 0.1 on
-the noisy half of the examples), a depth-1 trunk of width 64 (orthogonal init, PyTorch bias init),
+The width-proportional theory (`width="proportional"`, docs/dmft.md §4.3) against simulations of
+the authors' teacher (N = 100, R = C = 10, logit noise σ = 0.1 on the noisy half of the examples)
+with a linear trunk of `--depth` layers of width 0.64 N (orthogonal init, PyTorch bias init),
 heads per task, P = ntrain examples, full-batch GD on the paper cell's theory grid (20 steps to
 t_max(ntrain) of `benchmarks/paper_finite.py`), `--realisations` simulations (teacher, data and
 init all drawn per realisation), against the proportional and the fixed-width theory (typical
@@ -39,13 +39,13 @@ from paper_finite import tmax
 N_GRID = 20
 
 
-def experiment(ntrain: int, s_a: float, single: bool, N: int = 100):
+def experiment(ntrain: int, s_a: float, single: bool, N: int = 100, depth: int = 1):
     """The paper cell (ntrain, s_a; r = 1, s_b = s_a when multitask) at input dimension N: width
     0.64 N, P = ntrain (N − 20) / 80 examples (H/N and α of the paper's N = 100 cell)."""
     P = int(round(ntrain * (N - 20) / 80))
     spec = mtjax.paper_spec(n_train=P)
     spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1, "relatedness": 1.0}
-    spec["student"] = {**spec["student"], "depth": 1, "width": int(round(0.64 * N))}
+    spec["student"] = {**spec["student"], "depth": depth, "width": int(round(0.64 * N))}
     spec["train"] = {**spec["train"], "protocol": "full_batch", "n_train": [P, P], "n_pool": [P, P],
                      "n_test": 4000, "n_steps": N_GRID, "eval_every": 1, "learning_rate": tmax(ntrain) / N_GRID,
                      "single_task": single}  # fmt: skip
@@ -55,6 +55,9 @@ def experiment(ntrain: int, s_a: float, single: bool, N: int = 100):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[100], help="input dimensions (H = 0.64 N)")
+    ap.add_argument("--depth", type=int, default=1, help="trunk layers (2: the paper's)")
+    ap.add_argument("--no-fixed", action="store_true",
+                    help="leave out the fixed-width theory (its H-space kernels are slow at H = 256, depth 2)")
     ap.add_argument("--ntrain", type=int, nargs="+", default=[100, 200, 400, 800])
     ap.add_argument("--sa", type=float, nargs="+", default=[0.158, 10.0])
     ap.add_argument("--realisations", type=int, default=8)
@@ -67,7 +70,7 @@ def main():
     nr = args.realisations
     rr = jnp.arange(nr)
     sim = eqx.filter_jit(mtjax.simulate_batch)
-    emit("# the paper's teacher with a depth-1 trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
+    emit(f"# the paper's teacher with a depth-{args.depth} trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
          "R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
          f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
     emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
@@ -75,12 +78,13 @@ def main():
     for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa):
         es = {}
         for single in (True, False):
-            e = experiment(ntrain, s_a, single, N)
+            e = experiment(ntrain, s_a, single, N, args.depth)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (nr,) + a.shape), e)
             te = np.asarray(sim(batch, mtjax.Seeds(rr, rr, rr, rr)).test_loss[:, :, 0])
             tp = np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
                                                        width="proportional").test_loss[..., 0])  # fmt: skip
-            tf = np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0])
+            tf = (np.full(N_GRID + 1, np.nan) if args.no_fixed else
+                  np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0]))
             es[single] = (te.min(1), tp.mean(0).min(), tf.min())
             if not single and s_a != max(args.sa):
                 continue
@@ -93,12 +97,12 @@ def main():
         emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
              f"{f1 - fm:+7.4f} |")
     # Cost of one solve at the paper's size, compiled (one replica each).
-    e = experiment(args.ntrain[-1], args.sa[-1], False, 100)
-    for width in ("proportional", "fixed"):
+    e = experiment(args.ntrain[-1], args.sa[-1], False, 100, args.depth)
+    for width in ("proportional",) if args.no_fixed else ("proportional", "fixed"):
         mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width)
         t0 = time.time()
         jax.block_until_ready(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width).test_loss)
-        emit(f"cost of one compiled solve, {width} width: {time.time() - t0:.2f} s (K = 2, C = 10, H = 64, T = 20)")
+        emit(f"cost of one compiled solve, {width} width: {time.time() - t0:.2f} s (K = 2, C = 10, H = 64, depth {args.depth}, T = 20)")
     emit.write(args.out)
 
 
