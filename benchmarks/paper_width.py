@@ -7,6 +7,8 @@ Run: python benchmarks/paper_width.py [--depth 1] [--ntrain 100 200 400 800] [--
          P = ntrain (N − 20) / 80, i.e. H/N and α of the paper cell fixed)
      python benchmarks/paper_width.py --depth 2 --n 100 200 400 --ntrain 100 400 --no-fixed
          --out docs/results/paper_width_depth2_scan.txt  (the same with the paper's two trunk layers)
+     python benchmarks/paper_width.py --depth 2 --cost-only --ntrain 400 --sa 10 --out docs/results/paper_width_cost.txt
+         (the cost of one paper-preset solve, both theories, at 512 and 2048 draws)
 
 The width-proportional theory (`width="proportional"`, docs/dmft.md §4.3) against simulations of
 the authors' teacher (N = 100, R = C = 10, logit noise σ = 0.1 on the noisy half of the examples)
@@ -24,6 +26,7 @@ size (K = 2, C = 10, T = 20; compiled, one jitted call on this CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 
@@ -63,6 +66,8 @@ def main():
     ap.add_argument("--realisations", type=int, default=8)
     ap.add_argument("--replicas", type=int, default=2)
     ap.add_argument("--draws", type=int, default=2048)
+    ap.add_argument("--cost-only", action="store_true",
+                    help="only time one compiled solve per theory (min of 3), at 512 and --draws draws")
     ap.add_argument("--out", default="docs/results/paper_width.txt")
     args = ap.parse_args()
     emit = Report()
@@ -75,7 +80,7 @@ def main():
          f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
     emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
          f"{'d prop':>7} {'d fixed':>7}")
-    for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa):
+    for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa) if not args.cost_only else ():
         es = {}
         for single in (True, False):
             e = experiment(ntrain, s_a, single, N, args.depth)
@@ -96,13 +101,23 @@ def main():
         ben = s1 - sm
         emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
              f"{f1 - fm:+7.4f} |")
-    # Cost of one solve at the paper's size, compiled (one replica each).
+    # Cost of one solve at the paper's size, compiled (one replica each; min of 3 calls: the machine is shared).
     e = experiment(args.ntrain[-1], args.sa[-1], False, 100, args.depth)
-    for width in ("proportional",) if args.no_fixed else ("proportional", "fixed"):
-        mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width)
-        t0 = time.time()
-        jax.block_until_ready(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical", width=width).test_loss)
-        emit(f"cost of one compiled solve, {width} width: {time.time() - t0:.2f} s (K = 2, C = 10, H = 64, depth {args.depth}, T = 20)")
+    variants = [("proportional", "typical")] + ([] if args.no_fixed else [("fixed", "typical"), ("fixed", "quenched")])
+    for draws in sorted({512, args.draws}) if args.cost_only else (args.draws,):
+        sv = dataclasses.replace(solver, n_draws=draws)
+        for width, initial in variants:
+            def solve():
+                return mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=sv, initial=initial, width=width).test_loss
+
+            jax.block_until_ready(solve())
+            times = []
+            for _ in range(3):
+                t0 = time.time()
+                jax.block_until_ready(solve())
+                times.append(time.time() - t0)
+            emit(f"cost of one compiled solve, {width} width ({initial}), draws 3 x {draws}: {min(times):.2f} s "
+                 f"(K = 2, C = 10, H = 64, depth {args.depth}, ntrain {args.ntrain[-1]}, T = 20; min of 3)")
     emit.write(args.out)
 
 
