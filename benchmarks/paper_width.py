@@ -75,11 +75,12 @@ def main():
     nr = args.realisations
     rr = jnp.arange(nr)
     sim = eqx.filter_jit(mtjax.simulate_batch)
-    emit(f"# the paper's teacher with a depth-{args.depth} trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
-         "R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
-         f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
-    emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
-         f"{'d prop':>7} {'d fixed':>7}")
+    if not args.cost_only:
+        emit(f"# the paper's teacher with a depth-{args.depth} trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
+             "R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
+             f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
+        emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
+             f"{'d prop':>7} {'d fixed':>7}")
     for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa) if not args.cost_only else ():
         es = {}
         for single in (True, False):
