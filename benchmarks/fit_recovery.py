@@ -89,7 +89,7 @@ R_MAX_HALF_WIDTH = 0.2
 PROFILE_STEPS = (-4.5, -3.0, -2.0, -1.0, -0.5, 0.5, 1.0, 2.0, 3.0, 4.5)
 
 
-def settings(n: int, seed: int, finite: bool = False) -> pd.DataFrame:
+def settings(n: int, seed: int, finite: bool = False, n_features: int = 200) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     d = pd.DataFrame({
         "relatedness": rng.uniform(0.0, 0.9, n),
@@ -97,7 +97,7 @@ def settings(n: int, seed: int, finite: bool = False) -> pd.DataFrame:
         "s_b": 10 ** rng.uniform(-0.4, 0.5, n),
     })  # fmt: skip
     if finite:  # data size P = α N per task (both tasks), known to the fit
-        d["ntrain"] = np.round(200 * 2 ** rng.uniform(-1.0, 3.0, n))
+        d["ntrain"] = np.round(n_features * 2 ** rng.uniform(-1.0, 3.0, n))
         d["ntrain_b"] = d["ntrain"]
     return d
 
@@ -144,18 +144,22 @@ def main():
     ap.add_argument("--no-profile", action="store_true", help="skip the profile intervals of r")
     ap.add_argument("--progress", action="store_true", help="print the fits' progress to stderr")
     ap.add_argument("--no-population", action="store_true", help="finite: skip the population theory's side-by-side fits")
+    ap.add_argument("--n", type=int, default=200, help="finite: input dimension N (the data sizes scale with it, α fixed)")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
     a = ap.parse_args()
     t0 = time.time()
     finite = a.model == "finite"
-    exp = mtjax.experiment_from_spec(SPEC_FINITE if finite else SPEC)
-    truth = settings(a.settings, a.seed, finite)
+    spec = SPEC_FINITE if finite else SPEC
+    if finite and a.n != spec["teacher"]["n_features"]:
+        spec = {**spec, "teacher": {**spec["teacher"], "n_features": a.n}}
+    exp = mtjax.experiment_from_spec(spec)
+    truth = settings(a.settings, a.seed, finite, a.n)
     disc = {"none": None, "estimate": "estimate"}.get(a.discrepancy, None)
     if a.discrepancy not in ("none", "estimate"):
         disc = float(a.discrepancy)
-    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.model}_{a.settings}_{a.seeds}_{a.seed}.npz") if a.cache else None
+    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.model}{a.n if finite else ''}_{a.settings}_{a.seeds}_{a.seed}.npz") if a.cache else None
     if cache and os.path.exists(cache):  # the simulation is the slow part: reuse it across fit variants
         z = np.load(cache)
         times, loss = z["times"], z["loss"]
@@ -226,7 +230,7 @@ def main():
 
 
 def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float = float("nan")) -> str:
-    setup = ("full-batch GD on P = α N examples per task, α in [0.5, 8] known (N=200, R=C=3, depth 1, width 8,\n"
+    setup = (f"full-batch GD on P = α N examples per task, α in [0.5, 8] known (N={getattr(a, 'n', 200)}, R=C=3, depth 1, width 8,\n"
              "sigma=1, lr 0.5, 40 steps), fitted by the finite-data theory (mtjax.fit_solver(n_grid=40), quenched)"
              if getattr(a, "model", "population") == "finite" else
              "online protocol (N=32, R=C=3, depth 1, width 8,\nsigma=1, lr 0.005, t in 1..10)")  # fmt: skip

@@ -58,12 +58,14 @@ def jit_optimised(f):
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# Notebooks whose quick run is dominated by online simulations (the PRNG runs several times
-# slower at the suite's XLA level 0, tests/conftest.py) get an optimised kernel. Measured on
-# 2 cores, cold compilation cache, level 1 vs level 0 (classic fusion emitters both): 01 41 vs
-# 58 s, 02 31 vs 46 s, 03 44 vs 84 s. 04 and 05 are compile-bound (47 vs 30 s, 88 vs 69 s, the
-# first with the MLIR emitters).
-RUN_BOUND = {"01_quickstart", "02_single_task_dynamics", "03_benefit_phase_diagram"}
+# Notebooks whose quick run is dominated by running programs rather than compiling them (online
+# simulations: the PRNG runs several times slower at the suite's XLA level 0, tests/conftest.py;
+# DMFT solves and fits at quick sizes) get an optimised kernel. Measured on 2 cores, cold
+# compilation cache, level 1 vs level 0 (classic fusion emitters both): 01 41 vs 58 s, 02 31 vs
+# 46 s, 03 44 vs 84 s, 05 66 vs 87 s, 06 43 vs 73 s, 07 26 vs 61 s. 04 is compile-bound (47 vs 30 s
+# with the MLIR emitters).
+RUN_BOUND = {"01_quickstart", "02_single_task_dynamics", "03_benefit_phase_diagram", "05_fitting", "06_finite_data",
+             "07_nonlinear_phase_diagram"}
 OPTIMISED_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 
 

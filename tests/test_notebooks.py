@@ -1,6 +1,6 @@
 """Every notebook in notebooks/ runs top to bottom at its quick size, and is stored without outputs.
 
-Notebook 05 (the slowest, ~4 min) runs from tests/test_notebook_fitting.py: `--dist loadfile`
+Notebook 05 (the slowest, ~1 min) runs from tests/test_notebook_fitting.py: `--dist loadfile`
 sends each file to one worker, so a separate file lets it run beside the others."""
 
 import nbformat
