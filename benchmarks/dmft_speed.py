@@ -109,6 +109,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old-rev", default=None, help="git revision whose mtjax to time side by side (e.g. 1aee864)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--response", type=int, nargs="*", default=[128, 512], help="extra rows: these numbers of response draws")
     args = ap.parse_args()
     import mtjax
 
@@ -126,6 +127,12 @@ def main():
     # The Monte Carlo spread of the fixed draws: the same settings with another draw seed.
     rows["reference, draw seed 1"] = solve_cells({**REFERENCE, "seed": 1})
     rows["fit"] = solve_cells(fit_settings)
+    # The response kernel's draws: its Monte Carlo error enters the fixed point nonlinearly, so
+    # too few of them bias the curves (a C = 3 problem: task 2's loss 0.08 nats low at 3 x 32,
+    # docs/fitting.md §6); these rows measure that on the preset.
+    for n_resp in args.response:
+        rows[f"reference, 3 x {n_resp} response draws"] = solve_cells({**REFERENCE, "n_response": n_resp})
+        rows[f"fit, 3 x {n_resp} response draws"] = solve_cells({**fit_settings, "n_response": n_resp})
     ref = rows["reference"]
     b_ref = benefits(ref["loss"])
     emit(f"# reference settings: {REFERENCE}")

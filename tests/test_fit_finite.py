@@ -146,3 +146,22 @@ def test_post_solve_parameters_solve_the_theory_once():
     np.testing.assert_allclose(float(res.params["time_scale"][0]), 1.25, rtol=1e-3)
     np.testing.assert_allclose(float(res.params["loss_offset"][0]), 0.05, atol=1e-4)
     assert not _problem([Param("time_scale"), Param("eps_b")]).solve_free
+
+
+def test_realisation_averaged_observations_are_fitted_by_the_mean_of_the_theories():
+    # Seeds with a leading axis: the prediction is the mean over the realisations' theories
+    # (each with its own teacher readouts and initial heads), which here differ at O(0.1).
+    exp = mtjax.experiment_from_spec(SPEC)
+    obs, _ = observations_from_table(_table(), se="se", known=[])
+    params = [Param("eps_a")]
+
+    def curves(seeds):
+        prob = make_problem(exp, obs, params, model=MODEL, seeds=seeds)
+        return np.asarray(jax.jit(lambda th: prob.curves(th))(prob.pack({"eps_a": 0.15})))
+
+    one, two = curves(mtjax.Seeds(0)), curves(mtjax.Seeds(1, 0, 1, 0))
+    both = curves(mtjax.Seeds(jnp.arange(2), 0, jnp.arange(2), 0))  # scalars broadcast
+    assert np.abs(one - two).max() > 0.05
+    np.testing.assert_allclose(both, (one + two) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="seeds: every field must be a scalar"):
+        make_problem(exp, obs, params, model=MODEL, seeds=mtjax.Seeds(jnp.arange(2), jnp.arange(3)))

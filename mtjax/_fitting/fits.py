@@ -279,6 +279,8 @@ def fit_table(
 ) -> tuple[FitResult, FitProblem]:
     """Convenience: `observations_from_table(table, **mapping)` → `make_problem` → `fit`.
 
+    `seeds`: as `make_problem` (a leading axis M: the table averages M realisations of teacher
+    and initial student, and the theory is the mean of M solves).
     `model`: the theory (`PopulationTheory`, `FiniteDataTheory`); default (`fit_model`): the
     population theory with `solver` if one is given, else the finite-data theory
     (`mtjax.fit_solver()`) for runs on finite training sets and the population theory for

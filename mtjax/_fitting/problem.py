@@ -111,7 +111,16 @@ class FitProblem(eqx.Module):
         axes = {k: jnp.where(jnp.isnan(v), 0.5, v) for k, v in axes.items()}
 
         def one(ax):
-            loss, diverged = self.model.test_loss_at(apply_axes(self.experiment, ax), self.seeds, self.obs.grid)
+            e = apply_axes(self.experiment, ax)
+            if self.seeds.teacher.ndim == 0:
+                loss, diverged = self.model.test_loss_at(e, self.seeds, self.obs.grid)
+            else:
+                # Observations averaged over M realisations of teacher and initial student: the
+                # mean of the M theories (each averages over its data only), so the low-dimensional
+                # disorder the theories keep quenched (heads, upper layers, readouts) is averaged
+                # as in the runs. A diverged realisation makes the mean undefined.
+                loss, diverged = jax.vmap(lambda s: self.model.test_loss_at(e, s, self.obs.grid))(self.seeds)
+                loss, diverged = loss.mean(0), diverged.any(0)
             return jnp.where(diverged, jnp.nan, loss)
 
         if not axes:
@@ -171,10 +180,28 @@ def make_problem(
     finite-data theory for an experiment on finite training sets and the population theory for
     online data.
 
-    **Raises:** `ValueError` before any solve: no or repeated parameters, a task of `obs` beyond
+    `seeds`: the teacher and initial-student seeds the theory is solved for (default `Seeds(0)`;
+    the data seed plays no role in the theories).  Fields with a leading axis (M,) (scalars
+    broadcast) mean the observations average M realisations of teacher and initial student: the
+    prediction is then the mean of the M theories, at M times the cost.  The theories keep the
+    low-dimensional parts of the initial student (heads, upper layers, biases) and the teacher's
+    readouts as given, so with narrow heads a one-realisation theory does not describe curves
+    averaged over fresh students (notebook 05's setting, H = 4: at t = 15 the curve averaged over
+    8 teachers and students lies 0.3 nats above that of the first, which its theory matches).
+
+    **Raises:** `ValueError` before any solve: no or repeated parameters, `seeds` fields that are
+    neither scalars nor 1-d arrays of one length, a task of `obs` beyond
     the experiment's tasks, a `by` column missing from `obs` or mixed within one theory solve,
     an `init` of the wrong length, or an unknown `loss`."""
     seeds = Seeds(0) if seeds is None else seeds
+    fields = (seeds.teacher, seeds.data, seeds.init, seeds.train)
+    if any(np.ndim(x) > 1 or np.size(x) == 0 for x in fields) or len({np.size(x) for x in fields} - {1}) > 1:
+        raise ValueError(f"seeds: every field must be a scalar (one realisation) or a 1-d array of one length M "
+                         f"(the observations average M realisations), got shapes {[np.shape(x) for x in fields]}; "
+                         "pass e.g. Seeds(jnp.arange(M), 0, jnp.arange(M), 0)")
+    if any(np.ndim(x) == 1 for x in fields):
+        M = max(np.size(x) for x in fields)
+        seeds = Seeds(*(jnp.broadcast_to(jnp.reshape(x, (-1,)), (M,)) for x in fields))
     model = fit_model(model, solver, initial, experiment)
     if loss not in ("wls", "gaussian"):
         raise ValueError(f"loss={loss!r} is not one of ['wls', 'gaussian']")
