@@ -1,7 +1,7 @@
 """Cost of one paper-preset finite-data (DMFT) cell, old code and new side by side, and what
 the fitting settings change in the multitask benefit.
 
-Run: python benchmarks/dmft_speed.py [--old-rev REV] [--out docs/results/dmft_speed.txt]
+Run: python benchmarks/dmft_speed.py [--old-rev REV] [--response 128 512] [--out docs/results/dmft_speed.txt]
 
 Cells: the authors' rank-10 preset (N = 100, R = C = 10, depth-2 linear trunk of width 64,
 quenched initial student of seed 0), ntrain in {100, 400, 800} (α = ntrain / 80), the
@@ -18,7 +18,9 @@ Settings:
 - `reference, draw seed 1`: the same with another seed of the fixed draws: the theory's own
   Monte Carlo spread, the scale against which the other rows' differences are read;
 - `fit`: `mtjax.fit_solver()`, the settings fitting and design use (n_grid 16, 2048 test
-  points, fixed point to tol 2e-3).
+  points, fixed point to tol 2e-3);
+- `reference` / `fit, 3 x N response draws` for each N of `--response` (default 128 512): the
+  response kernel's sampling, whose error enters the fixed point nonlinearly (docs/fitting.md §6).
 
 `--old-rev REV`: the same reference cells solved by the mtjax of git revision REV (extracted with
 `git archive` into a temporary folder and run in a subprocess), for the old cost per cell and a

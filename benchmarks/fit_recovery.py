@@ -33,7 +33,7 @@ determined when task 2 is barely learned (small s_b).
     python benchmarks/fit_recovery.py --settings 4 --seeds 4   # smoke run
     python benchmarks/fit_recovery.py --model finite --no-profile --out docs/results/fit_recovery_finite.txt
 
-`--model finite`: full-batch GD on finite training sets (N = 200, P = α N with α ~ log-U(0.5, 8),
+`--model finite`: full-batch GD on finite training sets (N = `--n`, default 200, P = α N with α ~ log-U(0.5, 8),
 known; 40 steps at lr 0.5, so the noisy-label curves overfit), fitted by the finite-data theory
 and, side by side, by the population theory (which has no training set).
 
