@@ -53,5 +53,4 @@ from ._finite.trunk import (
 from ._metrics import (
     argmax_probability as argmax_probability,
     likelihood_ratio as _likelihood_ratio,
-    mixture_metrics as _label_mixture_metrics,
 )

@@ -20,7 +20,7 @@ Each task's loss is taken in that task's own coordinates,
     L_k = E[lse z_k(x̃) − π_k(u) · z_k(x̃)],
     π_k(u) = (1 − ε) ((1 − q) e_{argmax c} + q P(argmax(c + σ ξ) = ·)) + ε / C,   c = s w u,
 
-(`label_probabilities`; the logit-noise part by Gauss–Hermite quadrature,
+(`label_probabilities`, `mtjax._metrics.label_distribution`; the logit-noise part by Gauss–Hermite quadrature,
 `mtjax._metrics.argmax_probability`).  The sampled labels then never move with the parameters:
 the estimate is smooth in r (through T̃_k), in s and σ (through π), in ε and q (linear), and in the
 student, so `jax.grad` of a theory curve is the derivative of the flow.
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ._custom_types import Array, Float
-from ._metrics import argmax_probability, mix
+from ._metrics import label_distribution
 from ._student import ACTIVATIONS, Student
 
 
@@ -45,16 +45,9 @@ def label_model(teacher) -> tuple:
 
 def label_probabilities(u: Float[Array, "n R"], w: Float[Array, "C R"], scale, noise, flip, q,
                         n_nodes: int = 24) -> Float[Array, "n C"]:
-    """π(u) = E[e_y | u] (n, C) of the label mixture for teacher fields `u` (clean fraction 1 − q,
-    logit noise σ on q, a fraction ε of uniform labels), smooth in (s, σ, ε, q).  24 Gauss–Hermite
-    nodes: the integrand Π_c Φ(d_c + z) is smooth on the unit scale of z (error < 1e-6)."""
-    clean = scale * (u @ w.T)
-    C = clean.shape[-1]
-    hard = jax.nn.one_hot(jnp.argmax(clean, -1), C, dtype=clean.dtype)
-    y = jnp.broadcast_to(jnp.arange(C), clean.shape)
-    # P(argmax = y) for every class y at once: (n, C, 1) logits against (n, 1, C) candidates.
-    noisy = argmax_probability(jnp.broadcast_to(clean[..., None, :], (*clean.shape, C)), y, noise, n_nodes)
-    return mix(flip, q, hard, noisy) + flip / C
+    """π(u) = E[e_y | u] (n, C) of the label mixture for teacher fields `u`
+    (`mtjax._metrics.label_distribution` of the clean logits s w u)."""
+    return label_distribution(scale * (u @ w.T), noise, flip, q, n_nodes)
 
 
 def task_inputs(points: Float[Array, "n R+Dp"], T_k: Float[Array, "R Dp"]):

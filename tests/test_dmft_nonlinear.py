@@ -100,8 +100,10 @@ def test_linear_activation_through_the_nonlinear_solver_is_the_trunk_dmft():
     # 0.013-0.035 at the last time of task 2, the H-space solver lower (its diagonal response
     # blocks average every draw, the logit-space solver's n_response; with n_response = n_draws
     # the gap shrank to 0.003 for one seed, 0.028 for another); train losses (averages over the
-    # 3 x 1024 example draws, heavy-tailed at this init: 1.70 and 1.83 at t = 0 for a test loss of
-    # 1.76) within 0.07.
+    # 1024 example draws, heavy-tailed at this init: 1.70 and 1.83 at t = 0 for a test loss of
+    # 1.76) within 0.07.  With the labels summed (C = 3, the default), key seeds 0-2: test
+    # losses within 0.045, 0.024, 0.031, train losses after the first step within 0.063, 0.026,
+    # 0.039 (sampled labels: 0.034, 0.020, 0.032 and 0.045, 0.042, 0.027).
     e = mtjax.experiment_from_spec(_spec("linear", steps=10, lr=0.5))
     solver = mtjax.FiniteDataSolver(n_grid=10, n_draws=1024, n_response=256, max_iter=30)
     tp = _problem(e, mtjax.Seeds(0), None, "quenched")
@@ -110,11 +112,13 @@ def test_linear_activation_through_the_nonlinear_solver_is_the_trunk_dmft():
     key = jax.random.key(0)
     lin = jax.jit(lambda p: solve_trunk(p, solver, 10, key=key))(tp)
     nl = jax.jit(lambda p: solve_nonlinear_trunk(_NonlinearProblem(p, "linear"), solver, 10, key=key))(tp)
-    np.testing.assert_allclose(lin[1], nl[1], atol=0.045)  # test loss
+    np.testing.assert_allclose(lin[1], nl[1], atol=0.055)  # test loss
     np.testing.assert_allclose(lin[2], nl[2], atol=0.02)  # accuracy
-    np.testing.assert_allclose(lin[0][1:], nl[0][1:], atol=0.06)  # train loss after the first step
-    for r in (lin, nl):  # at t = 0 the train loss is an average over the draws of the test loss' integrand
-        np.testing.assert_allclose(r[0][0], r[1][0], atol=0.1)
+    np.testing.assert_allclose(lin[0][1:], nl[0][1:], atol=0.075)  # train loss after the first step
+    # At t = 0 the train loss is an average over the draws of the test loss' integrand: the H-space
+    # solver's train − test gap over key seeds 0-5 (summed labels) is −0.07 to 0.11, sd 0.045.
+    for r in (lin, nl):
+        np.testing.assert_allclose(r[0][0], r[1][0], atol=0.15)
     assert float(lin[1][0, 0] - lin[1][-1, 0]) > 0.5
     assert float(nl[3]) < solver.tol
 

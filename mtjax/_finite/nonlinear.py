@@ -63,31 +63,32 @@ def _field_factor_h(Q0, P0, Rv, CH) -> Float[Array, "TH n"]:
 
 
 def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int):
-    """Sampled example processes of all K tasks (three label components each).
+    """Sampled example processes of all K tasks (X label components each, `_trunk_labels`).
 
-    **Returns:** logits h (K, 3, S, T1, C), errors δ (K, 3, S, T1, H), the Hessians
-    ∂δ/∂pre of the first `n_response` draws of each component (K, 3, Sr, T1, H, H), and the
+    **Returns:** logits h (K, X, S, T1, C), errors δ (K, X, S, T1, H), the Hessians
+    ∂δ/∂pre of the first `n_response` draws of each component (K, X, Sr, T1, H, H), and the
     trajectories of Ω, b_1, W_l, b_l, V, c (values at each grid time)."""
     p, act = pn.trunk, pn.activation
     T1, H = Rv.shape[0], Rv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
+    X = ys.shape[1]
     Sr = n_response
     chi = (d.zeta @ F.T).reshape(K, S, T1, H)
-    wts = weights / S  # (K, 3, S)
+    wts = weights / S  # (K, X, S)
     coef = p.rho / p.alpha
 
     def step(carry, mem, xs):
         n, dt_n = xs
         Om, b1, Wu, bu, V, c = carry
         base = d.u @ Om.T + b1 + chi[:, :, n]  # (K, S, H)
-        pre = base[:, None] - jnp.moveaxis(mem.reshape(H, K, 3, S), 0, -1)  # (K, 3, S, H)
+        pre = base[:, None] - jnp.moveaxis(mem.reshape(H, K, X, S), 0, -1)  # (K, X, S, H)
         def ce_all(pre, Wu, bu, V, c):
             out = [_ce(act, pre[k], ys[k], Wu, bu, V[k], c[k]) for k in range(K)]
             return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
 
         (_, h), vjp = jax.vjp(lambda *a: ce_all(*a), pre, Wu, bu, V, c)
         zero_h = jnp.zeros_like(h)
-        delta = vjp((jnp.ones((K, 3, S)), zero_h))[0]  # per-draw ∂CE/∂pre (K, 3, S, H)
+        delta = vjp((jnp.ones((K, X, S)), zero_h))[0]  # per-draw ∂CE/∂pre (K, X, S, H)
         wdelta, gWu, gbu, gV, gc = vjp((p.rho[:, None, None] * wts, zero_h))  # ρ_k-weighted gradients
         Om_new = Om - dt_n * jnp.einsum("kxsh,ksd->hd", wdelta, d.u)
         b1_new = b1 - dt_n * jnp.sum(wdelta, (0, 1, 2))
@@ -98,13 +99,13 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
         # covariance, docs/dmft.md §4.2); the first n_response draws also carry the memory blocks.
         hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k])[0]),
                                           (0, 0, None)), (0, 0, None)), (0, 0, 0))  # fmt: skip
-        J = hess(pre, ys, jnp.arange(K))  # (K, 3, S, H, H)
+        J = hess(pre, ys, jnp.arange(K))  # (K, X, S, H, H)
         Jbar = jnp.einsum("kxs,kxshg->khg", wts, J)
-        row = jnp.moveaxis(coef[:, None, None, None] * delta, -1, 0).reshape(H, K * 3 * S)
+        row = jnp.moveaxis(coef[:, None, None, None] * delta, -1, 0).reshape(H, K * X * S)
         return new, row, (h, delta, J[:, :, :Sr], Jbar, Om, b1, Wu, bu, V, c)
 
     init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0)
-    _, _, outs = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), H, K * 3 * S)
+    _, _, outs = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), H, K * X * S)
     h, delta, J = (jnp.moveaxis(o, 0, 3) for o in outs[:3])
     return h, delta, J, outs[3], outs[4:]
 
@@ -126,7 +127,7 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
     diag = jnp.eye(T1)[:, None, :, None]
 
     def resp(k):
-        Jk = J[k].reshape(3 * Sr, T1, H, H)
+        Jk = J[k].reshape(-1, T1, H, H)
         G = _response(Jk, p.rho[k] * Rv, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), jacobian=lambda j: j)
         # Diagonal blocks Γ[n, n] = E[J^n] from every draw (`_example_process`).
         return G * (1 - diag) + diag * Jbar[:, k][:, :, None, :]
@@ -149,7 +150,7 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
 
     def iterate(params, z):
         pp, dd = params
-        ys, weights = _trunk_labels(pp.trunk, dd)
+        ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
         CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
         return (CH, RH), (ys, weights, aux)
 

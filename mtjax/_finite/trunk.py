@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Float
-from .._metrics import mixture_labels, mixture_train_loss
+from .._metrics import mixture_labels, mixture_train_loss, summed_labels
 from .._student import Student, StudentConfig
 from .._teacher import Teacher, TeacherConfig
 from .fixed_point import solve_fixed_point
@@ -83,9 +83,12 @@ def _teacher_frame_draws(T: Float[Array, "R D"], u: Float[Array, "S D"]) -> Floa
     return u + u @ omega.T
 
 
-def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws):
-    """Labels (K, 3, S) of the clean / logit-noise / uniform components and weights (K, 3, S)."""
+def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws, summed: bool):
+    """Labels and weights (K, X, S): X = 3 sampled components (clean / logit-noise / uniform,
+    `mixture_labels`) or X = C classes weighted by their probabilities (`summed_labels`)."""
     u = jnp.einsum("ksd,krd->ksr", d.u, p.T)
+    if summed:
+        return jax.vmap(summed_labels)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u)
     return jax.vmap(mixture_labels)(p.scale, p.noise, p.flip, p.noisy_fraction, p.w, u, d.xi, d.y_unif)
 
 
@@ -134,15 +137,17 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights)
     the linear layers, with error δ_l = (V_k W_L ⋯ W_{l+1})ᵀ g at the output of layer l.
     χ = F ζ with F (T1 H, n) a factor of the fields' covariance C_v (`_field_factor`).
 
-    **Returns:** h (K, 3, S, T1, C), G (K, 3, S, T1, C), and the trajectories (values *at* each
+    **Returns:** h (K, X, S, T1, C), G (K, X, S, T1, C) (X label components, `_trunk_labels`),
+    and the trajectories (values *at* each
     step) Ω (T1, H, D), b1 (T1, H), Ṽ (T1, K, C, H), c̃ (T1, K, C)."""
     T1, H = Rv.shape[0], Rv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
     C = p.V0.shape[1]
+    X = ys.shape[1]
     Lu = p.Wu0.shape[0]  # L − 1 upper trunk layers (static)
     chi = (d.zeta @ F.T).reshape(K, S, T1, H)
-    onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
-    wts = weights / S  # (K, 3, S)
+    onehot = jax.nn.one_hot(ys, C)  # (K, X, S, C)
+    wts = weights / S  # (K, X, S)
     mem_coef = p.rho / p.alpha
 
     def memory(Rn, buf, carry):
@@ -159,8 +164,8 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights)
         # All tasks' heads against all tasks' columns in one plain product, then the diagonal
         # blocks: twice the flops at K = 2 but no per-step transpose of the buffer (a batched
         # contraction over its middle axis was 1.5x slower, measured).
-        full = (jnp.einsum("kch,khj->kcj", Vt, A).reshape(K * C, e * C) @ buf).reshape(K, C, K, 3, S)
-        h_mem = jnp.stack([full[k, :, k] for k in range(K)])  # (K, C, 3, S)
+        full = (jnp.einsum("kch,khj->kcj", Vt, A).reshape(K * C, e * C) @ buf).reshape(K, C, K, X, S)
+        h_mem = jnp.stack([full[k, :, k] for k in range(K)])  # (K, C, X, S)
         return jnp.moveaxis(h_mem, 1, -1), A, buf
 
     def step(carry, mem, xs):
@@ -169,19 +174,19 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights)
         Om, b1, Wu, bu, V, c, Vtraj = carry
         Vt, ct, P = _effective_heads(V, c, Wu, bu)
         Vtraj = jax.lax.dynamic_update_slice(Vtraj, Vt[None], (n, 0, 0, 0))
-        # f_1 = base − mem with base = Ω u + b1 + χ^n (per example, shared by the 3 label
+        # f_1 = base − mem with base = Ω u + b1 + χ^n (per example, shared by the X label
         # components); h = V_k f_L + c_k = Ṽ_k f_1 + c̃_k (no pass through the H x H layers).
         base = d.u @ Om.T + b1 + chi[:, :, n]  # (K, S, H)
-        h = jnp.einsum("ksh,kch->ksc", base, Vt)[:, None] + ct[:, None, None] - h_mem  # (K, 3, S, C)
+        h = jnp.einsum("ksh,kch->ksc", base, Vt)[:, None] + ct[:, None, None] - h_mem  # (K, X, S, C)
         g = jax.nn.softmax(h, -1) - onehot
-        row = jnp.moveaxis(g, -1, 0).reshape(C, K * 3 * S)
-        wg = wts[..., None] * g  # (K, 3, S, C)
+        row = jnp.moveaxis(g, -1, 0).reshape(C, K * X * S)
+        wg = wts[..., None] * g  # (K, X, S, C)
         gsum = jnp.sum(wg, (1, 2))  # (K, C)
         # Every gradient is an error-input correlation over the examples; the inputs of the
         # upper layers are affine in f_1 (f_l = A_l f_1 + a_l), so one correlation Σ wg f_1ᵀ
         # (K, C, H) serves all layers: Σ wg f_lᵀ = (Σ wg f_1ᵀ) A_lᵀ + (Σ wg) a_lᵀ (`lin`, `off`).
         # Σ_s wg_s g_s^mᵀ per task as one product with the errors placed block-diagonally.
-        blocks = (wg.reshape(K, 3 * S, 1, C) * jnp.eye(K)[:, None, :, None]).reshape(K * 3 * S, K * C)
+        blocks = (wg.reshape(K, X * S, 1, C) * jnp.eye(K)[:, None, :, None]).reshape(K * X * S, K * C)
         corr_mem = (buf @ blocks).reshape(-1, K, C)  # (e C, K, C)
         G1 = jnp.einsum("ksc,ksh->kch", jnp.sum(wg, 1), base) - jnp.einsum("jkc,khj->kch", corr_mem, A)
         lin, off, corr = jnp.eye(H), jnp.zeros(H), [G1]
@@ -202,7 +207,7 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights)
 
     init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0, jnp.zeros((T1, K, C, H), p.V0.dtype))
     _, _, (h, G, Om, b1, Vt, ct) = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), C,
-                                                       K * 3 * S, memory=memory)
+                                                       K * X * S, memory=memory)
     return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
@@ -223,14 +228,14 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, 
     h, G, Om, b1, V, c = _trunk_example_process(p, d, F, Rv, ys, weights)
     K, S = d.u.shape[0], d.u.shape[1]
     T1, H = Rv.shape[0], Rv.shape[1]
-    wts = weights / S  # (K, 3, S)
+    wts = weights / S  # (K, X, S)
     Cg_new = jnp.einsum("kxs,kxsnc,kxsme->kncme", wts, G, G)
     Sr = n_response
 
     def resp(k):
         # Logit-space memory of task k: ρ_k Ṽ_k^n R_v[n,j] Ṽ_k^jᵀ.
         Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
-        hr = h[k, :, :Sr].reshape(3 * Sr, *h.shape[3:])
+        hr = h[k, :, :Sr].reshape(-1, *h.shape[3:])
         return _response(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
     Rg_new = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
@@ -241,11 +246,11 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, 
 
 def _metrics_general(scale, noise, flip, q, w, T, M, b, Sig, x_eval):
     """Test loss and accuracy (T1,) of logits z = M u + b + N(0, Sig) with u ~ N(0, I_D), labels
-    from the teacher fields T u.  `M` (T1, C, D), `b` (T1, C), `Sig` (T1, C, C), `x_eval` (n, D + 2C)."""
-    C, D = M.shape[1], M.shape[2]
-    u, xi, gz = x_eval[:, :D], x_eval[:, D : D + C], x_eval[:, D + C :]
+    from the teacher fields T u.  `M` (T1, C, D), `b` (T1, C), `Sig` (T1, C, C), `x_eval` (n, D + C)."""
+    D = M.shape[2]
+    u, gz = x_eval[:, :D], x_eval[:, D:]
     clean = scale * (u @ T.T) @ w.T
-    return _quadrature_metrics(clean, noise, q, flip, u, xi, gz, M, b, Sig)
+    return _quadrature_metrics(clean, noise, q, flip, u, gz, M, b, Sig)
 
 
 def _trunk_draws(p: _TrunkProblem, solver: FiniteDataSolver, n_noise: int, key):
@@ -267,12 +272,13 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     K, C, H = p.V0.shape
     D = p.T.shape[2]
     T1 = n_grid + 1
+    summed = solver.summed_labels(C)
     # H + K (T+1) C columns of the fields' factor (`_field_factor`).
     d, eval_key = _trunk_draws(p, solver, H + K * T1 * C, key)
 
     def iterate(params, z):
         pp, dd = params
-        ys, weights = _trunk_labels(pp, dd)
+        ys, weights = _trunk_labels(pp, dd, summed)
         Cg, Rg, Vz, aux = _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)
         return (Cg, Rg, Vz), (ys, weights, aux)
 
@@ -282,7 +288,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     ctrl = (solver.damping, solver.tol)
     _, (ys, weights, traj), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0)
     h, G, Om, b1, V, c, diag = traj
-    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + 2 * C, solver.sampling)
+    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + C, solver.sampling)
     test_loss, test_acc = [], []
     for kk in range(K):
         Vk = V[:, kk]

@@ -126,7 +126,8 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     Σ_p √w_p m_p^n · ξ_p, sampled through the factor of ξ's covariance; its memory is the η-part
     of m^n.  The updates are discrete GD's, with the step's gradients at the step's parameters.
 
-    **Returns:** h (K, 3, S, T1, C), errors G (K, 3, S, T1, C), bulk covariance and response
+    **Returns:** h (K, X, S, T1, C), errors G (K, X, S, T1, C) (X label components,
+    `_trunk_labels`), bulk covariance and response
     Cbar, Rbar (T1, Q, T1, Q), low-dimensional maps ML (T1, Q, 2D) and logit biases β (T1, Q)."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     Q = K * C
@@ -149,8 +150,8 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     eyeD = jnp.eye(D)
     PiL = jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])  # Π on the 2D directions
     steps = jnp.arange(T1)
-    onehot = jax.nn.one_hot(ys, C)  # (K, 3, S, C)
-    wts = weights / S  # (K, 3, S)
+    onehot = jax.nn.one_hot(ys, C)  # (K, X, S, C)
+    wts = weights / S  # (K, X, S)
     xL = jnp.concatenate([d.u, d.us], -1)  # (K, S, 2D)
 
     def gram(X, XL, Y, YL):
@@ -224,7 +225,7 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         jnp.zeros((2, Q, dx)).at[:, :, :Q].set(jnp.eye(Q)), jnp.zeros((Q, D2)),
         jnp.zeros((2, L, dx)).at[:, :, Q:n0].set(jnp.eye(L)), jnp.zeros((L, D2)), c0,
         jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)), jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)),
-        jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q)), jnp.zeros((T1, K, 3, S, C)),
+        jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q)), jnp.zeros((T1, *ys.shape, C)),
     )  # fmt: skip
     (*_, Lm, ML, beta, gbuf), h = jax.lax.scan(step, init, steps)
     LS = jnp.einsum("pnqx,pxy->pnqy", Lm, Sig)
@@ -241,7 +242,7 @@ def _task_blocks(X, K: int, C: int):
 
 def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: int):
     """One Picard map of the kernels (C_g, R_g) (K, T1, C, T1, C) -> new ones, and the trajectories:
-    h (K, 3, S, T1, C), the fields' covariance per task Cv (K, T1, C, T1, C) (bulk and Π-image
+    h (K, X, S, T1, C), the fields' covariance per task Cv (K, T1, C, T1, C) (bulk and Π-image
     directions), the low-dimensional maps (K, T1, C, 2D) and biases (K, T1, C)."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     D = d.u.shape[-1]
@@ -258,7 +259,7 @@ def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: 
     Sr = n_response
 
     def resp(k):
-        hr = h[k, :, :Sr].reshape(3 * Sr, T1, C)
+        hr = h[k, :, :Sr].reshape(-1, T1, C)
         return _response(hr, Rv[k], alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
 
     Rg_new = jnp.stack([resp(k) for k in range(K)])
@@ -291,14 +292,14 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
 
     def iterate(params, z):
         pp, dd = params
-        ys, weights = _trunk_labels(pp.trunk, dd)
+        ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
         znew, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
         return znew, (ys, weights, aux)
 
     zero = jnp.zeros((K, T1, C, T1, C))
     _, (ys, weights, (h, Cv, MLk, bk)), res, maps = solve_fixed_point(
         iterate, (solver.min_iter, solver.max_iter), (solver.damping, solver.tol), (p, d), (zero, zero))  # fmt: skip
-    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + 2 * C, solver.sampling)
+    x_eval = _eval_points(eval_key, solver.n_quad_eval, D + C, solver.sampling)
     idx = jnp.arange(T1)
     test_loss, test_acc = [], []
     for k in range(K):
