@@ -41,10 +41,10 @@ class FiniteDataSolver(eqx.Module):
       S = 512 to 2048 at ntrain 100 and 0.12 at ntrain 800 (§6.2) — use S ≫ H² there, or
       extrapolate in 1/S.  Error bars: `finite_data_replicas`; power-of-2 S suits the QMC sets.
     - `n_response`: the first `n_response` draws of each component also carry the response
-      kernel (static; its cost is ~2 T³ C³ per draw, before the time blocks).  For gradients w.r.t.
-      s and σ (score-function weights of the labels) use n_response ~ n_draws: with few
-      response draws that gradient carries their Monte Carlo error (15 % with 3 x 32 of 3 x 2048
-      draws on the test problem; docs/dmft.md §3).
+      kernel (static; its cost is ~2 T³ C³ per draw, before the time blocks).  With sampled
+      labels, for gradients w.r.t. s and σ (score-function weights of the labels) use
+      n_response ~ n_draws: with few response draws that gradient carries their Monte Carlo
+      error (15 % with 3 x 32 of 3 x 2048 draws on the test problem; docs/dmft.md §3).
     - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
       gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
       where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
