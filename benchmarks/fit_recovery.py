@@ -145,6 +145,9 @@ def main():
     ap.add_argument("--progress", action="store_true", help="print the fits' progress to stderr")
     ap.add_argument("--no-population", action="store_true", help="finite: skip the population theory's side-by-side fits")
     ap.add_argument("--n", type=int, default=200, help="finite: input dimension N (the data sizes scale with it, α fixed)")
+    ap.add_argument("--maps", type=int, default=None,
+                    help="finite: exactly this many Picard maps per solve (min_iter = max_iter: an objective smooth in the "
+                         "parameters; default: fit_solver's early exit at its tol)")
     ap.add_argument("--response", type=int, default=128,
                     help="finite: response draws of the fit solver (32 biases these C = 3 overfitting curves, docs/fitting.md §6)")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
@@ -181,7 +184,8 @@ def main():
         obs, _ = observations_from_table(tab, se="se", known=[])
         params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
         texp = theory_experiment(exp, truth, i)
-        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, n_response=a.response))} if finite else {"": mtjax.PopulationTheory(SOLVER)}
+        maps = {} if a.maps is None else {"min_iter": a.maps, "max_iter": a.maps}
+        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, n_response=a.response, **maps))} if finite else {"": mtjax.PopulationTheory(SOLVER)}
         if finite and not a.no_population:
             models["pop_"] = mtjax.PopulationTheory(SOLVER)
         row = {"setting": i}
@@ -234,7 +238,7 @@ def main():
 def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float = float("nan")) -> str:
     setup = (f"full-batch GD on P = α N examples per task, α in [0.5, 8] known (N={getattr(a, 'n', 200)}, R=C=3, depth 1, width 8,\n"
              "sigma=1, lr 0.5, 40 steps), fitted by the finite-data theory (mtjax.fit_solver(n_grid=40, n_response="
-             f"{getattr(a, 'response', 32)}), quenched)"
+             f"{getattr(a, 'response', 32)}{'' if getattr(a, 'maps', None) is None else f', {a.maps} maps'}), quenched)"
              if getattr(a, "model", "population") == "finite" else
              "online protocol (N=32, R=C=3, depth 1, width 8,\nsigma=1, lr 0.005, t in 1..10)")  # fmt: skip
     lines = [f"fit_recovery: {a.settings} settings x {a.seeds} seeds, {setup}, {a.starts} starts, error bars: {a.errors}, "

@@ -6,9 +6,12 @@ fraction 1 − ε the teacher's argmax, clean (`y0`) on 1 − q of the examples 
 
     (1 − ε) (q f_noisy + (1 − q) f_clean) + ε f_uniform          (`mix`, plus the ε term)
 
-The population theory (`_population.py`, `_gaussian.teacher_constants`) and the finite-data
-theory (`_finite/`) both take the labels, the component weights and the mixed loss and accuracy
-from here.
+Given an example's clean teacher logits the label's law is the class distribution π
+(`label_distribution`); averages may take the label from π exactly (`summed_labels`,
+`expected_metrics`) or sample it per example (`mixture_labels`, with likelihood ratios for the
+derivatives).  The population theory (`_population.py`, `_gaussian.teacher_constants`,
+`_population_nonlinear.py`) and the finite-data theory (`_finite/`) both take the labels, the
+component weights and the loss and accuracy from here.
 """
 
 from __future__ import annotations
