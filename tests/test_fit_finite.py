@@ -51,31 +51,38 @@ def _theory_values(truth: dict):
     return {(int(k) + 1, float(t)): float(v) for k, t, v in zip(np.asarray(o.task), np.asarray(o.time), pred)}
 
 
-def test_fit_gradient_matches_central_differences_for_every_smooth_parameter():
-    # The objective's reverse-mode gradient (implicit through the fixed point) against central
-    # differences in the unconstrained coordinates, every parameter at once, at a point with
-    # non-zero residuals (observations from the theory at other values).
-    values = _theory_values({k: v * 1.1 if k not in ("eps_a", "eps_b", "q") else v + 0.05 for k, v in SMOOTH.items()})
-    prob = _problem([Param(n) for n in SMOOTH], values)
-    theta = prob.pack(SMOOTH)
+def _check_gradient(at: dict, data_at: dict, rtol: dict | None = None):
+    """The objective's reverse-mode gradient (implicit through the fixed point) at `at` against
+    central differences in the unconstrained coordinates, every parameter at once, with the
+    observations the theory's curves at `data_at` (non-zero residuals)."""
+    prob = _problem([Param(n) for n in at], _theory_values(data_at))
+    theta = prob.pack(at)
     value, grad = _value_and_grad(prob, theta[None])
     f = jax.jit(lambda th: prob.objective(th))
     assert float(value[0]) > 1.0  # the residuals are far from 0
     h = 1e-2
-    for i, name in enumerate(SMOOTH):
+    for i, name in enumerate(at):
         e = jnp.zeros_like(theta).at[i].set(h)
         fd = float(f(theta + e) - f(theta - e)) / (2 * h)
-        np.testing.assert_allclose(float(grad[0, i]), fd, rtol=0.02, atol=0.02, err_msg=name)
+        np.testing.assert_allclose(float(grad[0, i]), fd, rtol=(rtol or {}).get(name, 0.02), atol=0.02, err_msg=name)
     assert np.all(np.abs(np.asarray(grad[0])) > 0.05)  # every parameter moves the curves
 
 
-def test_noiseless_synthetic_fit_recovers_its_parameters():
-    truth = {"eps_b": 0.3, "ntrain_b": 120.0, "time_scale": 0.9}
-    prob = _problem([Param("eps_b", 0.15), Param("ntrain_b", 70.0), Param("time_scale", 1.2)], _theory_values(truth))
+def _check_noiseless_fit(truth: dict, start: dict):
+    """A fit to the theory's own curves at `truth` from `start` recovers `truth` to 1e-3."""
+    prob = _problem([Param(n, start[n]) for n in truth], _theory_values(truth))
     res = fit(prob, n_starts=1, n_adam=0, n_newton=40, gtol=1e-8)
     for name, want in truth.items():
         np.testing.assert_allclose(float(res.params[name][0]), want, rtol=1e-3, err_msg=name)
     assert float(res.loss) < 1e-5
+
+
+def test_fit_gradient_matches_central_differences_for_every_smooth_parameter():
+    _check_gradient(SMOOTH, {k: v * 1.1 if k not in ("eps_a", "eps_b", "q") else v + 0.05 for k, v in SMOOTH.items()})
+
+
+def test_noiseless_synthetic_fit_recovers_its_parameters():
+    _check_noiseless_fit({"eps_b": 0.3, "ntrain_b": 120.0, "time_scale": 0.9}, {"eps_b": 0.15, "ntrain_b": 70.0, "time_scale": 1.2})
 
 
 # Parameters that move the labels: with the labels summed given each draw (C = 3, the default
@@ -85,31 +92,13 @@ LABELS = {"relatedness": 0.5, "s_a": 2.0, "s_b": 2.0, "sigma_a": 0.5, "sigma_b":
 
 
 def test_fit_gradient_and_noiseless_fit_for_the_label_parameters():
+    # Every label noisy (q = 1) with σ >= s/4: the draws are not rotated with the teacher
+    # (`_label_frame_draws`), so the gradient w.r.t. r is the fixed sample's own, like s and σ.
+    # (Rotated, it is another Monte Carlo estimate of the expectation's derivative: measured 3 %
+    # off central differences here, 22 % at q = 0.8, where clean labels need the rotation.)
     assert SOLVER.summed_labels(SPEC["teacher"]["n_classes"])
-    values = _theory_values({"relatedness": 0.6, "s_a": 2.2, "s_b": 1.8, "sigma_a": 0.6, "sigma_b": 0.4})
-    prob = _problem([Param(n) for n in LABELS], values)
-    theta = prob.pack(LABELS)
-    value, grad = _value_and_grad(prob, theta[None])
-    f = jax.jit(lambda th: prob.objective(th))
-    assert float(value[0]) > 1.0
-    # s and σ: the exact derivative of the objective.  r: the draws are rotated with the teacher
-    # subspace in derivative (`_teacher_frame_draws`, which carries the clean labels' switching),
-    # an estimate of the same expectation's derivative that differs from the fixed sample's own
-    # by Monte Carlo error: measured −113.2 vs central differences −109.6 for h = 0.001–0.03
-    # (3 %).  In a noiseless fit the residuals, not the Jacobian, decide where it stops.
-    h = 1e-2
-    for i, name in enumerate(LABELS):
-        e = jnp.zeros_like(theta).at[i].set(h)
-        fd = float(f(theta + e) - f(theta - e)) / (2 * h)
-        rtol = 0.06 if name == "relatedness" else 0.02
-        np.testing.assert_allclose(float(grad[0, i]), fd, rtol=rtol, atol=0.02, err_msg=name)
-    assert np.all(np.abs(np.asarray(grad[0])) > 0.05)
-    truth = {"relatedness": 0.3, "s_b": 1.5, "sigma_a": 0.7}
-    prob = _problem([Param("relatedness", 0.5), Param("s_b", 2.0), Param("sigma_a", 0.5)], _theory_values(truth))
-    res = fit(prob, n_starts=1, n_adam=0, n_newton=40, gtol=1e-8)
-    for name, want in truth.items():
-        np.testing.assert_allclose(float(res.params[name][0]), want, rtol=1e-3, err_msg=name)
-    assert float(res.loss) < 1e-5
+    _check_gradient(LABELS, {"relatedness": 0.6, "s_a": 2.2, "s_b": 1.8, "sigma_a": 0.6, "sigma_b": 0.4})
+    _check_noiseless_fit({"relatedness": 0.3, "s_b": 1.5, "sigma_a": 0.7}, {"relatedness": 0.5, "s_b": 2.0, "sigma_a": 0.5})
 
 
 def test_data_sizes_are_known_columns_of_the_finite_data_theory_only():

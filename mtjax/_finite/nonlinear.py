@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Float
 from .._metrics import mixture_train_loss
+from .._metrics import expected_metrics
 from .._population_nonlinear import label_probabilities
 from .._student import ACTIVATIONS
 from .fixed_point import solve_fixed_point
@@ -172,9 +173,7 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
             Om_n, b1_n, Wu_n, bu_n, V_n, c_n, Sig = args
             pre = ue @ Om_n.T + b1_n + gz @ psd_factor(Sig, jitter=1e-6).T
             z = _forward(act, pre, Wu_n, bu_n, V_n[kk], c_n[kk])
-            loss = jnp.mean(jax.nn.logsumexp(z, -1) - jnp.sum(pi * z, -1))
-            acc = jnp.mean(jnp.take_along_axis(pi, jnp.argmax(z, -1)[:, None], -1))
-            return loss, acc
+            return expected_metrics(z, pi)
 
         lo, ac = jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
         test_loss.append(lo), test_acc.append(ac)

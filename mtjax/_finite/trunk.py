@@ -83,6 +83,29 @@ def _teacher_frame_draws(T: Float[Array, "R D"], u: Float[Array, "S D"]) -> Floa
     return u + u @ omega.T
 
 
+#: Summed labels of a task are smooth in its teacher fields when every example's label carries
+#: logit noise σ >= this fraction of s (the decision boundaries blurred over >= 0.25 of the unit
+#: scale of the draws): `_label_frame_draws` then keeps the plain draws.
+SMOOTH_NOISE_RATIO = 0.25
+
+
+def _label_frame_draws(T, u, scale, noise, q, summed: bool):
+    """One task's draws u (S, D) in the teacher basis, in value unchanged; in derivative w.r.t.
+    the teacher subspace T either rotated with it (`_teacher_frame_draws`: the labels held, the
+    change moved onto the student's fields — needed wherever labels switch discretely) or plain.
+
+    Plain where the labels are summed (`FiniteDataSolver.labels`) and smooth in the teacher
+    fields (q = 1, σ >= `SMOOTH_NOISE_RATIO` s): there the derivative of the fixed sample's
+    average is exact, while the rotated estimate differs from it by Monte Carlo error (measured
+    on tests/test_fit_finite.py's problem: 3–22 %), which a fit's Jacobian would carry.  The
+    choice is traced (`jnp.where`), so one program serves every (q, σ, s)."""
+    rot = _teacher_frame_draws(T, u)
+    if not summed:
+        return rot
+    smooth = (q >= 1.0) & (noise >= SMOOTH_NOISE_RATIO * scale)
+    return jnp.where(smooth, u, rot)
+
+
 def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws, summed: bool):
     """Labels and weights (K, X, S): X = 3 sampled components (clean / logit-noise / uniform,
     `mixture_labels`) or X = C classes weighted by their probabilities (`summed_labels`)."""
@@ -261,7 +284,8 @@ def _trunk_draws(p: _TrunkProblem, solver: FiniteDataSolver, n_noise: int, key):
     S = solver.n_draws
     k = jax.random.split(key, 5)
     u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, p.T.shape[2], C, solver.sampling)
-    d = _TrunkDraws(jax.vmap(_teacher_frame_draws)(p.T, u), xi, jax.random.normal(k[2], (K, S, n_noise)), y_unif)
+    frame = jax.vmap(lambda *a: _label_frame_draws(*a, solver.summed_labels(C)))
+    d = _TrunkDraws(frame(p.T, u, p.scale, p.noise, p.noisy_fraction), xi, jax.random.normal(k[2], (K, S, n_noise)), y_unif)
     return d, k[4]
 
 
@@ -295,7 +319,9 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
         M = jnp.einsum("nch,nhd->ncd", Vk, Om)
         b = jnp.einsum("nch,nh->nc", Vk, b1) + c[:, kk]
         Sig = jnp.einsum("nch,nhg,neg->nce", Vk, diag, Vk)
-        xk = x_eval.at[:, :D].set(_teacher_frame_draws(p.T[kk], x_eval[:, :D]))
+        # The test labels are summed in every mode (`_quadrature_metrics`).
+        xk = x_eval.at[:, :D].set(_label_frame_draws(p.T[kk], x_eval[:, :D], p.scale[kk], p.noise[kk],
+                                                     p.noisy_fraction[kk], True))  # fmt: skip
         lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, xk)
         test_loss.append(lo), test_acc.append(ac)
     train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)

@@ -32,7 +32,7 @@ from .fixed_point import solve_fixed_point
 from .kernels import _response, _steps_padded, psd_factor
 from .sampling import _eval_points, _input_draws
 from .solver import FiniteDataSolver
-from .trunk import _metrics_general, _teacher_frame_draws, _trunk_labels, _trunk_problem, _TrunkProblem
+from .trunk import _label_frame_draws, _metrics_general, _trunk_labels, _trunk_problem, _TrunkProblem
 
 
 class _WideProblem(eqx.Module):
@@ -274,8 +274,10 @@ def _wide_draws(p: _WideProblem, solver: FiniteDataSolver, T1: int, key):
     Q = K * C
     k = jax.random.split(key, 6)
     x, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (K,), S, 2 * D, C, solver.sampling)
-    # The teacher-span inputs rotate with the teacher in derivative (`_teacher_frame_draws`).
-    u = jax.vmap(_teacher_frame_draws)(t.T, x[..., :D])
+    # The teacher-span inputs rotate with the teacher in derivative where labels switch
+    # (`_label_frame_draws`).
+    frame = jax.vmap(lambda *a: _label_frame_draws(*a, solver.summed_labels(C)))
+    u = frame(t.T, x[..., :D], t.scale, t.noise, t.noisy_fraction)
     zeta = jax.random.normal(k[2], (K, 2, S, Q + t.Wu0.shape[0] + 1 + T1 * Q))
     return _WideDraws(u, x[..., D:], xi, zeta, y_unif), k[4]
 
@@ -304,7 +306,8 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     test_loss, test_acc = [], []
     for k in range(K):
         # A fresh input's logits: M_E u + β + N(0, Cbar[n, n] + M_S M_Sᵀ) (`Cv` holds both).
-        xk = x_eval.at[:, :D].set(_teacher_frame_draws(t.T[k], x_eval[:, :D]))
+        xk = x_eval.at[:, :D].set(_label_frame_draws(t.T[k], x_eval[:, :D], t.scale[k], t.noise[k], t.noisy_fraction[k],
+                                                     True))  # fmt: skip
         lo, ac = _metrics_general(t.scale[k], t.noise[k], t.flip[k], t.noisy_fraction[k], t.w[k], t.T[k],
                                   MLk[k, :, :, :D], bk[k], Cv[k][idx, :, idx, :], xk)  # fmt: skip
         test_loss.append(lo), test_acc.append(ac)
