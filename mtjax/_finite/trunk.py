@@ -106,6 +106,13 @@ def _label_frame_draws(T, u, scale, noise, q, summed: bool):
     return jnp.where(smooth, u, rot)
 
 
+def _test_points(T, x_eval, scale, noise, q):
+    """One task's test-metric points (n, D + C) with their teacher-basis part framed as the
+    summed labels of the test metrics need (`_label_frame_draws`, `_quadrature_metrics`)."""
+    D = T.shape[1]
+    return x_eval.at[:, :D].set(_label_frame_draws(T, x_eval[:, :D], scale, noise, q, True))
+
+
 def _trunk_labels(p: _TrunkProblem, d: _TrunkDraws, summed: bool):
     """Labels and weights (K, X, S): X = 3 sampled components (clean / logit-noise / uniform,
     `mixture_labels`) or X = C classes weighted by their probabilities (`summed_labels`)."""
@@ -319,9 +326,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
         M = jnp.einsum("nch,nhd->ncd", Vk, Om)
         b = jnp.einsum("nch,nh->nc", Vk, b1) + c[:, kk]
         Sig = jnp.einsum("nch,nhg,neg->nce", Vk, diag, Vk)
-        # The test labels are summed in every mode (`_quadrature_metrics`).
-        xk = x_eval.at[:, :D].set(_label_frame_draws(p.T[kk], x_eval[:, :D], p.scale[kk], p.noise[kk],
-                                                     p.noisy_fraction[kk], True))  # fmt: skip
+        xk = _test_points(p.T[kk], x_eval, p.scale[kk], p.noise[kk], p.noisy_fraction[kk])
         lo, ac = _metrics_general(p.scale[kk], p.noise[kk], p.flip[kk], p.noisy_fraction[kk], p.w[kk], p.T[kk], M, b, Sig, xk)
         test_loss.append(lo), test_acc.append(ac)
     train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)

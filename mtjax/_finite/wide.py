@@ -32,7 +32,7 @@ from .fixed_point import solve_fixed_point
 from .kernels import _response, _steps_padded, psd_factor
 from .sampling import _eval_points, _input_draws
 from .solver import FiniteDataSolver
-from .trunk import _label_frame_draws, _metrics_general, _trunk_labels, _trunk_problem, _TrunkProblem
+from .trunk import _label_frame_draws, _metrics_general, _test_points, _trunk_labels, _trunk_problem, _TrunkProblem
 
 
 class _WideProblem(eqx.Module):
@@ -306,8 +306,7 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     test_loss, test_acc = [], []
     for k in range(K):
         # A fresh input's logits: M_E u + β + N(0, Cbar[n, n] + M_S M_Sᵀ) (`Cv` holds both).
-        xk = x_eval.at[:, :D].set(_label_frame_draws(t.T[k], x_eval[:, :D], t.scale[k], t.noise[k], t.noisy_fraction[k],
-                                                     True))  # fmt: skip
+        xk = _test_points(t.T[k], x_eval, t.scale[k], t.noise[k], t.noisy_fraction[k])
         lo, ac = _metrics_general(t.scale[k], t.noise[k], t.flip[k], t.noisy_fraction[k], t.w[k], t.T[k],
                                   MLk[k, :, :, :D], bk[k], Cv[k][idx, :, idx, :], xk)  # fmt: skip
         test_loss.append(lo), test_acc.append(ac)
