@@ -45,6 +45,7 @@ are cached in `--cache` (default /tmp) between runs.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import time
 
@@ -110,7 +111,7 @@ def theory_experiment(exp, truth: pd.DataFrame, i: int):
 
 
 def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
-    """All settings x seeds in one vmapped program; teacher and init seeds = setting index."""
+    """All settings x seeds, one vmapped program over the seeds; teacher and init seeds = setting index."""
     n = len(truth)
     idx = np.repeat(np.arange(n), n_seeds)
     rep = np.tile(np.arange(n_seeds), n)
@@ -121,9 +122,12 @@ def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
     def run(axes, seeds):
         return jax.vmap(lambda a, s: mtjax.simulate(mtjax.apply_axes(exp, a), s))(axes, seeds)
 
-    h = run(axes, seeds)
-    loss = np.asarray(h.test_loss).reshape(n, n_seeds, *h.test_loss.shape[1:])  # (n, seeds, T, K)
-    return np.asarray(h.time[0]), loss
+    # One setting's seeds per call (one compile): all settings at once need n x seeds training sets
+    # in memory (59 GB at N = 800).
+    hs = [run(jax.tree.map(lambda v: v[i * n_seeds:(i + 1) * n_seeds], axes),
+              jax.tree.map(lambda v: v[i * n_seeds:(i + 1) * n_seeds], seeds)) for i in range(n)]  # fmt: skip
+    loss = np.stack([np.asarray(h.test_loss) for h in hs])  # (n, seeds, T, K)
+    return np.asarray(hs[0].time[0]), loss
 
 
 def main():
@@ -150,10 +154,24 @@ def main():
                          "parameters; default: fit_solver's early exit at its tol)")
     ap.add_argument("--response", type=int, default=128,
                     help="finite: response draws of the fit solver (32 biases these C = 3 overfitting curves, docs/fitting.md §6)")
+    ap.add_argument("--rows", default=None,
+                    help="CSV of finished settings: each setting's row is added (atomically, under a lock) as it "
+                         "finishes, settings already in it are skipped (resume), and the report covers every row in "
+                         "it, so that processes fitting disjoint --only lists can share one file")
+    ap.add_argument("--report-only", action="store_true", help="with --rows: print the report of the rows file and stop")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
     a = ap.parse_args()
+    if a.report_only:
+        if not a.rows or not os.path.exists(a.rows):
+            raise SystemExit(f"--report-only needs an existing --rows file, got {a.rows!r}; run the fits with --rows first")
+        report = format_report(pd.read_csv(a.rows).sort_values("setting"), a, float("nan"), float("nan"))
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report + "\n")
+        return
     t0 = time.time()
     finite = a.model == "finite"
     spec = SPEC_FINITE if finite else SPEC
@@ -175,7 +193,10 @@ def main():
     t_sim = time.time() - t0
     print(f"simulated {a.settings} x {a.seeds} runs in {t_sim:.0f} s", flush=True)
     rows = []
+    done = set(pd.read_csv(a.rows).setting.astype(int)) if a.rows and os.path.exists(a.rows) else set()
     for i in (range(a.settings) if a.only is None else a.only):
+        if i in done:
+            continue
         mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)
         tab = pd.DataFrame([
             {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k]}
@@ -227,12 +248,27 @@ def main():
         row.update(chi2_dof=float(res.chi2_dof), converged=bool(res.converged), grad_norm=float(res.grad_norm), fit_s=time.time() - ti)
         rows.append(row)
         print(f"setting {i}: {row}", flush=True)
-    df = pd.DataFrame(rows)
+        if a.rows:
+            _add_row(a.rows, row)
+    df = pd.read_csv(a.rows).sort_values("setting") if a.rows and os.path.exists(a.rows) else pd.DataFrame(rows)
+    if not len(df):  # e.g. `--only` with no settings: the simulation (and its cache) only
+        return
     report = format_report(df, a, t_sim, time.time() - t0, time.process_time())
     print(report)
     if a.out:
         with open(a.out, "w") as f:
             f.write(report + "\n")
+
+
+def _add_row(path: str, row: dict) -> None:
+    """Add one finished setting to the rows CSV: read, append, write a temporary file and rename it
+    (a reader never sees half a file), under an exclusive lock (processes may share the file)."""
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = pd.read_csv(path) if os.path.exists(path) else pd.DataFrame()
+        new = pd.concat([old[old.setting != row["setting"]] if len(old) else old, pd.DataFrame([row])], ignore_index=True)
+        new.sort_values("setting").to_csv(path + ".tmp", index=False)
+        os.replace(path + ".tmp", path)
 
 
 def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float = float("nan")) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .._custom_types import Array, Bool, Float, Int
 from .._experiment import Experiment, Seeds
+from .._model import FiniteDataTheory
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
@@ -104,6 +105,7 @@ def fit(
     discrepancy_length: float = math.inf,
     key=None,
     progress: bool = False,
+    cheap_trials: bool | None = None,
 ) -> FitResult:
     """Fit the free parameters of `problem` (see `make_problem`, `observations_from_table`).
 
@@ -145,6 +147,11 @@ def fit(
       corr = exp(−(log t − log t')²/2ℓ²); ∞ (default): a constant offset of each curve; 0:
       independent points (a nugget).
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
+    - `cheap_trials`: judge each Levenberg–Marquardt trial step by the residuals alone (one
+      solve) and compute the Jacobian (the solve plus P tangents) only at accepted steps.
+      Default (None): on for the finite-data theory, whose Jacobian costs several solves and
+      whose noisy optimum rejects many trial steps; off for the population theory, where the
+      second compiled program costs more than it saves. The steps taken are the same.
     - `progress`: print progress to stderr (the plan, the first and last Adam step and every
       ~5 s: step i/n, best objective over the starts, elapsed time; the first step includes
       compiling the theory, which can take minutes). Default quiet; the CLI turns it on.
@@ -167,7 +174,10 @@ def fit(
            f"{problem.obs.n_conditions} theory solves per evaluation; the first step compiles (can take minutes)", force=True)
     ths = _adam(problem, starts, n_adam, adam_lr, report)[0] if n_adam else starts
     if problem.loss == "wls":
-        th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report)
+        if cheap_trials is None:
+            cheap_trials = isinstance(problem.model, FiniteDataTheory) and problem.fixed_curves is None
+        th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report,
+                                                                cheap_trials=cheap_trials)  # fmt: skip
     else:
         th, vals, grads, steps = _newton(problem, ths, n_newton, gtol, report=report)
         J = resid = None

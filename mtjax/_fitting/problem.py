@@ -286,6 +286,13 @@ def _residuals_and_jacobian(problem: FitProblem, thetas: Float[Array, "S P"]):
 
 
 @eqx.filter_jit
+def _residuals(problem: FitProblem, thetas: Float[Array, "S P"]):
+    """Whitened residuals (pred − value)/se (S, n) alone: one solve per θ, no tangents (the
+    trial steps of Levenberg–Marquardt with `cheap_trials`)."""
+    return jax.vmap(lambda th: (problem.predict(th) - problem.obs.value) / problem.obs.se)(thetas)
+
+
+@eqx.filter_jit
 def _exact_hessian(problem: FitProblem, theta: Float[Array, " P"]):
     """Hessian of the objective: forward over forward (`jax.hessian` is forward over reverse,
     which cannot enter diffrax's reverse-mode custom VJP)."""
