@@ -96,14 +96,21 @@ def test_cheap_trials_reach_the_same_optimum_with_fewer_jacobians(problem, monke
 
     monkeypatch.setattr(opt, "_residuals_and_jacobian", counted("jac", opt._residuals_and_jacobian))
     monkeypatch.setattr(opt, "_residuals", counted("res", opt._residuals))
-    res0 = fit(prob, starts=starts, n_adam=0, n_newton=25, gtol=1e-8, cheap_trials=False)
+    res0 = fit(prob, starts=starts, n_adam=0, n_newton=25, gtol=1e-8, dtol=0.0, cheap_trials=False)
     full = dict(calls)
     assert full["res"] == 0 and full["jac"] >= 5
     calls.update(jac=0, res=0)
-    res1 = fit(prob, starts=starts, n_adam=0, n_newton=25, gtol=1e-8, cheap_trials=True)
+    res1 = fit(prob, starts=starts, n_adam=0, n_newton=25, gtol=1e-8, dtol=0.0, cheap_trials=True)
     np.testing.assert_allclose(np.asarray(res1.start_theta), np.asarray(res0.start_theta), atol=3e-5)
     assert float(res1.loss) < 1e-4
     assert calls["res"] >= 5 and calls["jac"] < calls["res"] + 1 and calls["jac"] < full["jac"], (calls, full)
+    # The decrement rule (default dtol = 1e-4: 0.01 s.e. of step left) stops earlier at the same optimum.
+    res2 = fit(prob, starts=starts, n_adam=0, n_newton=25, gtol=1e-8)
+    assert int(res2.n_steps) < int(res0.n_steps) and bool(res2.converged)
+    for k, v in TRUE.items():
+        assert abs(float(res2.params[k][0]) - v) < 1e-3 * max(1.0, v), (k, res2.params)
+    with pytest.raises(ValueError, match="dtol=-1.0 must be finite and >= 0"):
+        fit(prob, dtol=-1.0)
 
 
 def test_replicate_sandwich_is_the_spread_of_refits(problem):

@@ -98,6 +98,7 @@ def fit(
     adam_lr: float = 0.05,
     n_newton: int = 30,
     gtol: float = 1e-6,
+    dtol: float = 1e-4,
     hessian: str | None = None,
     obs_covariance=None,
     obs_replicates=None,
@@ -119,6 +120,10 @@ def fit(
     - `n_newton`, `gtol`: second-order polish until |∇θ objective| < `gtol`:
       Levenberg–Marquardt with the forward-mode Jacobian of the residuals (`loss="wls"`), or
       damped Newton with the exact Hessian (`loss="gaussian"`).
+    - `dtol`: Levenberg–Marquardt also stops once the Gauss–Newton decrement gᵀ(JᵀJ)⁻¹g is
+      below `dtol`: the step still to take is then √dtol (default 0.01) Laplace standard
+      errors long, and further steps only chase the objective's rounding and Monte Carlo
+      floor. 0: only `gtol` and the damping limit stop it.
     - `hessian`: for the Laplace covariance: `"gauss-newton"` (JᵀWJ, the Fisher information of
       the weighted least-squares model; default for `"wls"`) or `"exact"` (forward-over-forward
       Hessian of the objective; default for `"gaussian"`).
@@ -163,7 +168,7 @@ def fit(
     models with `loss="gaussian"`, replicates of the wrong shape).
     """
     hessian = _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance,
-                              obs_replicates, discrepancy)
+                              obs_replicates, discrepancy, dtol)
     starts = _starts(problem, starts, n_starts, start_spread, key)
     S = starts.shape[0]
     if problem.solve_free:  # only time scales are free: the theory is solved once, not per step
@@ -177,7 +182,7 @@ def fit(
         if cheap_trials is None:
             cheap_trials = isinstance(problem.model, FiniteDataTheory) and problem.fixed_curves is None
         th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report,
-                                                                cheap_trials=cheap_trials)  # fmt: skip
+                                                                cheap_trials=cheap_trials, dtol=dtol)  # fmt: skip
     else:
         th, vals, grads, steps = _newton(problem, ths, n_newton, gtol, report=report)
         J = resid = None
@@ -225,13 +230,15 @@ def fit(
 
 
 def _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance, obs_replicates,
-                    discrepancy) -> str:
+                    discrepancy, dtol=0.0) -> str:
     """Refuse invalid arguments of `fit` before any solve. **Returns:** the `hessian` to use."""
     if starts is None and not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
         raise ValueError(f"n_starts={n_starts!r} must be an integer >= 1 (CLI: --starts)")
     for name, v in (("n_adam", n_adam), ("n_newton", n_newton)):
         if not (isinstance(v, (int, np.integer)) and v >= 0):
             raise ValueError(f"{name}={v!r} must be an integer >= 0 (CLI: --{'adam' if name == 'n_adam' else 'newton'}-steps)")
+    if not (dtol >= 0 and math.isfinite(dtol)):
+        raise ValueError(f"dtol={dtol!r} must be finite and >= 0 (0: stop on gtol and the damping limit only)")
     if not (start_spread >= 0 and math.isfinite(start_spread)):
         raise ValueError(f"start_spread={start_spread!r} must be finite and >= 0")
     hessian = hessian or ("gauss-newton" if problem.loss == "wls" else "exact")

@@ -35,7 +35,8 @@ def _adam(problem, thetas, n_steps, lr, report=_quiet):
     return best, best_v
 
 
-def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, report, max_lam=None, trial_objective=None):
+def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, report, max_lam=None, trial_objective=None,
+            done=None):
     """The damping loop shared by Levenberg–Marquardt and Newton, for every start at once.
 
     Each iteration, a start is active while its objective is finite, its gradient is above
@@ -49,6 +50,7 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
     - `trial_objective(th) -> (S,)`: optional objective alone; then a trial step is judged by it
       and `evaluate` runs only where some start accepts (its `aux`, e.g. a Jacobian, can cost
       several objectives, and near a noisy optimum most trial steps are rejected).
+    - `done(aux, g) -> (S,) bool`: optional further stopping rule (e.g. a small Newton decrement).
 
     **Returns:** `(th, f, aux, steps)`: final iterates, objectives, their `aux` and the number
     of iterations each start was active."""
@@ -64,6 +66,8 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
         active = np.isfinite(f) & (np.linalg.norm(np.nan_to_num(g), axis=1) > gtol)
         if max_lam is not None:
             active = active & (lam < max_lam)
+        if done is not None:
+            active = active & ~done(aux, g)
         if not active.any():
             break
         report(f"{name} step {it + 1}/{n_steps}: best objective {_best(f)}, {int(active.sum())} of {S} starts still moving")
@@ -90,7 +94,7 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
     return th, f, aux, steps
 
 
-def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet, cheap_trials=False):
+def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet, cheap_trials=False, dtol=0.0):
     """Levenberg–Marquardt on ½|r(θ)|² for every start (small P x P systems in NumPy).
 
     Gauss–Newton steps (JᵀJ + λ diag(JᵀJ)) δ = −Jᵀr with λ adapted per start; converges
@@ -99,7 +103,9 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
     `free`: optional (P,) bool mask; coordinates outside it stay at their start value (profiles).
     The returned gradient is zero in the fixed coordinates. `report`: a `_Progress`.
     `cheap_trials`: judge each trial step by the residuals alone (one solve, no tangents) and
-    compute the Jacobian only at accepted steps (a second compiled program, `_residuals`)."""
+    compute the Jacobian only at accepted steps (a second compiled program, `_residuals`).
+    `dtol`: a start stops once its Gauss–Newton decrement gᵀ(JᵀJ)⁻¹g (free coordinates) is
+    below it: the step still to take is then √dtol Laplace standard errors long."""
     P = np.shape(thetas)[1]
     free = np.ones(P, bool) if free is None else np.asarray(free, bool)
     fi = np.flatnonzero(free)
@@ -131,9 +137,20 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
         f = 0.5 * np.sum(np.asarray(_residuals(problem, jnp.asarray(th)), float) ** 2, 1)
         return np.where(np.isfinite(f), f, np.inf)
 
+    def done(aux, g):
+        J = np.nan_to_num(aux[1][:, :, fi])
+        out = np.zeros(len(g), bool)
+        for s in range(len(g)):
+            try:
+                out[s] = float(g[s, fi] @ np.linalg.solve(J[s].T @ J[s], g[s, fi])) < dtol
+            except np.linalg.LinAlgError:
+                pass
+        return out
+
     th, f, (r, J), steps = _damped("Levenberg-Marquardt", thetas, evaluate, gradient, propose, np.full(len(thetas), 1e-2),
                                    n_steps, gtol, report, max_lam=1e8,
-                                   trial_objective=trial_objective if cheap_trials else None)  # fmt: skip
+                                   trial_objective=trial_objective if cheap_trials else None,
+                                   done=done if dtol > 0 else None)  # fmt: skip
     return th, f, gradient((r, J)), J, steps, r
 
 
