@@ -42,7 +42,8 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
     Each iteration, a start is active while its objective is finite, its gradient is above
     `gtol` (and its damping below `max_lam`, if given); the active starts take a trial step
     `propose(th, aux, g, lam, active) -> (trial, lam)`, which is kept where it lowers the
-    objective (damping λ / 3, floored at 1e-9) and undone elsewhere (λ x 4).
+    objective (damping λ / 3, floored at 1e-9) and whose `aux` is finite, and undone elsewhere
+    (λ x 4).
 
     - `evaluate(th) -> (f, aux)`: (S,) objective and a tuple of per-start arrays (S, ...) that
       `gradient(aux) -> (S, P)` and `propose` read; a rejected step keeps the old ones.
@@ -74,24 +75,36 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
         trial, lam = propose(th, aux, g, lam, active)
         if trial_objective is None:
             f2, aux2 = evaluate(trial)
-            better = active & np.isfinite(f2) & (f2 < f)
+            # a trial whose Jacobian (gradient) is not finite is rejected: no step could leave it
+            better = active & np.isfinite(f2) & (f2 < f) & _finite_aux(aux2)
         else:
             # Compared within one program: the two compiled programs' objectives differ by
             # rounding (measured ~3e-4 relative for a 16-map DMFT solve), which near a noisy
             # optimum is the size of the decreases being judged.
             f2c = np.asarray(trial_objective(trial), float)
             better = active & np.isfinite(f2c) & (f2c < fc)
-            fc = np.where(better, f2c, fc)
             if better.any():  # the accepted trials' aux (the others' rows are discarded below)
                 f2, aux2 = evaluate(np.where(better[:, None], trial, th))
+                better = better & _finite_aux(aux2)
             else:
                 f2, aux2 = f, aux
+            fc = np.where(better, f2c, fc)
         th = np.where(better[:, None], trial, th)
         aux = tuple(np.where(better.reshape((S,) + (1,) * (a.ndim - 1)), a2, a) for a, a2 in zip(aux, aux2))
         f = np.where(better, f2, f)
         lam = np.where(better, np.maximum(lam / 3, 1e-9), np.where(active, lam * 4, lam))
         steps += active
     return th, f, aux, steps
+
+
+#: Largest Levenberg–Marquardt step in any unconstrained coordinate (log s: a factor e; r: from
+#: 0 to tanh 1 = 0.76).
+MAX_STEP = 1.0
+
+
+def _finite_aux(aux) -> np.ndarray:
+    """(S,) whether every array of a start's `aux` (its Jacobian or gradient) is finite."""
+    return np.all([np.isfinite(a.reshape(len(a), -1)).all(1) for a in aux], axis=0)
 
 
 def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet, cheap_trials=False, dtol=0.0):
@@ -128,9 +141,15 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
         for s in np.flatnonzero(active):
             M = (A[s] + lam[s] * np.diag(D[s]))[np.ix_(fi, fi)]
             try:
-                trial[s, fi] = th[s, fi] - np.linalg.solve(M, np.nan_to_num(g[s, fi]))
+                step = np.linalg.solve(M, np.nan_to_num(g[s, fi]))
             except np.linalg.LinAlgError:
                 lam[s] *= 10
+                continue
+            # At most MAX_STEP per unconstrained coordinate: a weakly determined direction (r
+            # where task 2 barely shapes task 1's curve) otherwise takes a Gauss–Newton step to
+            # tanh's saturation in one go, where r's derivative vanishes and the fit is stuck.
+            big = np.max(np.abs(step))
+            trial[s, fi] = th[s, fi] - (step if big <= MAX_STEP else step * (MAX_STEP / big))
         return trial, lam
 
     def trial_objective(th):
