@@ -68,6 +68,20 @@ def theory_gain(exp, what: str, default: float, best: float, model, seed: int, t
     return float(eqx.filter_jit(es)(jnp.asarray(default)) - eqx.filter_jit(es)(jnp.asarray(best)))
 
 
+def _curves(emit, exp_default, exp_best, sim_default, sim_best, model, values) -> None:
+    """Task 1's test loss along the run: theory vs simulation mean ± s.e., both designs."""
+    ts = jnp.asarray(exp_default.train.learning_rate) * jnp.asarray(exp_default.train.eval_steps, float)
+    emit(f"  task-1 test loss: theory | simulation mean ± s.e. at w2 = {values[0]:g} and w2 = {values[1]:.3g}")
+    th = [np.asarray(eqx.filter_jit(model.test_loss_at)(e, mtjax.Seeds(0), ts)[0])[:, 0] for e in (exp_default, exp_best)]
+    for j in range(0, len(ts), 2):
+        row = "  ".join(f"{t[j]:.4f} | {np.mean(s[:, j]):.4f} ± {np.std(s[:, j], ddof=1) / np.sqrt(len(s)):.4f}"
+                        for t, s in zip(th, (sim_default, sim_best)))  # fmt: skip
+        emit(f"  t = {float(ts[j]):5.1f}:  {row}")
+    for t, s, v in zip(th, (sim_default, sim_best), values):
+        emit(f"  early-stopped at w2 = {v:.3g}: theory {t.min():.4f}, simulation {np.mean(np.min(s, 1)):.4f} ± "
+             f"{np.std(np.min(s, 1), ddof=1) / np.sqrt(len(s)):.4f}")
+
+
 def simulate(exp, n_seeds: int) -> np.ndarray:
     """Task-1 test-loss curves (seeds, T) of full-batch GD over `n_seeds` realisations."""
     i = jnp.arange(n_seeds)
@@ -84,6 +98,9 @@ def main():
     ap.add_argument("--n", type=int, default=200,
                     help="input dimension N of the simulations; the data sizes scale with it (α fixed), so the "
                          "theory's prediction does not change and the simulations' finite-size effects do")
+    ap.add_argument("--curves", action="store_true",
+                    help="w2 designs: also print task 1's test-loss curve, theory and simulation mean ± s.e., at the "
+                         "default and the optimum (where the predicted improvement comes from)")
     a = ap.parse_args()
     model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40), "typical")
     emit = Report()
@@ -112,6 +129,8 @@ def main():
             sim_best = simulate(experiment(teacher, n_train, best), a.seeds)[0]
             pred = float(r.baseline_loss - r.loss)
             d = np.min(sim_default, 1) - np.min(sim_best, 1)
+            if a.curves:
+                _curves(emit, exp, experiment(teacher, n_train, best), sim_default, sim_best, model, (default, best))
         elif what == "aux":
             r = mtjax.optimal_aux_data_size(exp, bounds=(n_train[0] / 4, 8 * n_train[0]), n_grid=7, n_refine=2, model=model)
             default, best = float(n_train[1]), float(r.value)

@@ -176,13 +176,15 @@ def main():
     finite = a.model == "finite"
     spec = SPEC_FINITE if finite else SPEC
     if finite and a.n != spec["teacher"]["n_features"]:
-        spec = {**spec, "teacher": {**spec["teacher"], "n_features": a.n}}
+        # the training pool holds the largest data size, P = 8 N (the simulation refuses more)
+        spec = {**spec, "teacher": {**spec["teacher"], "n_features": a.n},
+                "train": {**spec["train"], "n_train": [8 * a.n, 8 * a.n]}}
     exp = mtjax.experiment_from_spec(spec)
     truth = settings(a.settings, a.seed, finite, a.n)
     disc = {"none": None, "estimate": "estimate"}.get(a.discrepancy, None)
     if a.discrepancy not in ("none", "estimate"):
         disc = float(a.discrepancy)
-    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.model}{a.n if finite else ''}_{a.settings}_{a.seeds}_{a.seed}.npz") if a.cache else None
+    cache = os.path.join(a.cache, f"mtjax_fit_recovery_{a.model}{a.n if finite else ''}_{a.settings}_{a.seeds}_{a.seed}_pool.npz") if a.cache else None
     if cache and os.path.exists(cache):  # the simulation is the slow part: reuse it across fit variants
         z = np.load(cache)
         times, loss = z["times"], z["loss"]
