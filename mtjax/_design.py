@@ -73,9 +73,19 @@ def design_model(model: AbstractModel | None = None, solver: PopulationSolver | 
 def early_stopped_loss(experiment: Experiment, seeds: Seeds, ts, *, solver: PopulationSolver | None = None,
                        initial: str = "quenched", task: int = 0, model: AbstractModel | None = None) -> Float[Array, ""]:
     """min over the save times `ts` (t = lr x steps) of task `task`'s theory test loss (the
-    theory: `model`, default the population theory with `solver`, `initial`)."""
-    loss, diverged = design_model(model, solver, initial, experiment).test_loss_at(experiment, seeds, ts)
-    return jnp.where(diverged, jnp.nan, jnp.min(loss[:, task]))
+    theory: `model`, default the population theory with `solver`, `initial`).
+
+    `seeds` with a leading axis (M,): the mean over the M realisations (teacher readouts,
+    initial student) of each one's early-stopped loss — what M simulations, each stopped at
+    its own best time, average to. One realisation's value can differ from that mean by more
+    than a design's effect (docs/fitting.md §6)."""
+    model = design_model(model, solver, initial, experiment)
+
+    def one(s):
+        loss, diverged = model.test_loss_at(experiment, s, ts)
+        return jnp.where(diverged, jnp.nan, jnp.min(loss[:, task]))
+
+    return one(seeds) if jnp.ndim(seeds.teacher) == 0 else jnp.mean(jax.vmap(one)(seeds))
 
 
 @eqx.filter_jit
@@ -156,7 +166,8 @@ def optimal_task_weight(
 
     **Arguments:**
 
-    - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory`.
+    - `experiment`, `seeds`, `initial`, `solver`: as for `population_theory`; `seeds` with a
+      leading axis (M,) optimises the mean over M realisations (`early_stopped_loss`).
     - `model`: the theory (any differentiable model); default (`design_model`): the finite-data
       theory for runs on finite training sets, the population theory for online runs or when a
       `solver` is given.
@@ -224,6 +235,7 @@ def optimal_aux_data_size(
       Baseline m = 1.
 
     `ts` are in the task-1 clock (t = lr x task-1 steps), which does not depend on n_2.
+    `seeds` with a leading axis (M,): the mean over M realisations (`early_stopped_loss`).
     `progress`: print the rounds (elapsed time) to stderr.
 
     **Returns:** `DesignResult` with `value` = n_2; `on_bound` flags an optimum at either end
@@ -300,6 +312,7 @@ def optimal_stopping_time(
 
     In the infinite-data theory a single task's loss falls forever (t* = t_max, `at_horizon`);
     an interior optimum appears when other tasks pull the shared trunk away from task 1's.
+    `seeds` with a leading axis (M,): the minimum of the mean curve over M realisations.
     `progress`: print the start and the end (elapsed time) to stderr.
 
     **Raises:** `ValueError` before any solve unless `t_max` > 0 is finite, `n_times` >= 3 and
@@ -317,7 +330,10 @@ def optimal_stopping_time(
     ts = jnp.linspace(t_max / n_times, t_max, n_times)
     report = _Progress("design stop", progress)
     report(f"one theory solve to t = {t_max:g} ({n_times} times); compiling can take minutes", force=True)
-    loss, _ = eqx.filter_jit(model.test_loss_at)(experiment, seeds, ts)
+    if jnp.ndim(seeds.teacher) == 0:
+        loss, _ = eqx.filter_jit(model.test_loss_at)(experiment, seeds, ts)
+    else:  # the mean curve over the realisations: all of them stopped at one time
+        loss = jnp.mean(eqx.filter_jit(eqx.filter_vmap(lambda s: model.test_loss_at(experiment, s, ts)[0]))(seeds), 0)
     L = np.asarray(loss[:, task], float)
     t = np.asarray(ts)
     i = int(np.nanargmin(L))

@@ -188,3 +188,18 @@ def test_realisation_averaged_observations_are_fitted_by_the_mean_of_the_theorie
     np.testing.assert_allclose(both, (one + two) / 2, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="seeds: every field must be a scalar"):
         make_problem(exp, obs, params, model=MODEL, seeds=mtjax.Seeds(jnp.arange(2), jnp.arange(3)))
+
+
+def test_design_over_realisations_is_the_mean_of_the_realisations():
+    # A design for a new random teacher and initial student is a design for the mean over
+    # realisations: with seeds of shape (M,) the helpers average each realisation's
+    # early-stopped loss (and the stopping time takes the mean curve).
+    exp = _design_experiment(relatedness=0.5)
+    ts = jnp.asarray([1.0, 2.0, 3.0, 4.0])
+    seeds = mtjax.Seeds(jnp.arange(2), jnp.arange(2) + 10, jnp.arange(2) + 20, jnp.arange(2))
+    each = [float(mtjax.early_stopped_loss(exp, mtjax.Seeds(i, i + 10, i + 20, i), ts, model=MODEL)) for i in range(2)]
+    assert abs(each[0] - each[1]) > 1e-3  # the realisations differ
+    np.testing.assert_allclose(float(mtjax.early_stopped_loss(exp, seeds, ts, model=MODEL)), np.mean(each), rtol=1e-5)
+    stop = mtjax.optimal_stopping_time(exp, seeds, t_max=4.0, n_times=4, model=MODEL)
+    curves = [np.asarray(MODEL.test_loss_at(exp, mtjax.Seeds(i, i + 10, i + 20, i), stop.times)[0][:, 0]) for i in range(2)]
+    np.testing.assert_allclose(np.asarray(stop.losses), np.mean(curves, 0), rtol=1e-5)
