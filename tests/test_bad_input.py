@@ -155,18 +155,12 @@ def test_scalar_grid_value_is_one_value(tmp_path):
 def test_simulation_refuses_data_sizes_above_its_pool():
     # apply_axes sets train.n_train_active without the constructor's check (the theories read
     # any P); a simulation would silently train on the pool's n_train examples only.
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-
     exp = mtjax.experiment_from_spec({
         "teacher": {"n_features": 8, "rank": 2, "n_classes": 2},
         "student": {"depth": 1, "width": 4},
         "train": {"protocol": "full_batch", "n_train": [16, 16], "n_steps": 2, "eval_every": 1, "n_test": 16},
     })  # fmt: skip
-    with pytest.raises(ValueError, match=r"exceed the training pool train.n_train=\(16, 16\).*got \[32.0, 16.0\]"):
+    with pytest.raises(ValueError, match=r"\[32.0, 16.0\] exceed the training pool train.n_train=\(16, 16\)"):
         mtjax.simulate(mtjax.apply_axes(exp, {"ntrain": 32.0, "ntrain_b": 16.0}), mtjax.Seeds(0))
-    run = eqx.filter_jit(jax.vmap(lambda p: mtjax.simulate(mtjax.apply_axes(exp, {"ntrain": p}), mtjax.Seeds(0))))
-    assert run(jnp.asarray([8.0, 16.0])).test_loss.shape[0] == 2  # within the pool: runs
-    with pytest.raises(Exception, match="exceed the training pool"):
-        jax.block_until_ready(run(jnp.asarray([8.0, 17.0])))
+    h = mtjax.simulate(mtjax.apply_axes(exp, {"ntrain": 16.0, "ntrain_b": 8.0}), mtjax.Seeds(0))  # within: runs
+    assert h.test_loss.shape[-1] == 2
