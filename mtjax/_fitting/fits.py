@@ -156,7 +156,8 @@ def fit(
       solve) and compute the Jacobian (the solve plus P tangents) only at accepted steps.
       Default (None): on for the finite-data theory, whose Jacobian costs several solves and
       whose noisy optimum rejects many trial steps; off for the population theory, where the
-      second compiled program costs more than it saves. The steps taken are the same.
+      second compiled program costs more than it saves. The steps taken are the same up to the
+      two programs' rounding.
     - `progress`: print progress to stderr (the plan, the first and last Adam step and every
       ~5 s: step i/n, best objective over the starts, elapsed time; the first step includes
       compiling the theory, which can take minutes). Default quiet; the CLI turns it on.
