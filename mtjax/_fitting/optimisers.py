@@ -123,10 +123,13 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
     free = np.ones(P, bool) if free is None else np.asarray(free, bool)
     fi = np.flatnonzero(free)
 
+    def objective(r):  # ½|r|² per start; a non-finite one is +inf (never accepted)
+        f = 0.5 * np.sum(r**2, 1)
+        return np.where(np.isfinite(f), f, np.inf)
+
     def evaluate(th):
         r, J = (np.asarray(a, float) for a in _residuals_and_jacobian(problem, jnp.asarray(th)))
-        f = 0.5 * np.sum(r**2, 1)
-        return np.where(np.isfinite(f), f, np.inf), (r, J)
+        return objective(r), (r, J)
 
     def gradient(aux):
         r, J = aux
@@ -153,8 +156,7 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
         return trial, lam
 
     def trial_objective(th):
-        f = 0.5 * np.sum(np.asarray(_residuals(problem, jnp.asarray(th)), float) ** 2, 1)
-        return np.where(np.isfinite(f), f, np.inf)
+        return objective(np.asarray(_residuals(problem, jnp.asarray(th)), float))
 
     def done(aux, g):
         J = np.nan_to_num(aux[1][:, :, fi])
