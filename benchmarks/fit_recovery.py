@@ -26,7 +26,9 @@ targets (|Δr| < 0.1, |Δlog10 s| < 0.15), and the coverage of the ±1 / ±2 s.e
 
 Identifiability of r (decided from the data, not the truth): the 95 % profile interval of r must
 be closed on both sides within the profile grid (estimate ± 4.5 s.e.) and have half-width
-<= R_MAX_HALF_WIDTH. r acts on task 1 only through the trunk shared with task 2, so it is weakly
+<= R_MAX_HALF_WIDTH; with `--no-profile`, the 95 % Wald interval of the fit's coordinate
+artanh r mapped to r (`FitResult.interval(scale="fit")`) must, since near r = ±1 the
+delta-method s.e. of r shrinks to 0 whatever the data say. r acts on task 1 only through the trunk shared with task 2, so it is weakly
 determined when task 2 is barely learned (small s_b).
 
     python benchmarks/fit_recovery.py --cache '' --out docs/results/fit_recovery.txt
@@ -110,12 +112,16 @@ def theory_experiment(exp, truth: pd.DataFrame, i: int):
     return mtjax.apply_axes(exp, {"ntrain": float(truth.ntrain.iloc[i]), "ntrain_b": float(truth.ntrain_b.iloc[i])})
 
 
-def simulate_all(exp, truth: pd.DataFrame, n_seeds: int):
-    """All settings x seeds, one vmapped program over the seeds; teacher and init seeds = setting index."""
+def simulate_all(exp, truth: pd.DataFrame, n_seeds: int, w_b: float | None = None):
+    """All settings x seeds, one vmapped program over the seeds; teacher and init seeds = setting
+    index. `w_b = 0`: task 1 trained alone (the single-task baseline, same seeds: the same teacher,
+    initial student and training sets as the multitask runs)."""
     n = len(truth)
     idx = np.repeat(np.arange(n), n_seeds)
     rep = np.tile(np.arange(n_seeds), n)
     axes = {c: jnp.asarray(truth[c].to_numpy()[idx]) for c in truth}
+    if w_b is not None:
+        axes["w_b"] = jnp.full(len(idx), float(w_b))
     seeds = mtjax.Seeds(jnp.asarray(idx), jnp.asarray(1000 + rep), jnp.asarray(idx), jnp.asarray(rep))
 
     @eqx.filter_jit
@@ -159,6 +165,10 @@ def main():
                          "finishes, settings already in it are skipped (resume), and the report covers every row in "
                          "it, so that processes fitting disjoint --only lists can share one file")
     ap.add_argument("--report-only", action="store_true", help="with --rows: print the report of the rows file and stop")
+    ap.add_argument("--baseline", action="store_true",
+                    help="also observe task 1 trained alone (same seeds): the fit sees the multitask benefit, which "
+                         "carries r, with the seed-to-seed noise it shares with the multitask curve cancelled by "
+                         "the seed-clustered error bars")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
@@ -192,6 +202,14 @@ def main():
         times, loss = simulate_all(exp, truth, a.seeds)
         if cache:
             np.savez(cache, times=times, loss=loss)
+    if a.baseline:  # task 1 alone, in its own cache file (the multitask cache stays valid)
+        bcache = cache.replace("_pool.npz", "_single_pool.npz") if cache else None
+        if bcache and os.path.exists(bcache):
+            loss_single = np.load(bcache)["loss"]
+        else:
+            loss_single = simulate_all(exp, truth, a.seeds, w_b=0.0)[1]
+            if bcache:
+                np.savez(bcache, times=times, loss=loss_single)
     t_sim = time.time() - t0
     print(f"simulated {a.settings} x {a.seeds} runs in {t_sim:.0f} s", flush=True)
     rows = []
@@ -201,10 +219,17 @@ def main():
             continue
         mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)
         tab = pd.DataFrame([
-            {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k]}
+            {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k], "single_task": 0.0}
             for j in range(1, len(times)) for k in range(2)
         ])  # fmt: skip
-        obs, _ = observations_from_table(tab, se="se", known=[])
+        per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)  # (seeds, rows), rows ordered as in `tab`
+        if a.baseline:
+            m1, se1 = loss_single[i].mean(0), loss_single[i].std(0, ddof=1) / np.sqrt(a.seeds)
+            tab = pd.concat([tab, pd.DataFrame([
+                {"time": times[j], "task": 1, "test_loss": m1[j, 0], "se": se1[j, 0], "single_task": 1.0}
+                for j in range(1, len(times))])], ignore_index=True)  # fmt: skip
+            per_seed = np.concatenate([per_seed, loss_single[i][:, 1:, 0]], axis=1)
+        obs, _ = observations_from_table(tab, se="se", known=["single_task"] if a.baseline else [])
         params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
         texp = theory_experiment(exp, truth, i)
         maps = {} if a.maps is None else {"min_iter": a.maps, "max_iter": a.maps}
@@ -222,7 +247,6 @@ def main():
         # Errors of one seed-mean curve are correlated across times (a seed that learns fast is
         # low at every time, and it keeps its test set): the sandwich error bars treat every
         # seed's curve as one cluster (rows ordered as in `tab`: time-major, then task).
-        per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)
         kw = {"diagonal": {}, "replicates": {"obs_replicates": per_seed},
               "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
         # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
@@ -238,6 +262,8 @@ def main():
             row[f"{name}_fit"] = float(res.params[name][0])
             row[f"{name}_se"] = float(res.stderr[name][0])
             row[f"{name}_se0"] = float(base.stderr[name][0])
+        lo, hi = res.interval("relatedness", 0.95, scale="fit")
+        row.update(r_lo_fit95=float(lo[0]), r_hi_fit95=float(hi[0]))
         if not a.no_profile:
             r_hat, h = row["relatedness_fit"], row["relatedness_se"]
             h = min(h, 0.2) if np.isfinite(h) and h > 0 else 0.2
@@ -293,8 +319,13 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
         d[f"lse0_{s}"] = d[f"{s}_se0"] / (d[f"{s}_fit"] * np.log(10))
     if prof:
         d["r_ident"] = ~d.r_open95 & ((d.r_hi95 - d.r_lo95) / 2 <= R_MAX_HALF_WIDTH)
-    else:  # without profiles: the Wald half-width
-        d["r_ident"] = _quantile(0.95, dof) * d.relatedness_se <= R_MAX_HALF_WIDTH
+    else:  # without profiles: the Wald interval on the fit's scale (FitResult.interval(scale="fit"))
+        if "r_lo_fit95" not in d:  # rows written before it was stored: u = artanh r, se(u) = se(r) / (1 − r²)
+            q = _quantile(0.95, dof)
+            r_ = np.clip(d.relatedness_fit.to_numpy(), -1 + 1e-12, 1 - 1e-12)
+            u, se_u = np.arctanh(r_), d.relatedness_se.to_numpy() / (1 - r_**2)
+            d["r_lo_fit95"], d["r_hi_fit95"] = np.tanh(u - q * se_u), np.tanh(u + q * se_u)
+        d["r_ident"] = (d.r_hi_fit95 - d.r_lo_fit95) / 2 <= R_MAX_HALF_WIDTH
     hdr = (f"{'#':>2} {'r true':>6} {'r fit ± se':>14} {'r 95% profile':>15} {'lg s_a':>6} {'fit ± se':>15} "
            f"{'lg s_b':>6} {'fit ± se':>15} {'chi2/dof':>8} conv {'tau_a':>5} {'tau_b':>5} (mnats)")
     lines.append(hdr)
@@ -307,7 +338,7 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
             f"{np.log10(r.s_b_true):6.3f} {np.log10(r.s_b_fit):7.3f} ± {r.lse_s_b:5.3f} {r.chi2_dof:8.2f} {int(r.converged):4d} {1e3 * r.tau_a:5.2f} {1e3 * r.tau_b:5.2f}"
         )
     kind = {"replicates": "seed-clustered sandwich", "sandwich": "sandwich (seed covariance)", "diagonal": "Laplace, independent points"}[a.errors]
-    lines.append(f"(* r unidentifiable: 95 % {'profile interval open (o) or' if prof else 'Wald'} half-width > {R_MAX_HALF_WIDTH}; "
+    lines.append(f"(* r unidentifiable: 95 % {'profile interval open (o) or' if prof else 'Wald interval of artanh r, mapped to r,'} half-width > {R_MAX_HALF_WIDTH}; "
                  f"s.e.: {kind}, {dof:g} dof)")
     lines.append("")
     ident = d[d.r_ident]

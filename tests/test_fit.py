@@ -74,6 +74,20 @@ def test_noiseless_synthetic_fit_recovers_parameters(problem):
     assert res.start_losses.shape == (2,)
     tab = res.table()
     assert list(tab["param"]) == ["relatedness", "s_a", "s_b"]
+    # Wald intervals on the fit's own scale: u ± q·se(u) mapped through the transform.
+    q = _quantile(0.9, math.inf)
+    se_u = np.sqrt(np.diag(np.asarray(res.covariance)))
+    lo, hi = res.interval("s_a", 0.9, scale="fit")
+    np.testing.assert_allclose([lo[0], hi[0]], np.exp(float(res.theta[1]) + np.array([-q, q]) * se_u[1]), rtol=1e-6)
+    # near tanh's saturation the delta-method s.e. of r vanishes, the fit-scale interval does not
+    sat = eqx.tree_at(lambda x: (x.theta, x.covariance), res, (res.theta.at[0].set(3.0), jnp.eye(3)))
+    lo, hi = sat.interval("relatedness", 0.9, scale="fit")
+    np.testing.assert_allclose([lo[0], hi[0]], np.tanh(3.0 + np.array([-q, q])), rtol=1e-6)
+    assert -1 < lo[0] < hi[0] < 1 and (hi[0] - lo[0]) / 2 > 3 * q * (1 - np.tanh(3.0) ** 2)
+    with pytest.raises(ValueError, match="scale"):
+        res.interval("s_a", scale="log")
+    with pytest.raises(ValueError, match="not a fitted parameter"):
+        res.interval("sigma_a", scale="fit")
 
 
 def test_cheap_trials_reach_the_same_optimum_with_fewer_jacobians(problem, monkeypatch):

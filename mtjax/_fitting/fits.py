@@ -17,7 +17,7 @@ from .._model import FiniteDataTheory
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
-from .params import DATA_SIZES, POST_SOLVE
+from .params import DATA_SIZES, POST_SOLVE, _forward
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
 from .params import Param
 from .problem import FitProblem, _exact_hessian, fit_model, make_problem
@@ -68,16 +68,35 @@ class FitResult(eqx.Module):
     jacobian: Float[Array, "n P"]
     residuals: Float[Array, " n"]
     dof: float = eqx.field(static=True, default=math.inf)
+    # (name, transform, first index in θ, levels) of every parameter: `interval(scale="fit")`.
+    layout: tuple = eqx.field(static=True, default=())
 
-    def interval(self, name: str, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Two-sided Wald interval value ± q·stderr of `name` (each level), with q the Student-t
-        quantile at `dof` degrees of freedom (normal for dof = ∞): an s.e. estimated from m
-        replicates is itself uncertain, and ±1.96 s.e. would cover less than 95 %.
+    def interval(self, name: str, level: float = 0.95, *, scale: str = "value") -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided Wald interval of `name` (each level), with q the Student-t quantile at `dof`
+        degrees of freedom (normal for dof = ∞): an s.e. estimated from m replicates is itself
+        uncertain, and ±1.96 s.e. would cover less than 95 %.
+
+        - `scale="value"`: value ± q·stderr, in the parameter's own units.
+        - `scale="fit"`: u ± q·se(u) in the unconstrained coordinate u of the fit (the one the
+          Laplace covariance is computed in), mapped through the parameter's transform. It stays
+          inside the parameter's range, and it widens where the transform saturates: at r = tanh u
+          -> ±1 the delta-method stderr of r goes to 0 and value ± q·stderr shrinks to a point
+          however poorly the data determine r, while u's interval stays wide.
 
         **Returns:** `(lower, upper)`, each (levels,)."""
         q = _quantile(level, self.dof)
-        v, se = np.asarray(self.params[name]), np.asarray(self.stderr[name])
-        return v - q * se, v + q * se
+        if scale == "value":
+            v, se = np.asarray(self.params[name]), np.asarray(self.stderr[name])
+            return v - q * se, v + q * se
+        if scale != "fit":
+            raise ValueError(f"scale={scale!r} is not one of ['value', 'fit']")
+        where = {n: (t, i, k) for n, t, i, k in self.layout}
+        if name not in where:
+            raise ValueError(f"name={name!r} is not a fitted parameter; fitted: {sorted(where)}")
+        t, i, k = where[name]
+        u = np.asarray(self.theta)[i : i + k]
+        se_u = np.sqrt(np.clip(np.diag(np.asarray(self.covariance))[i : i + k], 0, None))
+        return np.asarray(_forward(t, u - q * se_u)), np.asarray(_forward(t, u + q * se_u))
 
     def table(self) -> pd.DataFrame:
         """One row per fitted value: name, level, value, stderr."""
@@ -223,11 +242,21 @@ def fit(
         discrepancy=jnp.zeros(n_tasks),
         jacobian=jnp.asarray(J[b] if J is not None else np.full((n_obs, theta.shape[0]), np.nan)),
         residuals=jnp.asarray(resid[b] if resid is not None else np.full(n_obs, np.nan)),
+        layout=_layout(problem),
     )
     if obs_covariance is None and obs_replicates is None and discrepancy is None:
         return result
     return error_model(problem, result, obs_covariance=obs_covariance, obs_replicates=obs_replicates,
                        discrepancy=discrepancy, discrepancy_length=discrepancy_length)
+
+
+def _layout(problem: FitProblem) -> tuple:
+    """(name, transform, first index in θ, levels) of every free parameter."""
+    out, i = [], 0
+    for p, n in zip(problem.params, problem.n_levels):
+        out.append((p.name, p.transform, i, n))
+        i += n
+    return tuple(out)
 
 
 def _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance, obs_replicates,
