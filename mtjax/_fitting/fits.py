@@ -13,7 +13,6 @@ import pandas as pd
 
 from .._custom_types import Array, Bool, Float, Int
 from .._experiment import Experiment, Seeds
-from .._model import FiniteDataTheory
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
@@ -173,9 +172,10 @@ def fit(
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
     - `cheap_trials`: judge each Levenberg–Marquardt trial step by the residuals alone (one
       solve) and compute the Jacobian (the solve plus P tangents) only at accepted steps.
-      Default (None): on for the finite-data theory, whose Jacobian costs several solves and
-      whose noisy optimum rejects many trial steps; off for the population theory, where the
-      second compiled program costs more than it saves. The steps taken are the same up to the
+      Default (None): the model's `cheap_trials` (on for the finite-data theory, whose Jacobian
+      costs several solves and whose noisy optimum rejects many trial steps; off for the
+      population theory, where the second compiled program costs more than it saves), and off
+      when the curves are solved once (`with_fixed_curves`). The steps taken are the same up to the
       two programs' rounding.
     - `progress`: print progress to stderr (the plan, the first and last Adam step and every
       ~5 s: step i/n, best objective over the starts, elapsed time; the first step includes
@@ -200,7 +200,7 @@ def fit(
     ths = _adam(problem, starts, n_adam, adam_lr, report)[0] if n_adam else starts
     if problem.loss == "wls":
         if cheap_trials is None:
-            cheap_trials = isinstance(problem.model, FiniteDataTheory) and problem.fixed_curves is None
+            cheap_trials = problem.model.cheap_trials and problem.fixed_curves is None
         th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report,
                                                                 cheap_trials=cheap_trials, dtol=dtol)  # fmt: skip
     else:

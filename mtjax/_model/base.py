@@ -44,6 +44,9 @@ class AbstractModel(eqx.Module):
     # Theory solves evaluated at once when a fit evaluates many conditions (None: all in one
     # vmapped program): bounds the memory of fits to large tables.
     fit_batch: ClassVar[int | None] = None
+    # `fit(cheap_trials=None)`'s default: judge Levenberg–Marquardt trial steps by the residuals
+    # alone (a second compiled program) where a Jacobian costs several solves.
+    cheap_trials: ClassVar[bool] = False
 
     @abc.abstractmethod
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:

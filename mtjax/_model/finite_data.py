@@ -32,6 +32,8 @@ class FiniteDataTheory(AbstractTheory):
     data_sizes: ClassVar[bool] = True
     # A paper-preset solve holds ~0.1–0.2 GB while it runs (draws, fields, response chunks).
     fit_batch: ClassVar[int | None] = 8
+    # A Jacobian is the solve plus P tangents, and a noisy optimum rejects many trial steps.
+    cheap_trials: ClassVar[bool] = True
 
     def __init__(self, solver: FiniteDataSolver | None = None, initial: str = "quenched", width: str = "fixed"):
         self.solver = FiniteDataSolver() if solver is None else solver
