@@ -5,8 +5,14 @@
 
 The finite-data fit takes every cell with ntrain <= --max-ntrain (default 800: 744 cells), the
 data sizes, s_a, s_b, r and single-task mode known per cell, and fits one time scale τ_n per
-ntrain (SGD time -> the theory's GD time); see `fit_finite`.  The rest of this docstring is the
-population fit's.
+ntrain (SGD time -> the theory's GD time); see `fit_finite`. `--offsets` also fits a loss
+offset per (ntrain, s_a), which absorbs the theory's single-task level error and cancels in the
+benefits; `--read-back` fits r and s_b to the benefits of one ntrain (`read_back`).
+
+    python benchmarks/fit_paper.py --model finite --discrepancy --offsets --out docs/results/fit_paper_finite_offsets.txt
+    python benchmarks/fit_paper.py --model finite --read-back --s-b 10 --r 0 0.5 1 --newton 12 --out docs/results/fit_paper_readback.txt
+
+The rest of this docstring is the population fit's.
 
 Data: the authors' rank-10.csv, shipped with mtjax (mtjax.default_data_dir()) (Lee & Ndirango 2019): early-stopped task-1 validation
 cross-entropy of 2000-epoch runs, 5 training seeds per cell. The population theory has no
