@@ -142,12 +142,11 @@ def main():
          "theory's mean over the simulations' realisations, compared with them pairwise (|z|)")
     ok_all = []
     dseeds = mtjax.Seeds(0) if M == 1 else mtjax.Seeds(*(jnp.arange(M) + 100 + o for o in (0, 1000, 2000, 3000)))
-    global BASE
-    BASE = {**BASE, "teacher": {**BASE["teacher"], "n_features": a.n}}
     scale = a.n / 200
     for i, (name, what, teacher, n_train) in enumerate(SETTINGS):
         if a.only is not None and i not in a.only:
             continue
+        teacher = {**teacher, "n_features": a.n}  # `experiment` lays it over BASE's teacher
         n_train = [int(round(scale * p)) for p in n_train]
         t0 = time.time()
         exp = experiment(teacher, n_train)
