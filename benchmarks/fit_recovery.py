@@ -305,6 +305,8 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
              f"{getattr(a, 'response', 32)}{'' if getattr(a, 'maps', None) is None else f', {a.maps} maps'}), quenched)"
              if getattr(a, "model", "population") == "finite" else
              "online protocol (N=32, R=C=3, depth 1, width 8,\nsigma=1, lr 0.005, t in 1..10)")  # fmt: skip
+    if getattr(a, "baseline", False):
+        setup += ";\nobserved: both tasks' multitask curves and task 1 trained alone (same seeds)"
     lines = [f"fit_recovery: {a.settings} settings x {a.seeds} seeds, {setup}, {a.starts} starts, error bars: {a.errors}, "
              f"discrepancy: {a.discrepancy}; "
              f"simulation {t_sim:.0f} s, total {t_all:.0f} s wall, {t_cpu:.0f} s CPU ({os.environ.get('XLA_FLAGS', '')}; "
