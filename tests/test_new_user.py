@@ -113,7 +113,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     cfg.write_text(CONFIG.replace("n_steps = 20", "n_steps = 40000").replace("eval_every = 10", "eval_every = 40000"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mtjax.cli", "simulate", "--config", str(cfg), "--out", str(tmp_path),
-                             "--max-chunk", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+                             "--max-chunk", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            # A shell's background job inherits SIGINT ignored, and Python then keeps
+                            # it ignored: give the CLI the disposition a terminal's Ctrl-C meets.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "tiny" / "manifest.json").exists():
         time.sleep(0.05)
