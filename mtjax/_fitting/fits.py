@@ -16,9 +16,8 @@ from .._experiment import Experiment, Seeds
 from .._population import PopulationSolver
 from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
-from .params import DATA_SIZES, POST_SOLVE, _forward
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
-from .params import Param
+from .params import DATA_SIZES, POST_SOLVE, Param, _forward
 from .problem import FitProblem, _exact_hessian, fit_model, make_problem
 from .progress import _Progress
 
@@ -44,6 +43,7 @@ class FitResult(eqx.Module):
       (`fit(obs_replicates=...)`); intervals then use Student-t quantiles (`interval`).
     - `discrepancy`: (K,) s.d. τ_k (metric units, nats) of the model-discrepancy term of task k
       in the error bars (`fit(discrepancy=...)`): given, estimated, or 0 without one.
+    - `layout`: (name, transform, first index in θ, levels) of every parameter (static).
     - `jacobian`: (n, P) Jacobian of the whitened residuals (pred − value)/se at the optimum;
       `residuals`: (n,) those residuals (for `error_model`, which recomputes the error bars
       under another error model without refitting).
