@@ -112,11 +112,13 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     # ran all four runs in 3 s, before the interrupt 1 s after the manifest.
     cfg.write_text(CONFIG.replace("n_steps = 20", "n_steps = 40000").replace("eval_every = 10", "eval_every = 40000"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mtjax.cli", "simulate", "--config", str(cfg), "--out", str(tmp_path),
-                             "--max-chunk", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                            # A shell's background job inherits SIGINT ignored, and Python then keeps
-                            # it ignored: give the CLI the disposition a terminal's Ctrl-C meets.
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A shell's background job inherits SIGINT ignored, and Python then keeps it ignored: the CLI
+    # is started with Python's own Ctrl-C handler installed, as a terminal's Ctrl-C meets it
+    # (not by preexec_fn, which forks a process that has JAX's threads).
+    boot = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.argv[0] = 'mtjax'; runpy.run_module('mtjax.cli', run_name='__main__', alter_sys=True)")
+    proc = subprocess.Popen([sys.executable, "-c", boot, "simulate", "--config", str(cfg), "--out", str(tmp_path),
+                             "--max-chunk", "1"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not (tmp_path / "tiny" / "manifest.json").exists():
         time.sleep(0.05)
