@@ -84,14 +84,15 @@ def _settings(args) -> str:
     """The settings a stored row was computed with: a resumed run only reuses rows made with the same."""
     return (f"N={args.n} R={args.rank} H={args.width} L={args.depth} lr={args.lr} steps={args.steps} seeds={args.seeds} "
             f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping} "
-            f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}"))
+            f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}")
+            + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else ""))
 
 
 def _setup(args):
     """The theory solver, the number of simulation seeds and their `Seeds` (one teacher and
     initial student, datasets 1..ns)."""
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping)
+                                    damping=args.damping, relu_sharpness=args.relu_sharpness)
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -174,7 +175,8 @@ def main_trunk(args):
     header = [
         f"# L = {args.depth} ({args.activation} trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
-        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}",
+        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}"
+        + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else ""),
         _theory_note(args),
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
@@ -319,7 +321,9 @@ def main():
     ap.add_argument("--replicas", type=int, default=4, help="theory solves with independent draw seeds (mean ± s.e.)")
     ap.add_argument("--damping", type=float, default=1.0)
     ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--activation", default="linear", help="trunk activation (depth >= 1): linear, tanh, erf, gelu")
+    ap.add_argument("--activation", default="linear", help="trunk activation (depth >= 1): linear, tanh, erf, gelu, relu")
+    ap.add_argument("--relu-sharpness", type=float, default=12.0,
+                    help="beta of the relu trunk's softplus(beta x)/beta surrogate in the theory (FiniteDataSolver.relu_sharpness)")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

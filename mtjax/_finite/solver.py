@@ -70,6 +70,15 @@ class FiniteDataSolver(eqx.Module):
       for C <= 3 (no extra cost), sampled above.  At C = 3, σ = 1, in the memorisation phase
       summed labels cut the spread over draw seeds of the late test loss from 0.12 to 0.04 nats
       (docs/dmft.md §3).
+    - `relu_sharpness`: β of the relu trunk's surrogate φ_β(x) = softplus(β x)/β in the example
+      process (static; a Python float in [1, 1000]; unused by other activations).  relu's
+      φ'' = δ(x) cannot be sampled, so the theory of a relu trunk is that of the φ_β network,
+      evaluated with relu (`nonlinear.dmft_activation`).  Larger β is closer to relu but makes
+      φ_β'' a narrower spike whose response the draws resolve worse: late in the curve the
+      Picard map then stalls or diverges.  Measured at N = 400, H = 8, α = 1–2 (docs/dmft.md
+      §4.2): β = 12 with n_draws 4096 and n_response 512 converges (n_response 256 did not at
+      α = 1), β = 16 needed n_response 1024, β = 20 diverged with 256.  Give relu trunks
+      n_draws >= 4096 and n_response >= 512.
     - `seed`: seed of all fixed draws (a non-negative integer < 2³¹, stored as an array and
       traced: `jax.vmap` over seeds gives independent replicas in one compilation).  The draws
       make the theory a Monte Carlo estimate whose seed-to-seed spread is *not* small at large
@@ -95,12 +104,13 @@ class FiniteDataSolver(eqx.Module):
     n_quad_eval: int = eqx.field(static=True)
     sampling: str = eqx.field(static=True)
     labels: str = eqx.field(static=True)
+    relu_sharpness: float = eqx.field(static=True)
     seed: Int[Array, ""]
     damping: Float[Array, ""]
     tol: Float[Array, ""]
 
     def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
-                 step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc", min_iter: int = 1, labels: str = "auto"):  # fmt: skip
+                 step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc", min_iter: int = 1, labels: str = "auto", relu_sharpness: float = 12.0):  # fmt: skip
         self.n_grid = check_int("n_grid", n_grid, 1)
         self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
         # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
@@ -119,6 +129,11 @@ class FiniteDataSolver(eqx.Module):
         self.n_quad_eval = check_int("n_quad_eval", n_quad_eval, 2)
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.labels = check_choice("labels", labels, LABELS)
+        # Static (it selects the traced function, not a value), so a Python float.
+        if isinstance(relu_sharpness, bool) or not isinstance(relu_sharpness, (int, float, np.integer, np.floating)):
+            raise ValueError(f"relu_sharpness must be a Python float in [1.0, 1000.0], got {relu_sharpness!r}")
+        check_range("relu_sharpness", relu_sharpness, 1.0, 1000.0)
+        self.relu_sharpness = float(relu_sharpness)
         self.seed = _check_seed(seed)
         check_range("damping", damping, 0.0, 1.0, lo_open=True)
         check_range("tol", tol, 0.0, lo_open=True)

@@ -103,7 +103,8 @@ def _solve_grid(problem, t_max, solver: FiniteDataSolver, active: tuple[int, ...
     T = solver.n_grid
     key = jax.random.key(solver.seed)
     if isinstance(problem, _NonlinearProblem):
-        pn = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt))
+        pn = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt),
+                                 sharpness=solver.relu_sharpness)  # fmt: skip
         train, test, acc, res, its = solve_nonlinear_trunk(pn, solver, T, key=key)
         return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
     if isinstance(problem, _WideProblem):
@@ -175,19 +176,17 @@ def _report_at(report, sol: _GridSolution, ts, tr, solver: FiniteDataSolver, tim
                        replace_fn=lambda a: jax.device_put(np.asarray(a)[cut]))  # fmt: skip
 
 
-# Trunk activations the finite-data theory solves (docs/dmft.md §4.2).  relu is refused: its
-# kink puts a density term E[δ(pre) …] into the response, and its kernel estimate made the
-# fixed point unstable at finite α (measured: test loss 2.06 against 1.46 simulated late in
-# the curve, not converged at 30 maps), where GELU, tanh and erf match simulations.
-FINITE_DATA_ACTIVATIONS = ("linear", "tanh", "erf", "gelu")
+# Trunk activations the finite-data theory solves (docs/dmft.md §4.2).  relu's kink puts a
+# density term E[δ(pre) …] into the response that per-draw Hessians miss; it is solved as the
+# softplus(β x)/β network (`FiniteDataSolver.relu_sharpness`, `nonlinear.dmft_activation`).
+FINITE_DATA_ACTIVATIONS = ("linear", "tanh", "erf", "gelu", "relu")
 
 
 def check_finite_activation(student) -> None:
     if student.depth >= 1 and student.activation not in FINITE_DATA_ACTIVATIONS:
         raise ValueError(
             f"finite_data_theory: student.activation={student.activation!r} is not supported with a trunk; "
-            f"allowed: {list(FINITE_DATA_ACTIVATIONS)} (relu: use 'gelu', its smooth counterpart, or the population "
-            f"theory; docs/dmft.md §4.2)"
+            f"allowed: {list(FINITE_DATA_ACTIVATIONS)} (other activations: the population theory; docs/dmft.md §4.2)"
         )
 
 
@@ -239,9 +238,10 @@ def finite_data_theory(
     share no parameter, so every task is solved independently and the multitask benefit is 0)
     and L >= 1 (a shared trunk with per-task heads: multitask, docs/dmft.md §4; the first
     layer's complement to the teacher span is the DMFT variable, everything else
-    self-averages).  The trunk may be linear or smooth nonlinear (`tanh`, `erf`, `gelu`: the
+    self-averages).  The trunk may be linear or nonlinear (`tanh`, `erf`, `gelu`, `relu`: the
     first layer's H-dimensional preactivation is the example process, docs/dmft.md §4.2; give
-    nonlinear trunks n_draws >= 2048); relu is refused (`FINITE_DATA_ACTIVATIONS`).
+    nonlinear trunks n_draws >= 2048, relu >= 4096): relu is solved as its smooth surrogate
+    softplus(β x)/β, β = `solver.relu_sharpness`.
 
     **Arguments:** as `population_theory`.
 
