@@ -5,6 +5,9 @@ Run: python benchmarks/finite_data_accuracy.py [--seeds 8] [--n 400] [--steps 40
      python benchmarks/finite_data_accuracy.py --depth 2 --tol 2e-2 --sb 3   (two trunk layers)
      python benchmarks/finite_data_accuracy.py --depth 1 --activation gelu --eps 0 --r 0 1 --alphas 0.5 2 8 \
          --replicas 1 --tol 2e-2 --out docs/results/finite_data_accuracy_gelu.txt   (nonlinear trunk, docs/dmft.md §4.2)
+     python benchmarks/finite_data_accuracy.py --depth 1 --activation relu --r 0 1 --replicas 1 --tol 2e-2 \
+         --draws 4096 --response 512 --width 8 --out docs/results/finite_data_accuracy_relu_h8.txt
+         (relu trunk: the DMFT of softplus(β x)/β, --relu-sharpness β, docs/dmft.md §4.2, §6.1)
 Output: docs/results/finite_data_accuracy.txt, docs/results/finite_data_accuracy_trunk.txt,
         docs/results/finite_data_accuracy_depth2.txt
 

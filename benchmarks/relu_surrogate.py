@@ -15,7 +15,8 @@ lr 0.5 for 40 steps, one teacher and initial student, 16 datasets):
   against the simulated relu network, with its convergence flag and Picard maps.
 
 The simulations of φ_β put the surrogate in place of relu in the student's activation table for
-the duration of one freshly traced call (the student has no softplus activation of its own).
+the duration of one call traced afresh (compilation caches cleared; the student has no softplus
+activation of its own).
 """
 
 from __future__ import annotations
@@ -51,9 +52,12 @@ def simulate(e, seeds, ns, beta):
     """Early-stopped and final task-1 test loss (mean, s.e. over datasets), test-loss curve (T,)."""
     batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
     act = jax.nn.relu if beta is None else dmft_activation("relu", beta)
+    # The compiled programs of mtjax's own jitted functions are cached by argument shapes, not by
+    # the activation table: cleared before and after, the patched activation is the one traced.
+    jax.clear_caches()
     with relu_replaced_by(act):
-        # A new function object: a fresh trace, so the patched activation is the one compiled.
         h = eqx.filter_jit(lambda b, s: mtjax.simulate_batch(b, s))(batch, seeds)
+    jax.clear_caches()
     te = np.asarray(h.test_loss[:, :, 0])
     es = te.min(1)
     se = lambda a: a.std(ddof=1) / np.sqrt(len(a))

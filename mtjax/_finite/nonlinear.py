@@ -53,8 +53,8 @@ def dmft_activation(activation: str, sharpness: float):
     the fixed point unstable.  The DMFT is therefore that of the network with
     φ_β(x) = softplus(β x)/β, which tends to relu as β → ∞ (|φ_β − relu| <= log 2 / β); its
     φ_β'' = β σ(βx)(1 − σ(βx)) is the smooth density of width ~1/β that the draws resolve.
-    Measured (docs/dmft.md §4.2): the simulated softplus network at β = 20 is 0.5 % from the
-    relu network."""
+    Measured (docs/dmft.md §4.2): the simulated φ_12 network's early-stopped loss is 1.0 % (α = 2)
+    and 1.9 % (α = 8) below the relu network's."""
     if activation == "relu":
         return lambda x: jax.nn.softplus(sharpness * x) / sharpness
     return ACTIVATIONS[activation]
