@@ -43,8 +43,10 @@ CLI_CASES = [
     (["simulate", "--config", "{unknown_key_toml}"], ["unknown spec keys", "grids"]),
     # A later compile group is invalid (paper protocol: task 2 needs at least task 1's data):
     (["simulate", "--preset", "paper", "--grid", "ntrain=100,400", "--grid", "ntrain_b=200"], ["n_train[1]=200", "ntrain=400"]),
-    (["theory", "--finite", "--set", "student.activation=relu"], ["activation", "linear"]),
-    (["compare", "--set", "student.activation=relu", "--grid", "s_b=1"], ["activation", "linear"]),
+    # The width-proportional theory needs a linear trunk (every theory covers relu at fixed width).
+    (["theory", "--finite", "--width", "proportional", "--initial", "typical", "--set", "student.activation=relu"],
+     ["activation", "linear"]),
+    (["compare", "--set", "student.activation=sigmoid", "--grid", "s_b=1"], ["activation", "relu"]),
     (["compare", "--set", "train.n_steps=0", "--grid", "s_b=1"], ["n_steps", "[1, inf]"]),
     (["compare", "--grid", "w_b=-1"], ["w_b", "[0, inf)"]),
     (["plot", "{tmp}/nothing"], ["no summary"]),
@@ -105,8 +107,8 @@ API_CASES = [
     (lambda out: mtjax.sweep(SPEC, {"s_b": [1.0]}, out_dir=out, model=mtjax.PopulationTheory(initial="warm")), ["initial", "quenched"]),
     (lambda out: mtjax.compare(SPEC, {"s_b": [1.0]}, out_dir=out, models=["simulation", "theory"]), ["theory", "finite-data"]),
     (lambda out: mtjax.compare(SPEC, {"s_b": [1.0]}, out_dir=out, models=["simulation", "simulation"]), ["at most once"]),
-    (lambda out: mtjax.compare({**SPEC, "student": {"width": 4, "activation": "relu"}}, {"s_b": [1.0]}, out_dir=out),
-     ["activation", "linear"]),
+    (lambda out: mtjax.compare({**SPEC, "student": {"width": 4, "activation": "sigmoid"}}, {"s_b": [1.0]}, out_dir=out),
+     ["activation", "relu"]),
     (lambda out: mtjax.compare(SPEC, {"s_b": [1.0]}, out_dir=out, solvers={"population": None}, models=["simulation"]),
      ["solvers", "population"]),
 ]

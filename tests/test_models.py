@@ -47,11 +47,12 @@ def test_every_model_satisfies_the_contract(model):
 @pytest.mark.parametrize("model", MODELS[1:], ids=lambda m: m.name)
 def test_theories_refuse_what_they_cannot_do(model):
     relu = mtjax.experiment_from_spec({**SPEC, "student": {**SPEC["student"], "activation": "relu"}})
-    if model.name == "population":  # nonlinear trunks are covered (docs/theory.md §5.2)
-        model.check(relu)
-    else:
+    # Both theories cover relu trunks (docs/theory.md §5.2, docs/dmft.md §4.2); the
+    # width-proportional finite-data theory needs a linear one.
+    model.check(relu)
+    if model.name == "finite-data":
         with pytest.raises(ValueError, match="activation"):
-            model.check(relu)
+            mtjax.FiniteDataTheory(model.solver, initial="typical", width="proportional").check(relu)
     # A theory averages over training sets: with seed scope "train" the seed axis is dropped.
     assert model.run_grid({"s_b": [1.0], "seed": [0, 1]}, "train") == {"s_b": [1.0]}
 

@@ -195,12 +195,6 @@ def test_new_activations_in_simulation():
     assert np.all(np.isfinite(np.asarray(h.test_loss))) and not bool(h.diverged)
 
 
-def test_finite_data_theory_still_refuses_a_nonlinear_trunk():
-    e = mtjax.experiment_from_spec({**_spec(), "train": {"protocol": "full_batch", "n_train": 100, "n_steps": 10}})
-    with pytest.raises(ValueError, match="activation"):
-        mtjax.finite_data_theory(e, mtjax.Seeds(0))
-
-
 def test_fit_through_the_nonlinear_theory_recovers_relatedness():
     # `fit_table` on online relu simulations (3 seeds) picks the population theory (online runs)
     # and fits r through the nonlinear flow: measured 0.601 for a true 0.6 from a start at 0.3.
