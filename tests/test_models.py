@@ -1,6 +1,7 @@
 """The model interface: every model honours one contract, and a model written here (a toy
 closed-form theory) sweeps, resumes and compares end to end — the seam is real."""
 
+import dataclasses
 import json
 from typing import ClassVar
 
@@ -55,6 +56,13 @@ def test_theories_refuse_what_they_cannot_do(model):
             mtjax.FiniteDataTheory(model.solver, initial="typical", width="proportional").check(relu)
     # A theory averages over training sets: with seed scope "train" the seed axis is dropped.
     assert model.run_grid({"s_b": [1.0], "seed": [0, 1]}, "train") == {"s_b": [1.0]}
+
+
+def test_relu_sharpness_enters_the_manifest_only_when_set():
+    # Manifests (resume fingerprints) of finite-data sweeps stored before the setting existed stay valid.
+    assert "relu_sharpness" not in mtjax.FiniteDataTheory(SMALL_DMFT).settings()
+    sharp = mtjax.FiniteDataTheory(dataclasses.replace(SMALL_DMFT, relu_sharpness=8.0))
+    assert sharp.settings()["relu_sharpness"] == 8.0
 
 
 class DecayTheory(mtjax.AbstractModel):

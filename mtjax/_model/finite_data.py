@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -11,6 +12,9 @@ from .._finite.theory import _check_theory_inputs, check_width
 from .._experiment import Experiment, Seeds
 from .._train import History
 from .base import AbstractTheory, check_initial
+
+
+_DEFAULT_RELU_SHARPNESS = inspect.signature(FiniteDataSolver.__init__).parameters["relu_sharpness"].default
 
 
 class FiniteDataTheory(AbstractTheory):
@@ -42,8 +46,11 @@ class FiniteDataTheory(AbstractTheory):
         self.width = width
 
     def settings(self) -> dict[str, Any]:
-        # "fixed" is left out, so the manifests (and resume fingerprints) of fixed-width sweeps stay as they were.
+        # "fixed" and the default relu sharpness are left out, so the manifests (and resume
+        # fingerprints) of sweeps stored before those settings existed stay as they were.
         base = super().settings()
+        if base.get("relu_sharpness") == _DEFAULT_RELU_SHARPNESS:
+            del base["relu_sharpness"]
         return base if self.width == "fixed" else {**base, "width": self.width}
 
     def check(self, experiment: Experiment) -> None:
