@@ -62,10 +62,10 @@ def solve_cells(depth, activation, ntrain, cells, singles, ts, solver):
 
 
 def solve_cells_finite(depth, ntrain, cells, singles, ts, solver, store: Path, settings: str):
-    """Task-1 DMFT curves (cells, T), (singles, T) and diverged flags, one jitted solve per cell;
-    every solved cell is appended to the CSV `store` (tagged with `settings`) and reused."""
-    done = pd.read_csv(store) if store.exists() else pd.DataFrame(columns=["settings", "single", "nlayers", "r", "s_a", "s_b"])
-    done = done[done.settings == settings]
+    """Task-1 DMFT curves (cells, T), (singles, T) and failure flags (diverged or not converged),
+    one jitted solve per cell; every solved cell is stored at once in `store`
+    (`mtjax.ResumableTable`, tagged with `settings`) and reused by a rerun."""
+    table = mtjax.ResumableTable(store, key=["single", "nlayers", "r", "s_a", "s_b"], settings=settings)
     out = []
     for single, pts in ((False, cells), (True, singles)):
         exp = mtjax.paper(n_train=ntrain, depth=depth, activation="relu", single_task=single)
@@ -77,28 +77,21 @@ def solve_cells_finite(depth, ntrain, cells, singles, ts, solver, store: Path, s
             th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver)
             return th.test_loss[:, 0], th.diverged, th.converged, th.residual[0]
 
-        losses, divs = [], []
+        losses, fails = [], []
         for _, c in pts.iterrows():
-            key = dict(single=single, nlayers=depth, r=round(float(c.relatedness), 6), s_a=round(float(c.s_a), 6),
-                       s_b=round(float(c.s_b), 6))  # fmt: skip
-            hit = done[np.logical_and.reduce([np.isclose(done[k].astype(float), v) for k, v in key.items()])]
-            if len(hit):
-                row = hit.iloc[0]
-                losses.append(np.asarray([row[f"t{i}"] for i in range(len(ts))], float)), divs.append(bool(row.diverged))
-                continue
-            t0 = time.time()
-            loss, div, conv, res = one(*(jnp.asarray(key[k], float) for k in ("r", "s_a", "s_b")))
-            loss = np.asarray(loss)
-            row = dict(settings=settings, **key, diverged=bool(div), converged=bool(conv), residual=float(res),
-                       seconds=time.time() - t0, **{f"t{i}": float(v) for i, v in enumerate(loss)})  # fmt: skip
-            print(f"  cell {key}: ES {np.nanmin(loss):.4f}, converged {bool(conv)} (residual {float(res):.1e}), "
-                  f"{row['seconds']:.0f} s", flush=True)
-            done = pd.concat([done, pd.DataFrame([row])], ignore_index=True)
-            tmp = store.with_suffix(".tmp")
-            done.to_csv(tmp, index=False)
-            tmp.replace(store)  # atomic: an interrupted run keeps every finished cell
-            losses.append(loss), divs.append(bool(div) or not bool(conv))
-        out.append((np.stack(losses), np.asarray(divs)))
+            key = (single, depth) + tuple(round(float(c[k]), 6) for k in ("relatedness", "s_a", "s_b"))
+            if key not in table:
+                t0 = time.time()
+                loss, div, conv, res = one(*(jnp.asarray(v, float) for v in key[2:]))
+                row = dict(zip(table.key, key), diverged=bool(div), converged=bool(conv), residual=float(res),
+                           seconds=time.time() - t0, **{f"t{i}": float(v) for i, v in enumerate(np.asarray(loss))})  # fmt: skip
+                table.add(row)  # written at once: an interrupted run keeps every finished cell
+                print(f"  cell {dict(zip(table.key, key))}: ES {np.nanmin(loss):.4f}, converged {row['converged']} "
+                      f"(residual {row['residual']:.1e}), {row['seconds']:.0f} s", flush=True)
+            row = table.get(key)
+            losses.append(np.asarray([row[f"t{i}"] for i in range(len(ts))], float))
+            fails.append(bool(row["diverged"]) or not bool(row["converged"]))
+        out.append((np.stack(losses), np.asarray(fails)))
     return out
 
 

@@ -35,13 +35,11 @@ from .trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels, _TrunkDraw
 class _NonlinearProblem(eqx.Module):
     """A `_TrunkProblem` whose trunk applies the elementwise `activation` (static; one of
     `theory.FINITE_DATA_ACTIVATIONS`) after every layer.  The example process differentiates
-    `dmft_activation(activation, sharpness)`: the activation itself where it is smooth (the
-    per-draw Hessians are exact), softplus(β x)/β with β = `sharpness` (static, set from
-    `FiniteDataSolver.relu_sharpness`) for relu."""
+    `dmft_activation(activation, β)`: the activation itself where it is smooth (the per-draw
+    Hessians are exact), softplus(β x)/β for relu, β = `FiniteDataSolver.relu_sharpness`."""
 
     trunk: _TrunkProblem
     activation: str = eqx.field(static=True)
-    sharpness: float = eqx.field(static=True, default=12.0)
 
 
 def dmft_activation(activation: str, sharpness: float):
@@ -82,13 +80,13 @@ def _field_factor_h(Q0, P0, Rv, CH) -> Float[Array, "TH n"]:
     return jnp.concatenate([first, second], 1)
 
 
-def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int):
+def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int, sharpness: float):
     """Sampled example processes of all K tasks (X label components each, `_trunk_labels`).
 
     **Returns:** logits h (K, X, S, T1, C), errors δ (K, X, S, T1, H), the Hessians
     ∂δ/∂pre of the first `n_response` draws of each component (K, X, Sr, T1, H, H), and the
     trajectories of Ω, b_1, W_l, b_l, V, c (values at each grid time)."""
-    p, act = pn.trunk, dmft_activation(pn.activation, pn.sharpness)
+    p, act = pn.trunk, dmft_activation(pn.activation, sharpness)
     T1, H = Rv.shape[0], Rv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
     X = ys.shape[1]
@@ -130,13 +128,13 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
     return h, delta, J, outs[3], outs[4:]
 
 
-def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int):
+def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int, sharpness: float):
     """One Picard map (C_H, R_H) -> new ones (both (T1, H, T1, H)); aux = (h, Ω, b_1, W_l, b_l, V,
     c trajectories, C_v[n, n] (T1, H, H))."""
     p = pn.trunk
     Rv, P0 = propagator(RH, p.dt)
     F = _field_factor_h(p.Q0, P0, Rv, CH)
-    h, delta, J, Jbar, traj = _example_process(pn, d, F, Rv, ys, weights, n_response)
+    h, delta, J, Jbar, traj = _example_process(pn, d, F, Rv, ys, weights, n_response, sharpness)
     K, S = d.u.shape[0], d.u.shape[1]
     T1, H = Rv.shape[0], Rv.shape[1]
     wts = weights / S
@@ -173,7 +171,7 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
+        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness)
         return (CH, RH), (ys, weights, aux)
 
     zero = jnp.zeros((T1, H, T1, H))

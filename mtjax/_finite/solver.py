@@ -114,10 +114,7 @@ class FiniteDataSolver(eqx.Module):
         self.n_grid = check_int("n_grid", n_grid, 1)
         self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
         # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
-        if isinstance(step_growth, bool) or not isinstance(step_growth, (int, float, np.integer, np.floating)):
-            raise ValueError(f"step_growth must be a Python float in (1.0, 2.0], got {step_growth!r}")
-        check_range("step_growth", step_growth, 1.0, 2.0, lo_open=True)
-        self.step_growth = float(step_growth)
+        self.step_growth = _static_float("step_growth", step_growth, 1.0, 2.0, lo_open=True)
         self.n_draws = check_int("n_draws", n_draws, 2)
         self.n_response = check_int("n_response", n_response, 1)
         if self.n_response > self.n_draws:
@@ -130,10 +127,7 @@ class FiniteDataSolver(eqx.Module):
         self.sampling = check_choice("sampling", sampling, SAMPLINGS)
         self.labels = check_choice("labels", labels, LABELS)
         # Static (it selects the traced function, not a value), so a Python float.
-        if isinstance(relu_sharpness, bool) or not isinstance(relu_sharpness, (int, float, np.integer, np.floating)):
-            raise ValueError(f"relu_sharpness must be a Python float in [1.0, 1000.0], got {relu_sharpness!r}")
-        check_range("relu_sharpness", relu_sharpness, 1.0, 1000.0)
-        self.relu_sharpness = float(relu_sharpness)
+        self.relu_sharpness = _static_float("relu_sharpness", relu_sharpness, 1.0, 1000.0)
         self.seed = _check_seed(seed)
         check_range("damping", damping, 0.0, 1.0, lo_open=True)
         check_range("tol", tol, 0.0, lo_open=True)
@@ -161,6 +155,14 @@ class FiniteDataSolver(eqx.Module):
         unit = np.expm1(np.arange(T + 1) * np.log(q)) / np.expm1(T * np.log(q))
         unit[-1] = 1.0
         return t_max * jnp.asarray(unit, t_max.dtype), t_max * jnp.asarray(np.diff(unit), t_max.dtype)
+
+
+def _static_float(name: str, value, lo: float, hi: float, lo_open: bool = False) -> float:
+    """`value` as a Python float in [lo, hi] (lo open where `lo_open`): a static solver setting."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a Python float in {'(' if lo_open else '['}{float(lo)}, {float(hi)}], got {value!r}")
+    check_range(name, value, lo, hi, lo_open=lo_open)
+    return float(value)
 
 
 def _check_seed(seed) -> Int[Array, "..."]:

@@ -103,8 +103,7 @@ def _solve_grid(problem, t_max, solver: FiniteDataSolver, active: tuple[int, ...
     T = solver.n_grid
     key = jax.random.key(solver.seed)
     if isinstance(problem, _NonlinearProblem):
-        pn = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt),
-                                 sharpness=solver.relu_sharpness)  # fmt: skip
+        pn = dataclasses.replace(problem, trunk=dataclasses.replace(problem.trunk, dt=dt))
         train, test, acc, res, its = solve_nonlinear_trunk(pn, solver, T, key=key)
         return _GridSolution(grid, train, test, acc, jnp.full(n_tasks, res), jnp.full(n_tasks, its))
     if isinstance(problem, _WideProblem):
