@@ -42,6 +42,8 @@ Both depths store each point as it finishes (`<out>.csv` next to the table) and 
 the table without computing, e.g. the depth-1 grid of four processes in one table:
   python benchmarks/finite_data_accuracy.py --depth 1 --tol 2e-2 --sa 3 0.5 --table-only \
       --out docs/results/finite_data_accuracy_trunk_replicas.txt --merge docs/results/finite_data_accuracy_trunk_replicas_*.csv
+`--refined A.csv` shows the rows another run stored with the same settings but another
+`--replicas` (the hard points re-solved with more draw seeds) in place of this run's, marked.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import time
 from pathlib import Path
 
@@ -56,6 +59,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
 import mtjax
 
@@ -88,14 +92,15 @@ def _settings(args) -> str:
     return (f"N={args.n} R={args.rank} H={args.width} L={args.depth} lr={args.lr} steps={args.steps} seeds={args.seeds} "
             f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping} "
             f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}")
-            + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else ""))
+            + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else "")
+            + ("" if args.labels == "auto" else f" labels={args.labels}"))
 
 
 def _setup(args):
     """The theory solver, the number of simulation seeds and their `Seeds` (one teacher and
     initial student, datasets 1..ns)."""
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping, relu_sharpness=args.relu_sharpness)
+                                    damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels)
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -134,9 +139,11 @@ def _run_grid(args, grid, key, compute, line, header, summary_of, settings: str 
     for extra in getattr(args, "merge", None) or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
         store.merge(extra)
     grid = list(dict.fromkeys(grid))  # a value given twice is one point
+    refined = _refined_rows(getattr(args, "refined", None) or [], settings, store)
 
     def write():
-        rows = store.rows.to_dict("records")
+        # Points re-solved with more replicas (`--refined`) replace this run's rows in the table.
+        rows = list({store.key_of(o): o for o in store.rows.to_dict("records") + refined}.values())
         order = {k: i for i, k in enumerate(grid)}
         # The table and its summary: this grid's points only (the CSV keeps every stored row).
         rs = sorted((o for o in rows if store.key_of(o) in order), key=lambda o: order[store.key_of(o)])
@@ -165,6 +172,22 @@ def _run_grid(args, grid, key, compute, line, header, summary_of, settings: str 
         print(s_)
 
 
+def _refined_rows(paths, settings: str, store) -> list[dict]:
+    """Rows stored in `paths` with `settings` except their replica count (points re-solved with
+    more replicas, e.g. where one draw seed cannot tell a draw error from a bias); each carries
+    `replicas` (its count) for the table's mark."""
+    pattern = re.compile(r"replicas=(\d+)")
+    mine = int(pattern.search(settings).group(1))
+    out = []
+    for path in paths:
+        df = pd.read_csv(path)
+        for o in df.to_dict("records"):
+            m = pattern.search(str(o.get("settings", "")))
+            if m and int(m.group(1)) != mine and pattern.sub("", o["settings"]) == pattern.sub("", settings):
+                out.append({**o, "replicas": int(m.group(1))})
+    return out
+
+
 def _theory_note(args):
     return (f"# theory: mean ± s.e. over {args.replicas} replicas (independent draw seeds 0..{args.replicas - 1}); "
             f"z = |th - sim| / sqrt(se_sim^2 + se_th^2); pass: within 3% or z < 2")
@@ -175,11 +198,13 @@ def main_trunk(args):
     (single-task minus multitask early-stopped loss of task 1), simulation vs theory."""
     grid = list(itertools.product(args.eps, args.alphas or [0.5, 1.0, 2.0, 4.0, 8.0], args.r, args.sa, args.sb or [0.5, 3.0]))
     solver, ns, seeds = _setup(args)
+    X = args.rank if solver.summed_labels(args.rank) else 3  # label components per draw
     header = [
         f"# L = {args.depth} ({args.activation} trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
-        f"# solver: grid T = {args.steps}, draws 3 x {args.draws} per task, response draws 3 x {args.response}, tol {args.tol}"
-        + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else ""),
+        f"# solver: grid T = {args.steps}, draws {X} x {args.draws} per task, response draws {X} x {args.response}, tol {args.tol}"
+        + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else "")
+        + ("" if args.labels == "auto" else f", labels {args.labels}"),
         _theory_note(args),
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
@@ -192,7 +217,7 @@ def main_trunk(args):
                 f"{o['es_th']:7.4f}±{o['es_th_se']:6.4f} {100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | "
                 f"{o['final_sim']:7.4f}±{o['final_se']:6.4f} {o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} "
                 f"{o['ben_th']:+8.4f}±{o['ben_th_se']:6.4f} {o['sign']:>4} | {100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} "
-                f"{o['t_th']:5.0f}")
+                f"{o['t_th']:5.0f}" + (f"  ({o['replicas']} replicas)" if o.get("replicas", args.replicas) != args.replicas else ""))
 
     def summary_of(rs):
         n_es = sum((o["rel"] < 0.03) or (o["z"] < 2) for o in rs)
@@ -327,10 +352,15 @@ def main():
     ap.add_argument("--activation", default="linear", help="trunk activation (depth >= 1): linear, tanh, erf, gelu, relu")
     ap.add_argument("--relu-sharpness", type=float, default=12.0,
                     help="beta of the relu trunk's softplus(beta x)/beta surrogate in the theory (FiniteDataSolver.relu_sharpness)")
+    ap.add_argument("--labels", default="auto", choices=["auto", "summed", "sampled"],
+                    help="FiniteDataSolver.labels: how each draw's label enters (summed: every class, weighted)")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",
                     help="write the table of the stored rows (same settings) and compute nothing")
+    ap.add_argument("--refined", nargs="*", default=None, metavar="CSV",
+                    help="rows of the same settings but another replica count (points re-solved with more replicas), "
+                         "shown in place of this run's rows at the same points and marked")
     ap.add_argument("--merge", nargs="*", default=None, metavar="CSV",
                     help="also take the rows (same settings) stored in these CSVs of other runs")
     args = ap.parse_args()

@@ -2,7 +2,7 @@
 
 Run: python benchmarks/paper_finite_size.py [--n 100 200 400 800 1600] [--ntrain 100 800] [--sa 10]
          [--realisations 16] [--theory-realisations 4] [--sgd] [--related R] [--no-theory]
-         [--out docs/results/paper_finite_size.txt]
+         [--nlayers 1] [--typical-only] [--out docs/results/paper_finite_size.txt]
 Output: a table (per-run CSV and per-solve theory CSV `<out>_theory.csv` next to it).
 Results and reading: docs/dmft.md §6.3.
 
@@ -21,6 +21,13 @@ solver settings, both `initial="quenched"` (at the students of realisations 0..k
 smaller steps ("x10", the GD-step approximation) and, with `--sgd`, the paper's own protocol
 (minibatch SGD at lr 1e-3, "SGD").  `--related r` adds the multitask runs (second task at
 relatedness r, s_b = s_a) and a table of the benefit, paired per realisation.
+
+`--nlayers 1`: the authors' deep-nonlinear student instead (one ReLU layer of 64, biases,
+orthogonal init; `deep-nonlinear.csv`), solved by the nonlinear-trunk DMFT (docs/dmft.md §4.2:
+relu as softplus(β x)/β, β = 12) with the solver of `benchmarks/paper_nonlinear.py --theory
+finite`.  `--typical-only`: no quenched solves; the typical DMFT, which depends on N only
+through the rounding of α = P / (N − 20), is solved once per (ntrain, task) at the largest N and
+shown in every row (at H = 64 a solve takes about a minute).
 
 Each (N, ntrain) row: mean ± s.e. over `--realisations` independent realisations (teacher, data,
 initial student and training subset all drawn from seed r), early-stopped = minimum over the
@@ -47,14 +54,17 @@ from paper_finite import GRID_SOLVER, tmax  # the paper grid's solver and time m
 
 
 
-def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int, related: float | None = None):
+def experiment(N: int, ntrain: int, s_a: float, n_grid: int, refine: int, n_test: int, related: float | None = None,
+               nlayers: int | None = None):
     """Paper student and teacher at input dimension N, single task, full-batch GD with the
     theory grid's step (divided by `refine`, with `refine` times as many steps); `refine = 0`:
     the paper's own protocol instead (minibatch SGD, batch 128, lr 1e-3, 2000 epochs, evaluated
     every 10 epochs as `mtjax reproduce`).  `related = r`: multitask instead, the second task at
-    relatedness r and the same scale s_b = s_a."""
+    relatedness r and the same scale s_b = s_a.  `nlayers`: the deep-nonlinear student (that
+    many ReLU layers of 64) in place of the linear 2 x 64 trunk."""
     P = int(round(ntrain * (N - 20) / 80))
-    spec = mtjax.paper_spec(n_train=P)
+    trunk = {} if nlayers is None else {"depth": nlayers, "activation": "relu"}
+    spec = mtjax.paper_spec(n_train=P, **trunk)
     spec["teacher"] = {**spec["teacher"], "n_features": N, "scale": [s_a, s_a], "noise": 0.1,
                        "relatedness": 0.0 if related is None else related}
     single = related is None
@@ -84,21 +94,33 @@ def main():
                     help="at the smallest N also simulate the paper's protocol (minibatch SGD at lr 1e-3)")
     ap.add_argument("--related", type=float, default=None,
                     help="also train multitask (second task at this relatedness, s_b = s_a) and report the benefit")
+    ap.add_argument("--nlayers", type=int, default=None, choices=[1],
+                    help="the authors' deep-nonlinear student (ReLU layers of 64) and the nonlinear-trunk DMFT")
+    ap.add_argument("--typical-only", action="store_true",
+                    help="no quenched DMFT solves; the typical one once per (ntrain, task), at the largest N")
     ap.add_argument("--out", default="docs/results/paper_finite_size.txt")
     args = ap.parse_args()
 
     sim = eqx.filter_jit(mtjax.simulate_batch)
-    # The DMFT solver of benchmarks/paper_finite.py (same settings as its full grid).
-    solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.draws, **GRID_SOLVER)
+    if args.nlayers is None:
+        # The DMFT solver of benchmarks/paper_finite.py (same settings as its full grid).
+        solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.draws, **GRID_SOLVER)
+    else:
+        # That of benchmarks/paper_nonlinear.py --theory finite (docs/results/paper_nonlinear_finite.txt).
+        solver = mtjax.FiniteDataSolver(n_grid=args.n_grid, n_draws=args.draws, n_response=64, max_iter=15, tol=2e-2,
+                                        n_quad_eval=4096)
 
     @eqx.filter_jit
     def theory(e, r, t_max):
         ts = jnp.linspace(0.0, t_max, args.n_grid + 1)
 
         def one(ri):
-            q = mtjax.finite_data_theory(e, mtjax.Seeds(ri), ts, solver=solver)
             y = mtjax.finite_data_theory(e, mtjax.Seeds(ri), ts, solver=solver, initial="typical")
-            return q.test_loss[:, 0], q.converged & ~q.diverged, y.test_loss[:, 0], y.converged & ~y.diverged
+            y_out = (y.test_loss[:, 0], y.converged & ~y.diverged)
+            if args.typical_only:
+                return jnp.full_like(y_out[0], jnp.nan), jnp.array(False), *y_out
+            q = mtjax.finite_data_theory(e, mtjax.Seeds(ri), ts, solver=solver)
+            return q.test_loss[:, 0], q.converged & ~q.diverged, *y_out
 
         return jax.lax.map(one, r)
 
@@ -110,7 +132,7 @@ def main():
         for N in args.n:
             for refine in ((1, 10) + ((0,) if args.sgd else ())) if N == min(args.n) else (1,):
                 for task, rel in variants:
-                    e, P = experiment(N, ntrain, args.sa, args.n_grid, refine, args.n_test, rel)
+                    e, P = experiment(N, ntrain, args.sa, args.n_grid, refine, args.n_test, rel, args.nlayers)
                     t0 = time.time()
                     for c0 in range(0, args.realisations, args.chunk):
                         rr = jnp.arange(c0, min(c0 + args.chunk, args.realisations))
@@ -122,15 +144,17 @@ def main():
                                              es=float(np.nanmin(te[q])), t_star=float(np.asarray(h.time[q])[np.nanargmin(te[q])]),
                                              final=float(te[q, -1]), diverged=bool(np.asarray(h.diverged[q]))))  # fmt: skip
                     print(f"  ntrain {ntrain} N {N} P {P} refine {refine} {task}: {time.time() - t0:.0f} s", flush=True)
-            if args.no_theory or args.theory_realisations < 1:
+            if args.no_theory or args.theory_realisations < 1 or (args.typical_only and N != max(args.n)):
                 continue
             for task, rel in variants:
-                e, P = experiment(N, ntrain, args.sa, args.n_grid, 1, args.n_test, rel)
+                e, P = experiment(N, ntrain, args.sa, args.n_grid, 1, args.n_test, rel, args.nlayers)
                 t0 = time.time()
                 q, qok, y, yok = (np.asarray(a) for a in theory(e, jnp.arange(args.theory_realisations), tmax(ntrain)))
-                for r in range(args.theory_realisations):
-                    th_rows.append(dict(ntrain=ntrain, N=N, task=task, realisation=r, quenched=float(q[r].min()),
-                                        quenched_ok=bool(qok[r]), typical=float(y[r].min()), typical_ok=bool(yok[r])))  # fmt: skip
+                # --typical-only: one solve at the largest N stands for every N (see the docstring).
+                for N_row in args.n if args.typical_only else (N,):
+                    for r in range(args.theory_realisations):
+                        th_rows.append(dict(ntrain=ntrain, N=N_row, task=task, realisation=r, quenched=float(q[r].min()),
+                                            quenched_ok=bool(qok[r]), typical=float(y[r].min()), typical_ok=bool(yok[r])))  # fmt: skip
                 print(f"  ntrain {ntrain} N {N} {task}: theory {time.time() - t0:.0f} s", flush=True)
     df = pd.DataFrame(rows)
     base = os.path.splitext(args.out)[0]
@@ -147,6 +171,9 @@ def main():
         g = th[(th.ntrain == ntrain) & (th.N == N) & (th.task == task) & th[col + "_ok"]][col]
         return g.mean(), (g.std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else float("nan")), len(g)
 
+    gap_col = "typical" if args.typical_only else "quenched"  # the theory in the column "sim - DMFT"
+    trunk = "linear 2 x 64" if args.nlayers is None else f"relu {args.nlayers} x 64 (DMFT: softplus(12 x)/12)"
+    lines.append(f"# trunk {trunk}; DMFT column 'sim - DMFT': {gap_col}")
     lines.append(f"# single task, s_a = {args.sa}, sigma = 0.1, full-batch GD on the theory grid ({args.n_grid} steps of "
                  f"t_max/{args.n_grid}; 'x10' = 10x smaller steps), {args.realisations} realisations, P = ntrain (N - 20) / 80")  # fmt: skip
     lines.append(f"{'ntrain':>6} {'N':>5} {'P':>6} {'step':>5} | {'early-stopped sim':>18} {'t*':>5} | "
@@ -155,18 +182,19 @@ def main():
         ok = g[~g.diverged]
         m, se = ok.es.mean(), ok.es.std(ddof=1) / np.sqrt(len(ok))
         qm, qse, _ = theory_at(ntrain, N, "quenched")
+        gm = theory_at(ntrain, N, gap_col)[0]
         ym, yse, _ = theory_at(ntrain, N, "typical")
         lines.append(f"{ntrain:6d} {N:5d} {int(g.P.iloc[0]):6d} { {0: 'SGD', 1: 'Δ'}.get(refine, f'x{refine}'):>5} | {m:9.3f} ± {se:6.3f} "
-                     f"{ok.t_star.mean():5.1f} | {ok.final.mean():6.3f} | {qm:7.3f} ± {qse:6.3f} {m - qm:+10.3f} | "
+                     f"{ok.t_star.mean():5.1f} | {ok.final.mean():6.3f} | {qm:7.3f} ± {qse:6.3f} {m - gm:+10.3f} | "
                      f"{ym:7.3f} ± {yse:6.3f}"
                      + (f"  ({int(g.diverged.sum())} diverged, excluded)" if g.diverged.any() else ""))  # fmt: skip
-    # Power-law fit of the gap in N (refine 1 rows): sim − DMFT(quenched at that N) = a N^-b.
+    # Power-law fit of the gap in N (refine 1 rows): sim − DMFT(quenched at that N, or typical) = a N^-b.
     for ntrain in args.ntrain:
         g = df[(df.ntrain == ntrain) & (df.refine == 1) & (df.task == "single") & ~df.diverged].groupby("N").es.mean()
-        gap = np.array([g[N] - theory_at(ntrain, N, "quenched")[0] for N in g.index])
+        gap = np.array([g[N] - theory_at(ntrain, N, gap_col)[0] for N in g.index])
         if len(gap) >= 2 and (gap > 0).all():
             b, loga = np.polyfit(np.log(g.index.values), np.log(gap), 1)
-            lines.append(f"# ntrain {ntrain}: gap sim − DMFT ~ {math.exp(loga):.3g} N^{b:.2f} (least squares in log-log over "
+            lines.append(f"# ntrain {ntrain}: gap sim − DMFT ({gap_col}) ~ {math.exp(loga):.3g} N^{b:.2f} (least squares in log-log over "
                          f"N = {list(g.index)})")  # fmt: skip
     if args.related is not None:
         lines.append(f"\n# multitask benefit (single − multi early-stopped loss of task 1; r = {args.related}, s_b = s_a), "
