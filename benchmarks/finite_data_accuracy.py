@@ -189,8 +189,9 @@ def _refined_rows(paths, settings: str, store) -> list[dict]:
 
 
 def _theory_note(args):
-    return (f"# theory: mean ± s.e. over {args.replicas} replicas (independent draw seeds 0..{args.replicas - 1}); "
-            f"z = |th - sim| / sqrt(se_sim^2 + se_th^2); pass: within 3% or z < 2")
+    return (f"# theory: mean ± s.e. over {args.replicas} replicas (independent draw seeds 0..{args.replicas - 1}"
+            + ("; rows marked '(k replicas)': over k, from --refined" if getattr(args, "refined", None) else "")
+            + "); z = |th - sim| / sqrt(se_sim^2 + se_th^2); pass: within 3% or z < 2")
 
 
 def main_trunk(args):
