@@ -2,13 +2,15 @@
 the finite-data theory of it converges.
 
 Run: python benchmarks/relu_surrogate.py [--betas 8 12 16 20] [--theory-seeds 2] [--response 512] [--out FILE]
+         [--width 8] [--alpha 2] [--r 1] [--sb 3] [--eps 0]   (--theory-seeds 0: the simulations only)
 Output: docs/results/relu_surrogate.txt
 
 relu'' = δ(x) cannot be sampled by the DMFT's per-draw Hessians, so `finite_data_theory` solves
 the network with φ_β(x) = softplus(β x)/β (`FiniteDataSolver.relu_sharpness`, docs/dmft.md §4.2)
 and evaluates its test metrics with relu.  Two errors follow, measured here side by side in one
-setting (N = 400, C = R = 4, H = 8, depth 1, r = 1, s_a = s_b = 3, σ = 0.5, α = 2, full-batch GD at
-lr 0.5 for 40 steps, one teacher and initial student, 16 datasets):
+setting (by default N = 400, C = R = 4, H = 8, depth 1, r = 1, s_a = s_b = 3, σ = 0.5, α = 2,
+full-batch GD at lr 0.5 for 40 steps, one teacher and initial student, 16 datasets; H, α, r,
+s_b and ε are options):
 
 - the surrogate's: the simulated φ_β network against the simulated relu network;
 - the theory's: the DMFT at β (draws 3 x 4096, response draws 3 x 512, several draw seeds)
@@ -71,15 +73,20 @@ def main():
     ap.add_argument("--datasets", type=int, default=16)
     ap.add_argument("--draws", type=int, default=4096)
     ap.add_argument("--response", type=int, default=512)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=2.0)
+    ap.add_argument("--r", type=float, default=1.0)
+    ap.add_argument("--sb", type=float, default=3.0)
+    ap.add_argument("--eps", type=float, default=0.0)
     ap.add_argument("--out", default="docs/results/relu_surrogate.txt")
     args = ap.parse_args()
     t_start = time.time()
     ns = args.datasets
-    e = experiment_trunk(400, 4, 8, 2.0, 1.0, 3.0, 0.0, 40, 0.5, 10000, False, 1, 3.0, "relu")
+    e = experiment_trunk(400, 4, args.width, args.alpha, args.r, args.sb, args.eps, 40, 0.5, 10000, False, 1, 3.0, "relu")
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
     rep = Report()
-    rep("# relu trunk vs its softplus(beta x)/beta surrogate: N = 400, C = R = 4, H = 8, depth 1, r = 1, s_a = s_b = 3, "
-             f"sigma = 0.5, alpha = 2, lr 0.5, 40 steps, {ns} datasets")
+    rep(f"# relu trunk vs its softplus(beta x)/beta surrogate: N = 400, C = R = 4, H = {args.width}, depth 1, r = {args.r}, "
+        f"s_a = 3, s_b = {args.sb}, eps = {args.eps}, sigma = 0.5, alpha = {args.alpha}, lr 0.5, 40 steps, {ns} datasets")
     rep(f"# theory: finite_data_theory, draws 3 x {args.draws}, response draws 3 x {args.response}, tol 0.02, "
              f"draw seeds 0..{args.theory_seeds - 1}; ES = early-stopped task-1 test loss, rel = vs the relu simulation")
     relu = simulate(e, seeds, ns, None)
@@ -100,6 +107,9 @@ def main():
             curve.append(np.max(np.abs(tl - relu[4]) / relu[4]))
         ok = [i for i, c in enumerate(conv) if c]
         mean_es = np.mean([es[i] for i in ok]) if ok else np.nan
+        if not args.theory_seeds:
+            rep(f"{beta:5.1f} | {sim[0]:7.4f}±{sim[1]:6.4f} {100 * (sim[0] / relu[0] - 1):+5.1f}% {sim[2]:9.4f} |")
+            continue
         rep(f"{beta:5.1f} | {sim[0]:7.4f}±{sim[1]:6.4f} {100 * (sim[0] / relu[0] - 1):+5.1f}% {sim[2]:9.4f} | "
                  f"{' '.join(f'{x:8.4f}' for x in es):>26} {mean_es:7.4f} {100 * (mean_es / relu[0] - 1):+5.1f}% | "
                  f"{np.mean(fin):7.4f} {100 * np.median(curve):5.1f}% | {sum(conv):>4}/{len(conv):<4} "
