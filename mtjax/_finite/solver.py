@@ -44,7 +44,12 @@ class FiniteDataSolver(eqx.Module):
       kernel (static; its cost is ~2 T³ C³ per draw, before the time blocks).  With sampled
       labels, for gradients w.r.t. s and σ (score-function weights of the labels) use
       n_response ~ n_draws: with few response draws that gradient carries their Monte Carlo
-      error (15 % with 3 x 32 of 3 x 2048 draws on the test problem; docs/dmft.md §3).
+      error (15 % with 3 x 32 of 3 x 2048 draws on the test problem; docs/dmft.md §3).  A
+      nonlinear trunk at small α needs more: the memory term of its example process has the
+      coefficient ρ/α, and the response draws' error can drive the last grid points of the
+      causal solution off while the residual stays small (relu, H = 4, α = 0.5: final test loss
+      3.35 with 4 x 512 summed-label response draws, 2.29 with 4 x 2048, the network 2.40;
+      docs/dmft.md §6.1, `benchmarks/dmft_late_curve.py`).
     - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
       gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
       where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
