@@ -214,6 +214,9 @@ def main():
                     tb[col] = (float("nan"), float("nan"))
                     continue
                 t = th[(th.ntrain == ntrain) & (th.N == N)].pivot_table(index="realisation", columns="task", values=col)
+                if not {"single", "multi"} <= set(t.columns):  # not solved (--typical-only: no quenched solves)
+                    tb[col] = (float("nan"), float("nan"))
+                    continue
                 d = t["single"] - t["multi"]
                 tb[col] = (d.mean(), d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan"))
             lines.append(f"{ntrain:6d} {N:5d} { {0: 'SGD', 1: 'Δ'}.get(refine, f'x{refine}'):>5} | "
