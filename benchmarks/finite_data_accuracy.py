@@ -139,7 +139,7 @@ def _run_grid(args, grid, key, compute, line, header, summary_of, settings: str 
     for extra in getattr(args, "merge", None) or []:  # rows that other processes stored (same settings), e.g. two halves of a grid
         store.merge(extra)
     grid = list(dict.fromkeys(grid))  # a value given twice is one point
-    refined = _refined_rows(getattr(args, "refined", None) or [], settings, store)
+    refined = _refined_rows(getattr(args, "refined", None) or [], settings)
 
     def write():
         # Points re-solved with more replicas (`--refined`) replace this run's rows in the table.
@@ -172,7 +172,7 @@ def _run_grid(args, grid, key, compute, line, header, summary_of, settings: str 
         print(s_)
 
 
-def _refined_rows(paths, settings: str, store) -> list[dict]:
+def _refined_rows(paths, settings: str) -> list[dict]:
     """Rows stored in `paths` with `settings` except their replica count (points re-solved with
     more replicas, e.g. where one draw seed cannot tell a draw error from a bias); each carries
     `replicas` (its count) for the table's mark."""

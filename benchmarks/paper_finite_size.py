@@ -26,8 +26,9 @@ relatedness r, s_b = s_a) and a table of the benefit, paired per realisation.
 orthogonal init; `deep-nonlinear.csv`), solved by the nonlinear-trunk DMFT (docs/dmft.md §4.2:
 relu as softplus(β x)/β, β = 12) with the solver of `benchmarks/paper_nonlinear.py --theory
 finite`.  `--typical-only`: no quenched solves; the typical DMFT, which depends on N only
-through the rounding of α = P / (N − 20), is solved once per (ntrain, task) at the largest N and
-shown in every row (at H = 64 a solve takes about a minute).
+through the rounding of α = P / (N − 20) and the first layer's initial biases (PyTorch init,
+uniform in ±1/√N), is solved once per (ntrain, task) at the largest N — the N → ∞ theory —
+and shown in every row (at H = 64 a solve takes about a minute).
 
 Each (N, ntrain) row: mean ± s.e. over `--realisations` independent realisations (teacher, data,
 initial student and training subset all drawn from seed r), early-stopped = minimum over the
