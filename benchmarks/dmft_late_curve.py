@@ -23,47 +23,32 @@ import argparse
 import dataclasses
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import mtjax
-import mtjax._finite.nonlinear as nl
-from mtjax._finite.fixed_point import solve_fixed_point
+from mtjax._finite.nonlinear import nonlinear_fixed_point
 from mtjax._finite.theory import _problem
-from mtjax._finite.trunk import _trunk_draws, _trunk_labels
 
 from _report import Report
 from finite_data_accuracy import experiment_trunk
+from relu_surrogate import simulate
 
 STEPS = 40
 SHOW = slice(18, STEPS + 1, 2)  # grid indices of t = 9, 10, ..., 20 (Δ = 0.5)
 
 
 def kernels(e, solver):
-    """(tr C_H[n, n], tr C_v[n, n]) (T+1,) each at the fixed point of the solve of `e`: the same
-    maps as `finite_data_theory`, returning the kernels that it keeps internal."""
+    """(tr C_H[n, n], tr C_v[n, n]) (T+1,) each at the fixed point of the solve of `e`
+    (`nonlinear_fixed_point`, the maps of `finite_data_theory`, which keeps the kernels internal)."""
     pn = _problem(e, mtjax.Seeds(0), None, "quenched")
     _, dt = solver.time_grid(STEPS * float(e.train.learning_rate))
     pn = dataclasses.replace(pn, trunk=dataclasses.replace(pn.trunk, dt=dt))
-    p = pn.trunk
-    K, C, H = p.V0.shape
-    T1 = STEPS + 1
 
     @jax.jit
     def run():
-        d, _ = _trunk_draws(p, solver, H + T1 * H, jax.random.key(solver.seed))
-
-        def iterate(params, z):
-            pp, dd = params
-            ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-            CH, RH, aux = nl._iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness)
-            return (CH, RH), aux
-
-        zero = jnp.zeros((T1, H, T1, H))
-        ctrl = (solver.damping, solver.tol)
-        (CH, _), aux, _, _ = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero))
+        (CH, _), (_, _, aux), *_ = nonlinear_fixed_point(pn, solver, STEPS, key=jax.random.key(solver.seed))
         return jnp.einsum("nhnh->n", CH), jnp.trace(aux[-1], axis1=1, axis2=2)
 
     return (np.asarray(a) for a in run())
@@ -91,11 +76,9 @@ def main():
     seeds = mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
     for N in args.n:
         e = experiment_trunk(N, 4, args.width, args.alpha, args.r, args.sb, args.eps, STEPS, 0.5, 10000, False, 1, 3.0, "relu")
-        batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (ns,) + a.shape), e)
-        te = np.asarray(eqx.filter_jit(mtjax.simulate_batch)(batch, seeds).test_loss[:, :, 0])
-        se = te.std(0, ddof=1) / np.sqrt(ns)
-        rep(f"{f'relu network, N = {N}':>34} | " + " ".join(f"{v:6.3f}" for v in te.mean(0)[SHOW])
-            + f"   (s.e. at t = 20: {se[-1]:.3f})")
+        _, _, _, final_se, curve = simulate(e, seeds, ns, None)
+        rep(f"{f'relu network, N = {N}':>34} | " + " ".join(f"{v:6.3f}" for v in curve[SHOW])
+            + f"   (s.e. at t = 20: {final_se:.3f})")
     e = experiment_trunk(400, 4, args.width, args.alpha, args.r, args.sb, args.eps, STEPS, 0.5, 10000, False, 1, 3.0, "relu")
     last = slice(STEPS - 4, STEPS + 1)
     for labels in args.labels:

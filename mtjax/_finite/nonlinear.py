@@ -156,15 +156,13 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
     return CH_new, RH_new, (h, *traj, Cvd)
 
 
-def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_grid: int, *, key):
-    """Solve the nonlinear trunk DMFT and evaluate every task.
+def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_grid: int, *, key):
+    """The fixed point of the nonlinear trunk DMFT (no test metrics).
 
-    **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
-    # The test metrics are Gaussian integrals of the network itself (no derivative of φ is
-    # sampled): relu is evaluated as relu on the surrogate's order parameters.
-    p, act = pn.trunk, ACTIVATIONS[pn.activation]
+    **Returns:** `((C_H, R_H), (ys, weights, aux), residual, iterations, eval_key)`, aux as in
+    `_iteration`: the kernels are returned for diagnostics (`benchmarks/dmft_late_curve.py`)."""
+    p = pn.trunk
     K, C, H = p.V0.shape
-    D = p.T.shape[2]
     T1 = n_grid + 1
     d, eval_key = _trunk_draws(p, solver, H + T1 * H, key)  # columns of `_field_factor_h`
 
@@ -176,7 +174,20 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
 
     zero = jnp.zeros((T1, H, T1, H))
     ctrl = (solver.damping, solver.tol)
-    _, (ys, weights, aux), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero))
+    z, out, res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero))
+    return z, out, res, maps, eval_key
+
+
+def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_grid: int, *, key):
+    """Solve the nonlinear trunk DMFT and evaluate every task.
+
+    **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
+    # The test metrics are Gaussian integrals of the network itself (no derivative of φ is
+    # sampled): relu is evaluated as relu on the surrogate's order parameters.
+    p, act = pn.trunk, ACTIVATIONS[pn.activation]
+    K, C, H = p.V0.shape
+    D = p.T.shape[2]
+    _, (ys, weights, aux), res, maps, eval_key = nonlinear_fixed_point(pn, solver, n_grid, key=key)
     h, Om, b1, Wu, bu, V, c, diag = aux
     x_eval = _eval_points(eval_key, solver.n_quad_eval, D + H, solver.sampling)
     test_loss, test_acc = [], []
