@@ -140,6 +140,16 @@ def read_back(cells: pd.DataFrame, a) -> list[str]:
     **Returns:** the report's lines."""
     n = a.read_back_ntrain
     sub = cells[cells.ntrain == n].reset_index(drop=True)
+    groups = a.groups if a.groups else [(sb, r) for sb in a.s_b for r in a.r]
+
+    def in_group(sb, r):  # rtol 1e-3: the table's s_b have 16 digits, the command line's 3 or 4
+        return np.isclose(sub.s_b, sb, rtol=1e-3) & np.isclose(sub.relatedness, r)
+
+    for sb, r in groups:  # before the time-scale fit, which takes minutes
+        if not (~sub.single_task & in_group(sb, r)).any():
+            raise SystemExit(f"--groups {sb:g}:{r:g}: no multitask cell at ntrain {n}; s_b is one of "
+                             f"{sorted(float(round(v, 4)) for v in sub.s_b.dropna().unique())}, r one of "
+                             f"{sorted(float(v) for v in sub.relatedness.dropna().unique())}")
     t0 = time.time()
     _, _, res = fit_finite(sub, a)
     tau = float(res[n].params["time_scale"][0])
@@ -154,29 +164,38 @@ def read_back(cells: pd.DataFrame, a) -> list[str]:
     # r and s_b are not free here (no Param), so the single-task theory is solved once.
     ps = make_problem(exp, obs_s, [Param("time_scale", 1.0)], model=model).with_fixed_curves()
     single_theory = dict(zip(single.s_a, np.asarray(ps.predict(ps.pack({"time_scale": 1.0})))))
-    L = [f"read-back of r and s_b at ntrain {n} (τ_{n} = {tau:.4f} from the time-scale fit of its {len(sub)} cells; "
+    L = [f"read-back of r and s_b at ntrain {n} (τ_{n} = {tau:.4f} from the time-scale fit of its {len(sub)} cells"
+         f"{' with a loss offset per s_a' if a.offsets else ''}; "
          f"the theory read at τ t_n = {t_read:.3f} on a {T}-step grid; labels summed; {time.time() - t0:.0f} s so far)",
          f"{'s_b':>6} {'r':>5} | {'r fit ± s.e.':>15} {'s_b fit ± s.e.':>17} {'chi2/dof':>8} {'conv':>4} {'s':>5}"]
     print(L[0], flush=True)
-    for sb in a.s_b:
-        for r in a.r:
-            t1 = time.time()
-            m = sub[~sub.single_task & np.isclose(sub.s_b, sb) & np.isclose(sub.relatedness, r)].copy()
-            sj = single.set_index("s_a").loc[m.s_a]
-            benefit = sj["mean"].to_numpy() - m["mean"].to_numpy()
-            m["value"] = np.asarray([single_theory[x] for x in m.s_a]) - benefit
-            m["se_b"] = np.hypot(sj["se"].to_numpy(), m["se"].to_numpy())
-            m = m.assign(time=t_read, ntrain_b=m.ntrain).drop(columns=["s_b", "relatedness"])
-            obs, _ = observations_from_table(m, value="value", se="se_b", known=["s_a", "single_task", "ntrain", "ntrain_b"],
-                                             early_stopped=True, grid=grid)  # fmt: skip
-            prob = make_problem(exp, obs, [Param("relatedness", 0.5), Param("s_b", 1.0)], model=model)
-            fr = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4, progress=a.progress)
-            line = (f"{sb:6.3f} {r:5.2f} | {float(fr.params['relatedness'][0]):6.3f} ± {float(fr.stderr['relatedness'][0]):6.3f} "
-                    f"{float(fr.params['s_b'][0]):7.3f} ± {float(fr.stderr['s_b'][0]):7.3f} {float(fr.chi2_dof):8.2f} "
-                    f"{int(bool(fr.converged)):4d} {time.time() - t1:5.0f}")  # fmt: skip
-            print(line, flush=True)
-            L.append(line)
+    for sb, r in groups:
+        t1 = time.time()
+        m = sub[~sub.single_task & in_group(sb, r)].copy()
+        sj = single.set_index("s_a").loc[m.s_a]
+        benefit = sj["mean"].to_numpy() - m["mean"].to_numpy()
+        m["value"] = np.asarray([single_theory[x] for x in m.s_a]) - benefit
+        m["se_b"] = np.hypot(sj["se"].to_numpy(), m["se"].to_numpy())
+        m = m.assign(time=t_read, ntrain_b=m.ntrain).drop(columns=["s_b", "relatedness"])
+        obs, _ = observations_from_table(m, value="value", se="se_b", known=["s_a", "single_task", "ntrain", "ntrain_b"],
+                                         early_stopped=True, grid=grid)  # fmt: skip
+        prob = make_problem(exp, obs, [Param("relatedness", 0.5), Param("s_b", 1.0)], model=model)
+        fr = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4, progress=a.progress)
+        line = (f"{sb:6.3f} {r:5.2f} | {float(fr.params['relatedness'][0]):6.3f} ± {float(fr.stderr['relatedness'][0]):6.3f} "
+                f"{float(fr.params['s_b'][0]):7.3f} ± {float(fr.stderr['s_b'][0]):7.3f} {float(fr.chi2_dof):8.2f} "
+                f"{int(bool(fr.converged)):4d} {time.time() - t1:5.0f}")  # fmt: skip
+        print(line, flush=True)
+        L.append(line)
     return L
+
+
+def _group(text: str) -> tuple[float, float]:
+    """One `--groups` entry, `S_B:R`."""
+    try:
+        sb, r = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--groups entries are S_B:R, e.g. 10:1; got {text!r}") from None
+    return sb, r
 
 
 def main():
@@ -208,6 +227,8 @@ def main():
                     help="finite: read r and s_b back as free parameters from the multitask cells of each (--s-b, --r) "
                          "group at --read-back-ntrain (the benefit fitted, the time scale from that ntrain's cells)")
     ap.add_argument("--read-back-ntrain", type=int, default=800)
+    ap.add_argument("--groups", type=_group, nargs="+", default=None, metavar="S_B:R",
+                    help="--read-back: the (s_b, r) groups to read back, e.g. 10:1 0.631:0.5 (default: --s-b x --r)")
     ap.add_argument("--progress", action="store_true", help="print the fits' progress to stderr")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
