@@ -118,6 +118,12 @@ def _theory_fn(n_replicas):
     return run
 
 
+def _at(o) -> str:
+    """The time of a row's largest curve deviation (5 characters; blank for rows stored without it)."""
+    t = o.get("t_curve", float("nan"))
+    return f"{t:5.1f}" if np.isfinite(t) else " " * 5
+
+
 def _curve_stats(tl):
     """Replica-mean curve of `tl` (R, T), its minimum, the index of the minimum, and the minimum's
     standard error over replicas (the spread at that time / sqrt(R); 0 with one replica)."""
@@ -210,14 +216,14 @@ def main_trunk(args):
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
         f"{'eps':>4} {'alpha':>5} {'r':>4} {'s_a':>4} {'s_b':>4} | {'ES multi sim':>15} {'th':>15} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
-        f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>16} {'sign':>4} | {'curve':>6} | {'res m/s':>15} {'t_th':>5}",
+        f"{'final sim':>15} {'th':>7} | {'benefit sim':>16} {'th':>16} {'sign':>4} | {'curve':>6} {'at t':>5} | {'res m/s':>15} {'t_th':>5}",
     ]
 
     def line(o):
         return (f"{o['eps']:4.1f} {o['alpha']:5.1f} {o['r']:4.1f} {o['s_a']:4.1f} {o['s_b']:4.1f} | {o['es_sim']:7.4f}±{o['es_se']:6.4f} "
                 f"{o['es_th']:7.4f}±{o['es_th_se']:6.4f} {100*o['rel']:5.2f}% {o['z']:5.1f} | {o['tmin_sim']:6.1f} {o['tmin_th']:5.1f} | "
                 f"{o['final_sim']:7.4f}±{o['final_se']:6.4f} {o['final_th']:7.4f} | {o['ben_sim']:+8.4f}±{o['ben_se']:6.4f} "
-                f"{o['ben_th']:+8.4f}±{o['ben_th_se']:6.4f} {o['sign']:>4} | {100*o['curve']:5.2f}% | {o['res_m']:7.1e}/{o['res_s']:7.1e} "
+                f"{o['ben_th']:+8.4f}±{o['ben_th_se']:6.4f} {o['sign']:>4} | {100*o['curve']:5.2f}% {_at(o)} | {o['res_m']:7.1e}/{o['res_s']:7.1e} "
                 f"{o['t_th']:5.0f}" + (f"  ({o['replicas']} replicas)" if o.get("replicas", args.replicas) != args.replicas else ""))
 
     def summary_of(rs):
@@ -263,12 +269,13 @@ def main_trunk(args):
         ben_rep = tl1[:, i_s] - tl[:, i_m]
         ben_th_se = ben_rep.std(ddof=1) / np.sqrt(len(ben_rep)) if len(ben_rep) > 1 else 0.0
         sign = "--" if abs(ben_m) <= 2 * ben_se else ("ok" if np.sign(ben_th) == np.sign(ben_m) else "NO")
+        dev = np.abs(mean_m - te.mean(0)) / te.mean(0)  # along the whole curve; its largest is `curve`, at `t_curve`
         return dict(eps=eps, alpha=alpha, r=r, s_a=s_a, s_b=s_b, es_sim=es_m, es_se=es_se, es_th=es_th, es_th_se=es_th_se,
                     rel=abs(es_th - es_m) / es_m, z=abs(es_th - es_m) / np.hypot(es_se, es_th_se),
                     tmin_sim=time_[np.argmin(te.mean(0))], tmin_th=time_[i_m],
                     final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=mean_m[-1],
                     ben_sim=ben_m, ben_se=ben_se, ben_th=ben_th, ben_th_se=ben_th_se, sign=sign,
-                    curve=np.max(np.abs(mean_m - te.mean(0)) / te.mean(0)), res_m=res_m, res_s=res_s, conv=conv_m and conv_s,
+                    curve=dev.max(), t_curve=time_[int(np.argmax(dev))], res_m=res_m, res_s=res_s, conv=conv_m and conv_s,
                     t_sim=t_sim, t_th=dt_m + dt_s)
 
     _run_grid(args, grid, ["eps", "alpha", "r", "s_a", "s_b"], compute, line, header, summary_of)
