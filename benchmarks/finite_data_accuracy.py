@@ -29,7 +29,8 @@ full-batch GD at lr 0.5 for 40 steps (t = 20), evaluated every step.  Teacher an
 are one realisation (seed 0), the seeds draw the datasets (and test sets of 10 000 examples); the
 theory uses the same initial overlaps ("quenched"), grid Δ = lr (so it describes the same GD).
 Per point: early-stopped test loss (sim mean ± s.e. vs theory), the time of the minimum, the final
-test loss, and the largest relative deviation along the whole test-loss curve.
+test loss, and the largest relative deviation along the whole test-loss curve (depth >= 1: and the
+time where it occurs; the stored rows also keep both task-1 curves, columns `curve_sim`, `curve_th`).
 
 Theory error bars (`--replicas R`, default 4): the theory is a Monte Carlo estimate (fixed draws of
 the effective processes); it is solved R times with independent draw seeds (vmapped, one
@@ -116,6 +117,12 @@ def _theory_fn(n_replicas):
         return tl, np.asarray(th.train_loss[..., 0]), float(np.nanmax(th.residual[:, 0])), bool(np.all(th.converged)), time.time() - t0
 
     return run
+
+
+def _curve_text(curve) -> str:
+    """A test-loss curve as one CSV cell (space-separated, 4 decimals): the stored rows keep the
+    multitask task-1 curves of simulation and theory for later diagnosis."""
+    return " ".join(f"{v:.4f}" for v in np.asarray(curve))
 
 
 def _at(o) -> str:
@@ -276,7 +283,7 @@ def main_trunk(args):
                     final_sim=te[:, -1].mean(), final_se=te[:, -1].std(ddof=1) / np.sqrt(ns), final_th=mean_m[-1],
                     ben_sim=ben_m, ben_se=ben_se, ben_th=ben_th, ben_th_se=ben_th_se, sign=sign,
                     curve=dev.max(), t_curve=time_[int(np.argmax(dev))], res_m=res_m, res_s=res_s, conv=conv_m and conv_s,
-                    t_sim=t_sim, t_th=dt_m + dt_s)
+                    t_sim=t_sim, t_th=dt_m + dt_s, curve_sim=_curve_text(te.mean(0)), curve_th=_curve_text(mean_m))
 
     _run_grid(args, grid, ["eps", "alpha", "r", "s_a", "s_b"], compute, line, header, summary_of)
 
