@@ -11,6 +11,11 @@ benefits; `--read-back` fits r and s_b to the benefits of one ntrain (`read_back
 
     python benchmarks/fit_paper.py --model finite --discrepancy --offsets --out docs/results/fit_paper_finite_offsets.txt
     python benchmarks/fit_paper.py --model finite --read-back --s-b 10 --r 0 0.5 1 --newton 12 --out docs/results/fit_paper_readback.txt
+    python benchmarks/fit_paper.py --model finite --offsets --read-back --groups 10:1 0.631:0.5 --newton 0 \
+        --scan-r 0 0.5 1 --scan-sb 0.631 10 --out docs/results/fit_paper_readback_scan.txt
+
+`--groups S_B:R ...` picks the read-back's groups; `--scan-r`/`--scan-sb` print each group's χ² and
+the theory's benefits on a grid of (r, s_b) (with `--newton 0`, instead of the fit).
 
 The rest of this docstring is the population fit's.
 
@@ -48,6 +53,7 @@ import time
 if "finite" not in sys.argv:  # the population fit is compile-bound; the DMFT fit is run-bound
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
+import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -87,14 +93,17 @@ def paper_full_batch(n_grid: int):
     return mtjax.experiment_from_spec(spec)
 
 
-def fit_finite(cells: pd.DataFrame, a):
+def fit_finite(cells: pd.DataFrame, a, n_newton: int | None = None):
     """The finite-data theory (the DMFT of the paper's own network, quenched initial student of
     seed 0, `mtjax.fit_solver()`; with `--trunk-width proportional` the width-proportional DMFT at
     the typical initial condition), one fit per ntrain: its time scale τ_n is the only free
     parameter, so each ntrain's cells are solved once (`FitProblem.with_fixed_curves`).  The
     theory grid runs to 1.5 t_n with steps Δ <= 1 (GD stability; at least 16 steps).
 
+    `n_newton`: Levenberg–Marquardt steps (default `--newton`).
+
     **Returns:** (fitted predictions (len(cells),), predictions at τ = 1, {ntrain: FitResult})."""
+    n_newton = a.newton if n_newton is None else n_newton
     cells = cells.assign(ntrain_b=np.where(cells.single_task, np.nan, cells.ntrain))
     pred, nominal = np.full(len(cells), np.nan), np.full(len(cells), np.nan)
     results = {}
@@ -114,7 +123,7 @@ def fit_finite(cells: pd.DataFrame, a):
         # Solved once here (only post-solve parameters are free), so the fit and the predictions reuse it.
         prob = make_problem(paper_full_batch(T), obs, params, model=model).with_fixed_curves()
         t_solve = time.time() - t0
-        res = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4,
+        res = fit(prob, n_starts=1, n_adam=0, n_newton=n_newton, gtol=1e-4,
                   discrepancy="estimate" if a.discrepancy else None)  # fmt: skip
         pred[sel] = np.asarray(prob.predict(res.theta))
         nominal[sel] = np.asarray(prob.predict(prob.pack({"time_scale": 1.0, "loss_offset": 0.0})))
@@ -151,7 +160,8 @@ def read_back(cells: pd.DataFrame, a) -> list[str]:
                              f"{sorted(float(round(v, 4)) for v in sub.s_b.dropna().unique())}, r one of "
                              f"{sorted(float(v) for v in sub.relatedness.dropna().unique())}")
     t0 = time.time()
-    _, _, res = fit_finite(sub, a)
+    # 12 steps whatever --newton (the r, s_b fits'): the curves are solved once, so they cost ~1 s
+    _, _, res = fit_finite(sub, a, n_newton=12)
     tau = float(res[n].params["time_scale"][0])
     t_read = tau * float(sub.time.iloc[0])
     T = max(16, math.ceil(1.5 * t_read))
@@ -180,12 +190,35 @@ def read_back(cells: pd.DataFrame, a) -> list[str]:
         obs, _ = observations_from_table(m, value="value", se="se_b", known=["s_a", "single_task", "ntrain", "ntrain_b"],
                                          early_stopped=True, grid=grid)  # fmt: skip
         prob = make_problem(exp, obs, [Param("relatedness", 0.5), Param("s_b", 1.0)], model=model)
+        if a.scan_r:
+            L += _scan(prob, a, sb, r, benefit, m["se_b"].to_numpy())
+        if a.newton == 0:
+            continue
         fr = fit(prob, n_starts=1, n_adam=0, n_newton=a.newton, gtol=1e-4, progress=a.progress)
         line = (f"{sb:6.3f} {r:5.2f} | {float(fr.params['relatedness'][0]):6.3f} ± {float(fr.stderr['relatedness'][0]):6.3f} "
                 f"{float(fr.params['s_b'][0]):7.3f} ± {float(fr.stderr['s_b'][0]):7.3f} {float(fr.chi2_dof):8.2f} "
                 f"{int(bool(fr.converged)):4d} {time.time() - t1:5.0f}")  # fmt: skip
         print(line, flush=True)
         L.append(line)
+    return L
+
+
+def _scan(prob, a, sb, r, benefit, se) -> list[str]:
+    """The read-back's χ² and the theory's benefits over the grid `--scan-r` x `--scan-sb` for
+    one group: where the fit's minimum lies, and whether the theory reaches the authors' benefits."""
+    predict = eqx.filter_jit(lambda th: prob.predict(th))
+    L = [f"  scan of group (s_b {sb:g}, r {r:g}): authors' benefits by s_a " + " ".join(f"{b:+.3f}" for b in benefit)
+         + " (s.e. " + " ".join(f"{v:.3f}" for v in se) + ")"]
+    for rr in a.scan_r:
+        for ss in a.scan_sb:
+            t1 = time.time()
+            theta = prob.pack({"relatedness": rr, "s_b": ss})
+            pred = np.asarray(predict(theta))
+            chi2 = float(np.sum(((pred - np.asarray(prob.obs.value)) / np.asarray(prob.obs.se)) ** 2))
+            ben_th = np.asarray(prob.obs.value) + benefit - pred  # single theory − multi theory
+            L.append(f"    r {rr:4.2f} s_b {ss:7.3f}: chi2 {chi2:7.2f}; theory benefits " + " ".join(f"{b:+.3f}" for b in ben_th)
+                     + f"  ({time.time() - t1:.0f} s)")
+            print(L[-1], flush=True)
     return L
 
 
@@ -229,6 +262,10 @@ def main():
     ap.add_argument("--read-back-ntrain", type=int, default=800)
     ap.add_argument("--groups", type=_group, nargs="+", default=None, metavar="S_B:R",
                     help="--read-back: the (s_b, r) groups to read back, e.g. 10:1 0.631:0.5 (default: --s-b x --r)")
+    ap.add_argument("--scan-r", type=float, nargs="*", default=None,
+                    help="--read-back: also print each group's chi2 and theory benefits on the grid --scan-r x --scan-sb "
+                         "(with --newton 0: the scan only)")
+    ap.add_argument("--scan-sb", type=float, nargs="*", default=[0.631, 10.0])
     ap.add_argument("--progress", action="store_true", help="print the fits' progress to stderr")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

@@ -127,6 +127,24 @@ def test_cheap_trials_reach_the_same_optimum_with_fewer_jacobians(problem, monke
         fit(prob, dtol=-1.0)
 
 
+def test_a_flat_direction_does_not_freeze_the_determined_one(monkeypatch):
+    # Residuals (θ0 − 0.8, 1e-3 θ1 + 0.5): θ0 is determined, θ1 nearly flat, so its Gauss–Newton
+    # step is ~500.  The step is capped per coordinate (MAX_STEP); scaled as a whole, θ0 moved by
+    # 1/500 of its step per iteration (the read-back of r and s_b in benchmarks/fit_paper.py).
+    import mtjax._fitting.optimisers as opt
+
+    def toy(problem, th):
+        th = np.asarray(th)
+        r = np.stack([th[:, 0] - 0.8, 1e-3 * th[:, 1] + 0.5], 1)
+        J = np.broadcast_to(np.diag([1.0, 1e-3]), (len(th), 2, 2))
+        return r, J
+
+    monkeypatch.setattr(opt, "_residuals_and_jacobian", toy)
+    th, f, g, J, steps, r = opt._levenberg_marquardt(None, np.zeros((1, 2)), 3, 1e-12)
+    assert abs(th[0, 0] - 0.8) < 1e-3, th  # scaled as a whole: 0.005 after 3 steps
+    assert 0 < -th[0, 1] <= 3 * opt.MAX_STEP + 1e-9, th  # the flat one moves, at most MAX_STEP a step
+
+
 def test_replicate_sandwich_is_the_spread_of_refits(problem):
     # Two replicates value ± d (d correlated along the curve, as a seed's offset is): the
     # cluster-robust sandwich s.e. of each parameter must be what refitting the two replicates
