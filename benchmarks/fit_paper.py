@@ -203,17 +203,25 @@ def read_back(cells: pd.DataFrame, a) -> list[str]:
     return L
 
 
+@eqx.filter_jit
+def _predict(prob, theta):
+    """`FitProblem.predict` with the problem as an argument: groups of the same shape share one
+    compilation (a closure over each group's problem compiled once per group)."""
+    return prob.predict(theta)
+
+
 def _scan(prob, a, sb, r, benefit, se) -> list[str]:
     """The read-back's χ² and the theory's benefits over the grid `--scan-r` x `--scan-sb` for
     one group: where the fit's minimum lies, and whether the theory reaches the authors' benefits."""
-    predict = eqx.filter_jit(lambda th: prob.predict(th))
     L = [f"  scan of group (s_b {sb:g}, r {r:g}): authors' benefits by s_a " + " ".join(f"{b:+.3f}" for b in benefit)
          + " (s.e. " + " ".join(f"{v:.3f}" for v in se) + ")"]
     for rr in a.scan_r:
         for ss in a.scan_sb:
             t1 = time.time()
             theta = prob.pack({"relatedness": rr, "s_b": ss})
-            pred = np.asarray(predict(theta))
+            pred = np.asarray(_predict(prob, theta))
+            # the read-back's problems are weighted least squares: χ² = 2 x `FitProblem.objective`,
+            # from the predictions already solved (objective() would solve them again)
             chi2 = float(np.sum(((pred - np.asarray(prob.obs.value)) / np.asarray(prob.obs.se)) ** 2))
             ben_th = np.asarray(prob.obs.value) + benefit - pred  # single theory − multi theory
             L.append(f"    r {rr:4.2f} s_b {ss:7.3f}: chi2 {chi2:7.2f}; theory benefits " + " ".join(f"{b:+.3f}" for b in ben_th)
