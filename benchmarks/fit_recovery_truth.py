@@ -52,10 +52,14 @@ def main():
     variants = {"setting": {}, "w_b=0": {"w_b": 0.0}, "both s_a": {"s_b": float(tr.s_a)}, "both s_b": {"s_a": float(tr.s_b)}}
     # One program per shape: the variants at one N differ only in array fields, so they reuse it.
     simulate = eqx.filter_jit(jax.vmap(mtjax.simulate, in_axes=(None, 0)))
+    gaps = {}  # (task, time index) -> [(N, sim − theory, combined s.e.)] of the setting itself
     for N in a.n:
         sp = copy.deepcopy(SPEC_FINITE)
         sp["teacher"]["n_features"] = N
         P = float(round(alpha * N))
+        # The pool must hold the P training examples: under jit the simulation cannot check it
+        # (`mtjax.simulate`'s pool check needs concrete sizes) and would train on the pool only.
+        sp["train"]["n_train"] = [int(P), int(P)]
         for name, extra in variants.items():
             if name != "setting" and N != a.n[len(a.n) // 2]:
                 continue  # the variants localise the gap at one N
@@ -72,8 +76,30 @@ def main():
                     s_m, s_e = L[:, j, k].mean(), L[:, j, k].std(ddof=1) / np.sqrt(a.seeds)
                     t_m, t_e = th[:, j, k].mean(), th[:, j, k].std(ddof=1) / 2
                     cells.append(f"{s_m:6.3f}±{s_e:5.3f} {t_m:6.3f}±{t_e:5.3f}")
+                    if name == "setting":
+                        gaps.setdefault((k, j), []).append((N, s_m - t_m, float(np.hypot(s_e, t_e))))
                 emit(f"{N:4d} {name:>10} {k + 1:4d} | " + " | ".join(cells) + f"   ({time.time() - t0:.0f} s)")
+    if len(a.n) >= 3:
+        emit("")
+        emit("gap = simulation − theory of the setting, weighted fit gap(N) = b + c/N (b: the theory's error at N → ∞,")
+        emit("c/N: the simulations' finite-size excess); chi2 of b + c/N and of c/N alone (b = 0)")
+        for (k, j), rows in gaps.items():
+            emit(f"task {k + 1} t = {2 * j:<3d}" + finite_size_fit(np.array(rows)))
     emit.write(a.out)
+
+
+def finite_size_fit(rows):
+    """Weighted least squares of gap = b + c / N; rows (n, 3): N, gap (nats), its s.e."""
+    n, g, se = rows.T
+    X = np.stack([np.ones_like(n), 1.0 / n], 1) / se[:, None]
+    cov = np.linalg.inv(X.T @ X)
+    b, c = cov @ X.T @ (g / se)
+    chi2 = np.sum(((g - b - c / n) / se) ** 2)
+    c0 = np.sum(g / n / se**2) / np.sum(1 / (n * se) ** 2)
+    chi0 = np.sum(((g - c0 / n) / se) ** 2)
+    return (f" gaps {' '.join(f'{x:.3f}' for x in g)}: b = {b:+.3f} ± {np.sqrt(cov[0, 0]):.3f}, "
+            f"c = {c:.1f} ± {np.sqrt(cov[1, 1]):.1f}, chi2 {chi2:.2f} ({len(n) - 2} dof); "
+            f"c/N alone: c = {c0:.1f}, chi2 {chi0:.2f} ({len(n) - 1} dof)")
 
 
 if __name__ == "__main__":
