@@ -12,7 +12,10 @@ as in `fit_recovery.py`) and the theory of that teacher and student (quenched in
 sides hold the heads' initial draw fixed: with the typical initial condition the theory keeps
 the student's heads while simulations over fresh students average over them, which for an
 untrained head (w_b = 0) alone moves task 2's loss by 0.2 nats. A theory error shows as a gap
-that does not shrink with N; a finite-size effect as one that does.
+that does not shrink with N; a finite-size effect as one that does: with three or more N the
+script fits gap(N) = b + c/N to each (task, time) and prints b (the theory's error at N → ∞) and
+c (the simulations' finite-size excess) with their s.e. and χ². Each N's pool holds exactly its
+P = α N training examples.
 """
 
 from __future__ import annotations
