@@ -60,13 +60,12 @@ def main():
         sp = copy.deepcopy(SPEC_FINITE)
         sp["teacher"]["n_features"] = N
         P = float(round(alpha * N))
-        # The pool must hold the P training examples: under jit the simulation cannot check it
-        # (`mtjax.simulate`'s pool check needs concrete sizes) and would train on the pool only.
-        sp["train"]["n_train"] = [int(P), int(P)]
+        sp["train"]["n_train"] = [int(P), int(P)]  # the pool holds the P training examples
         for name, extra in variants.items():
             if name != "setting" and N != a.n[len(a.n) // 2]:
                 continue  # the variants localise the gap at one N
             e = mtjax.apply_axes(mtjax.experiment_from_spec(sp), {**base, "ntrain": P, "ntrain_b": P, **extra})
+            mtjax.Simulation().check(e)  # the jitted simulation below cannot check its pool itself
             t0 = time.time()
             i = jnp.arange(a.seeds)
             q = jnp.full_like(i, a.setting)

@@ -345,8 +345,8 @@ def simulate(
 
     Pure and jit/vmap-able: vmap over `experiment` (array fields) and `seeds` for a sweep.
     Data sizes above the pool (`train.n_train_active > train.n_train`) raise only where they are
-    concrete; under `jax.jit`/`jax.vmap` they are tracers, so size `train.n_train` to the largest
-    data size before tracing, or the run trains on the pool alone.
+    concrete; under `jax.jit`/`jax.vmap` they are tracers, so check the concrete experiment with
+    `mtjax.Simulation().check(experiment)` before tracing, or the run trains on the pool alone.
     """
     _check_data_sizes(experiment)
     tcfg = experiment.train

@@ -166,3 +166,8 @@ def test_simulation_refuses_data_sizes_above_its_pool():
         mtjax.simulate(mtjax.apply_axes(exp, {"ntrain": 32.0, "ntrain_b": 16.0}), mtjax.Seeds(0))
     h = mtjax.simulate(mtjax.apply_axes(exp, {"ntrain": 16.0, "ntrain_b": 8.0}), mtjax.Seeds(0))  # within: runs
     assert h.test_loss.shape[-1] == 2
+    # Under jit the sizes are tracers and simulate cannot check them: the model's check, on the
+    # concrete experiment, is what callers that trace the simulation run first.
+    with pytest.raises(ValueError, match=r"\[32.0, 16.0\] exceed the training pool"):
+        mtjax.Simulation().check(mtjax.apply_axes(exp, {"ntrain": 32.0, "ntrain_b": 16.0}))
+    mtjax.Simulation().check(mtjax.apply_axes(exp, {"ntrain": 16.0, "ntrain_b": 8.0}))

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 
 from .._experiment import Experiment, Seeds
-from .._train import History, make_inputs, simulate
+from .._train import History, _check_data_sizes, make_inputs, simulate
 from .base import AbstractModel
 
 _make_inputs_jit = eqx.filter_jit(make_inputs)
@@ -24,6 +24,11 @@ class Simulation(AbstractModel):
     def history(self, experiment: Experiment, seeds: Seeds, context: Any = None) -> History:
         inputs, shared = (None, False) if context is None else context
         return simulate(experiment, seeds, inputs, shared_subsets=shared)
+
+    def check(self, experiment: Experiment) -> None:
+        # `simulate`'s own pool check sees tracers under jit/vmap; sweeps and benchmarks that
+        # trace it check the concrete experiment here first.
+        _check_data_sizes(experiment)
 
     def prepare(self, experiment: Experiment, seeds: Seeds) -> Any:
         """Where every run of a chunk has one data seed (the paper preset's seed scope "train"
