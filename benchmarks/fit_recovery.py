@@ -169,6 +169,14 @@ def main():
                     help="also observe task 1 trained alone (same seeds): the fit sees the multitask benefit, which "
                          "carries r, with the seed-to-seed noise it shares with the multitask curve cancelled by "
                          "the seed-clustered error bars")
+    ap.add_argument("--theory-replicates", type=int, default=0,
+                    help="finite: M >= 2 more theory solves at each optimum with independent draws, whose covariance "
+                         "(the theory's Monte Carlo error, mtjax.theory_covariance) enters the error bars "
+                         "(fit(theory_replicates=M)); the report adds the coverage with this term but no discrepancy")
+    ap.add_argument("--refresh-errors", action="store_true",
+                    help="with --rows: recompute the error bars of the finished rows at their fitted values (no refit: "
+                         "the Jacobian at the optimum, plus --theory-replicates solves), with the current --errors, "
+                         "--discrepancy and --theory-replicates; rows already refreshed with this M are skipped")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
@@ -212,30 +220,22 @@ def main():
                 np.savez(bcache, times=times, loss=loss_single)
     t_sim = time.time() - t0
     print(f"simulated {a.settings} x {a.seeds} runs in {t_sim:.0f} s", flush=True)
+    if a.refresh_errors:
+        if not a.rows or not os.path.exists(a.rows):
+            raise SystemExit(f"--refresh-errors needs an existing --rows file, got {a.rows!r}")
+        _refresh_errors(a, exp, truth, times, loss, loss_single if a.baseline else None, disc, finite)
+        report = format_report(pd.read_csv(a.rows).sort_values("setting"), a, t_sim, time.time() - t0, time.process_time())
+        print(report)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(report + "\n")
+        return
     rows = []
     done = set(pd.read_csv(a.rows).setting.astype(int)) if a.rows and os.path.exists(a.rows) else set()
     for i in (range(a.settings) if a.only is None else a.only):
         if i in done:
             continue
-        mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)
-        tab = pd.DataFrame([
-            {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k], "single_task": 0.0}
-            for j in range(1, len(times)) for k in range(2)
-        ])  # fmt: skip
-        per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)  # (seeds, rows), rows ordered as in `tab`
-        if a.baseline:
-            m1, se1 = loss_single[i].mean(0), loss_single[i].std(0, ddof=1) / np.sqrt(a.seeds)
-            tab = pd.concat([tab, pd.DataFrame([
-                {"time": times[j], "task": 1, "test_loss": m1[j, 0], "se": se1[j, 0], "single_task": 1.0}
-                for j in range(1, len(times))])], ignore_index=True)  # fmt: skip
-            per_seed = np.concatenate([per_seed, loss_single[i][:, 1:, 0]], axis=1)
-        obs, _ = observations_from_table(tab, se="se", known=["single_task"] if a.baseline else [])
-        params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
-        texp = theory_experiment(exp, truth, i)
-        maps = {} if a.maps is None else {"min_iter": a.maps, "max_iter": a.maps}
-        models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, n_response=a.response, **maps))} if finite else {"": mtjax.PopulationTheory(SOLVER)}
-        if finite and not a.no_population:
-            models["pop_"] = mtjax.PopulationTheory(SOLVER)
+        texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single if a.baseline else None, finite)
         row = {"setting": i}
         for prefix, model in list(models.items())[1:]:  # the other theory, side by side: point estimates only
             pr_ = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=model)
@@ -244,26 +244,12 @@ def main():
             row[f"{prefix}chi2_dof"] = float(r_.chi2_dof)
         prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
         ti = time.time()
-        # Errors of one seed-mean curve are correlated across times (a seed that learns fast is
-        # low at every time, and it keeps its test set): the sandwich error bars treat every
-        # seed's curve as one cluster (rows ordered as in `tab`: time-major, then task).
-        kw = {"diagonal": {}, "replicates": {"obs_replicates": per_seed},
-              "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
+        kw = _error_kwargs(a, per_seed)
         # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
         # alone (forward-mode Jacobian, 3 tangents) from the starts.
         res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc,
-                  progress=a.progress, **kw)  # fmt: skip
-        base = error_model(prob, res, **kw)  # the same fit's error bars without the discrepancy term
-        row.update({"dof": res.dof, "tau_a": float(res.discrepancy[0]), "tau_b": float(res.discrepancy[1])})
-        if finite:
-            row["ntrain_true"] = float(truth.ntrain.iloc[i])
-        for name in ("relatedness", "s_a", "s_b"):
-            row[f"{name}_true"] = float(truth[name].iloc[i])
-            row[f"{name}_fit"] = float(res.params[name][0])
-            row[f"{name}_se"] = float(res.stderr[name][0])
-            row[f"{name}_se0"] = float(base.stderr[name][0])
-        lo, hi = res.interval("relatedness", 0.95, scale="fit")
-        row.update(r_lo_fit95=float(lo[0]), r_hi_fit95=float(hi[0]))
+                  progress=a.progress, theory_replicates=a.theory_replicates, **kw)  # fmt: skip
+        row.update(_error_columns(a, prob, res, truth, i, finite, kw))
         if not a.no_profile:
             r_hat, h = row["relatedness_fit"], row["relatedness_se"]
             h = min(h, 0.2) if np.isfinite(h) and h > 0 else 0.2
@@ -286,6 +272,84 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             f.write(report + "\n")
+
+
+def _setting_problem(a, exp, truth, i, times, loss, loss_single, finite):
+    """Setting i's observations (seed means, s.e., per-seed curves) and the models that fit them."""
+    mean, se = loss[i].mean(0), loss[i].std(0, ddof=1) / np.sqrt(a.seeds)
+    tab = pd.DataFrame([
+        {"time": times[j], "task": k + 1, "test_loss": mean[j, k], "se": se[j, k], "single_task": 0.0}
+        for j in range(1, len(times)) for k in range(2)
+    ])  # fmt: skip
+    per_seed = loss[i][:, 1:, :].reshape(a.seeds, -1)  # (seeds, rows), rows ordered as in `tab`
+    if loss_single is not None:
+        m1, se1 = loss_single[i].mean(0), loss_single[i].std(0, ddof=1) / np.sqrt(a.seeds)
+        tab = pd.concat([tab, pd.DataFrame([
+            {"time": times[j], "task": 1, "test_loss": m1[j, 0], "se": se1[j, 0], "single_task": 1.0}
+            for j in range(1, len(times))])], ignore_index=True)  # fmt: skip
+        per_seed = np.concatenate([per_seed, loss_single[i][:, 1:, 0]], axis=1)
+    obs, _ = observations_from_table(tab, se="se", known=["single_task"] if loss_single is not None else [])
+    params = [Param("relatedness", 0.3), Param("s_a", 1.0), Param("s_b", 1.0)]
+    texp = theory_experiment(exp, truth, i)
+    maps = {} if a.maps is None else {"min_iter": a.maps, "max_iter": a.maps}
+    models = {"": mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, n_response=a.response, **maps))} if finite else {"": mtjax.PopulationTheory(SOLVER)}
+    if finite and not a.no_population:
+        models["pop_"] = mtjax.PopulationTheory(SOLVER)
+    return texp, obs, params, per_seed, models
+
+
+def _error_kwargs(a, per_seed) -> dict:
+    # Errors of one seed-mean curve are correlated across times (a seed that learns fast is
+    # low at every time, and it keeps its test set): the sandwich error bars treat every
+    # seed's curve as one cluster (rows ordered as in `tab`: time-major, then task).
+    return {"diagonal": {}, "replicates": {"obs_replicates": per_seed},
+            "sandwich": {"obs_covariance": np.cov(per_seed, rowvar=False) / a.seeds}}[a.errors]
+
+
+def _error_columns(a, prob, res, truth, i, finite, kw) -> dict:
+    """A fit's estimates and error bars as row columns: `_se` the full error model, `_se0` the
+    sampling error alone, `_se1` sampling plus the theory's Monte Carlo error (no discrepancy)."""
+    base = error_model(prob, res, **kw)  # the same fit's error bars without the discrepancy term
+    mc = error_model(prob, res, theory_replicates=a.theory_replicates, **kw) if a.theory_replicates else base
+    row = {"dof": res.dof, "tau_a": float(res.discrepancy[0]), "tau_b": float(res.discrepancy[1]),
+           "theory_replicates": int(a.theory_replicates)}  # fmt: skip
+    if a.theory_replicates:  # the theory's Monte Carlo s.d. against the data's s.e., median over the points
+        row["theory_se_ratio"] = float(np.median(np.asarray(res.theory_se) / np.asarray(prob.obs.se)))
+    if finite:
+        row["ntrain_true"] = float(truth.ntrain.iloc[i])
+    for name in ("relatedness", "s_a", "s_b"):
+        row[f"{name}_true"] = float(truth[name].iloc[i])
+        row[f"{name}_fit"] = float(res.params[name][0])
+        row[f"{name}_se"] = float(res.stderr[name][0])
+        row[f"{name}_se0"] = float(base.stderr[name][0])
+        row[f"{name}_se1"] = float(mc.stderr[name][0])
+    lo, hi = res.interval("relatedness", 0.95, scale="fit")
+    row.update(r_lo_fit95=float(lo[0]), r_hi_fit95=float(hi[0]))
+    return row
+
+
+def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> None:
+    """`--refresh-errors`: the error bars of every finished row at its fitted values, no refit."""
+    df = pd.read_csv(a.rows)
+    for _, old in df.sort_values("setting").iterrows():
+        i = int(old.setting)
+        done_m = old.get("theory_replicates", 0)
+        if (a.only is not None and i not in a.only) or (pd.notna(done_m) and int(done_m) == a.theory_replicates):
+            continue
+        ti = time.time()
+        texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
+        prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
+        theta = prob.pack({n: old[f"{n}_fit"] for n in ("relatedness", "s_a", "s_b")})
+        kw = _error_kwargs(a, per_seed)
+        # n_newton = 0: the residuals and Jacobian at the stored optimum, and the error bars there
+        res = fit(prob, starts=theta[None], n_adam=0, n_newton=0, discrepancy=disc, theory_replicates=a.theory_replicates, **kw)
+        row = {**old.to_dict(), **_error_columns(a, prob, res, truth, i, finite, kw)}
+        for n in ("relatedness", "s_a", "s_b"):  # the stored optimum, not its float32 round trip
+            row[f"{n}_fit"] = float(old[f"{n}_fit"])
+        row["refresh_s"] = time.time() - ti
+        print(f"setting {i}: errors refreshed in {row['refresh_s']:.0f} s: "
+              + ", ".join(f"{n} se {old[f'{n}_se']:.4f} -> {row[f'{n}_se']:.4f}" for n in ("relatedness", "s_a", "s_b")), flush=True)
+        _add_row(a.rows, row)
 
 
 def _add_row(path: str, row: dict) -> None:
@@ -353,7 +417,17 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
                  f"> 0 in {int((d.tau_a > 0).sum())}), task 2 median {1e3 * d.tau_b.median():.2f} (max {1e3 * d.tau_b.max():.2f}, "
                  f"> 0 in {int((d.tau_b > 0).sum())}); s.e. inflation median r {np.median(d.relatedness_se / d.relatedness_se0):.2f}, "
                  f"s_a {np.median(d.s_a_se / d.s_a_se0):.2f}, s_b {np.median(d.s_b_se / d.s_b_se0):.2f}")
-    for title, sfx in ((f"with the discrepancy term ({a.discrepancy})", ""), ("without it (sampling error only)", "0")):
+    blocks = [(f"with the discrepancy term ({a.discrepancy})", ""), ("without it (sampling error only)", "0")]
+    M = int(d.theory_replicates.min()) if "theory_replicates" in d and d.theory_replicates.notna().all() else 0
+    if M:  # every row carries the theory's Monte Carlo error
+        blocks[0] = (f"with the theory's Monte Carlo error ({M} replicates) and the discrepancy term ({a.discrepancy})", "")
+        blocks.insert(1, ("with the theory's Monte Carlo error, no discrepancy term", "1"))
+        d["lse1_s_a"], d["lse1_s_b"] = (d[f"{s}_se1"] / (d[f"{s}_fit"] * np.log(10)) for s in ("s_a", "s_b"))
+        lines.append(f"theory's Monte Carlo s.d. / data s.e. (median over a setting's points): median {d.theory_se_ratio.median():.2f} "
+                     f"(range {d.theory_se_ratio.min():.2f}-{d.theory_se_ratio.max():.2f}); s.e. inflation by it alone, median "
+                     f"r {np.median(d.relatedness_se1 / d.relatedness_se0):.2f}, s_a {np.median(d.s_a_se1 / d.s_a_se0):.2f}, "
+                     f"s_b {np.median(d.s_b_se1 / d.s_b_se0):.2f}")
+    for title, sfx in blocks:
         lines.append(f"coverage {title} (nominal 68 % / 95 %; t({dof:g}) quantiles {q68:.2f} / {q95:.2f}):")
         for name, err, se, sub in (("r (all)", d.dr, d[f"relatedness_se{sfx}"], d),
                                    ("r (identifiable)", ident.dr, ident[f"relatedness_se{sfx}"], ident),

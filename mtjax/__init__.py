@@ -97,6 +97,7 @@ from ._fitting import (
     make_problem as make_problem,
     observations_from_table as observations_from_table,
     profile as profile,
+    theory_covariance as theory_covariance,
 )
 from ._design import (
     DesignResult as DesignResult,

@@ -119,6 +119,8 @@ CASES = [
     (["fit", "{in}/ok.csv", *FIT, "--by", "relatedness=ntrain"], "column 'ntrain' is not in the table"),
     (["fit", "{in}/ok.csv", *FIT, "--starts", "0"], "n_starts=0 must be an integer >= 1"),
     (["fit", "{in}/ok.csv", *FIT, "--adam-steps", "-1"], "n_adam=-1 must be an integer >= 0"),
+    (["fit", "{in}/ok.csv", *FIT, "--theory-replicates", "1"], "theory_replicates=1 must be 0"),
+    (["fit", "{in}/ok.csv", *FIT, "--theory-replicates", "4"], "has no Monte Carlo draws"),
     (["fit", "{in}/ok.csv", "--config", "{in}/cfg.toml", "--free", "width"], "Param name='width' is not fittable"),
     (["fit", "{in}/ok.csv", *FIT, "--set", "teacher.colour=1"], "colour"),
     (["fit", "{in}/ok.csv", *FIT, "--output", "no/such/folder/fit.csv"], "--output no/such/folder/fit.csv: its folder"),

@@ -4,6 +4,7 @@ and design optima that are known in advance."""
 
 import argparse
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,3 +204,35 @@ def test_design_over_realisations_is_the_mean_of_the_realisations():
     stop = mtjax.optimal_stopping_time(exp, seeds, t_max=4.0, n_times=4, model=MODEL)
     curves = [np.asarray(MODEL.test_loss_at(exp, mtjax.Seeds(i, i + 10, i + 20, i), stop.times)[0][:, 0]) for i in range(2)]
     np.testing.assert_allclose(np.asarray(stop.losses), np.mean(curves, 0), rtol=1e-5)
+
+
+def test_theory_replicates_put_the_draws_monte_carlo_error_into_the_error_bars():
+    """`theory_covariance` is the covariance of the predictions over independent draw seeds, and
+    `fit(theory_replicates=M)` adds it to the sandwich, V = A (I + C_th / se seᵀ) Aᵀ with
+    A = (JᵀJ)⁻¹Jᵀ, with M − 1 dof; bad values are refused before any solve."""
+    truth = {"eps_a": 0.15, "ntrain": 70.0}
+    prob = _problem([Param(n, v) for n, v in truth.items()], _theory_values(truth))
+    theta, M = prob.pack(truth), 4
+    cov = mtjax.theory_covariance(prob, theta, M)
+    predict = eqx.filter_jit(lambda p, th: p.predict(th))
+    preds = np.stack([np.asarray(predict(eqx.tree_at(lambda p: p.model, prob, MODEL.reseeded(k)), theta)) for k in range(M + 1)])
+    np.testing.assert_allclose(preds[0], np.asarray(predict(prob, theta)), rtol=1e-6)  # offset 0: the fit's own draws
+    np.testing.assert_allclose(cov, np.cov(preds[1:], rowvar=False), rtol=1e-3, atol=1e-9)
+    se = np.asarray(prob.obs.se)
+    assert np.all(np.sqrt(np.diag(cov)) > 1e-3 * se)  # the draws move every prediction
+    res0 = fit(prob, n_starts=1, n_adam=0, n_newton=0)
+    res = mtjax.error_model(prob, res0, theory_replicates=M)
+    A = np.linalg.pinv(np.asarray(res0.jacobian, float))
+    want = A @ (np.eye(se.size) + cov / np.outer(se, se)) @ A.T
+    np.testing.assert_allclose(np.asarray(res.covariance), want, rtol=2e-3)
+    np.testing.assert_allclose(np.asarray(res.theory_se), np.sqrt(np.diag(cov)), rtol=1e-3)
+    assert res.dof == M - 1 and res.theory_replicates == M
+    for name in truth:
+        assert float(res.stderr[name][0]) > float(res0.stderr[name][0])
+    again = mtjax.error_model(prob, res, theory_replicates=M)  # reuses the stored covariance
+    np.testing.assert_allclose(np.asarray(again.covariance), np.asarray(res.covariance), rtol=1e-6)
+    with pytest.raises(ValueError, match="theory_replicates=1 must be"):
+        fit(prob, theory_replicates=1)
+    pop = make_problem(prob.experiment, prob.obs, [Param("eps_a", 0.15)], model=mtjax.PopulationTheory())
+    with pytest.raises(ValueError, match="no Monte Carlo draws"):
+        fit(pop, theory_replicates=4)

@@ -26,6 +26,7 @@ would bind it).
 """
 
 from .errors import error_model as error_model
+from .errors import theory_covariance as theory_covariance
 from .fits import FitResult as FitResult, fit as fit, fit_table as fit_table, log10_stderr as log10_stderr
 from .observations import (
     KNOWN_COLUMNS as KNOWN_COLUMNS,

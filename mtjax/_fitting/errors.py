@@ -7,6 +7,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,6 +120,45 @@ def _error_covariance(J, r, C, kernels, tau):
     return 0.5 * (V + V.T), tau
 
 
+def _check_theory_replicates(problem: FitProblem, theory_replicates) -> int:
+    """Refuse a bad `theory_replicates` before any solve. **Returns:** it as an int."""
+    M = theory_replicates
+    if not (isinstance(M, (int, np.integer)) and (M == 0 or M >= 2)):
+        raise ValueError(f"theory_replicates={M!r} must be 0 (no theory Monte Carlo term) or an integer >= 2 "
+                         "(e.g. 8; CLI: --theory-replicates)")
+    if M and problem.model.reseeded(1) is None:
+        raise ValueError(f"theory_replicates={M}: the model {problem.model.name!r} has no Monte Carlo draws (its "
+                         "predictions are deterministic); pass theory_replicates=0")
+    return int(M)
+
+
+@eqx.filter_jit
+def _replicate_predictions(problem: FitProblem, theta, offsets):
+    def one(k):
+        return eqx.tree_at(lambda p: p.model, problem, problem.model.reseeded(k)).predict(theta)
+
+    return jax.lax.map(one, offsets)  # one solve at a time: the memory of a single fit evaluation
+
+
+def theory_covariance(problem: FitProblem, theta: Float[Array, " P"], n_replicates: int = 8) -> np.ndarray:
+    """Monte Carlo covariance of the theory's predictions at `theta` (n, n), metric units².
+
+    A Monte Carlo theory (the finite-data theory's fixed draws) predicts every observation with
+    an error that is fixed for a fit (one draw seed) but differs between seeds. This solves the
+    problem at `theta` with `n_replicates` independent draw seeds (`model.reseeded(1..M)`) and
+    returns the sample covariance of the predictions (M − 1 degrees of freedom). Its size next
+    to `problem.obs.se` says whether the theory's draws or the data limit a fit.
+
+    **Raises:** `ValueError` before any solve if `n_replicates` < 2 or the model has no draws."""
+    M = _check_theory_replicates(problem, n_replicates)
+    if M == 0:
+        raise ValueError("n_replicates=0: the covariance needs at least 2 replicates")
+    if problem.fixed_curves is not None:  # curves solved once (time scales only): solve them again per seed
+        problem = dataclasses.replace(problem, fixed_curves=None)
+    preds = np.asarray(_replicate_predictions(problem, jnp.asarray(theta), jnp.arange(1, M + 1, dtype=jnp.int32)), float)
+    return np.atleast_2d(np.cov(preds, rowvar=False))
+
+
 def error_model(
     problem: FitProblem,
     result: FitResult,
@@ -127,16 +167,22 @@ def error_model(
     obs_replicates=None,
     discrepancy=None,
     discrepancy_length: float = math.inf,
+    theory_replicates: int = 0,
 ) -> FitResult:
     """The error bars of a `loss="wls"` fit under another error model, without refitting.
 
     Same arguments as `fit` (`obs_covariance`, `obs_replicates`, `discrepancy`,
-    `discrepancy_length`); uses the Gauss–Newton Jacobian and residuals stored in `result`
-    (the sandwich's bread is the Gauss–Newton H = JᵀJ also when the fit used `hessian="exact"`).
+    `discrepancy_length`, `theory_replicates`); uses the Gauss–Newton Jacobian and residuals
+    stored in `result` (the sandwich's bread is the Gauss–Newton H = JᵀJ also when the fit used
+    `hessian="exact"`). `theory_replicates` = M >= 2 solves the theory M more times at the
+    optimum (`theory_covariance`); a result that already carries `theory_se` with the same M
+    reuses its covariance instead.
 
-    **Returns:** `result` with `covariance`, `stderr`, `discrepancy` and `dof` replaced."""
+    **Returns:** `result` with `covariance`, `stderr`, `discrepancy`, `dof` and `theory_se`
+    replaced."""
     if problem.loss != "wls":
         raise ValueError("error_model needs loss='wls'")
+    M = _check_theory_replicates(problem, theory_replicates)
     dof = math.inf
     if obs_replicates is not None:
         if obs_covariance is not None:
@@ -144,12 +190,27 @@ def error_model(
         obs_covariance, dof = _replicate_covariance(problem, obs_replicates)
     n_tasks = problem.experiment.train.n_tasks
     J = np.asarray(result.jacobian, float)
-    C = None if obs_covariance is None else jnp.asarray(_whitened(problem, obs_covariance))
     se = problem.obs.se
+    C = None if obs_covariance is None else jnp.asarray(_whitened(problem, obs_covariance))
+    theory_se, theory_cov = None, None
+    if M:
+        if result.theory_covariance is not None and result.theory_replicates == M:
+            theory_cov = np.asarray(result.theory_covariance, float)
+        else:
+            theory_cov = theory_covariance(problem, result.theta, M)
+        theory_se = jnp.asarray(np.sqrt(np.clip(np.diag(theory_cov), 0, None)))
+        # The theory's Monte Carlo error is a second, independent error of every residual: its
+        # (whitened) covariance adds to the sampling error's, in the sandwich and in the moments
+        # that estimate τ. Its s.d. is estimated from M − 1 dof: the intervals take the smaller dof.
+        Cw = np.eye(J.shape[0]) if C is None else np.asarray(C)
+        C = jnp.asarray(Cw + theory_cov / np.outer(np.asarray(se), np.asarray(se)))
+        dof = min(dof, float(M - 1))
     kern = _discrepancy_kernels(problem.obs, n_tasks, discrepancy_length) / (se[:, None] * se[None, :])
     cov, tau = _error_covariance(jnp.asarray(J), result.residuals, C, kern, _discrepancy_arg(discrepancy, n_tasks))
     cov = np.asarray(cov, float)
     if not np.all(np.isfinite(np.asarray(result.covariance))):
         cov = np.full_like(cov, np.nan)
     return dataclasses.replace(result, covariance=jnp.asarray(cov), stderr=_stderr(problem, result.theta, cov),
-                               discrepancy=jnp.asarray(tau, float), dof=float(dof))
+                               discrepancy=jnp.asarray(tau, float), dof=float(dof), theory_se=theory_se,
+                               theory_covariance=None if theory_cov is None else jnp.asarray(theory_cov),
+                               theory_replicates=M)

@@ -14,7 +14,7 @@ import pandas as pd
 from .._custom_types import Array, Bool, Float, Int
 from .._experiment import Experiment, Seeds
 from .._population import PopulationSolver
-from .errors import _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
+from .errors import _check_theory_replicates, _discrepancy_arg, _quantile, _replicate_covariance, _stderr, error_model
 from .observations import KNOWN_COLUMNS, observations_from_table
 from .optimisers import _adam, _best, _levenberg_marquardt, _newton
 from .params import DATA_SIZES, POST_SOLVE, Param, _forward
@@ -43,6 +43,10 @@ class FitResult(eqx.Module):
       (`fit(obs_replicates=...)`); intervals then use Student-t quantiles (`interval`).
     - `discrepancy`: (K,) s.d. τ_k (metric units, nats) of the model-discrepancy term of task k
       in the error bars (`fit(discrepancy=...)`): given, estimated, or 0 without one.
+    - `theory_replicates`: M, the theory solves with independent Monte Carlo draws behind
+      `theory_covariance` (n, n; metric units²) and `theory_se` (n,): the Monte Carlo error of
+      the predictions at the optimum, part of the error bars (`fit(theory_replicates=...)`);
+      0 and None without that term.
     - `layout`: (name, transform, first index in θ, levels) of every parameter (static).
     - `jacobian`: (n, P) Jacobian of the whitened residuals (pred − value)/se at the optimum;
       `residuals`: (n,) those residuals (for `error_model`, which recomputes the error bars
@@ -69,6 +73,9 @@ class FitResult(eqx.Module):
     dof: float = eqx.field(static=True, default=math.inf)
     # (name, transform, first index in θ, levels) of every parameter: `interval(scale="fit")`.
     layout: tuple = eqx.field(static=True, default=())
+    theory_se: Float[Array, " n"] | None = None
+    theory_covariance: Float[Array, "n n"] | None = None
+    theory_replicates: int = eqx.field(static=True, default=0)
 
     def interval(self, name: str, level: float = 0.95, *, scale: str = "value") -> tuple[np.ndarray, np.ndarray]:
         """Two-sided Wald interval of `name` (each level), with q the Student-t quantile at `dof`
@@ -122,6 +129,7 @@ def fit(
     obs_replicates=None,
     discrepancy=None,
     discrepancy_length: float = math.inf,
+    theory_replicates: int = 0,
     key=None,
     progress: bool = False,
     cheap_trials: bool | None = None,
@@ -169,6 +177,16 @@ def fit(
     - `discrepancy_length`: correlation length ℓ of δ_k in log t:
       corr = exp(−(log t − log t')²/2ℓ²); ∞ (default): a constant offset of each curve; 0:
       independent points (a nugget).
+    - `theory_replicates`: M = 0 (default) or >= 2: the theory's own Monte Carlo error in the
+      error bars (`loss="wls"`, a model with draws: the finite-data theory). The fit sees one
+      draw seed's predictions, whose error is the same at every step, so it moves θ̂ like a
+      sampling error that no replicate shows. M more solves at the optimum with independent
+      draws (`theory_covariance`) estimate its covariance C_th, which adds to the sampling
+      error's: V = H⁻¹ Jᵀ (C + C_th + Σ τ_k² K_k) J H⁻¹ (whitened), and C_th is removed from
+      the residuals before τ is estimated; `dof` becomes min(dof, M − 1). The point estimate
+      does not change. Measured on fit_recovery's setting 9 (docs/fitting.md §6): the draws'
+      error of a prediction is 0.9x the data's s.e. (median over points), and ignoring it
+      halves the error bar of r.
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
     - `cheap_trials`: judge each Levenberg–Marquardt trial step by the residuals alone (one
       solve) and compute the Jacobian (the solve plus P tangents) only at accepted steps.
@@ -189,6 +207,9 @@ def fit(
     """
     hessian = _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance,
                               obs_replicates, discrepancy, dtol)
+    if theory_replicates and problem.loss != "wls":
+        raise ValueError(f"theory_replicates={theory_replicates!r} needs loss='wls'; pass theory_replicates=0")
+    _check_theory_replicates(problem, theory_replicates)
     starts = _starts(problem, starts, n_starts, start_spread, key)
     S = starts.shape[0]
     if problem.solve_free:  # only time scales are free: the theory is solved once, not per step
@@ -244,10 +265,11 @@ def fit(
         residuals=jnp.asarray(resid[b] if resid is not None else np.full(n_obs, np.nan)),
         layout=_layout(problem),
     )
-    if obs_covariance is None and obs_replicates is None and discrepancy is None:
+    if obs_covariance is None and obs_replicates is None and discrepancy is None and not theory_replicates:
         return result
     return error_model(problem, result, obs_covariance=obs_covariance, obs_replicates=obs_replicates,
-                       discrepancy=discrepancy, discrepancy_length=discrepancy_length)
+                       discrepancy=discrepancy, discrepancy_length=discrepancy_length,
+                       theory_replicates=theory_replicates)
 
 
 def _layout(problem: FitProblem) -> tuple:

@@ -78,6 +78,13 @@ class AbstractModel(eqx.Module):
         raise ValueError(f"model {self.name!r} cannot be fitted or used for design (not differentiable): "
                          "pass model=mtjax.PopulationTheory(...) or mtjax.FiniteDataTheory(...)")
 
+    def reseeded(self, offset) -> "AbstractModel | None":
+        """The same model with Monte Carlo draws independent of this one's (`offset`: a nonzero
+        integer, traceable), or None where the model has no draws (a deterministic quadrature).
+        `fit(theory_replicates=M)` solves M such copies to measure the Monte Carlo error of the
+        predictions it fits."""
+        return None
+
     def forward_mode(self) -> "AbstractModel":
         """The same model set up for forward-mode differentiation (`jax.jacfwd`), where its
         solver needs it (diffrax's reverse-mode adjoints cannot be entered by forward mode)."""

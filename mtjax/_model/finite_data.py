@@ -6,6 +6,7 @@ import inspect
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax.numpy as jnp
 
 from .._dmft import FiniteDataSolver, finite_data_theory, finite_theory_history
 from .._finite.theory import _check_theory_inputs, check_width
@@ -76,6 +77,10 @@ class FiniteDataTheory(AbstractTheory):
         H = st.width if st.depth else C
         per_task = 3 * s.n_response * (T * H) ** 2 + 12 * s.n_draws * T * H + 8 * (T * H) ** 2
         return 4 * (tr.n_tasks * per_task + s.n_quad_eval * (4 * C + t.rank)) + 4096
+
+    def reseeded(self, offset) -> "FiniteDataTheory":
+        """The solver's `seed` shifted by `offset`: every fixed draw of the solve is new."""
+        return eqx.tree_at(lambda m: m.solver.seed, self, self.solver.seed + jnp.asarray(offset, jnp.int32))
 
     def solve(self, experiment: Experiment, seeds: Seeds, ts=None):
         return finite_data_theory(experiment, seeds, ts, solver=self.solver, initial=self.initial, width=self.width)

@@ -146,7 +146,8 @@ def cmd_fit(args) -> None:
         warnings.showwarning = one_line_warning
         res, problem = mtjax.fit_table(exp, table, params, seeds=mtjax.Seeds(args.seed), model=_model_from_args(args, exp),
                                        loss=args.loss, mapping=mapping, n_starts=args.starts,
-                                       n_adam=args.adam_steps, n_newton=args.newton_steps, progress=not args.quiet)
+                                       n_adam=args.adam_steps, n_newton=args.newton_steps, progress=not args.quiet,
+                                       theory_replicates=args.theory_replicates)
     if not np.isfinite(float(res.loss)):
         raise ValueError("no start reached a finite objective (the theory diverged or gave NaN at every start): "
                          "check the experiment (--config, --set) and the starting values (--init); nothing written")
@@ -237,6 +238,9 @@ def register(sub) -> None:
     f.add_argument("--starts", type=int, default=4)
     f.add_argument("--adam-steps", type=int, default=40)
     f.add_argument("--newton-steps", type=int, default=30)
+    f.add_argument("--theory-replicates", type=int, default=0, metavar="M",
+                   help="finite-data theory: M >= 2 more solves at the optimum with independent draws; their spread "
+                        "(the theory's Monte Carlo error) is added to the error bars (default 0: not)")
     f.add_argument("--output", help="write the fitted parameters (CSV)")
     f.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     f.set_defaults(func=cmd_fit)
