@@ -150,9 +150,9 @@ def theory_covariance(problem: FitProblem, theta: Float[Array, " P"], n_replicat
     to `problem.obs.se` says whether the theory's draws or the data limit a fit.
 
     **Raises:** `ValueError` before any solve if `n_replicates` < 2 or the model has no draws."""
+    if not (isinstance(n_replicates, (int, np.integer)) and n_replicates >= 2):
+        raise ValueError(f"n_replicates={n_replicates!r} must be an integer >= 2 (a covariance needs two solves; e.g. 8)")
     M = _check_theory_replicates(problem, n_replicates)
-    if M == 0:
-        raise ValueError("n_replicates=0: the covariance needs at least 2 replicates")
     if problem.fixed_curves is not None:  # curves solved once (time scales only): solve them again per seed
         problem = dataclasses.replace(problem, fixed_curves=None)
     preds = np.asarray(_replicate_predictions(problem, jnp.asarray(theta), jnp.arange(1, M + 1, dtype=jnp.int32)), float)
