@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -128,3 +129,28 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "interrupted: rerun the same command to resume" in err
+
+
+def test_a_swallowed_ctrl_c_is_raised_again():
+    """A KeyboardInterrupt that lands where Python only prints it as "ignored" (a gc callback,
+    a `__del__`) must not let the command run on: `_persistent_ctrl_c` raises it again."""
+    from mtjax.cli import _persistent_ctrl_c
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        t0 = time.time()
+        with pytest.raises(KeyboardInterrupt):
+            with _persistent_ctrl_c():
+                try:  # the first Ctrl-C, swallowed as in a gc callback
+                    signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+                except KeyboardInterrupt:
+                    pass
+                while time.time() - t0 < 10:
+                    time.sleep(0.01)
+        assert time.time() - t0 < 2
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored, timer off
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from . import fitting, plot, reproduce, sweeps
 from ._common import _enable_compilation_cache
@@ -40,6 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _persistent_ctrl_c():
+    """Ctrl-C that is not lost. Python raises KeyboardInterrupt wherever the main thread is when
+    the signal is handled, and where that is a garbage-collection callback (JAX registers one)
+    or a `__del__`, the exception is printed as "ignored" and the command runs on. Here the first
+    Ctrl-C also arms a 0.5 s timer that raises KeyboardInterrupt again (and re-arms itself) until
+    one reaches `main`. Only where Ctrl-C has Python's default handler in the main thread (a
+    background job that ignores SIGINT keeps ignoring it); the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def again(signum, frame):
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        raise KeyboardInterrupt
+
+    old_int, old_alrm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGALRM)
+    signal.signal(signal.SIGALRM, again)
+    signal.signal(signal.SIGINT, again)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGALRM, old_alrm)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     _enable_compilation_cache()
     try:
-        args.func(args)
+        with _persistent_ctrl_c():
+            args.func(args)
     except ValueError as e:
         raise SystemExit(f"mtjax {args.command}: error: {str(e).strip()}") from None
     except FileNotFoundError as e:
