@@ -182,12 +182,12 @@ def fit(
       draw seed's predictions, whose error is the same at every step, so it moves θ̂ like a
       sampling error that no replicate shows. M more solves at the optimum with independent
       draws (`theory_covariance`) estimate its covariance C_th, which adds to the sampling
-      error's: V = H⁻¹ Jᵀ (C + C_th + Σ τ_k² K_k) J H⁻¹ (whitened), and C_th is removed from
-      the residuals before τ is estimated; `dof` becomes min(dof, M − 1). The point estimate
+      error's: V = H⁻¹ Jᵀ (C + C_th + Σ τ_k² K_k) J H⁻¹ (whitened), and C_th counts in the
+      residuals' expected size from which τ is estimated; `dof` becomes min(dof, M − 1). The point estimate
       does not change. Measured on fit_recovery's 20 settings at N = 800 with 8 seeds
       (docs/fitting.md §6): the predictions' Monte Carlo s.d. is a median 1.8x the data's s.e.,
-      and counting it widens the error bars of r and s 2.1–2.5x (and makes their coverage
-      nominal).
+      and counting it widens the error bars of r and s 2.1–2.5x (and brings the coverage of
+      s to nominal).
     - `key`: PRNG key of the start draws (default `jax.random.key(0)`).
     - `cheap_trials`: judge each Levenberg–Marquardt trial step by the residuals alone (one
       solve) and compute the Jacobian (the solve plus P tangents) only at accepted steps.
