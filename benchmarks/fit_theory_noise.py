@@ -21,19 +21,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import types
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")  # as fit_recovery.py
 
 import equinox as eqx  # noqa: E402
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from _report import Report  # noqa: E402
-from fit_recovery import SPEC_FINITE, settings, theory_experiment  # noqa: E402
+from fit_recovery import SPEC_FINITE, _setting_problem, settings  # noqa: E402
 
 import mtjax  # noqa: E402
-from mtjax import Param, make_problem, observations_from_table  # noqa: E402
+from mtjax import error_model, fit, make_problem  # noqa: E402
 
 VARIANTS = {
     "plain": {},
@@ -43,23 +43,6 @@ VARIANTS = {
     "draws4096_response512": {"n_draws": 4096, "n_response": 512},
 }
 NAMES = ("relatedness", "s_a", "s_b")
-
-
-def _problem(exp, truth, i, times, loss, loss_single, model):
-    """Setting i's observations as `fit_recovery.py --baseline` builds them, and its problem."""
-    m = loss.shape[1]
-    rows = []
-    for j in range(1, len(times)):
-        for k in range(2):
-            x = loss[i, :, j, k]
-            rows.append({"time": times[j], "task": k + 1, "test_loss": x.mean(), "se": x.std(ddof=1) / np.sqrt(m), "single_task": 0.0})
-    for j in range(1, len(times)):
-        x = loss_single[i, :, j, 0]
-        rows.append({"time": times[j], "task": 1, "test_loss": x.mean(), "se": x.std(ddof=1) / np.sqrt(m), "single_task": 1.0})
-    per_seed = np.concatenate([loss[i][:, 1:, :].reshape(m, -1), loss_single[i][:, 1:, 0]], axis=1)
-    obs, _ = observations_from_table(pd.DataFrame(rows), se="se", known=["single_task"])
-    params = [Param(n, 0.5) for n in NAMES]
-    return make_problem(theory_experiment(exp, truth, i), obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=model), per_seed
 
 
 def main():
@@ -91,15 +74,18 @@ def main():
     emit("sd ratio = theory's s.d. / data s.e. per point (median, max over the points); parameter s.d. in the fit's "
          "coordinates (artanh r, log s_a, log s_b): from the theory's draws | from the data (seed-clustered sandwich)")
     emit(f"{'set':>3} {'variant':>22} | {'sd ratio':>11} | {'theory: r, s_a, s_b':>23} | {'data: r, s_a, s_b':>23} | {'time':>6}")
-    jac = eqx.filter_jit(lambda p, th: jax.jacfwd(p.predict)(th))
+    # fit_recovery's observations, models and seeds for a setting (its --baseline, 8 seeds, 16 maps)
+    opts = types.SimpleNamespace(seeds=loss.shape[1], maps=16, response=128, no_population=True)
     for i in a.settings:
-        base = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, n_response=128, min_iter=16, max_iter=16))
-        prob, per_seed = _problem(exp, truth, i, times, loss, loss_single, base)
+        texp, obs, params, per_seed, models = _setting_problem(opts, exp, truth, i, times, loss, loss_single, True)
+        prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
         theta = prob.pack({n: float(fitted.loc[i, f"{n}_fit"]) for n in NAMES})
         se = np.asarray(prob.obs.se)
-        A = np.linalg.pinv(np.asarray(jac(prob, theta)) / se[:, None])  # the fit's own solver
-        Cd = np.cov(per_seed, rowvar=False) / per_seed.shape[0] / np.outer(se, se)
-        sd_data = np.sqrt(np.diag(A @ Cd @ A.T))
+        # n_newton = 0: the Jacobian of the whitened residuals at the stored optimum (the fit's own
+        # solver), and the data's seed-clustered sandwich there
+        at = error_model(prob, fit(prob, starts=theta[None], n_adam=0, n_newton=0), obs_replicates=per_seed)
+        A = np.linalg.pinv(np.asarray(at.jacobian, float))
+        sd_data = np.sqrt(np.diag(np.asarray(at.covariance)))
         for v in a.variants:
             model = mtjax.FiniteDataTheory(mtjax.fit_solver(n_grid=40, **{"n_response": 128, **VARIANTS[v]}, min_iter=16, max_iter=16))
             pv = eqx.tree_at(lambda p: p.model, prob, model)
