@@ -37,7 +37,14 @@ determined when task 2 is barely learned (small s_b).
 
 `--model finite`: full-batch GD on finite training sets (N = `--n`, default 200, P = α N with α ~ log-U(0.5, 8),
 known; 40 steps at lr 0.5, so the noisy-label curves overfit), fitted by the finite-data theory
-and, side by side, by the population theory (which has no training set).
+and, side by side, by the population theory (which has no training set).  `--rows` stores one row
+per finished setting and resumes; `--warm ROWS` starts each setting's fit at another rows file's
+optimum, e.g. a refit with `--response 512` at the 128-draw fit's estimates:
+
+    python benchmarks/fit_recovery.py --model finite --n 800 --settings 20 --seeds 8 --starts 1 --maps 16 \
+        --no-profile --no-population --baseline --response 512 --theory-replicates 8 \
+        --rows docs/results/fit_recovery_finite800_baseline_r512_rows.csv \
+        --warm docs/results/fit_recovery_finite800_baseline_rows.csv
 
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
 faster but runs the threefry PRNG that draws every online batch 6-12x slower. The simulations
@@ -173,6 +180,9 @@ def main():
                     help="finite: M >= 2 more theory solves at each optimum with independent draws, whose covariance "
                          "(the theory's Monte Carlo error, mtjax.theory_covariance) enters the error bars "
                          "(fit(theory_replicates=M)); the report adds the coverage with this term but no discrepancy")
+    ap.add_argument("--warm", default=None,
+                    help="rows CSV of an earlier run: each setting's fit starts at that run's optimum (e.g. the "
+                         "128-draw fit when refitting with --response 512); settings missing in it start at the defaults")
     ap.add_argument("--refresh-errors", action="store_true",
                     help="with --rows: recompute the error bars of the finished rows at their fitted values (no refit: "
                          "the Jacobian at the optimum, plus --theory-replicates solves), with the current --errors, "
@@ -190,6 +200,8 @@ def main():
             with open(a.out, "w") as f:
                 f.write(report + "\n")
         return
+    if a.warm and not os.path.exists(a.warm):
+        raise SystemExit(f"--warm needs an existing rows CSV, got {a.warm!r}; pass the --rows file of an earlier run")
     t0 = time.time()
     finite = a.model == "finite"
     spec = SPEC_FINITE if finite else SPEC
@@ -230,6 +242,7 @@ def main():
             with open(a.out, "w") as f:
                 f.write(report + "\n")
         return
+    warm = pd.read_csv(a.warm).set_index("setting") if a.warm else None
     rows = []
     done = set(pd.read_csv(a.rows).setting.astype(int)) if a.rows and os.path.exists(a.rows) else set()
     for i in (range(a.settings) if a.only is None else a.only):
@@ -245,10 +258,14 @@ def main():
         prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
         ti = time.time()
         kw = _error_kwargs(a, per_seed)
+        starts = {}
+        if warm is not None and i in warm.index:  # one start, at the earlier run's optimum
+            starts = {"starts": prob.pack({n: float(warm.loc[i, f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")})[None]}
+            row["warm"] = True
         # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
         # alone (forward-mode Jacobian, 3 tangents) from the starts.
         res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc,
-                  progress=a.progress, theory_replicates=a.theory_replicates, **kw)  # fmt: skip
+                  progress=a.progress, theory_replicates=a.theory_replicates, **starts, **kw)  # fmt: skip
         row.update(_error_columns(a, prob, res, truth, i, finite, kw))
         if not a.no_profile:
             r_hat, h = row["relatedness_fit"], row["relatedness_se"]
