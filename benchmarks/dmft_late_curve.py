@@ -1,7 +1,7 @@
 """The end of a nonlinear-trunk DMFT curve at small α: how the response draws decide it.
 
 Run: python benchmarks/dmft_late_curve.py [--width 4] [--alpha 0.5] [--r 1] [--sb 0.5] [--eps 0.2]
-         [--response 512 2048] [--labels summed sampled] [--n 200 400 800 1600]
+         [--response 512 2048] [--labels summed sampled] [--control off on] [--n 200 400 800 1600]
          [--out docs/results/dmft_late_curve.txt]
 Output: a table (docs/dmft.md §6.1, "relu trunk, H = 4").
 
@@ -10,7 +10,8 @@ Setting: a relu trunk point of `benchmarks/finite_data_accuracy.py` (N = 400, C 
 
 - the relu network's test loss at t = 9, 10, ..., 20 (mean ± s.e. over 8 datasets) at every N of
   `--n` (the N → ∞ limit the theory describes; 4 x 4096 draws make the theory's own spread small),
-- the DMFT's test loss at the same times for every (labels, response draws) pair, one draw seed,
+- the DMFT's test loss at the same times for every (labels, response draws, response control
+  variate: `FiniteDataSolver(response_control=)`) combination, one draw seed,
   with its residual, Picard maps and seconds per map, and the example error covariance
   tr C_H[n, n] and coordinate variance tr C_v[n, n] at the last grid points (where a blow-up of
   the causal solution shows first; the residual, relative to the largest kernel entry, does not
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--eps", type=float, default=0.2)
     ap.add_argument("--response", type=int, nargs="*", default=[512, 2048])
     ap.add_argument("--labels", nargs="*", default=["summed", "sampled"])
+    ap.add_argument("--control", nargs="*", choices=["off", "on"], default=["off"],
+                    help="the response's control variate (FiniteDataSolver(response_control=)) off and/or on")
     ap.add_argument("--n", type=int, nargs="*", default=[200, 400, 800, 1600])
     ap.add_argument("--out", default="docs/results/dmft_late_curve.txt")
     args = ap.parse_args()
@@ -81,19 +84,20 @@ def main():
             + f"   (s.e. at t = 20: {final_se:.3f})")
     e = experiment_trunk(400, 4, args.width, args.alpha, args.r, args.sb, args.eps, STEPS, 0.5, 10000, False, 1, 3.0, "relu")
     last = slice(STEPS - 4, STEPS + 1)
-    for labels in args.labels:
-        for resp in args.response:
-            solver = mtjax.FiniteDataSolver(n_grid=STEPS, n_draws=4096, n_response=resp, tol=2e-2, labels=labels)
-            mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)  # compile
-            t0 = time.time()
-            th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
-            tl = np.asarray(th.test_loss[:, 0])
-            dt = time.time() - t0
-            maps = int(th.iterations[0])
-            ch, cv = kernels(e, solver)
-            rep(f"{f'DMFT, {labels} labels, {resp} resp.':>34} | " + " ".join(f"{v:6.3f}" for v in tl[SHOW])
-                + f"   residual {float(th.residual[0]):.1e}, {maps} maps, {dt / maps:.1f} s/map; last 5 points: "
-                f"tr C_H {' '.join(f'{v:.3f}' for v in ch[last])}, tr C_v {' '.join(f'{v:.1f}' for v in cv[last])}")
+    for labels, resp, control in ((lab, n, c) for lab in args.labels for n in args.response for c in args.control):
+        solver = mtjax.FiniteDataSolver(n_grid=STEPS, n_draws=4096, n_response=resp, tol=2e-2, labels=labels,
+                                        response_control=control == "on")
+        mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)  # compile
+        t0 = time.time()
+        th = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver)
+        tl = np.asarray(th.test_loss[:, 0])
+        dt = time.time() - t0
+        maps = int(th.iterations[0])
+        ch, cv = kernels(e, solver)
+        name = f"DMFT, {labels}, {resp} resp.{', CV' if control == 'on' else ''}"
+        rep(f"{name:>34} | " + " ".join(f"{v:6.3f}" for v in tl[SHOW])
+            + f"   residual {float(th.residual[0]):.1e}, {maps} maps, {dt / maps:.1f} s/map; last 5 points: "
+            f"tr C_H {' '.join(f'{v:.3f}' for v in ch[last])}, tr C_v {' '.join(f'{v:.1f}' for v in cv[last])}")
     rep(f"time: {time.time() - t_start:.0f} s (2 shared CPU cores, incl. compilation)")
     rep.write(args.out)
 

@@ -101,7 +101,8 @@ def _setup(args):
     """The theory solver, the number of simulation seeds and their `Seeds` (one teacher and
     initial student, datasets 1..ns)."""
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
-                                    damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels)
+                                    damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels,
+                                    response_control=getattr(args, "response_control", False))
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -216,7 +217,7 @@ def main_trunk(args):
     header = [
         f"# L = {args.depth} ({args.activation} trunk, width {args.width}), two tasks, logit noise sigma = 0.5 on every example: "
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
-        f"# solver: grid T = {args.steps}, draws {X} x {args.draws} per task, response draws {X} x {args.response}, tol {args.tol}"
+        f"# solver: grid T = {args.steps}, draws {X} x {args.draws} per task, response draws {X} x {args.response}{' with control variate' if getattr(args, 'response_control', False) else ''}, tol {args.tol}"
         + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else "")
         + ("" if args.labels == "auto" else f", labels {args.labels}"),
         _theory_note(args),
@@ -295,7 +296,7 @@ def main_single(args):
     header = [
         f"# finite-data theory (DMFT) vs full-batch GD: N = {args.n}, C = R = {args.rank}, sigma = 0.5, lr = {args.lr}, "
         f"{args.steps} steps, {ns} seeds, n_test = {args.n_test}",
-        f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}, tol {args.tol}, "
+        f"# solver: grid T = {args.steps}, draws 3 x {args.draws}, response draws 3 x {args.response}{' with control variate' if getattr(args, 'response_control', False) else ''}, tol {args.tol}, "
         f"damping {args.damping}",
         _theory_note(args),
         f"{'alpha':>5} {'s':>4} {'eps':>4} | {'ES sim':>15} {'ES th':>15} {'rel':>6} {'z':>5} | {'t* sim':>6} {'t* th':>5} | "
@@ -369,6 +370,8 @@ def main():
                     help="beta of the relu trunk's softplus(beta x)/beta surrogate in the theory (FiniteDataSolver.relu_sharpness)")
     ap.add_argument("--labels", default="auto", choices=["auto", "summed", "sampled"],
                     help="FiniteDataSolver.labels: how each draw's label enters (summed: every class, weighted)")
+    ap.add_argument("--response-control", action="store_true",
+                    help="the response's control variate (FiniteDataSolver(response_control=True))")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

@@ -41,6 +41,9 @@ VARIANTS = {
     "response1024": {"n_response": 1024},
     "draws4096": {"n_draws": 4096},
     "draws4096_response512": {"n_draws": 4096, "n_response": 512},
+    "control": {"response_control": True},
+    "control32": {"n_response": 32, "response_control": True},
+    "control512": {"n_response": 512, "response_control": True},
 }
 NAMES = ("relatedness", "s_a", "s_b")
 

@@ -240,3 +240,16 @@ def test_relu_is_solved_as_its_softplus_surrogate():
     assert float(jnp.max(phi(x) - jax.nn.relu(x))) <= np.log(2) / 12 + 1e-6
     with pytest.raises(ValueError, match="relu_sharpness"):
         mtjax.FiniteDataSolver(relu_sharpness=0.5)
+
+
+def test_response_control_variate_is_exactly_zero_when_every_draw_is_a_response_draw():
+    # The nonlinear trunk's control variate uses the all-draw mean Hessian J̄ of the example
+    # process; with n_response = n_draws the response draws' mean is J̄ and the correction vanishes.
+    e = _small("tanh")
+    sol = dataclasses.replace(SMALL, n_response=SMALL.n_draws)
+    a = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=sol)
+    b = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=dataclasses.replace(sol, response_control=True))
+    np.testing.assert_allclose(b.test_loss, a.test_loss, atol=2e-6)
+    c = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=dataclasses.replace(SMALL, n_response=16, response_control=True))
+    d = mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=dataclasses.replace(SMALL, n_response=16))
+    assert bool(c.converged) and float(jnp.max(jnp.abs(c.test_loss - d.test_loss))) > 1e-5  # it does act

@@ -111,6 +111,41 @@ def _time_blocks(T1: int, n_blocks: int | None = None) -> list[int]:
     return [round(i * T1 / nb) for i in range(nb + 1)]
 
 
+def mean_jacobian(h, wts, jacobian=None):
+    """Weighted mean over draws of the softmax Jacobians of logits `h` (S, T1, C) (or of
+    `jacobian(h)`), weights `wts` (S,) normalised to sum 1. **Returns:** (T1, C, C)."""
+    jac = _softmax_jacobian if jacobian is None else jacobian
+    return jnp.einsum("s,s...->...", wts, jac(h)) / jnp.sum(wts)
+
+
+def _response_sampled(h, Rv, alpha, wts, J_all, jacobian=None):
+    """The response kernel from the response draws `h` (weights `wts`), with a control variate
+    when `control`: the estimate minus its first-order part in the draws' Jacobians,
+
+        Γ̂ = Σ_s w_s Γ(J_s) − m · L_{J̄}(J̄_r − J̄),   m = Σ_s w_s,
+
+    where Γ(J) is one draw's exact Jacobian chain (`_response`), L_{J̄} its linearisation
+    (a JVP) at the weighted mean Jacobian J̄ = `J_all` of *all* draws (`mean_jacobian`), and
+    J̄_r the weighted mean over the response draws.  The correction has mean ~0 (J̄_r estimates
+    J̄) and cancels the part of the response draws' error that is linear in J — all of lag 0,
+    where Γ[n, n] = J^n, and the leading part of the memory terms — at the cost of one draw's
+    JVP.  `J_all` None: the plain estimate Σ_s w_s Γ(J_s).
+
+    `J_all`: (T1, C, C) (a nonlinear trunk: (T1, H, H), with `h` the Jacobians themselves and
+    `jacobian` the identity).  **Returns:** (T1, C, T1, C), as `_response`."""
+    G = _response(h, Rv, alpha, wts, jacobian=jacobian)
+    if J_all is None:
+        return G
+    m = jnp.sum(wts)
+    J_r = mean_jacobian(h, wts, jacobian)
+
+    def one(J):  # a single draw with Jacobians J, weight 1
+        return _response(J[None], Rv, alpha, jnp.ones((1,), J.dtype), jacobian=lambda j: j)
+
+    _, lin = jax.jvp(one, (J_all,), (J_r - J_all,))
+    return G - m * lin
+
+
 def _response(h, Rv, alpha, wts, chunk: int = 32, n_blocks: int | None = None, jacobian=None):
     """Weighted mean over draws of the exact Jacobian Γ[n,m] = ∂g^n/∂ε^m of each draw's example
     process to a kick ε of its field (M, b held fixed: one example does not move them).

@@ -26,7 +26,7 @@ from .._metrics import expected_metrics
 from .._population_nonlinear import label_probabilities
 from .._student import ACTIVATIONS
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
+from .kernels import _causal_memory_scan, _response_sampled, _steps_padded, propagator, psd_factor
 from .sampling import _eval_points
 from .solver import FiniteDataSolver
 from .trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels, _TrunkDraws, _TrunkProblem
@@ -128,7 +128,8 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
     return h, delta, J, outs[3], outs[4:]
 
 
-def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int, sharpness: float):
+def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int, sharpness: float,
+               control: bool = False):
     """One Picard map (C_H, R_H) -> new ones (both (T1, H, T1, H)); aux = (h, Ω, b_1, W_l, b_l, V,
     c trajectories, C_v[n, n] (T1, H, H))."""
     p = pn.trunk
@@ -146,7 +147,9 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
 
     def resp(k):
         Jk = J[k].reshape(-1, T1, H, H)
-        G = _response(Jk, p.rho[k] * Rv, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), jacobian=lambda j: j)
+        # the all-draw mean Hessian (`_example_process`) is the control variate's mean
+        J_all = Jbar[:, k] / jnp.sum(wts[k]) if control else None
+        G = _response_sampled(Jk, p.rho[k] * Rv, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), J_all, jacobian=lambda j: j)
         # Diagonal blocks Γ[n, n] = E[J^n] from every draw (`_example_process`).
         return G * (1 - diag) + diag * Jbar[:, k][:, :, None, :]
 
@@ -169,7 +172,7 @@ def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness)
+        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness, solver.response_control)
         return (CH, RH), (ys, weights, aux)
 
     zero = jnp.zeros((T1, H, T1, H))

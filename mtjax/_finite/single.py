@@ -13,7 +13,7 @@ from .._metrics import expected_metrics, label_distribution, mixture_labels, mix
 from .._student import Student
 from .._teacher import Teacher
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response, _steps_padded, psd_factor, weight_process
+from .kernels import _causal_memory_scan, _response_sampled, _steps_padded, mean_jacobian, psd_factor, weight_process
 from .sampling import _eval_points, _input_draws
 from .solver import FiniteDataSolver
 
@@ -88,7 +88,7 @@ def _example_process(p: _Problem, d: _Draws, Cv, Rv, ys, weights):
     return jnp.moveaxis(h, 0, 2), G, M, b
 
 
-def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
+def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int, control: bool = False):
     """One Picard map (C_g, R_g) -> (C_g', R_g') plus the trajectories it implies."""
     Cv, Rv = weight_process(Rg, Cg, p.Q0, p.alpha, p.dt)
     h, G, M, b = _example_process(p, d, Cv, Rv, ys, weights)
@@ -99,7 +99,8 @@ def _iteration(p: _Problem, d: _Draws, ys, weights, Cg, Rg, n_response: int):
     Sr = n_response
     hr = h[:, :Sr].reshape(-1, *h.shape[2:])
     wr = (weights[:, :Sr] / Sr).reshape(-1)
-    Rg_new = _response(hr, Rv, p.alpha, wr)
+    J_all = mean_jacobian(h.reshape(-1, *h.shape[2:]), wts.reshape(-1)) if control else None
+    Rg_new = _response_sampled(hr, Rv, p.alpha, wr, J_all)
     return Cg_new, Rg_new, (Cv, Rv, h, G, M, b)
 
 
@@ -159,7 +160,7 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
     def iterate(params, z):
         pp, dd = params
         ys, weights = _labels(pp, dd, summed)
-        Cg, Rg, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
+        Cg, Rg, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.response_control)
         return (Cg, Rg), (ys, weights, aux)
 
     z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))

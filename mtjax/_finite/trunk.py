@@ -11,7 +11,7 @@ from .._metrics import mixture_labels, mixture_train_loss, summed_labels
 from .._student import Student, StudentConfig
 from .._teacher import Teacher, TeacherConfig
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response, _steps_padded, propagator, psd_factor
+from .kernels import _causal_memory_scan, _response_sampled, _steps_padded, mean_jacobian, propagator, psd_factor
 from .sampling import _eval_points, _input_draws
 from .single import _quadrature_metrics
 from .solver import FiniteDataSolver
@@ -241,7 +241,7 @@ def _trunk_example_process(p: _TrunkProblem, d: _TrunkDraws, F, Rv, ys, weights)
     return jnp.moveaxis(h, 0, 3), jnp.moveaxis(G, 0, 3), Om, b1, Vt, ct
 
 
-def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, n_response: int):
+def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, n_response: int, control: bool = False):
     """One Picard map of the logit-space kernels (C_g, R_g) (K, T1, C, T1, C) of every task and
     the effective heads Ṽ (T1, K, C, H) -> new ones.
 
@@ -266,7 +266,8 @@ def _trunk_iteration(p: _TrunkProblem, d: _TrunkDraws, ys, weights, Cg, Rg, Vz, 
         # Logit-space memory of task k: ρ_k Ṽ_k^n R_v[n,j] Ṽ_k^jᵀ.
         Rt = p.rho[k] * jnp.einsum("nch,nhjg,jeg->ncje", V[:, k], Rv, V[:, k])
         hr = h[k, :, :Sr].reshape(-1, *h.shape[3:])
-        return _response(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
+        J_all = mean_jacobian(h[k].reshape(-1, *h.shape[3:]), wts[k].reshape(-1)) if control else None
+        return _response_sampled(hr, Rt, p.alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), J_all)
 
     Rg_new = jnp.stack([resp(k) for k in range(K)])  # (K, T1, C, T1, C)
     Fr = F.reshape(T1, H, -1)
@@ -310,7 +311,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp, dd, summed)
-        Cg, Rg, Vz, aux = _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response)
+        Cg, Rg, Vz, aux = _trunk_iteration(pp, dd, ys, weights, *z, solver.n_response, solver.response_control)
         return (Cg, Rg, Vz), (ys, weights, aux)
 
     # Start: no logit-space noise or memory (C_v = Q0 at every time pair, free response).

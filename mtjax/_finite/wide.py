@@ -29,7 +29,7 @@ from .._metrics import mixture_train_loss
 from .._student import Student, StudentConfig
 from .._teacher import Teacher, TeacherConfig
 from .fixed_point import solve_fixed_point
-from .kernels import _response, _steps_padded, psd_factor
+from .kernels import _response_sampled, _steps_padded, mean_jacobian, psd_factor
 from .sampling import _eval_points, _input_draws
 from .solver import FiniteDataSolver
 from .trunk import _label_frame_draws, _metrics_general, _test_points, _trunk_labels, _trunk_problem, _TrunkProblem
@@ -240,7 +240,7 @@ def _task_blocks(X, K: int, C: int):
     return jnp.einsum("nkclke->kncle", X.reshape(T1, K, C, T1, K, C))
 
 
-def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: int):
+def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: int, control: bool = False):
     """One Picard map of the kernels (C_g, R_g) (K, T1, C, T1, C) -> new ones, and the trajectories:
     h (K, X, S, T1, C), the fields' covariance per task Cv (K, T1, C, T1, C) (bulk and Π-image
     directions), the low-dimensional maps (K, T1, C, 2D) and biases (K, T1, C)."""
@@ -260,7 +260,8 @@ def _iteration(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg, n_response: 
 
     def resp(k):
         hr = h[k, :, :Sr].reshape(-1, T1, C)
-        return _response(hr, Rv[k], alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1))
+        J_all = mean_jacobian(h[k].reshape(-1, T1, C), wts[k].reshape(-1)) if control else None
+        return _response_sampled(hr, Rv[k], alpha[k], (weights[k, :, :Sr] / Sr).reshape(-1), J_all)
 
     Rg_new = jnp.stack([resp(k) for k in range(K)])
     return (Cg_new, Rg_new), (h, Cv, MLk, bk)
@@ -295,7 +296,7 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-        znew, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response)
+        znew, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.response_control)
         return znew, (ys, weights, aux)
 
     zero = jnp.zeros((K, T1, C, T1, C))
