@@ -113,14 +113,14 @@ def _time_blocks(T1: int, n_blocks: int | None = None) -> list[int]:
 
 def mean_jacobian(h, wts, jacobian=None):
     """Weighted mean over draws of the softmax Jacobians of logits `h` (S, T1, C) (or of
-    `jacobian(h)`), weights `wts` (S,) normalised to sum 1. **Returns:** (T1, C, C)."""
+    `jacobian(h)`), weights `wts` (S,) (divided by their sum). **Returns:** (T1, C, C)."""
     jac = _softmax_jacobian if jacobian is None else jacobian
     return jnp.einsum("s,s...->...", wts, jac(h)) / jnp.sum(wts)
 
 
 def _response_sampled(h, Rv, alpha, wts, J_all, jacobian=None):
     """The response kernel from the response draws `h` (weights `wts`), with a control variate
-    when `control`: the estimate minus its first-order part in the draws' Jacobians,
+    when `J_all` is given: the estimate minus its first-order part in the draws' Jacobians,
 
         Γ̂ = Σ_s w_s Γ(J_s) − m · L_{J̄}(J̄_r − J̄),   m = Σ_s w_s,
 
