@@ -93,6 +93,15 @@ SPEC_FINITE = {
     "train": {"protocol": "full_batch", "n_train": [1600, 1600], "n_steps": 40, "eval_every": 4, "learning_rate": 0.5,
               "n_test": 8000},
 }  # fmt: skip
+def spec_finite(n: int) -> dict:
+    """`SPEC_FINITE` at input dimension `n`: the training pool holds the largest data size,
+    P = 8 N (the simulation refuses more); the settings' data sizes scale with N (α fixed)."""
+    if n == SPEC_FINITE["teacher"]["n_features"]:
+        return SPEC_FINITE
+    return {**SPEC_FINITE, "teacher": {**SPEC_FINITE["teacher"], "n_features": n},
+            "train": {**SPEC_FINITE["train"], "n_train": [8 * n, 8 * n]}}  # fmt: skip
+
+
 #: r is called identifiable when its 95 % profile interval is closed and no wider than ± this.
 R_MAX_HALF_WIDTH = 0.2
 #: profile grid of r: estimate + h x these, h = min(s.e., 0.2) (in r units), clipped to ±0.99
@@ -204,11 +213,7 @@ def main():
         raise SystemExit(f"--warm needs an existing rows CSV, got {a.warm!r}; pass the --rows file of an earlier run")
     t0 = time.time()
     finite = a.model == "finite"
-    spec = SPEC_FINITE if finite else SPEC
-    if finite and a.n != spec["teacher"]["n_features"]:
-        # the training pool holds the largest data size, P = 8 N (the simulation refuses more)
-        spec = {**spec, "teacher": {**spec["teacher"], "n_features": a.n},
-                "train": {**spec["train"], "n_train": [8 * a.n, 8 * a.n]}}
+    spec = spec_finite(a.n) if finite else SPEC
     exp = mtjax.experiment_from_spec(spec)
     truth = settings(a.settings, a.seed, finite, a.n)
     disc = {"none": None, "estimate": "estimate"}.get(a.discrepancy, None)

@@ -30,7 +30,7 @@ import equinox as eqx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from _report import Report  # noqa: E402
-from fit_recovery import SPEC_FINITE, _setting_problem, settings  # noqa: E402
+from fit_recovery import _setting_problem, settings, spec_finite  # noqa: E402
 
 import mtjax  # noqa: E402
 from mtjax import error_model, fit, make_problem  # noqa: E402
@@ -66,9 +66,7 @@ def main():
     z = np.load(stem + "_pool.npz")
     times, loss = z["times"], z["loss"]
     loss_single = np.load(stem + "_single_pool.npz")["loss"]
-    spec = {**SPEC_FINITE, "teacher": {**SPEC_FINITE["teacher"], "n_features": a.n},
-            "train": {**SPEC_FINITE["train"], "n_train": [8 * a.n, 8 * a.n]}}  # fmt: skip
-    exp = mtjax.experiment_from_spec(spec)
+    exp = mtjax.experiment_from_spec(spec_finite(a.n))
     truth = settings(20, 0, True, a.n)
     fitted = pd.read_csv(a.rows).set_index("setting")
     emit = Report()

@@ -21,7 +21,7 @@ import numpy as np
 
 import mtjax
 from _report import Report
-from fit_recovery import SPEC_FINITE, settings, theory_experiment
+from fit_recovery import settings, spec_finite, theory_experiment
 
 VARIANTS = ((32, False), (32, True), (128, False), (128, True), (512, False), (512, True))
 
@@ -35,11 +35,9 @@ def main():
     a = ap.parse_args()
     if a.replicas < 2:
         raise SystemExit(f"--replicas must be >= 2 (a mean ± s.e.), got {a.replicas}")
-    spec = {**SPEC_FINITE, "teacher": {**SPEC_FINITE["teacher"], "n_features": a.n},
-            "train": {**SPEC_FINITE["train"], "n_train": [8 * a.n, 8 * a.n]}}  # fmt: skip
     truth = settings(20, 0, True, a.n)
     i = a.setting
-    e = mtjax.apply_axes(theory_experiment(mtjax.experiment_from_spec(spec), truth, i),
+    e = mtjax.apply_axes(theory_experiment(mtjax.experiment_from_spec(spec_finite(a.n)), truth, i),
                          {c: float(truth[c].iloc[i]) for c in ("relatedness", "s_a", "s_b")})
     f = eqx.filter_jit(lambda e, s: mtjax.finite_data_replicas(e, mtjax.Seeds(i, 0, i, 0), a.replicas, solver=s))
     emit = Report()
