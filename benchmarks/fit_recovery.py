@@ -196,6 +196,10 @@ def main():
                     help="with --rows: recompute the error bars of the finished rows at their fitted values (no refit: "
                          "the Jacobian at the optimum, plus --theory-replicates solves), with the current --errors, "
                          "--discrepancy and --theory-replicates; rows already refreshed with this M are skipped")
+    ap.add_argument("--maps-check", type=int, nargs="+", default=None, metavar="M",
+                    help="finite: no fit; at each --only setting's optimum in --rows (else --warm), the predictions with "
+                         "each of these Picard map counts against the first, in units of the data's s.e., and the "
+                         "time per solve (how few maps a fit can use)")
     ap.add_argument("--model", choices=["population", "finite"], default="population",
                     help="population: online SGD fitted by the population theory; finite: full-batch GD on finite "
                          "training sets fitted by the finite-data theory, and by the population theory side by side")
@@ -246,6 +250,9 @@ def main():
         if a.out:
             with open(a.out, "w") as f:
                 f.write(report + "\n")
+        return
+    if a.maps_check:
+        _maps_check(a, exp, truth, times, loss, loss_single if a.baseline else None)
         return
     warm = pd.read_csv(a.warm).set_index("setting") if a.warm else None
     rows = []
@@ -372,6 +379,38 @@ def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> No
         print(f"setting {i}: errors refreshed in {row['refresh_s']:.0f} s: "
               + ", ".join(f"{n} se {old[f'{n}_se']:.4f} -> {row[f'{n}_se']:.4f}" for n in ("relatedness", "s_a", "s_b")), flush=True)
         _add_row(a.rows, row)
+
+
+def _maps_check(a, exp, truth, times, loss, loss_single) -> None:
+    """`--maps-check M0 M1 ...`: each --only setting's predictions at its stored optimum with M_j
+    Picard maps per solve (min_iter = max_iter = M_j) against those with M0, in units of the
+    observations' s.e., and the seconds per compiled solve (the second call)."""
+    src = a.rows if a.rows and os.path.exists(a.rows) else a.warm
+    if not src or not os.path.exists(src):
+        raise SystemExit("--maps-check needs the optima: pass an existing --rows or --warm rows CSV")
+    opt = pd.read_csv(src).set_index("setting")
+    print(f"Picard maps per solve vs the predictions with {a.maps_check[0]} maps, at the optima in {src} "
+          f"(response draws {a.response}); |Δ| in units of the observations' s.e.", flush=True)
+    print(f"{'setting':>7} {'maps':>4} {'s/solve':>7} {'max|Δ|/se':>9} {'rms Δ/se':>8} {'χ²/2':>8}", flush=True)
+    for i in (a.only if a.only is not None else sorted(opt.index)):
+        if i not in opt.index:
+            continue
+        ref = None
+        for m in a.maps_check:
+            a.maps = m
+            texp, obs, params, _, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, True)
+            prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
+            theta = prob.pack({n: float(opt.loc[i, f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")})
+            predict = eqx.filter_jit(lambda p, th: p.predict(th))
+            np.asarray(predict(prob, theta))  # compile
+            t = time.time()
+            pred = np.asarray(predict(prob, theta))
+            dt = time.time() - t
+            se, val = np.asarray(obs.se), np.asarray(obs.value)
+            ref = pred if ref is None else ref
+            d = (pred - ref) / se
+            print(f"{i:>7} {m:>4} {dt:>7.1f} {np.max(np.abs(d)):>9.3f} {np.sqrt(np.mean(d**2)):>8.3f} "
+                  f"{0.5 * np.sum(((pred - val) / se) ** 2):>8.3f}", flush=True)
 
 
 def _add_row(path: str, row: dict) -> None:
