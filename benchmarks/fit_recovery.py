@@ -46,6 +46,11 @@ optimum, e.g. a refit with `--response 512` at the 128-draw fit's estimates:
         --rows docs/results/fit_recovery_finite800_baseline_r512_rows.csv \
         --warm docs/results/fit_recovery_finite800_baseline_rows.csv
 
+`--mirror`: r → −r changes the curves only through the initial student, so a single start can end
+in the mirror basin; after each fit the objective at the optimum's mirror image is evaluated (one
+solve) and, where lower, a second fit runs from there and the better is kept (finished rows of
+`--rows` get the same check).
+
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
 faster but runs the threefry PRNG that draws every online batch 6-12x slower. The simulations
 are cached in `--cache` (default /tmp) between runs.
@@ -196,6 +201,9 @@ def main():
                     help="with --rows: recompute the error bars of the finished rows at their fitted values (no refit: "
                          "the Jacobian at the optimum, plus --theory-replicates solves), with the current --errors, "
                          "--discrepancy and --theory-replicates; rows already refreshed with this M are skipped")
+    ap.add_argument("--mirror", action="store_true",
+                    help="after each fit, the objective at the optimum's mirror image r -> -r (one solve); where it is "
+                         "lower, a second fit from there, the better kept; finished rows of --rows get the check too")
     ap.add_argument("--maps-check", type=int, nargs="+", default=None, metavar="M",
                     help="finite: no fit; at each --only setting's optimum in --rows (else --warm), the predictions with "
                          "each of these Picard map counts against the first, in units of the data's s.e., and the "
@@ -257,8 +265,11 @@ def main():
     warm = pd.read_csv(a.warm).set_index("setting") if a.warm else None
     rows = []
     done = set(pd.read_csv(a.rows).setting.astype(int)) if a.rows and os.path.exists(a.rows) else set()
+    old_rows = pd.read_csv(a.rows).set_index("setting") if done else None
     for i in (range(a.settings) if a.only is None else a.only):
         if i in done:
+            if a.mirror and _needs_mirror_check(old_rows.loc[i]):
+                _mirror_finished(a, exp, truth, times, loss, loss_single if a.baseline else None, disc, finite, old_rows.loc[i])
             continue
         texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single if a.baseline else None, finite)
         row = {"setting": i}
@@ -278,6 +289,9 @@ def main():
         # alone (forward-mode Jacobian, 3 tangents) from the starts.
         res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc,
                   progress=a.progress, theory_replicates=a.theory_replicates, **starts, **kw)  # fmt: skip
+        if a.mirror:
+            values = {n: float(res.params[n][0]) for n in ("relatedness", "s_a", "s_b")}
+            res = _mirror(a, prob, values, float(res.loss), row, disc, kw) or res
         row.update(_error_columns(a, prob, res, truth, i, finite, kw))
         if not a.no_profile:
             r_hat, h = row["relatedness_fit"], row["relatedness_se"]
@@ -379,6 +393,53 @@ def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> No
         print(f"setting {i}: errors refreshed in {row['refresh_s']:.0f} s: "
               + ", ".join(f"{n} se {old[f'{n}_se']:.4f} -> {row[f'{n}_se']:.4f}" for n in ("relatedness", "s_a", "s_b")), flush=True)
         _add_row(a.rows, row)
+
+
+def _mirror(a, prob, values: dict, loss: float, row: dict, disc, kw):
+    """`--mirror`: r → −r changes the curves only through the initial student, so a fit can end
+    in the mirror basin (docs/fitting.md §6).  The objective at the optimum's (`values`, objective
+    `loss`) mirror image (one solve); where it is lower, a second fit from there.  Returns that
+    fit where it ends lower than `loss`, else None.  Row columns: `objective`,
+    `mirror_objective`, `mirror_refit`, `mirror_kept`."""
+    objective = eqx.filter_jit(lambda p, th: p.objective(th))
+    mirror = prob.pack({**values, "relatedness": -values["relatedness"]})
+    obj = float(objective(prob, mirror))
+    row.update(objective=loss, mirror_objective=obj, mirror_refit=bool(obj < loss), mirror_kept=False)
+    if not row["mirror_refit"]:
+        return None
+    print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f} < {loss:.3f} at the "
+          f"fit's r = {values['relatedness']:+.3f}: refitting from the mirror", flush=True)
+    res = fit(prob, starts=mirror[None], n_adam=0, n_newton=20, discrepancy=disc, progress=a.progress,
+              theory_replicates=a.theory_replicates, **kw)  # fmt: skip
+    if float(res.loss) >= loss:
+        return None
+    row.update(objective=float(res.loss), mirror_kept=True)
+    return res
+
+
+def _needs_mirror_check(old) -> bool:
+    return not np.isfinite(old.get("mirror_objective", np.nan))
+
+
+def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old) -> None:
+    """`--mirror` on a finished row: the mirror check at its stored optimum, and a refit from
+    the mirror where that is lower (then the row is the refit's)."""
+    i = int(old.name)
+    ti = time.time()
+    texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
+    prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
+    values = {n: float(old[f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")}
+    at_fit = float(eqx.filter_jit(lambda p, th: p.objective(th))(prob, prob.pack(values)))
+    kw = _error_kwargs(a, per_seed)
+    row = {**old.to_dict(), "setting": i}
+    res = _mirror(a, prob, values, at_fit, row, disc, kw)
+    if res is not None:
+        row.update(_error_columns(a, prob, res, truth, i, finite, kw))
+        row.update(chi2_dof=float(res.chi2_dof), converged=bool(res.converged), grad_norm=float(res.grad_norm))
+    row["mirror_s"] = time.time() - ti
+    print(f"setting {i}: mirror check: objective {row['objective']:.3f}, at the mirror {row['mirror_objective']:.3f}"
+          f"{', refitted and kept' if row['mirror_kept'] else ''}", flush=True)
+    _add_row(a.rows, row)
 
 
 def _maps_check(a, exp, truth, times, loss, loss_single) -> None:
