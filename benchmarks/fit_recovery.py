@@ -48,7 +48,8 @@ optimum, e.g. a refit with `--response 512` at the 128-draw fit's estimates:
 
 `--mirror`: r → −r changes the curves only through the initial student, so a single start can end
 in the mirror basin; after each fit the objective at the optimum's mirror image is evaluated (one
-solve) and, where lower, a second fit runs from there and the better is kept (finished rows of
+solve) and, where it is not clearly higher (within Δχ² = 4 times the fit's χ²/dof: the mirror point
+itself is not optimised), a second fit runs from there and the better is kept (finished rows of
 `--rows` get the same check).
 
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
@@ -203,7 +204,8 @@ def main():
                          "--discrepancy and --theory-replicates; rows already refreshed with this M are skipped")
     ap.add_argument("--mirror", action="store_true",
                     help="after each fit, the objective at the optimum's mirror image r -> -r (one solve); where it is "
-                         "lower, a second fit from there, the better kept; finished rows of --rows get the check too")
+                         "within Δχ² = 4 max(1, χ²/dof) of the fit's, a second fit from there, the better kept; "
+                         "finished rows of --rows get the check too")
     ap.add_argument("--maps-check", type=int, nargs="+", default=None, metavar="M",
                     help="finite: no fit; at each --only setting's optimum in --rows (else --warm), the predictions with "
                          "each of these Picard map counts against the first, in units of the data's s.e., and the "
@@ -291,7 +293,7 @@ def main():
                   progress=a.progress, theory_replicates=a.theory_replicates, **starts, **kw)  # fmt: skip
         if a.mirror:
             values = {n: float(res.params[n][0]) for n in ("relatedness", "s_a", "s_b")}
-            res = _mirror(a, prob, values, float(res.loss), row, disc, kw) or res
+            res = _mirror(a, prob, values, float(res.loss), float(res.chi2_dof), row, disc, kw) or res
         row.update(_error_columns(a, prob, res, truth, i, finite, kw))
         if not a.no_profile:
             r_hat, h = row["relatedness_fit"], row["relatedness_se"]
@@ -395,19 +397,27 @@ def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> No
         _add_row(a.rows, row)
 
 
-def _mirror(a, prob, values: dict, loss: float, row: dict, disc, kw):
+def _mirror_margin(chi2_dof: float) -> float:
+    """How far above the fit's objective ½χ² its mirror image may lie and still get a fit of its
+    own: 2 (Δχ² = 4, the 95 % likelihood-ratio region of one parameter) times the fit's χ²/dof
+    where that exceeds 1 (the discrepancy the data s.e. do not carry)."""
+    return 2.0 * max(1.0, float(chi2_dof)) if np.isfinite(chi2_dof) else 2.0
+
+
+def _mirror(a, prob, values: dict, loss: float, chi2_dof: float, row: dict, disc, kw):
     """`--mirror`: r → −r changes the curves only through the initial student, so a fit can end
     in the mirror basin (docs/fitting.md §6).  The objective at the optimum's (`values`, objective
-    `loss`) mirror image (one solve); where it is lower, a second fit from there.  Returns that
+    `loss`) mirror image (one solve); where it is below `loss` + `_mirror_margin` (the mirror point
+    is not optimised, its basin's minimum lies lower), a second fit from there.  Returns that
     fit where it ends lower than `loss`, else None.  Row columns: `objective`,
     `mirror_objective`, `mirror_refit`, `mirror_kept`."""
     objective = eqx.filter_jit(lambda p, th: p.objective(th))
     mirror = prob.pack({**values, "relatedness": -values["relatedness"]})
     obj = float(objective(prob, mirror))
-    row.update(objective=loss, mirror_objective=obj, mirror_refit=bool(obj < loss), mirror_kept=False)
+    row.update(objective=loss, mirror_objective=obj, mirror_refit=bool(obj < loss + _mirror_margin(chi2_dof)), mirror_kept=False)
     if not row["mirror_refit"]:
         return None
-    print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f} < {loss:.3f} at the "
+    print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f}, {loss:.3f} at the "
           f"fit's r = {values['relatedness']:+.3f}: refitting from the mirror", flush=True)
     res = fit(prob, starts=mirror[None], n_adam=0, n_newton=20, discrepancy=disc, progress=a.progress,
               theory_replicates=a.theory_replicates, **kw)  # fmt: skip
@@ -418,7 +428,11 @@ def _mirror(a, prob, values: dict, loss: float, row: dict, disc, kw):
 
 
 def _needs_mirror_check(old) -> bool:
-    return not np.isfinite(old.get("mirror_objective", np.nan))
+    """A finished row without the check, or checked but not refitted where the margin says it should be."""
+    obj, mirror = old.get("objective", np.nan), old.get("mirror_objective", np.nan)
+    if not np.isfinite(mirror):
+        return True
+    return not bool(old.get("mirror_refit", False)) and mirror < obj + _mirror_margin(old.get("chi2_dof", np.nan))
 
 
 def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old) -> None:
@@ -432,7 +446,7 @@ def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old)
     at_fit = float(eqx.filter_jit(lambda p, th: p.objective(th))(prob, prob.pack(values)))
     kw = _error_kwargs(a, per_seed)
     row = {**old.to_dict(), "setting": i}
-    res = _mirror(a, prob, values, at_fit, row, disc, kw)
+    res = _mirror(a, prob, values, at_fit, float(old.get("chi2_dof", np.nan)), row, disc, kw)
     if res is not None:
         row.update(_error_columns(a, prob, res, truth, i, finite, kw))
         row.update(chi2_dof=float(res.chi2_dof), converged=bool(res.converged), grad_norm=float(res.grad_norm))
