@@ -202,6 +202,9 @@ def main():
                     help="with --rows: recompute the error bars of the finished rows at their fitted values (no refit: "
                          "the Jacobian at the optimum, plus --theory-replicates solves), with the current --errors, "
                          "--discrepancy and --theory-replicates; rows already refreshed with this M are skipped")
+    ap.add_argument("--ftol", type=float, default=0.0,
+                    help="Levenberg-Marquardt stops after an accepted step that lowers ½χ² by less than this "
+                         "(mtjax.fit(ftol=); 0: never; 0.01 stops the finite-data fits' tail of steps that gain nothing)")
     ap.add_argument("--mirror", action="store_true",
                     help="after each fit, the objective at the optimum's mirror image r -> -r (one solve); where it is "
                          "within Δχ² = 4 max(1, χ²/dof) of the fit's, a second fit from there, the better kept; "
@@ -290,7 +293,7 @@ def main():
         # The DMFT's Adam steps are reverse-mode gradients through every solve: Levenberg–Marquardt
         # alone (forward-mode Jacobian, 3 tangents) from the starts.
         res = fit(prob, n_starts=a.starts, n_adam=0 if finite else 30, adam_lr=0.1, n_newton=20, discrepancy=disc,
-                  progress=a.progress, theory_replicates=a.theory_replicates, **starts, **kw)  # fmt: skip
+                  progress=a.progress, theory_replicates=a.theory_replicates, ftol=a.ftol, **starts, **kw)  # fmt: skip
         if a.mirror:
             values = {n: float(res.params[n][0]) for n in ("relatedness", "s_a", "s_b")}
             res = _mirror(a, prob, values, float(res.loss), float(res.chi2_dof), row, disc, kw) or res
@@ -420,7 +423,7 @@ def _mirror(a, prob, values: dict, loss: float, chi2_dof: float, row: dict, disc
     print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f}, {loss:.3f} at the "
           f"fit's r = {values['relatedness']:+.3f}: refitting from the mirror", flush=True)
     res = fit(prob, starts=mirror[None], n_adam=0, n_newton=20, discrepancy=disc, progress=a.progress,
-              theory_replicates=a.theory_replicates, **kw)  # fmt: skip
+              theory_replicates=a.theory_replicates, ftol=a.ftol, **kw)  # fmt: skip
     if float(res.loss) >= loss:
         return None
     row.update(objective=float(res.loss), mirror_kept=True)

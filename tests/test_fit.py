@@ -125,6 +125,25 @@ def test_cheap_trials_reach_the_same_optimum_with_fewer_jacobians(problem, monke
         assert abs(float(res2.params[k][0]) - v) < 1e-3 * max(1.0, v), (k, res2.params)
     with pytest.raises(ValueError, match="dtol=-1.0 must be finite and >= 0"):
         fit(prob, dtol=-1.0)
+    with pytest.raises(ValueError, match="ftol=-1.0 must be finite and >= 0"):
+        fit(prob, ftol=-1.0)
+
+
+def test_damping_loop_stops_after_a_step_that_gains_less_than_ftol():
+    # Objective θ² with steps θ -> θ/2: decreases 0.75, 0.1875, 0.047, ...  With ftol = 0.1
+    # the third accepted step gains less and is the last; with ftol = 0 the loop runs on to gtol.
+    from mtjax._fitting.optimisers import _damped, _quiet
+
+    def run(ftol):
+        return _damped("toy", np.array([[1.0], [4.0]]), lambda th: (np.sum(th**2, 1), (th,)), lambda aux: 2 * aux[0],
+                       lambda th, aux, g, lam, active: (np.where(active[:, None], th / 2, th), lam), np.full(2, 1e-2),
+                       60, 1e-9, _quiet, ftol=ftol)  # fmt: skip
+
+    th, f, _, steps = run(0.1)
+    # start 2 (θ = 4): decreases 12, 3, 0.75, 0.19, 0.047: stops after its fifth step
+    assert steps.tolist() == [3, 5] and f.tolist() == [1 / 64, 1 / 64]
+    _, f0, _, steps0 = run(0.0)
+    assert (steps0 > 30).all() and (f0 < 1e-18).all()
 
 
 def test_a_flat_direction_does_not_freeze_the_determined_one(monkeypatch):

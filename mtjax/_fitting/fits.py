@@ -124,6 +124,7 @@ def fit(
     n_newton: int = 30,
     gtol: float = 1e-6,
     dtol: float = 1e-4,
+    ftol: float = 0.0,
     hessian: str | None = None,
     obs_covariance=None,
     obs_replicates=None,
@@ -150,6 +151,12 @@ def fit(
       below `dtol`: the step still to take is then √dtol (default 0.01) Laplace standard
       errors long, and further steps only chase the objective's rounding and Monte Carlo
       floor. 0: only `gtol` and the damping limit stop it.
+    - `ftol`: Levenberg–Marquardt also stops a start after an accepted step that lowered its
+      objective ½χ² by less than `ftol` (default 0: never). For a Monte Carlo theory (the
+      finite-data theory) whose fixed draws give the objective a rough floor: there the
+      decrement can stay above `dtol` while steps gain nothing (measured: seven Levenberg–
+      Marquardt steps of ~4 min each moving ½χ² by < 0.002 in all, docs/fitting.md §6).
+      ftol = 0.01 (Δχ² = 0.02) is far below any interval's resolution.
     - `hessian`: for the Laplace covariance: `"gauss-newton"` (JᵀWJ, the Fisher information of
       the weighted least-squares model; default for `"wls"`) or `"exact"` (forward-over-forward
       Hessian of the objective; default for `"gaussian"`).
@@ -207,7 +214,7 @@ def fit(
     models with `loss="gaussian"`, replicates of the wrong shape).
     """
     hessian = _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance,
-                              obs_replicates, discrepancy, dtol)
+                              obs_replicates, discrepancy, dtol, ftol)
     if theory_replicates and problem.loss != "wls":
         raise ValueError(f"theory_replicates={theory_replicates!r} needs loss='wls'; pass theory_replicates=0")
     _check_theory_replicates(problem, theory_replicates)
@@ -224,7 +231,7 @@ def fit(
         if cheap_trials is None:
             cheap_trials = problem.model.cheap_trials and problem.fixed_curves is None
         th, vals, grads, J, steps, resid = _levenberg_marquardt(problem, ths, n_newton, gtol, report=report,
-                                                                cheap_trials=cheap_trials, dtol=dtol)  # fmt: skip
+                                                                cheap_trials=cheap_trials, dtol=dtol, ftol=ftol)  # fmt: skip
     else:
         th, vals, grads, steps = _newton(problem, ths, n_newton, gtol, report=report)
         J = resid = None
@@ -283,7 +290,7 @@ def _layout(problem: FitProblem) -> tuple:
 
 
 def _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, hessian, obs_covariance, obs_replicates,
-                    discrepancy, dtol=0.0) -> str:
+                    discrepancy, dtol=0.0, ftol=0.0) -> str:
     """Refuse invalid arguments of `fit` before any solve. **Returns:** the `hessian` to use."""
     if starts is None and not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
         raise ValueError(f"n_starts={n_starts!r} must be an integer >= 1 (CLI: --starts)")
@@ -292,6 +299,8 @@ def _check_fit_args(problem, starts, n_starts, n_adam, n_newton, start_spread, h
             raise ValueError(f"{name}={v!r} must be an integer >= 0 (CLI: --{'adam' if name == 'n_adam' else 'newton'}-steps)")
     if not (dtol >= 0 and math.isfinite(dtol)):
         raise ValueError(f"dtol={dtol!r} must be finite and >= 0 (0: stop on gtol and the damping limit only)")
+    if not (ftol >= 0 and math.isfinite(ftol)):
+        raise ValueError(f"ftol={ftol!r} must be finite and >= 0 (0: no stop on a small decrease of the objective)")
     if not (start_spread >= 0 and math.isfinite(start_spread)):
         raise ValueError(f"start_spread={start_spread!r} must be finite and >= 0")
     hessian = hessian or ("gauss-newton" if problem.loss == "wls" else "exact")

@@ -36,7 +36,7 @@ def _adam(problem, thetas, n_steps, lr, report=_quiet):
 
 
 def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, report, max_lam=None, trial_objective=None,
-            done=None):
+            done=None, ftol=0.0):
     """The damping loop shared by Levenberg–Marquardt and Newton, for every start at once.
 
     Each iteration, a start is active while its objective is finite, its gradient is above
@@ -52,6 +52,9 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
       and `evaluate` runs only where some start accepts (its `aux`, e.g. a Jacobian, can cost
       several objectives, and near a noisy optimum most trial steps are rejected).
     - `done(aux, g) -> (S,) bool`: optional further stopping rule (e.g. a small Newton decrement).
+    - `ftol`: a start also stops after an accepted step that lowered its objective by less than
+      `ftol` (0: never): near a Monte Carlo theory's optimum the predicted decrease can stay
+      above `done`'s threshold while the steps gain nothing.
 
     **Returns:** `(th, f, aux, steps)`: final iterates, objectives, their `aux` and the number
     of iterations each start was active."""
@@ -60,6 +63,7 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
     f, aux = evaluate(th)
     fc = None if trial_objective is None else np.asarray(trial_objective(th), float)
     steps = np.zeros(S, int)
+    stalled = np.zeros(S, bool)
     report(f"{name} start: best objective {_best(f)}", force=True)
     for it in range(n_steps):
         g = gradient(aux)
@@ -69,6 +73,7 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
             active = active & (lam < max_lam)
         if done is not None:
             active = active & ~done(aux, g)
+        active = active & ~stalled
         if not active.any():
             break
         report(f"{name} step {it + 1}/{n_steps}: best objective {_best(f)}, {int(active.sum())} of {S} starts still moving")
@@ -89,6 +94,7 @@ def _damped(name, thetas, evaluate, gradient, propose, lam, n_steps, gtol, repor
             else:
                 f2, aux2 = f, aux
             fc = np.where(better, f2c, fc)
+        stalled = stalled | (better & (f - f2 < ftol) & (ftol > 0))
         th = np.where(better[:, None], trial, th)
         aux = tuple(np.where(better.reshape((S,) + (1,) * (a.ndim - 1)), a2, a) for a, a2 in zip(aux, aux2))
         f = np.where(better, f2, f)
@@ -107,7 +113,7 @@ def _finite_aux(aux) -> np.ndarray:
     return np.all([np.isfinite(a.reshape(len(a), -1)).all(1) for a in aux], axis=0)
 
 
-def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet, cheap_trials=False, dtol=0.0):
+def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quiet, cheap_trials=False, dtol=0.0, ftol=0.0):
     """Levenberg–Marquardt on ½|r(θ)|² for every start (small P x P systems in NumPy).
 
     Gauss–Newton steps (JᵀJ + λ diag(JᵀJ)) δ = −Jᵀr with λ adapted per start; converges
@@ -118,7 +124,8 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
     `cheap_trials`: judge each trial step by the residuals alone (one solve, no tangents) and
     compute the Jacobian only at accepted steps (a second compiled program, `_residuals`).
     `dtol`: a start stops once its Gauss–Newton decrement gᵀ(JᵀJ)⁻¹g (free coordinates) is
-    below it: the step still to take is then √dtol Laplace standard errors long."""
+    below it: the step still to take is then √dtol Laplace standard errors long.
+    `ftol`: a start stops after an accepted step that lowered ½|r|² by less than it (`_damped`)."""
     P = np.shape(thetas)[1]
     free = np.ones(P, bool) if free is None else np.asarray(free, bool)
     fi = np.flatnonzero(free)
@@ -174,7 +181,7 @@ def _levenberg_marquardt(problem, thetas, n_steps, gtol, free=None, report=_quie
     th, f, (r, J), steps = _damped("Levenberg-Marquardt", thetas, evaluate, gradient, propose, np.full(len(thetas), 1e-2),
                                    n_steps, gtol, report, max_lam=1e8,
                                    trial_objective=trial_objective if cheap_trials else None,
-                                   done=done if dtol > 0 else None)  # fmt: skip
+                                   done=done if dtol > 0 else None, ftol=ftol)  # fmt: skip
     return th, f, gradient((r, J)), J, steps, r
 
 
