@@ -48,8 +48,8 @@ optimum, e.g. a refit with `--response 512` at the 128-draw fit's estimates:
 
 `--mirror`: r → −r changes the curves only through the initial student, so a single start can end
 in the mirror basin; after each fit the objective at the optimum's mirror image is evaluated (one
-solve) and, where it is not clearly higher (within Δχ² = 4 times the fit's χ²/dof: the mirror point
-itself is not optimised), a second fit runs from there and the better is kept (finished rows of
+solve) and, where it is not clearly higher (within Δχ² = 4 max(1, χ²/dof) of the fit's: the mirror
+point itself is not optimised), a second fit runs from there and the better is kept (finished rows of
 `--rows` get the same check).
 
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
@@ -439,8 +439,8 @@ def _needs_mirror_check(old) -> bool:
 
 
 def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old) -> None:
-    """`--mirror` on a finished row: the mirror check at its stored optimum, and a refit from
-    the mirror where that is lower (then the row is the refit's)."""
+    """`--mirror` on a finished row: the mirror check at its stored optimum, a refit from the
+    mirror where `_mirror` calls for one, and the refit's row where it ends lower."""
     i = int(old.name)
     ti = time.time()
     texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
