@@ -154,3 +154,23 @@ def test_a_swallowed_ctrl_c_is_raised_again():
         assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_caught_in_a_gc_callback_prints_no_traceback():
+    # Ctrl-C that lands in a garbage-collection callback (JAX registers one) is "ignored" by
+    # Python with a printed traceback; the CLI's handler raises it again by timer, and the
+    # ignored one must not print (tests/test_new_user.py::test_ctrl_c_says_how_to_resume met
+    # the traceback when the signal hit JAX's callback).
+    code = ("import gc, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            "from mtjax.cli import _persistent_ctrl_c\n"
+            "def cb(phase, info):\n    raise KeyboardInterrupt\n"
+            "gc.callbacks.append(cb)\n"
+            "if sys.argv[1] == 'cli':\n"
+            "    with _persistent_ctrl_c():\n        gc.collect()\n"
+            "else:\n    gc.collect()\n"
+            "gc.callbacks.remove(cb)\n")
+    plain = subprocess.run([sys.executable, "-c", code, "plain"], capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-c", code, "cli"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" in plain.stderr and "KeyboardInterrupt" in plain.stderr, plain.stderr
+    assert cli.returncode == 0 and "Traceback" not in cli.stderr and "KeyboardInterrupt" not in cli.stderr, cli.stderr

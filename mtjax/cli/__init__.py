@@ -49,8 +49,10 @@ def _persistent_ctrl_c():
     the signal is handled, and where that is a garbage-collection callback (JAX registers one)
     or a `__del__`, the exception is printed as "ignored" and the command runs on. Here the first
     Ctrl-C also arms a 0.5 s timer that raises KeyboardInterrupt again (and re-arms itself) until
-    one reaches `main`. Only where Ctrl-C has Python's default handler in the main thread (a
-    background job that ignores SIGINT keeps ignoring it); the previous handlers come back after."""
+    one reaches `main`; the "ignored" one is not printed (its traceback would be the user's
+    only sight of Ctrl-C landing in JAX's callback). Only where Ctrl-C has Python's default
+    handler in the main thread (a background job that ignores SIGINT keeps ignoring it); the
+    previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
@@ -59,15 +61,23 @@ def _persistent_ctrl_c():
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         raise KeyboardInterrupt
 
+    old_hook = sys.unraisablehook
+
+    def quiet(unraisable):  # the timer raises it again where it is not swallowed
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            old_hook(unraisable)
+
     old_int, old_alrm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGALRM)
     signal.signal(signal.SIGALRM, again)
     signal.signal(signal.SIGINT, again)
+    sys.unraisablehook = quiet
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGALRM, old_alrm)
+        sys.unraisablehook = old_hook
 
 
 def main(argv: list[str] | None = None) -> None:
