@@ -77,6 +77,9 @@ import scipy.stats  # noqa: E402
 
 import mtjax  # noqa: E402
 from mtjax import Param, error_model, fit, make_problem, observations_from_table, profile  # noqa: E402
+# The whitened residuals of a batch of θ: the fit's own compiled trial-step program (`fit`'s
+# cheap trials), so the mirror checks and map checks below compile nothing of their own.
+from mtjax._fitting.problem import _residuals  # noqa: E402
 
 
 def _quantile(level: float, dof: float) -> float:
@@ -269,8 +272,8 @@ def main():
         return
     warm = pd.read_csv(a.warm).set_index("setting") if a.warm else None
     rows = []
-    done = set(pd.read_csv(a.rows).setting.astype(int)) if a.rows and os.path.exists(a.rows) else set()
-    old_rows = pd.read_csv(a.rows).set_index("setting") if done else None
+    old_rows = pd.read_csv(a.rows).set_index("setting") if a.rows and os.path.exists(a.rows) else pd.DataFrame()
+    done = set(old_rows.index.astype(int))
     for i in (range(a.settings) if a.only is None else a.only):
         if i in done:
             if a.mirror and _needs_mirror_check(old_rows.loc[i]):
@@ -385,10 +388,8 @@ def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> No
         if (a.only is not None and i not in a.only) or (pd.notna(done_m) and int(done_m) == a.theory_replicates):
             continue
         ti = time.time()
-        texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
-        prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
-        theta = prob.pack({n: old[f"{n}_fit"] for n in ("relatedness", "s_a", "s_b")})
-        kw = _error_kwargs(a, per_seed)
+        prob, values, kw = _stored_problem(a, exp, truth, times, loss, loss_single, finite, i, old)
+        theta = prob.pack(values)
         # n_newton = 0: the residuals and Jacobian at the stored optimum, and the error bars there
         res = fit(prob, starts=theta[None], n_adam=0, n_newton=0, discrepancy=disc, theory_replicates=a.theory_replicates, **kw)
         row = {**old.to_dict(), **_error_columns(a, prob, res, truth, i, finite, kw)}
@@ -398,6 +399,18 @@ def _refresh_errors(a, exp, truth, times, loss, loss_single, disc, finite) -> No
         print(f"setting {i}: errors refreshed in {row['refresh_s']:.0f} s: "
               + ", ".join(f"{n} se {old[f'{n}_se']:.4f} -> {row[f'{n}_se']:.4f}" for n in ("relatedness", "s_a", "s_b")), flush=True)
         _add_row(a.rows, row)
+
+
+def _stored_problem(a, exp, truth, times, loss, loss_single, finite, i: int, old):
+    """Setting i's fit problem, the fitted values of its finished row `old`, and its error kwargs."""
+    texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
+    prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
+    return prob, {n: float(old[f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")}, _error_kwargs(a, per_seed)
+
+
+def _objective(prob, theta) -> float:
+    """½χ² at θ, by the fit's trial-step program."""
+    return 0.5 * float(np.sum(np.asarray(_residuals(prob, theta[None]), float) ** 2))
 
 
 def _mirror_margin(chi2_dof: float) -> float:
@@ -414,9 +427,8 @@ def _mirror(a, prob, values: dict, loss: float, chi2_dof: float, row: dict, disc
     is not optimised, its basin's minimum lies lower), a second fit from there.  Returns that
     fit where it ends lower than `loss`, else None.  Row columns: `objective`,
     `mirror_objective`, `mirror_refit`, `mirror_kept`."""
-    objective = eqx.filter_jit(lambda p, th: p.objective(th))
     mirror = prob.pack({**values, "relatedness": -values["relatedness"]})
-    obj = float(objective(prob, mirror))
+    obj = _objective(prob, mirror)
     row.update(objective=loss, mirror_objective=obj, mirror_refit=bool(obj < loss + _mirror_margin(chi2_dof)), mirror_kept=False)
     if not row["mirror_refit"]:
         return None
@@ -443,11 +455,8 @@ def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old)
     mirror where `_mirror` calls for one, and the refit's row where it ends lower."""
     i = int(old.name)
     ti = time.time()
-    texp, obs, params, per_seed, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, finite)
-    prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
-    values = {n: float(old[f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")}
-    at_fit = float(eqx.filter_jit(lambda p, th: p.objective(th))(prob, prob.pack(values)))
-    kw = _error_kwargs(a, per_seed)
+    prob, values, kw = _stored_problem(a, exp, truth, times, loss, loss_single, finite, i, old)
+    at_fit = _objective(prob, prob.pack(values))
     row = {**old.to_dict(), "setting": i}
     res = _mirror(a, prob, values, at_fit, float(old.get("chi2_dof", np.nan)), row, disc, kw)
     if res is not None:
@@ -476,19 +485,16 @@ def _maps_check(a, exp, truth, times, loss, loss_single) -> None:
         ref = None
         for m in a.maps_check:
             a.maps = m
-            texp, obs, params, _, models = _setting_problem(a, exp, truth, i, times, loss, loss_single, True)
-            prob = make_problem(texp, obs, params, seeds=mtjax.Seeds(i, 0, i, 0), model=models[""])
-            theta = prob.pack({n: float(opt.loc[i, f"{n}_fit"]) for n in ("relatedness", "s_a", "s_b")})
-            predict = eqx.filter_jit(lambda p, th: p.predict(th))
-            np.asarray(predict(prob, theta))  # compile
+            prob, values, _ = _stored_problem(a, exp, truth, times, loss, loss_single, True, i, opt.loc[i])
+            theta = prob.pack(values)[None]
+            np.asarray(_residuals(prob, theta))  # compile (once per map count)
             t = time.time()
-            pred = np.asarray(predict(prob, theta))
+            res = np.asarray(_residuals(prob, theta), float)[0]  # (pred − value)/se
             dt = time.time() - t
-            se, val = np.asarray(obs.se), np.asarray(obs.value)
-            ref = pred if ref is None else ref
-            d = (pred - ref) / se
+            ref = res if ref is None else ref
+            d = res - ref
             print(f"{i:>7} {m:>4} {dt:>7.1f} {np.max(np.abs(d)):>9.3f} {np.sqrt(np.mean(d**2)):>8.3f} "
-                  f"{0.5 * np.sum(((pred - val) / se) ** 2):>8.3f}", flush=True)
+                  f"{0.5 * np.sum(res**2):>8.3f}", flush=True)
 
 
 def _add_row(path: str, row: dict) -> None:
