@@ -508,6 +508,14 @@ def _add_row(path: str, row: dict) -> None:
         os.replace(path + ".tmp", path)
 
 
+def _artanh_z(d: pd.DataFrame, sfx: str) -> tuple[np.ndarray, np.ndarray]:
+    """artanh(r_fit) − artanh(r_true) and its s.e. (the fit's scale: se(u) = se(r) / (1 − r²)), per row.
+    `sfx`: the s.e. column's suffix ("", "0", "1")."""
+    r_ = np.clip(d.relatedness_fit.to_numpy(), -1 + 1e-12, 1 - 1e-12)
+    du = np.arctanh(r_) - np.arctanh(np.clip(d.relatedness_true.to_numpy(), -1 + 1e-12, 1 - 1e-12))
+    return du, d[f"relatedness_se{sfx}"].to_numpy() / (1 - r_**2)
+
+
 def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float = float("nan")) -> str:
     setup = (f"full-batch GD on P = α N examples per task, α in [0.5, 8] known (N={getattr(a, 'n', 200)}, R=C=3, depth 1, width 8,\n"
              "sigma=1, lr 0.5, 40 steps), fitted by the finite-data theory (mtjax.fit_solver(n_grid=40, n_response="
@@ -533,8 +541,8 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
     else:  # without profiles: the Wald interval on the fit's scale (FitResult.interval(scale="fit"))
         if "r_lo_fit95" not in d:  # rows written before it was stored: u = artanh r, se(u) = se(r) / (1 − r²)
             q = _quantile(0.95, dof)
-            r_ = np.clip(d.relatedness_fit.to_numpy(), -1 + 1e-12, 1 - 1e-12)
-            u, se_u = np.arctanh(r_), d.relatedness_se.to_numpy() / (1 - r_**2)
+            u = np.arctanh(np.clip(d.relatedness_fit.to_numpy(), -1 + 1e-12, 1 - 1e-12))
+            se_u = _artanh_z(d, "")[1]
             d["r_lo_fit95"], d["r_hi_fit95"] = np.tanh(u - q * se_u), np.tanh(u + q * se_u)
         d["r_ident"] = (d.r_hi_fit95 - d.r_lo_fit95) / 2 <= R_MAX_HALF_WIDTH
     hdr = (f"{'#':>2} {'r true':>6} {'r fit ± se':>14} {'r 95% profile':>15} {'lg s_a':>6} {'fit ± se':>15} "
@@ -574,8 +582,13 @@ def format_report(df: pd.DataFrame, a, t_sim: float, t_all: float, t_cpu: float 
                      f"s_b {np.median(d.s_b_se1 / d.s_b_se0):.2f}")
     for title, sfx in blocks:
         lines.append(f"coverage {title} (nominal 68 % / 95 %; t({dof:g}) quantiles {q68:.2f} / {q95:.2f}):")
-        for name, err, se, sub in (("r (all)", d.dr, d[f"relatedness_se{sfx}"], d),
-                                   ("r (identifiable)", ident.dr, ident[f"relatedness_se{sfx}"], ident),
+        # r on the fit's own scale, u = artanh r, where the fit's Wald interval is symmetric: near
+        # r = ±1 the delta-method s.e. of r itself shrinks to 0 and its z says nothing (row "on r").
+        du, se_u = _artanh_z(d, sfx)
+        ident_u = d.r_ident.to_numpy()
+        for name, err, se, sub in (("r (all)", du, se_u, d),
+                                   ("r (identifiable)", du[ident_u], se_u[ident_u], ident),
+                                   ("r (all), on r", d.dr, d[f"relatedness_se{sfx}"], d),
                                    ("log10 s_a", d.dlog_s_a, d[f"lse{sfx}_s_a"], d), ("log10 s_b", d.dlog_s_b, d[f"lse{sfx}_s_b"], d)):
             z = np.abs(err) / se
             lines.append(f"  {name:17s} ±1 s.e.: {np.mean(z < 1):4.0%}  ±2 s.e.: {np.mean(z < 2):4.0%}  |  "
