@@ -49,8 +49,9 @@ optimum, e.g. a refit with `--response 512` at the 128-draw fit's estimates:
 `--mirror`: r → −r changes the curves only through the initial student, so a single start can end
 in the mirror basin; after each fit the objective at the optimum's mirror image is evaluated (one
 solve) and, where it is not clearly higher (within Δχ² = 4 max(1, χ²/dof) of the fit's: the mirror
-point itself is not optimised), a second fit runs from there and the better is kept (finished rows of
-`--rows` get the same check).
+point itself is not optimised) and lies in a basin of its own (the objective at r = 0 between them
+is not between the two: a second solve), a second fit runs from there and the better is kept
+(finished rows of `--rows` get the same check).
 
 XLA runs at `--xla_backend_optimization_level=1` unless XLA_FLAGS is set: level 0 compiles
 faster but runs the threefry PRNG that draws every online batch 6-12x slower. The simulations
@@ -210,7 +211,8 @@ def main():
                          "(mtjax.fit(ftol=); 0: never; 0.01 stops the finite-data fits' tail of steps that gain nothing)")
     ap.add_argument("--mirror", action="store_true",
                     help="after each fit, the objective at the optimum's mirror image r -> -r (one solve); where it is "
-                         "within Δχ² = 4 max(1, χ²/dof) of the fit's, a second fit from there, the better kept; "
+                         "within Δχ² = 4 max(1, χ²/dof) of the fit's and r = 0 does not lie between the two in "
+                         "objective (a second solve: same basin), a second fit from there, the better kept; "
                          "finished rows of --rows get the check too")
     ap.add_argument("--maps-check", type=int, nargs="+", default=None, metavar="M",
                     help="finite: no fit; at each --only setting's optimum in --rows (else --warm), the predictions with "
@@ -420,16 +422,33 @@ def _mirror_margin(chi2_dof: float) -> float:
     return 2.0 * max(1.0, float(chi2_dof)) if np.isfinite(chi2_dof) else 2.0
 
 
+def _own_basin(loss: float, mirror: float, at_zero: float) -> bool:
+    """Whether the mirror point (objective `mirror`) may lie in a basin other than the fit's
+    (`loss`), from the objective `at_zero` at r = 0 on the segment between them (s held): the
+    objective rising monotonically from the fit through r = 0 to the mirror (loss <= at_zero <=
+    mirror) is one basin, and a fit from the mirror would descend back (e.g. a fit at r ≈ 0,
+    whose mirror is its neighbour); a barrier at r = 0 (at_zero > mirror), or a fit that is not
+    the lowest of the three (at_zero < loss), calls for a fit of its own."""
+    return not (loss <= at_zero <= mirror)
+
+
 def _mirror(a, prob, values: dict, loss: float, chi2_dof: float, row: dict, disc, kw):
     """`--mirror`: r → −r changes the curves only through the initial student, so a fit can end
     in the mirror basin (docs/fitting.md §6).  The objective at the optimum's (`values`, objective
     `loss`) mirror image (one solve); where it is below `loss` + `_mirror_margin` (the mirror point
-    is not optimised, its basin's minimum lies lower), a second fit from there.  Returns that
-    fit where it ends lower than `loss`, else None.  Row columns: `objective`,
-    `mirror_objective`, `mirror_refit`, `mirror_kept`."""
+    is not optimised, its basin's minimum lies lower) and the objective at r = 0 (a second solve)
+    says the mirror may lie in a basin of its own (`_own_basin`), a second fit from there.  Returns
+    that fit where it ends lower than `loss`, else None.  Row columns: `objective`,
+    `mirror_objective`, `zero_objective` (NaN where not needed), `mirror_refit`, `mirror_kept`."""
     mirror = prob.pack({**values, "relatedness": -values["relatedness"]})
     obj = _objective(prob, mirror)
-    row.update(objective=loss, mirror_objective=obj, mirror_refit=bool(obj < loss + _mirror_margin(chi2_dof)), mirror_kept=False)
+    within = bool(obj < loss + _mirror_margin(chi2_dof))
+    at_zero = _objective(prob, prob.pack({**values, "relatedness": 0.0})) if within else float("nan")
+    row.update(objective=loss, mirror_objective=obj, zero_objective=at_zero,
+               mirror_refit=within and _own_basin(loss, obj, at_zero), mirror_kept=False)
+    if within and not row["mirror_refit"]:
+        print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f}, {at_zero:.3f} at r = 0, "
+              f"{loss:.3f} at the fit's r = {values['relatedness']:+.3f}: one basin, no refit", flush=True)
     if not row["mirror_refit"]:
         return None
     print(f"setting {row['setting']}: objective {obj:.3f} at r = {-values['relatedness']:+.3f}, {loss:.3f} at the "
@@ -443,11 +462,13 @@ def _mirror(a, prob, values: dict, loss: float, chi2_dof: float, row: dict, disc
 
 
 def _needs_mirror_check(old) -> bool:
-    """A finished row without the check, or checked but not refitted where the margin says it should be."""
+    """A finished row without the check, or checked but not refitted where the margin says it should
+    be and the basin test (`zero_objective`) was not run."""
     obj, mirror = old.get("objective", np.nan), old.get("mirror_objective", np.nan)
     if not np.isfinite(mirror):
         return True
-    return not bool(old.get("mirror_refit", False)) and mirror < obj + _mirror_margin(old.get("chi2_dof", np.nan))
+    return (not bool(old.get("mirror_refit", False)) and mirror < obj + _mirror_margin(old.get("chi2_dof", np.nan))
+            and not np.isfinite(old.get("zero_objective", np.nan)))
 
 
 def _mirror_finished(a, exp, truth, times, loss, loss_single, disc, finite, old) -> None:
