@@ -112,9 +112,9 @@ def main():
     ap.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="the first layer's initial overlaps: the seed-0 student's own (quenched) or their N -> inf "
                          "values (typical: no overlap with the teacher span, Gram matrix I); docs/dmft.md §6.2")  # fmt: skip
-    ap.add_argument("--width", choices=["fixed", "proportional"], default="fixed",
+    ap.add_argument("--width", choices=["fixed", "proportional", "proportional_n"], default="fixed",
                     help="N -> inf at fixed trunk width (fixed) or at fixed H/N = 0.64 (proportional, docs/dmft.md §4.3; "
-                         "needs --initial typical)")
+                         "needs --initial typical; proportional_n: with its O(D/N) corrections at N = 100, §4.4)")
     ap.add_argument("--batch", type=int, default=2, help="cells per vmapped batch (lax.map batch_size)")
     ap.add_argument("--ntrain", type=int, nargs="*", default=None, help="subset of ntrain values")
     ap.add_argument("--r", type=float, nargs="*", default=[0.0, 1.0])
@@ -159,9 +159,10 @@ def main():
     def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
         return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
 
-    if args.width == "proportional" and args.initial != "typical":
-        raise SystemExit("--width proportional takes --initial typical (the proportional theory's initial condition)")
-    emit(f"# DMFT (depth 2, H = 64, {args.initial} init of seed 0{', width proportional to N' if args.width == 'proportional' else ''}) vs the authors' rank-10 table ({args.data})")
+    if args.width != "fixed" and args.initial != "typical":
+        raise SystemExit(f"--width {args.width} takes --initial typical (the proportional theory's initial condition)")
+    wtag = {"fixed": "", "proportional": ", width proportional to N", "proportional_n": ", width proportional to N, O(D/N) corrections at N = 100"}[args.width]
+    emit(f"# DMFT (depth 2, H = 64, {args.initial} init of seed 0{wtag}) vs the authors' rank-10 table ({args.data})")
     emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
     steps = (f"geometric steps Δ_(n+1) = {args.step_growth} Δ_n summing to t_max, first/last Δ "
              f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip

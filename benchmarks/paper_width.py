@@ -59,6 +59,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[100], help="input dimensions (H = 0.64 N)")
     ap.add_argument("--depth", type=int, default=1, help="trunk layers (2: the paper's)")
+    ap.add_argument("--finite-n", action="store_true",
+                    help="add the proportional theory with its O(D/N) corrections at the cell's own N "
+                         "(width='proportional_n', docs/dmft.md §4.4), same replicas")
     ap.add_argument("--no-fixed", action="store_true",
                     help="leave out the fixed-width theory (its H-space kernels are slow at H = 256, depth 2)")
     ap.add_argument("--ntrain", type=int, nargs="+", default=[100, 200, 400, 800])
@@ -79,8 +82,8 @@ def main():
         emit(f"# the paper's teacher with a depth-{args.depth} trunk: N = " + " ".join(map(str, args.n)) + ", H = 0.64 N, P = ntrain (N - 20) / 80, "
              "R = C = 10, sigma = 0.1 on q = 1/2, full-batch GD on the theory grid "
              f"(20 steps to t_max(ntrain)); {nr} realisations; theories typical, {args.replicas} replicas, draws 3 x {args.draws}")
-        emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} | "
-             f"{'d prop':>7} {'d fixed':>7}")
+        emit(f"{'N':>4} {'ntrain':>6} {'s_a':>6} {'task':>6} | {'sim ES':>15} {'proportional':>15} {'fixed':>7} {'prop_n':>7} | "
+             f"{'d prop':>7} {'d fixed':>7} {'d prop_n':>8}")
     for N, ntrain, s_a in itertools.product(args.n, args.ntrain, args.sa) if not args.cost_only else ():
         es = {}
         for single in (True, False):
@@ -91,17 +94,20 @@ def main():
                                                        width="proportional").test_loss[..., 0])  # fmt: skip
             tf = (np.full(N_GRID + 1, np.nan) if args.no_fixed else
                   np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0]))
-            es[single] = (te.min(1), tp.mean(0).min(), tf.min())
+            tn = (np.full((1, N_GRID + 1), np.nan) if not args.finite_n else
+                  np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
+                                                        width="proportional_n").test_loss[..., 0]))  # fmt: skip
+            es[single] = (te.min(1), tp.mean(0).min(), tf.min(), tn.mean(0).min())
             if not single and s_a != max(args.sa):
                 continue
-            s, p_, f = es[single]
+            s, p_, f, q = es[single]
             name = "single" if single else "multi"
-            emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {name:>6} | {s.mean():7.4f}±{s.std(ddof=1) / np.sqrt(nr):6.4f} {p_:15.4f} {f:7.4f} | "
-                 f"{p_ - s.mean():+7.4f} {f - s.mean():+7.4f}")
-        (s1, p1, f1), (sm, pm, fm) = es[True], es[False]
+            emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {name:>6} | {s.mean():7.4f}±{s.std(ddof=1) / np.sqrt(nr):6.4f} {p_:15.4f} {f:7.4f} {q:7.4f} | "
+                 f"{p_ - s.mean():+7.4f} {f - s.mean():+7.4f} {q - s.mean():+8.4f}")
+        (s1, p1, f1, q1), (sm, pm, fm, qm) = es[True], es[False]
         ben = s1 - sm
         emit(f"{N:4d} {ntrain:6d} {s_a:6.3f} {'benef':>6} | {ben.mean():+7.4f}±{ben.std(ddof=1) / np.sqrt(nr):6.4f} {p1 - pm:+15.4f} "
-             f"{f1 - fm:+7.4f} |")
+             f"{f1 - fm:+7.4f} {q1 - qm:+7.4f} |")
     # Cost of one solve at the paper's size, compiled (one replica each; min of 3 calls: the machine is shared).
     e = experiment(args.ntrain[-1], args.sa[-1], False, 100, args.depth)
     variants = [("proportional", "typical")] + ([] if args.no_fixed else [("fixed", "typical"), ("fixed", "quenched")])

@@ -13,7 +13,7 @@ import pytest
 import mtjax
 from mtjax._finite.theory import _problem
 from mtjax._finite.trunk import solve_trunk
-from mtjax._finite.wide import solve_wide
+from mtjax._finite.wide import _geometry, _initial_state, solve_wide
 
 
 def _spec(N=200, H=8, P=400, steps=10, lr=0.5, C=3, **student):
@@ -149,6 +149,52 @@ def test_wide_depth_two_relatedness_derivative():
     f = jax.jit(loss)
     fd = float((f(r0 + 0.1) - f(r0 - 0.1)) / 0.2)
     assert abs(fd) > 1e-3 and abs(g - fd) < 0.1 * abs(fd), (g, fd)  # measured: 0.00267 vs 0.00274
+
+
+def test_finite_n_geometry():
+    # `width="proportional_n"` (docs/dmft.md §4.4): Π restricted to the 2D directions is a rank-D
+    # projection whose teacher-span block EᵀΠE averages to ν I over draws; the initial rows' share
+    # there lies in Π's range and their bulk Gram matrix is the rest of Y Yᵀ; all N coordinates
+    # are counted noisy (w_in + w_out = N / N').
+    spec = _spec(N=100, H=48, P=100, steps=6, C=2)
+    spec["student"].update(depth=2, bias_init="torch")
+    e = mtjax.experiment_from_spec(spec)
+    p = _problem(e, mtjax.Seeds(0), None, "typical", "proportional_n")
+    p_inf = _problem(e, mtjax.Seeds(0), None, "typical", "proportional")
+    N, H, D = 100, 48, 4
+    assert p.geometry == (N, H) and p_inf.geometry is None
+    np.testing.assert_allclose(float(p.w_in + p.w_out), N / (N - D), rtol=1e-6)
+    np.testing.assert_allclose(float(p_inf.w_in + p_inf.w_out), 1.0, rtol=1e-6)
+    Y = np.asarray(_initial_state(p.trunk)[0])
+    keys = jax.random.split(jax.random.key(0), 400)
+    PiL, low0, gram0 = (np.asarray(x, float) for x in jax.jit(jax.vmap(lambda k: _geometry(p, D, k)))(keys))
+    for i in range(3):
+        np.testing.assert_allclose(PiL[i] @ PiL[i], PiL[i], atol=1e-4)
+        np.testing.assert_allclose(np.trace(PiL[i]), D, atol=1e-4)
+        np.testing.assert_allclose(PiL[i] @ low0[i].T, low0[i].T, atol=1e-4)
+        np.testing.assert_allclose(low0[i] @ low0[i].T + gram0[i], Y @ Y.T, rtol=1e-4, atol=1e-4)
+    B = PiL[:, :D, :D].mean(0)  # entries' s.d. over draws ≈ sqrt(ν(1 − ν)/N) = 0.05: s.e. 0.0025
+    np.testing.assert_allclose(B, H / N * np.eye(D), atol=0.015)
+    assert PiL[:, :D, :D].std(0).max() > 0.03  # drawn, not ν I
+    # The heads' share of the 2D directions: D of the H range coordinates, D / H of Y Yᵀ on average.
+    frac = (low0[:, 0] ** 2).sum(-1).mean() / (Y[0] ** 2).sum()
+    assert abs(frac - D / H) < 0.2 * D / H, frac
+    PiL_inf, low_inf, gram_inf = _geometry(p_inf, D, keys[0])
+    np.testing.assert_allclose(np.asarray(PiL_inf)[:D, :D], H / N * np.eye(D), atol=1e-6)
+    assert not np.any(np.asarray(low_inf))
+
+
+def test_finite_n_corrections_are_order_d_over_n():
+    # The same cell at N = 100 and N = 2000 (H / N, α fixed; D = 4): the finite-N theory moves the
+    # test loss at N = 100 and coincides with the N → ∞ one at N = 2000 (same draws).
+    solver = mtjax.FiniteDataSolver(n_grid=6, n_draws=512, n_response=32, tol=1e-3, max_iter=40)
+    diffs = {}
+    for N in (100, 2000):
+        e = mtjax.experiment_from_spec(_spec(N=N, H=N // 2, P=N - 4, steps=6, C=2, lr=0.5))
+        a, b = (np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical",
+                                                     width=w).test_loss[:, 0]) for w in ("proportional", "proportional_n"))  # fmt: skip
+        diffs[N] = np.abs(a - b).max()
+    assert diffs[100] > 0.01 and diffs[2000] < 0.25 * diffs[100], diffs
 
 
 @pytest.mark.parametrize(

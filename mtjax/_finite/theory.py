@@ -82,8 +82,9 @@ def _build_problem(tc: TeacherConfig, sc: StudentConfig, seeds: Seeds, student, 
     teacher = Teacher.sample(tc, key=seeds.key("teacher"))
     if student is None:
         student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
-    if width == "proportional":
-        return _wide_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers)
+    if width in ("proportional", "proportional_n"):
+        return _wide_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers,
+                             width == "proportional_n")  # fmt: skip
     if sc.depth >= 1:
         tp = _trunk_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers, initial)
         return _NonlinearProblem(tp, sc.activation) if sc.activation != "linear" else tp
@@ -189,21 +190,21 @@ def check_finite_activation(student) -> None:
         )
 
 
-WIDTHS = ("fixed", "proportional")  # `finite_data_theory(width=...)`
+WIDTHS = ("fixed", "proportional", "proportional_n")  # `finite_data_theory(width=...)`
 
 
 def check_width(width: str, initial: str) -> None:
     """`width` is one of `WIDTHS`, and the proportional theory's initial condition is the typical one."""
     if width not in WIDTHS:
         raise ValueError(f"width={width!r} is not one of {list(WIDTHS)}")
-    if width == "proportional" and initial != "typical":
+    if width != "fixed" and initial != "typical":
         raise ValueError(f"width='proportional' takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
                          f"overlap is averaged), got initial={initial!r}; pass initial='typical'")
 
 
 def _check_theory_inputs(experiment: Experiment, initial: str, width: str = "fixed") -> None:
     check_width(width, initial)
-    if width == "proportional":
+    if width != "fixed":
         check_wide(experiment.student, experiment.teacher.n_features)
         return
     check_finite_activation(experiment.student)
@@ -257,7 +258,10 @@ def finite_data_theory(
       low-dimensional and are taken from the initial student, as in `population_theory`).
     - `width`: `"fixed"` (N → ∞ at fixed trunk width H) or `"proportional"` (N, H → ∞ at fixed
       H / N: a linear depth-1 trunk with orthogonal W(0) and `initial="typical"`; the head's
-      finite-sample noise and the trunk's share of the teacher span at O(H/N), docs/dmft.md §4.3).
+      finite-sample noise and the trunk's share of the teacher span at O(H/N), docs/dmft.md §4.3)
+      or `"proportional_n"` (the same at the experiment's own N: the D = K R teacher directions'
+      finite-sample noise and the low-dimensional geometry at N, the O(D/N) corrections of
+      docs/dmft.md §4.4; the geometry is one draw per draw seed, so average replicas).
 
     **Returns:** `FiniteTheoryResult`. Pure; jit/vmap-able over the experiment's array fields.
 

@@ -41,19 +41,23 @@ class _WideProblem(eqx.Module):
     - `trunk`: the fixed-width theory's `_TrunkProblem` at the typical initial condition — teacher
       arrays, α_k = P_k / N' (N' = N − D), task rates, steps, heads, biases and Q0 = g² I_H
       (W(0) W(0)ᵀ = g² I_H); the width-proportional solve reads its heads and biases through their
-      Gram quantities only (`_initial_state`).
+      rows only (`_initial_state`).
     - `nu`: H / N; `w_in`, `w_out`: the two bulk populations' sizes over N', H / N' and
       1 − H / N' (the 2D low-dimensional directions hold D of Π's range; counting them in the bulk
-      too is an O(D/N) difference, and keeps the fixed-width limit exact when H ~ D)."""
+      too is an O(D/N) difference, and keeps the fixed-width limit exact when H ~ D); at the
+      experiment's own N (`geometry`) H / N' and (N − H) / N' (docs/dmft.md §4.4).
+    - `geometry`: None (N → ∞: EᵀΠE = ν I) or (N, H), the experiment's own sizes: EᵀΠE and the
+      initial heads' share of the 2D directions are drawn at N per draw seed (`_geometry`)."""
 
     trunk: _TrunkProblem
     nu: Float[Array, ""]
     w_in: Float[Array, ""]
     w_out: Float[Array, ""]
+    geometry: tuple[int, int] | None = eqx.field(static=True, default=None)
 
 
 def _initial_state(t: _TrunkProblem):
-    """The initial state in the common frame (docs/dmft.md §4.3): the Gram matrix (Q + L, Q + L) of
+    """The initial state in the common frame (docs/dmft.md §4.3): the rows Y (Q + L, H) of
     the heads Ṽ (Q = K C rows) and the biases b̃_1..b̃_L carried into the first hidden layer's
     coordinates (a layer-ℓ vector v as W_2ᵀ ⋯ W_ℓᵀ v / (g_2 ⋯ g_ℓ)), the head biases c (Q,) and the
     layer gains g (L,) (W_1 W_1ᵀ = g_1² I_H, W_ℓᵀ W_ℓ = g_ℓ² I_H: the typical Q0 is g_1² I_H)."""
@@ -65,19 +69,24 @@ def _initial_state(t: _TrunkProblem):
         frame = frame @ t.Wu0[ell].T / gu[ell]
         rows.append((frame @ t.bu0[ell])[None])
     Y = jnp.concatenate([t.V0.reshape(K * C, H) @ frame.T] + rows, 0)
-    return Y @ Y.T, t.c0.reshape(-1), jnp.concatenate([g1[None], gu])
+    return Y, t.c0.reshape(-1), jnp.concatenate([g1[None], gu])
 
 
 class _WideDraws(eqx.Module):
     """Fixed draws per task: `u` (K, S, D) inputs along the teacher span (teacher frame), `us`
     (K, S, D) along its Π-image, `xi` (K, S, C), `zeta` (K, 2, S, d) standard normals of the two
-    bulk populations' ξ (d = Q + 1 + T1 Q), `y_unif` (K, S)."""
+    bulk populations' ξ (d = Q + 1 + T1 Q), `y_unif` (K, S); and the low-dimensional geometry
+    (`_geometry`): Π on the 2D directions `PiL` (2D, 2D), the initial heads' and biases'
+    components there `low0` (Q + L, 2D) and the Gram matrix of their bulk part `gram0` (Q + L, Q + L)."""
 
     u: Float[Array, "K S D"]
     us: Float[Array, "K S D"]
     xi: Float[Array, "K S C"]
     zeta: Float[Array, "K 2 S d"]
     y_unif: Array
+    PiL: Float[Array, "D2 D2"]
+    low0: Float[Array, "n0 D2"]
+    gram0: Float[Array, "n0 n0"]
 
 
 def _safe_alpha(t: _TrunkProblem):
@@ -92,14 +101,14 @@ def _blockdiag_tasks(X):
     return jnp.einsum("kncle,kj->nkclje", X, jnp.eye(K)).reshape(T1 * K * C, T1 * K * C)
 
 
-def _xi_covariances(p: _WideProblem, Cg):
+def _xi_covariances(p: _WideProblem, d: _WideDraws, Cg):
     """ξ = (ṽ^0 (Q), b̃_1^0..b̃_L^0, η^0..η^T)'s covariance per bulk population (2, d, d) — for the
     averages — and a factor of each (2, d, d) — for sampling the fields.  η ~ N(0, C_g,k / α_k) per
     task; the initial heads and biases live in the trunk's image (the Π = 1 population) only."""
     K, T1, C = Cg.shape[0], Cg.shape[1], Cg.shape[2]
     Q = K * C
-    Y0, _, gains = _initial_state(p.trunk)
-    n0 = Q + gains.shape[0]
+    Y0 = d.gram0
+    n0 = Y0.shape[0]
     d = n0 + T1 * Q
     Ck = Cg / _safe_alpha(p.trunk)[:, None, None, None, None]
     Ce = _blockdiag_tasks(Ck)
@@ -141,14 +150,12 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
     rq = jnp.repeat(t.rho, C)
     alpha = _safe_alpha(t)
     Rf = _blockdiag_tasks(Rg).reshape(T1, Q, T1, Q)
-    Sig, Fac = _xi_covariances(p, Cg)
+    Sig, Fac = _xi_covariances(p, d, Cg)
     n0 = Q + L
     dx = n0 + T1 * Q
     lam = jnp.array([1.0, 0.0])
     wp = jnp.stack([p.w_in, p.w_out])
-    s = jnp.sqrt(jnp.clip(p.nu * (1 - p.nu), 0.0))
-    eyeD = jnp.eye(D)
-    PiL = jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])  # Π on the 2D directions
+    PiL = d.PiL  # Π on the 2D directions
     steps = jnp.arange(T1)
     onehot = jax.nn.one_hot(ys, C)  # (K, X, S, C)
     wts = weights / S  # (K, X, S)
@@ -222,8 +229,8 @@ def _map(p: _WideProblem, d: _WideDraws, ys, weights, Cg, Rg):
         return (Lv, vL, Lb, bL, cc, HA, HAL, HZ, HZL, Lm, ML, beta, gbuf), h
 
     init = (
-        jnp.zeros((2, Q, dx)).at[:, :, :Q].set(jnp.eye(Q)), jnp.zeros((Q, D2)),
-        jnp.zeros((2, L, dx)).at[:, :, Q:n0].set(jnp.eye(L)), jnp.zeros((L, D2)), c0,
+        jnp.zeros((2, Q, dx)).at[:, :, :Q].set(jnp.eye(Q)), d.low0[:Q],
+        jnp.zeros((2, L, dx)).at[:, :, Q:n0].set(jnp.eye(L)), d.low0[Q:], c0,
         jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)), jnp.zeros((L, 2, T1, Q, dx)), jnp.zeros((L, T1, Q, D2)),
         jnp.zeros((2, T1, Q, dx)), jnp.zeros((T1, Q, D2)), jnp.zeros((T1, Q)), jnp.zeros((T1, *ys.shape, C)),
     )  # fmt: skip
@@ -280,7 +287,41 @@ def _wide_draws(p: _WideProblem, solver: FiniteDataSolver, T1: int, key):
     frame = jax.vmap(lambda *a: _label_frame_draws(*a, solver.summed_labels(C)))
     u = frame(t.T, x[..., :D], t.scale, t.noise, t.noisy_fraction)
     zeta = jax.random.normal(k[2], (K, 2, S, Q + t.Wu0.shape[0] + 1 + T1 * Q))
-    return _WideDraws(u, x[..., D:], xi, zeta, y_unif), k[4]
+    return _WideDraws(u, x[..., D:], xi, zeta, y_unif, *_geometry(p, D, k[5])), k[4]
+
+
+def _geometry(p: _WideProblem, D: int, key):
+    """The 2D low-dimensional directions (the teacher span E and its Π-image): Π there, and the
+    initial heads' and biases' components there and Gram matrix in the bulk.
+
+    N → ∞ (`p.geometry` None): EᵀΠE = ν I, and the initial heads and biases lie in the bulk.  At the
+    experiment's own N (`p.geometry` = (N, H)): EᵀΠE = B, a draw of the compressed Haar projection
+    (eigenvalues ν_i ∈ [0, 1], Wachter-distributed about H/N with spread O(√(D/N))), and the D
+    directions of Π's range inside the 2D space — a Haar D-frame O_H of the trunk's H coordinates —
+    hold the share Y O_H of the initial rows Y.  In B's eigenbasis (B = O diag(ν) Oᵀ) the i-th
+    range direction is (√ν_i O_i, √(1 − ν_i) O_i) in (teacher-span, image) coordinates."""
+    Y, _, _ = _initial_state(p.trunk)
+    if p.geometry is None:
+        s = jnp.sqrt(jnp.clip(p.nu * (1 - p.nu), 0.0))
+        eyeD = jnp.eye(D)
+        PiL = jnp.block([[p.nu * eyeD, s * eyeD], [s * eyeD, (1 - p.nu) * eyeD]])
+        return PiL, jnp.zeros((Y.shape[0], 2 * D)), Y @ Y.T
+    N, H = p.geometry
+    k1, k2 = jax.random.split(key)
+    # E = G (GᵀG)^(-1/2) with G Gaussian (N, D) is a Haar D-frame; Π = diag(1_H, 0).
+    G1 = jax.random.normal(k1, (H, D))
+    G2 = jax.random.normal(k2, (N - H, D))
+    A = G1.T @ G1 + G2.T @ G2
+    ea, va = jnp.linalg.eigh(A)
+    Aih = (va / jnp.sqrt(ea)) @ va.T
+    nu, O = jnp.linalg.eigh(Aih @ G1.T @ G1 @ Aih)
+    nu = jnp.clip(nu, 0.0, 1.0)
+    sq = jnp.sqrt(nu * (1 - nu))
+    PiL = jnp.block([[(O * nu) @ O.T, (O * sq) @ O.T], [(O * sq) @ O.T, (O * (1 - nu)) @ O.T]])
+    OH = G1 @ Aih @ O / jnp.sqrt(jnp.maximum(nu, 1e-12))  # (H, D), orthonormal columns
+    a = Y @ OH
+    low0 = jnp.concatenate([(a * jnp.sqrt(nu)) @ O.T, (a * jnp.sqrt(1 - nu)) @ O.T], 1)
+    return PiL, low0, Y @ Y.T - a @ a.T
 
 
 def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
@@ -327,11 +368,20 @@ def check_wide(sc: StudentConfig, n_features: int) -> None:
 
 
 def _wide_problem(tc: TeacherConfig, sc: StudentConfig, teacher: Teacher, student: Student, n_train_active,
-                  rho) -> _WideProblem:  # fmt: skip
+                  rho, finite_n: bool = False) -> _WideProblem:  # fmt: skip
     """The width-proportional problem: the fixed-width trunk problem at the typical initial
     condition (the first layer's teacher overlap is O(1/√N) at initialisation and enters as zero)
-    and the sizes of the two bulk populations."""
+    and the sizes of the two bulk populations.  N → ∞ counts N' = N − D noisy coordinates, H of them
+    in Π's range.  `finite_n` (docs/dmft.md §4.4): the experiment's own N — all N coordinates noisy
+    (N − H outside Π's range) and the low-dimensional geometry drawn at N (`_geometry`)."""
     N, H, D = tc.n_features, sc.width, teacher.basis.shape[0]
     n_perp = N - D
-    return _WideProblem(_trunk_problem(tc, sc, teacher, student, n_train_active, rho, "typical"), jnp.asarray(H / N, float),
-                        jnp.asarray(H / n_perp, float), jnp.asarray(max(1.0 - H / n_perp, 0.0), float))  # fmt: skip
+    t = _trunk_problem(tc, sc, teacher, student, n_train_active, rho, "typical")
+    if finite_n:
+        # Every one of the N input directions carries the training set's noise: the 2D
+        # low-dimensional ones too (their signal is explicit, their noise — linear in the dynamics —
+        # behaves as a bulk coordinate's of the same Π), D of them in Π's range and D outside it.
+        return _WideProblem(t, jnp.asarray(H / N, float), jnp.asarray(H / n_perp, float),
+                            jnp.asarray((N - H) / n_perp, float), (N, H))  # fmt: skip
+    return _WideProblem(t, jnp.asarray(H / N, float), jnp.asarray(H / n_perp, float),
+                        jnp.asarray(max(1.0 - H / n_perp, 0.0), float))  # fmt: skip

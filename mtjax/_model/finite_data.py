@@ -25,8 +25,9 @@ class FiniteDataTheory(AbstractTheory):
 
     - `solver`: `FiniteDataSolver` (default `FiniteDataSolver()`).
     - `initial`: "quenched" (the simulation's own initial overlaps) or "typical" (N → ∞).
-    - `width`: "fixed" (N → ∞ at fixed trunk width) or "proportional" (H / N fixed: a linear
-      depth-1 trunk, orthogonal init, `initial="typical"`; docs/dmft.md §4.3)."""
+    - `width`: "fixed" (N → ∞ at fixed trunk width), "proportional" (H / N fixed: a linear
+      trunk, orthogonal init, `initial="typical"`; docs/dmft.md §4.3) or "proportional_n" (the
+      same with the O(D/N) corrections at the experiment's own N, §4.4)."""
 
     solver: FiniteDataSolver
     initial: str = eqx.field(static=True)
@@ -65,7 +66,7 @@ class FiniteDataTheory(AbstractTheory):
         t, st, tr, s = experiment.teacher, experiment.student, experiment.train, self.solver
         C = t.n_classes
         T = s.n_grid + 1
-        if self.width == "proportional":
+        if self.width != "fixed":
             # Coefficient rows of the two populations (the logit map's and 2L layer histories', each
             # 2 T Q d), the draws of ξ (K 2 S d), the examples' fields and errors, the response per task
             # (`wide._map`, `wide._iteration`).

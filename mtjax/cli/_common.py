@@ -125,9 +125,10 @@ def _theory_args(parser, n_quad=512, n_quad_eval=4096, rtol=1e-4):
     parser.add_argument("--rtol", type=float, default=rtol)
     parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--initial", choices=["quenched", "typical"], default="quenched")
-    parser.add_argument("--width", choices=["fixed", "proportional"], default="fixed",
+    parser.add_argument("--width", choices=["fixed", "proportional", "proportional_n"], default="fixed",
                         help="finite-data: N -> inf at fixed trunk width, or at fixed width / N (linear depth-1 trunk, "
-                             "orthogonal init, --initial typical; docs/dmft.md §4.3)")
+                             "orthogonal init, --initial typical; docs/dmft.md §4.3), the latter with its O(D/N) corrections at the "
+                             "experiment's N (proportional_n, §4.4)")
     parser.add_argument("--model", choices=["auto", "population", "finite-data"], default="auto",
                         help="the theory: population (infinite data), finite-data (DMFT of full-batch GD), or auto "
                              "(default): finite-data for runs on training sets (full_batch, paper), population for online")

@@ -194,9 +194,10 @@ def register(sub) -> None:
     th.add_argument("--n-draws", type=int, default=2048, help="--finite: draws of the effective processes (default 2048)")
     th.add_argument("--initial", choices=["quenched", "typical"], default="quenched",
                     help="initial condition: projection of the simulation's exact init, or its N -> inf limit")
-    th.add_argument("--width", choices=["fixed", "proportional"], default="fixed",
+    th.add_argument("--width", choices=["fixed", "proportional", "proportional_n"], default="fixed",
                     help="--finite: N -> inf at fixed trunk width, or at fixed width / N (a linear depth-1 trunk, "
-                         "orthogonal init, --initial typical; docs/dmft.md §4.3)")
+                         "orthogonal init, --initial typical; docs/dmft.md §4.3), the latter with its O(D/N) corrections at the "
+                         "experiment's N (proportional_n, §4.4)")
     th.set_defaults(func=cmd_theory)
 
     d = sub.add_parser("demo", help="simulation and both theories on a small grid (about a minute on 2 cores): tables + PNG",
