@@ -198,7 +198,7 @@ def check_width(width: str, initial: str) -> None:
     if width not in WIDTHS:
         raise ValueError(f"width={width!r} is not one of {list(WIDTHS)}")
     if width != "fixed" and initial != "typical":
-        raise ValueError(f"width='proportional' takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
+        raise ValueError(f"width={width!r} takes initial='typical' (the trunk's O(1/sqrt(N)) initial teacher "
                          f"overlap is averaged), got initial={initial!r}; pass initial='typical'")
 
 

@@ -318,7 +318,8 @@ def _geometry(p: _WideProblem, D: int, key):
     nu = jnp.clip(nu, 0.0, 1.0)
     sq = jnp.sqrt(nu * (1 - nu))
     PiL = jnp.block([[(O * nu) @ O.T, (O * sq) @ O.T], [(O * sq) @ O.T, (O * (1 - nu)) @ O.T]])
-    OH = G1 @ Aih @ O / jnp.sqrt(jnp.maximum(nu, 1e-12))  # (H, D), orthonormal columns
+    # (H, D), orthonormal columns; where H < D, the D − H null eigenvalues have no range direction.
+    OH = jnp.where(nu > 1e-6, G1 @ Aih @ O / jnp.sqrt(jnp.maximum(nu, 1e-6)), 0.0)
     a = Y @ OH
     low0 = jnp.concatenate([(a * jnp.sqrt(nu)) @ O.T, (a * jnp.sqrt(1 - nu)) @ O.T], 1)
     return PiL, low0, Y @ Y.T - a @ a.T
