@@ -110,7 +110,8 @@ def main():
              f"{f1 - fm:+7.4f} {q1 - qm:+7.4f} |")
     # Cost of one solve at the paper's size, compiled (one replica each; min of 3 calls: the machine is shared).
     e = experiment(args.ntrain[-1], args.sa[-1], False, 100, args.depth)
-    variants = [("proportional", "typical")] + ([] if args.no_fixed else [("fixed", "typical"), ("fixed", "quenched")])
+    variants = ([("proportional", "typical")] + ([("proportional_n", "typical")] if args.finite_n else [])
+                + ([] if args.no_fixed else [("fixed", "typical"), ("fixed", "quenched")]))
     for draws in sorted({512, args.draws}) if args.cost_only else (args.draws,):
         sv = dataclasses.replace(solver, n_draws=draws)
         for width, initial in variants:
