@@ -90,13 +90,14 @@ def main():
             e = experiment(ntrain, s_a, single, N, args.depth)
             batch = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (nr,) + a.shape), e)
             te = np.asarray(sim(batch, mtjax.Seeds(rr, rr, rr, rr)).test_loss[:, :, 0])
-            tp = np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
-                                                       width="proportional").test_loss[..., 0])  # fmt: skip
+            def replicas(width):  # (replicas, T+1) test loss of task 1
+                return np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
+                                                             width=width).test_loss[..., 0])  # fmt: skip
+
+            tp = replicas("proportional")
             tf = (np.full(N_GRID + 1, np.nan) if args.no_fixed else
                   np.asarray(mtjax.finite_data_theory(e, mtjax.Seeds(0), solver=solver, initial="typical").test_loss[:, 0]))
-            tn = (np.full((1, N_GRID + 1), np.nan) if not args.finite_n else
-                  np.asarray(mtjax.finite_data_replicas(e, mtjax.Seeds(0), args.replicas, solver=solver, initial="typical",
-                                                        width="proportional_n").test_loss[..., 0]))  # fmt: skip
+            tn = replicas("proportional_n") if args.finite_n else np.full((1, N_GRID + 1), np.nan)
             es[single] = (te.min(1), tp.mean(0).min(), tf.min(), tn.mean(0).min())
             if not single and s_a != max(args.sa):
                 continue

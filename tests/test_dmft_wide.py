@@ -179,7 +179,7 @@ def test_finite_n_geometry():
     # The heads' share of the 2D directions: D of the H range coordinates, D / H of Y Yᵀ on average.
     frac = (low0[:, 0] ** 2).sum(-1).mean() / (Y[0] ** 2).sum()
     assert abs(frac - D / H) < 0.2 * D / H, frac
-    PiL_inf, low_inf, gram_inf = _geometry(p_inf, D, keys[0])
+    PiL_inf, low_inf, _ = _geometry(p_inf, D, keys[0])
     np.testing.assert_allclose(np.asarray(PiL_inf)[:D, :D], H / N * np.eye(D), atol=1e-6)
     assert not np.any(np.asarray(low_inf))
 

@@ -82,7 +82,7 @@ def _build_problem(tc: TeacherConfig, sc: StudentConfig, seeds: Seeds, student, 
     teacher = Teacher.sample(tc, key=seeds.key("teacher"))
     if student is None:
         student = Student.init(sc, tc.n_features, tc.n_classes, tc.n_tasks, key=seeds.key("init"))
-    if width in ("proportional", "proportional_n"):
+    if width != "fixed":
         return _wide_problem(tc, sc, teacher, student, n_train_active, task_weights * rate_multipliers,
                              width == "proportional_n")  # fmt: skip
     if sc.depth >= 1:
