@@ -27,7 +27,11 @@ quantises the early-stopping time to the grid, where the authors minimise over e
 n_grid = max(--n-grid, t_max / --max-step): Δ = 0.1 at n = 100 up to 1.0 at n = 3200 with the
 defaults (a grid of 20 steps at n = 3200, Δ = 2.5, diverges: GD is unstable there).
 `--step-growth q` instead uses exactly --n-grid geometric steps Δ_(n+1) = q Δ_n summing to
-t_max (docs/dmft.md §3: small steps early, large late, the cost of a uniform grid of --n-grid).  To compile once for all cells the theory is run
+t_max (docs/dmft.md §3: small steps early, large late, the cost of a uniform grid of --n-grid).
+`--horizon h` solves a uniform grid only up to t = min(t_max, h) at the same step Δ: the DMFT is
+causal (the curve up to h does not depend on later times) and the cost grows ~ n_grid^3, so this
+prices the ntrain 3200 grid (early stopping near t ~ 20-30 of t_max 50) at its useful part;
+a cell whose minimum lands on the horizon is flagged and left out.  To compile once for all cells the theory is run
 with the full-batch protocol, n_train_active = ntrain and task weights (1, 1) / (1, 0) — the same
 rates; task 2's process is then solved also in the single-task cells (with ρ_2 = 0 it does not act
 on task 1).  α_k = ntrain / (N − K R) = ntrain / 80.
@@ -103,6 +107,10 @@ def main():
     ap.add_argument("--step-growth", type=float, default=None,
                     help="geometric step schedule Δ_(n+1) = q Δ_n with this q in (1, 2] and exactly --n-grid steps "
                          "(docs/dmft.md §3); default: uniform steps")  # fmt: skip
+    ap.add_argument("--horizon", type=float, default=None,
+                    help="solve only to theory time min(t_max, HORIZON) at the same GD step Δ (uniform grids): the DMFT "
+                         "is causal, so the curve up to the horizon is the full run's; cells whose minimum falls on the "
+                         "horizon are flagged")  # fmt: skip
     ap.add_argument("--draws", type=int, default=512)
     ap.add_argument("--response", type=int, default=GRID_SOLVER["n_response"])
     ap.add_argument("--max-iter", type=int, default=GRID_SOLVER["max_iter"])
@@ -151,13 +159,28 @@ def main():
     geometric = args.step_growth is not None
     sched = dict(step_schedule="geometric", step_growth=args.step_growth) if geometric else {}
 
-    def n_grid(n):  # GD steps of the theory grid: at least --n-grid, and steps Δ <= --max-step
+    if args.horizon is not None and (geometric or not args.horizon > 0):
+        raise SystemExit(f"--horizon must be > 0 and takes uniform steps (got {args.horizon}, step growth {args.step_growth}): "
+                         "drop --step-growth or --horizon")  # fmt: skip
+
+    def full_grid(n):  # GD steps over the whole [0, t_max]: at least --n-grid, and steps Δ <= --max-step
         if geometric:  # small steps early, large late: --n-grid steps whatever t_max
             return args.n_grid
         return max(args.n_grid, math.ceil(tmax(n) / args.max_step * (1 - 1e-6)))  # t_max carries the float32 lr's rounding
 
+    def n_grid(n):  # GD steps solved: the full grid's, or those up to the horizon at the full grid's step Δ
+        if args.horizon is None or args.horizon >= tmax(n):
+            return full_grid(n)
+        return math.ceil(args.horizon / (tmax(n) / full_grid(n)) * (1 - 1e-6))
+
+    def t_end(n):  # the theory time of the last grid point solved
+        return tmax(n) * n_grid(n) / full_grid(n)
+
+    def truncated(n):
+        return n_grid(n) < full_grid(n)
+
     def grid_times(n):  # the theory's grid times (T+1,) at ntrain n
-        return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(tmax(n))[0])
+        return np.asarray(mtjax.FiniteDataSolver(n_grid=n_grid(n), **sched).time_grid(t_end(n))[0])
 
     if args.width != "fixed" and args.initial != "typical":
         raise SystemExit(f"--width {args.width} takes --initial typical (the proportional theory's initial condition)")
@@ -166,8 +189,11 @@ def main():
     emit("# command: python benchmarks/paper_finite.py " + " ".join(sys.argv[1:]))
     steps = (f"geometric steps Δ_(n+1) = {args.step_growth} Δ_n summing to t_max, first/last Δ "
              f"{ {int(n): tuple(np.round(np.diff(grid_times(n))[[0, -1]], 3)) for n in ntrains} }") if geometric else "GD step Δ = t_max/n_grid"  # fmt: skip
+    horizon = "" if not any(truncated(n) for n in ntrains) else (
+        f", solved to the horizon t = {args.horizon} only (steps {{ntrain: solved of full}} "
+        f"{ {int(n): f'{n_grid(n)} of {full_grid(n)}' for n in ntrains if truncated(n)} })")
     emit(f"# solver: n_grid {'' if geometric else f'max({args.n_grid}, t_max/{args.max_step}) '}= "
-         f"{ {int(n): n_grid(n) for n in ntrains} } ({steps}), draws 3 x {args.draws}, "
+         f"{ {int(n): full_grid(n) for n in ntrains} } ({steps}){horizon}, draws 3 x {args.draws}, "
          f"response 3 x {args.response}, max_iter {args.max_iter}, tol {args.tol}, test quadrature {args.n_quad_eval}"
          + ("" if args.damping == 1.0 else f", damping {args.damping}"))
     emit(f"# cells: {sum(c[4] for c in cells)} single-task + {sum(not c[4] for c in cells)} multitask "
@@ -177,7 +203,8 @@ def main():
                 f"response={args.response} max_iter={args.max_iter} tol={args.tol} n_quad_eval={args.n_quad_eval}"
                 + ("" if args.initial == "quenched" else f" initial={args.initial}")  # stores of quenched runs predate the flag
                 + ("" if args.damping == 1.0 else f" damping={args.damping}")  # and of undamped runs, the damping flag
-                + ("" if args.width == "fixed" else f" width={args.width}"))  # and of fixed-width runs, the width flag
+                + ("" if args.width == "fixed" else f" width={args.width}")  # and of fixed-width runs, the width flag
+                + ("" if args.horizon is None else f" horizon={args.horizon}"))  # and of full-horizon runs
     # The store: one row per solved cell (its curve at the grid times, residual, iterations, flags),
     # keyed by the cell and tagged with the settings; `mtjax.ResumableTable` skips what is stored.
     store = mtjax.ResumableTable(os.path.splitext(args.out)[0] + ".cells.parquet", key=CELL_KEY, settings=settings)
@@ -191,7 +218,7 @@ def main():
             e = eqx.tree_at(lambda m: (m.train.n_train_active, m.train.task_weights, m.teacher.scale, m.teacher.relatedness),
                             e0, (jnp.stack([n, n]), jnp.stack([jnp.ones_like(w2), w2]), jnp.stack([sa, sb]), r[None]))  # fmt: skip
             # Report at the grid times (no interpolation): the minimum is over the grid.
-            ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)
+            ts = solver.time_grid(t_max)[0] if geometric else jnp.linspace(0.0, t_max, T + 1)  # t_max: t_end(ntrain)
             th = mtjax.finite_data_theory(e, mtjax.Seeds(0), ts, solver=solver, initial=args.initial, width=args.width)
             return th.test_loss[:, 0], th.residual[0], th.iterations[0], th.converged, th.diverged
 
@@ -205,7 +232,7 @@ def main():
         for j in range(0, len(padded), b):
             chunk = padded[j : j + b]
             xs = tuple(jnp.asarray([cells[i][q] for i in chunk], float) for q in range(4))
-            xs = xs + (jnp.asarray([0.0 if cells[i][4] else 1.0 for i in chunk]), jnp.asarray([tmax(cells[i][0]) for i in chunk]))
+            xs = xs + (jnp.asarray([0.0 if cells[i][4] else 1.0 for i in chunk]), jnp.asarray([t_end(cells[i][0]) for i in chunk]))
             t0 = time.time()
             o = jax.block_until_ready(run(*xs))
             times.append(time.time() - t0)
@@ -250,9 +277,11 @@ def main():
     rows = []
     for c, cu, rr, it, cv, dv in zip(cells, curves, res, its, conv, div):
         n, sa, sb, r, single = c
+        # A truncated grid whose minimum is its last point: the early-stopping time may lie beyond it.
+        at_horizon = truncated(n) and int(np.argmin(cu)) == len(cu) - 1
         rows.append(dict(main_train_pts=int(n), s_a=sa, s_b=sb, relatedness=r, single=single, theory=float(np.min(cu)),
                          t_star=float(grid_times(n)[np.argmin(cu)]), residual=float(rr), iterations=int(it),
-                         ok=bool(cv) and not bool(dv)))  # fmt: skip
+                         ok=bool(cv) and not bool(dv) and not at_horizon, at_horizon=at_horizon))  # fmt: skip
     th = pd.DataFrame(rows)
     th[["s_a", "s_b", "relatedness"]] = th[["s_a", "s_b", "relatedness"]].map(_key)
     a_single, a_multi, a_ben = authors_tables(d)
@@ -308,7 +337,8 @@ def main():
             if len(mm):
                 emit(f"  ntrain {n:5d}: mean benefit theory {mm.theory_benefit.mean():+.4f} vs authors {mm.ben_mean.mean():+.4f}")
     not_ok = th[~th.ok]
-    emit(f"flagged (not converged or diverged, excluded above): {len(not_ok)} of {len(th)} solves")
+    emit(f"flagged (not converged or diverged, or minimum on a truncated horizon; excluded above): {len(not_ok)} of "
+         f"{len(th)} solves" + (f", {int(th.at_horizon.sum())} of them at the horizon" if th.at_horizon.any() else ""))
     emit.write(args.out)
     pd.concat([st.reset_index().assign(kind="single"), mt.reset_index().assign(kind="multi")]).to_csv(
         os.path.splitext(args.out)[0] + ".csv", index=False)
