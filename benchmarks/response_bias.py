@@ -9,6 +9,16 @@ parameters by `fit_solver(n_grid=40)` with 32, 128 and 512 response draws, the c
 (`FiniteDataSolver(response_control=True)`, docs/dmft.md §3) off and on: mean ± s.e. over
 `--replicas` draw seeds of both tasks' test loss at t = 10 and at the end (t = 20), where the
 memory term is largest and few response draws bias the curve (docs/fitting.md §6).
+
+     python benchmarks/response_bias.py --paper 800 1600 [--width fixed proportional_n]
+         [--responses 32 256 1024] [--replicas 4] [--out docs/results/response_bias_paper.txt]
+
+The paper preset instead (docs/dmft.md §6.4): its single-task cell at s_a = `--sa` and each
+ntrain, depth 2, H = 64, N = 100, on `benchmarks/paper_finite.py`'s grid (Δ <= 1), typical
+initial condition, 3 x 2048 draws, each `--width` and each number of response draws per chunk
+(3 chunks): the early-stopped test loss of task 1, mean ± s.e. over `--replicas` draw seeds and
+their range, and the train loss at t_max.  Where few response draws bias the curve upward the
+mean falls and the spread shrinks as they grow.
 """
 
 from __future__ import annotations
@@ -31,10 +41,16 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--setting", type=int, default=0)
     ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--paper", type=int, nargs="*", default=None, help="ntrain values of the paper preset's cells")
+    ap.add_argument("--sa", type=float, default=10.0, help="--paper: the cell's s_a")
+    ap.add_argument("--width", nargs="+", default=["fixed", "proportional_n"], help="--paper: the theories' widths")
+    ap.add_argument("--responses", type=int, nargs="+", default=[32, 256, 1024], help="--paper: response draws per chunk")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.replicas < 2:
         raise SystemExit(f"--replicas must be >= 2 (a mean ± s.e.), got {a.replicas}")
+    if a.paper is not None:
+        return paper(a)
     truth = settings(20, 0, True, a.n)
     i = a.setting
     e = mtjax.apply_axes(theory_experiment(mtjax.experiment_from_spec(spec_finite(a.n)), truth, i),
@@ -58,6 +74,31 @@ def main():
 
         emit(f"{nr:>8} {'on' if cv else 'off':>7} | {cell(j10, 0)} {cell(-1, 0)} | {cell(j10, 1)} {cell(-1, 1)} | "
              f"{'yes' if np.asarray(r.converged).all() else 'NO':>4} | {time.time() - t0:4.0f} s")
+    emit.write(a.out)
+
+
+def paper(a):
+    """The `--paper` table: early-stopped loss of the paper preset's single-task cells per width and response draws."""
+    from paper_width import experiment, n_grid
+
+    emit = Report()
+    emit(f"# paper preset, single task, s_a = {a.sa}, depth 2, H = 64, N = 100, typical; grid Δ <= 1; "
+         f"draws 3 x 2048; {a.replicas} draw seeds; ES = early-stopped test loss of task 1; time incl. compilation")
+    emit(f"{'ntrain':>6} {'width':>15} {'response':>8} | {'ES mean ± s.e.':>15} {'ES range':>13} | "
+         f"{'train at t_max':>14} | conv | time")
+    for ntrain in a.paper:
+        e = experiment(ntrain, a.sa, True, 100, 2)
+        for width in a.width:
+            for nr in a.responses:
+                t0 = time.time()
+                sv = mtjax.FiniteDataSolver(n_grid=n_grid(ntrain), n_draws=2048, n_response=nr, tol=2e-2, max_iter=15,
+                                            n_quad_eval=8192)  # fmt: skip  (paper_finite.py's solver)
+                r = mtjax.finite_data_replicas(e, mtjax.Seeds(0), a.replicas, solver=sv, initial="typical", width=width)
+                es = np.asarray(r.test_loss[..., 0]).min(1)
+                tr = np.asarray(r.train_loss[:, -1, 0])
+                emit(f"{ntrain:6d} {width:>15} {nr:8d} | {es.mean():7.3f} ± {es.std(ddof=1) / np.sqrt(len(es)):5.3f} "
+                     f"{es.min():6.3f}-{es.max():5.3f} | {tr.mean():14.3f} | "
+                     f"{'yes' if np.asarray(r.converged).all() else 'NO':>4} | {time.time() - t0:4.0f} s")
     emit.write(a.out)
 
 
