@@ -15,7 +15,7 @@ memory term is largest and few response draws bias the curve (docs/fitting.md §
 
 The paper preset instead (docs/dmft.md §6.4): its single-task cell at s_a = `--sa` and each
 ntrain, depth 2, H = 64, N = 100, on `benchmarks/paper_finite.py`'s grid (Δ <= 1), typical
-initial condition, 3 x 2048 draws, each `--width` and each number of response draws per chunk
+initial condition, 3 x `--draws` (2048) draws, each `--width` and each number of response draws per chunk
 (3 chunks): the early-stopped test loss of task 1, mean ± s.e. over `--replicas` draw seeds and
 their range, and the train loss at t_max.  Where few response draws bias the curve upward the
 mean falls and the spread shrinks as they grow.
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--sa", type=float, default=10.0, help="--paper: the cell's s_a")
     ap.add_argument("--width", nargs="+", default=["fixed", "proportional_n"], help="--paper: the theories' widths")
     ap.add_argument("--responses", type=int, nargs="+", default=[32, 256, 1024], help="--paper: response draws per chunk")
+    ap.add_argument("--draws", type=int, default=2048, help="--paper: draws per chunk (3 chunks)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     if a.replicas < 2:
@@ -83,7 +84,7 @@ def paper(a):
 
     emit = Report()
     emit(f"# paper preset, single task, s_a = {a.sa}, depth 2, H = 64, N = 100, typical; grid Δ <= 1; "
-         f"draws 3 x 2048; {a.replicas} draw seeds; ES = early-stopped test loss of task 1; time incl. compilation")
+         f"draws 3 x {a.draws}; {a.replicas} draw seeds; ES = early-stopped test loss of task 1; time incl. compilation")
     emit(f"{'ntrain':>6} {'width':>15} {'response':>8} | {'ES mean ± s.e.':>15} {'ES range':>13} | "
          f"{'train at t_max':>14} | conv | time")
     for ntrain in a.paper:
@@ -91,7 +92,7 @@ def paper(a):
         for width in a.width:
             for nr in a.responses:
                 t0 = time.time()
-                sv = mtjax.FiniteDataSolver(n_grid=n_grid(ntrain), n_draws=2048, n_response=nr, tol=2e-2, max_iter=15,
+                sv = mtjax.FiniteDataSolver(n_grid=n_grid(ntrain), n_draws=a.draws, n_response=nr, tol=2e-2, max_iter=15,
                                             n_quad_eval=8192)  # fmt: skip  (paper_finite.py's solver)
                 r = mtjax.finite_data_replicas(e, mtjax.Seeds(0), a.replicas, solver=sv, initial="typical", width=width)
                 es = np.asarray(r.test_loss[..., 0]).min(1)
