@@ -31,9 +31,10 @@ t_max (docs/dmft.md §3: small steps early, large late, the cost of a uniform gr
 `--horizon h` solves a uniform grid only up to t = min(t_max, h) at the same step Δ: the DMFT is
 causal (the curve up to h does not depend on later times; the Monte Carlo draws do change with
 the grid's length: ntrain 3200, s_a = 10 at t = 10 is 0.750 to h = 10 and 0.732 in the 50-step
-solve, 3 x 2048 and 3 x 256 draws) and the cost grows ~ n_grid^3, so this
-prices the ntrain 3200 grid (early stopping near t ~ 20-30 of t_max 50) at its useful part;
-a cell whose minimum lands on the horizon is flagged and left out.  To compile once for all cells the theory is run
+solve, 3 x 2048 and 3 x 256 draws) and the cost grows ~ n_grid^3, so this prices a long grid at
+its useful part where the early-stopping time lies well before t_max (not at ntrain 3200 with
+3 x 256 response draws: its curves fall to t_max, docs/dmft.md §6.4); a cell whose minimum lands
+on the horizon is flagged and left out.  To compile once for all cells the theory is run
 with the full-batch protocol, n_train_active = ntrain and task weights (1, 1) / (1, 0) — the same
 rates; task 2's process is then solved also in the single-task cells (with ρ_2 = 0 it does not act
 on task 1).  α_k = ntrain / (N − K R) = ntrain / 80.
@@ -111,7 +112,7 @@ def main():
                          "(docs/dmft.md §3); default: uniform steps")  # fmt: skip
     ap.add_argument("--horizon", type=float, default=None,
                     help="solve only to theory time min(t_max, HORIZON) at the same GD step Δ (uniform grids): the DMFT "
-                         "is causal, so the curve up to the horizon is the full run's; cells whose minimum falls on the "
+                         "is causal, so the curve up to the horizon is the full run's (up to its draws); cells whose minimum falls on the "
                          "horizon are flagged")  # fmt: skip
     ap.add_argument("--draws", type=int, default=512)
     ap.add_argument("--response", type=int, default=GRID_SOLVER["n_response"],

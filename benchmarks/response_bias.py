@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--setting", type=int, default=0)
     ap.add_argument("--replicas", type=int, default=4)
-    ap.add_argument("--paper", type=int, nargs="*", default=None, help="ntrain values of the paper preset's cells")
+    ap.add_argument("--paper", type=int, nargs="+", default=None, help="ntrain values of the paper preset's cells")
     ap.add_argument("--sa", type=float, default=10.0, help="--paper: the cell's s_a")
     ap.add_argument("--width", nargs="+", default=["fixed", "proportional_n"], help="--paper: the theories' widths")
     ap.add_argument("--responses", type=int, nargs="+", default=[32, 256, 1024], help="--paper: response draws per chunk")
