@@ -40,7 +40,7 @@ import numpy as np
 
 import mtjax
 from _report import Report
-from paper_finite import tmax
+from paper_finite import GRID_SOLVER, tmax
 
 N_GRID = 20  # the fewest GD steps of a cell's grid (paper_finite.py's --n-grid default)
 
@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--out", default="docs/results/paper_width.txt")
     args = ap.parse_args()
     emit = Report()
-    solver = mtjax.FiniteDataSolver(n_grid=N_GRID, n_draws=args.draws, n_response=args.response, tol=2e-2, max_iter=15, n_quad_eval=8192)
+    solver = mtjax.FiniteDataSolver(n_grid=N_GRID, n_draws=args.draws, **{**GRID_SOLVER, "n_response": args.response})
     nr = args.realisations
     rr = jnp.arange(nr)
     sim = eqx.filter_jit(mtjax.simulate_batch)

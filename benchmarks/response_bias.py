@@ -80,6 +80,7 @@ def main():
 
 def paper(a):
     """The `--paper` table: early-stopped loss of the paper preset's single-task cells per width and response draws."""
+    from paper_finite import GRID_SOLVER
     from paper_width import experiment, n_grid
 
     emit = Report()
@@ -92,8 +93,7 @@ def paper(a):
         for width in a.width:
             for nr in a.responses:
                 t0 = time.time()
-                sv = mtjax.FiniteDataSolver(n_grid=n_grid(ntrain), n_draws=a.draws, n_response=nr, tol=2e-2, max_iter=15,
-                                            n_quad_eval=8192)  # fmt: skip  (paper_finite.py's solver)
+                sv = mtjax.FiniteDataSolver(n_grid=n_grid(ntrain), n_draws=a.draws, **{**GRID_SOLVER, "n_response": nr})
                 r = mtjax.finite_data_replicas(e, mtjax.Seeds(0), a.replicas, solver=sv, initial="typical", width=width)
                 es = np.asarray(r.test_loss[..., 0]).min(1)
                 tr = np.asarray(r.train_loss[:, -1, 0])
