@@ -254,12 +254,17 @@ def main():
         if not len(store):
             raise SystemExit(f"{store.path} holds no cells solved with {settings!r}: pass the flags of the run that stored them")
         cells = [store.key_of(r) for r in store.rows.to_dict("records")]
-        # The header of the run that wrote the table (its solve times), else this command's.
+        # This command's header, then the solve times of the run that wrote the previous table
+        # (the store may have been filled by several partial runs: only the last one's are known).
         if os.path.exists(args.out):
             with open(args.out) as f:
                 old = f.read().split("\n\n", 1)[0].splitlines()
-            emit.lines[:] = old
-            print("\n".join(old), flush=True)
+            source = [ln for ln in old if ln.startswith("# solve times")]
+            if not source:
+                source = [f"# solve times of the run that wrote the previous table ({ln[2:]}):" for ln in old if ln.startswith("# command:")]
+            timing = [ln for ln in old if ln.startswith(("# resumed", "# n_grid", "# cost"))]
+            for ln in (source[:1] + timing) if timing else []:
+                emit(ln)
     else:
         if len(store):
             emit(f"# resumed: {sum(c in store for c in cells)} of {len(cells)} cells stored by an earlier run with these settings")
