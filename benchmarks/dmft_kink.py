@@ -27,7 +27,6 @@ grid time from `--from` on, at its fixed point (next to the relu network's curve
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import jax
@@ -37,22 +36,19 @@ import numpy as np
 import mtjax
 from mtjax._finite.kernels import _response, propagator
 from mtjax._finite.nonlinear import _example_process, _field_factor_h, nonlinear_fixed_point
-from mtjax._finite.theory import _problem
 from mtjax._finite.trunk import _trunk_draws, _trunk_labels
 
 from _report import Report
+from dmft_late_curve import STEPS, nonlinear_problem
 from finite_data_accuracy import experiment_trunk
 from relu_surrogate import simulate
 
-STEPS = 40
 GROUPS = 32  # groups of response draws for the heavy-tail columns
 
 
 def diagnose(e, solver, width):
     """Per grid time (T1,) arrays at the fixed point of `e`'s multitask solve (see the module)."""
-    pn = _problem(e, mtjax.Seeds(0), None, "quenched")
-    _, dt = solver.time_grid(STEPS * float(e.train.learning_rate))
-    pn = dataclasses.replace(pn, trunk=dataclasses.replace(pn.trunk, dt=dt))
+    pn = nonlinear_problem(e, solver)
     T1, H = STEPS + 1, width
     lags = jnp.tril(jnp.ones((T1, T1)), -1)  # the memory blocks m < n
 

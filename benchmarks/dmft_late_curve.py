@@ -40,12 +40,17 @@ STEPS = 40
 SHOW = slice(18, STEPS + 1, 2)  # grid indices of t = 9, 10, ..., 20 (Δ = 0.5)
 
 
-def kernels(e, solver):
-    """(tr C_H[n, n], tr C_v[n, n]) (T+1,) each at the fixed point of the solve of `e`
-    (`nonlinear_fixed_point`, the maps of `finite_data_theory`, which keeps the kernels internal)."""
+def nonlinear_problem(e, solver):
+    """The problem `finite_data_theory` solves for `e` on `solver`'s grid of STEPS GD steps, for
+    calling `nonlinear_fixed_point` (whose kernels `finite_data_theory` keeps internal)."""
     pn = _problem(e, mtjax.Seeds(0), None, "quenched")
     _, dt = solver.time_grid(STEPS * float(e.train.learning_rate))
-    pn = dataclasses.replace(pn, trunk=dataclasses.replace(pn.trunk, dt=dt))
+    return dataclasses.replace(pn, trunk=dataclasses.replace(pn.trunk, dt=dt))
+
+
+def kernels(e, solver):
+    """(tr C_H[n, n], tr C_v[n, n]) (T+1,) each at the fixed point of the solve of `e`."""
+    pn = nonlinear_problem(e, solver)
 
     @jax.jit
     def run():
