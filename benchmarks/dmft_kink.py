@@ -53,6 +53,18 @@ from relu_surrogate import simulate
 GROUPS = 32  # groups of response draws for the heavy-tail columns
 
 
+def group_estimates(h, Rv, alpha, wts, groups, n_response, jacobian=None):
+    """The response (`kernels._response`) estimated from each of `groups` groups of the response
+    draws alone, scaled to the whole mass: (groups, T1, H, T1, H).  `h`, `wts`: the draws of
+    every label component, (component, draw) flattened as `_response_sampled` gets them; every
+    group takes draws of every component, so each group's estimate is one of the whole mean."""
+    hg = h.reshape(-1, groups, n_response // groups, *h.shape[1:])
+    wg = wts.reshape(-1, groups, n_response // groups) * groups
+    ident = (lambda j: j) if jacobian is None else jacobian
+    return jax.lax.map(lambda g: _response(hg[:, g].reshape(-1, *h.shape[1:]), Rv, alpha, wg[:, g].reshape(-1), jacobian=ident),
+                       jnp.arange(groups))
+
+
 @contextlib.contextmanager
 def median_of_means(groups, n_response):
     """The response estimated as the elementwise median over `groups` groups of the response
@@ -63,16 +75,7 @@ def median_of_means(groups, n_response):
     old = nonlinear_module._response_sampled
 
     def estimate(h, Rv, alpha, wts, J_all, jacobian=None):
-        # h, wts: (label component, draw) flattened; every group takes draws of every component,
-        # so each group's scaled estimate is one of the whole mean.
-        hg = h.reshape(-1, groups, n_response // groups, *h.shape[1:])
-        wg = wts.reshape(-1, groups, n_response // groups) * groups
-
-        def one(g):
-            return _response(hg[:, g].reshape(-1, *h.shape[1:]), Rv, alpha, wg[:, g].reshape(-1), jacobian=jacobian)
-
-        each = jax.lax.map(one, jnp.arange(groups))
-        return jnp.median(each, 0)
+        return jnp.median(group_estimates(h, Rv, alpha, wts, groups, n_response, jacobian), 0)
 
     mtjax.release_compiled()
     nonlinear_module._response_sampled = estimate
@@ -101,17 +104,12 @@ def diagnose(e, solver, width):
         Rv, P0 = propagator(RH, p.dt)
         F = _field_factor_h(p.Q0, P0, Rv, CH)
         _, _, J, _, _ = _example_process(pn, d, F, Rv, ys, weights, d.u.shape[1], solver.relu_sharpness)
-        # Task 1's response draws in GROUPS groups (every label component of the same draws in
-        # one group): each group's share of the memory blocks, as the estimate sums them.
-        X, Sr = J.shape[1], solver.n_response
-        Jg = J[0, :, :Sr].reshape(X, GROUPS, Sr // GROUPS, T1, H, H)
-        wg = (weights[0, :, :Sr] / Sr).reshape(X, GROUPS, Sr // GROUPS)
-
-        def group(g):
-            G = _response(Jg[:, g].reshape(-1, T1, H, H), p.rho[0] * Rv, p.alpha[0], wg[:, g].reshape(-1), jacobian=lambda j: j)
-            return jnp.einsum("nm,nm->n", lags, jnp.sqrt(jnp.einsum("nhmg->nm", G**2)))
-
-        shares = jax.lax.map(group, jnp.arange(GROUPS))  # (GROUPS, T1)
+        # Task 1's response draws in GROUPS groups: each group's share of the memory blocks, as
+        # the estimate sums them (its own estimate / GROUPS).
+        Sr = solver.n_response
+        each = group_estimates(J[0, :, :Sr].reshape(-1, T1, H, H), p.rho[0] * Rv, p.alpha[0],
+                               (weights[0, :, :Sr] / Sr).reshape(-1), GROUPS, Sr)
+        shares = jnp.einsum("nm,gnm->gn", lags, jnp.sqrt(jnp.einsum("gnhmk->gnm", each**2))) / GROUPS  # (GROUPS, T1)
         first = jnp.einsum("nhg,gj,nhj->n", P0, p.Q0, P0)
         memory = jnp.einsum("nhmg,mgji,nhji->n", Rv, CH, Rv)
         mem_blocks = jnp.einsum("nm,nm->n", lags, jnp.sqrt(jnp.einsum("nhmg->nm", RH**2)))
