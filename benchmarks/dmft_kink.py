@@ -103,7 +103,7 @@ def diagnose(e, solver, width):
         ys, weights = _trunk_labels(p, d, solver.summed_labels(p.V0.shape[1]))
         Rv, P0 = propagator(RH, p.dt)
         F = _field_factor_h(p.Q0, P0, Rv, CH)
-        _, _, J, _, _ = _example_process(pn, d, F, Rv, ys, weights, d.u.shape[1], solver.relu_sharpness)
+        _, _, J, *_ = _example_process(pn, d, F, Rv, ys, weights, d.u.shape[1], solver.relu_sharpness)
         # Task 1's response draws in GROUPS groups: each group's share of the memory blocks, as
         # the estimate sums them (its own estimate / GROUPS).
         Sr = solver.n_response

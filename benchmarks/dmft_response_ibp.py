@@ -67,7 +67,7 @@ def main():
     def estimates():
         Rv, P0 = propagator(RH, p.dt)
         F = _field_factor_h(p.Q0, P0, Rv, CH)
-        _, delta, J, _, _ = _example_process(pn, d, F, Rv, ys, weights, S, solver.relu_sharpness)
+        _, delta, J, *_ = _example_process(pn, d, F, Rv, ys, weights, S, solver.relu_sharpness)
         Cv = F @ F.T
         out = []
         for k in range(K):

@@ -94,6 +94,7 @@ def _settings(args) -> str:
             f"n_test={args.n_test} draws={args.draws} response={args.response} tol={args.tol} damping={args.damping} "
             f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}")
             + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else "")
+            + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f" response_method={args.response_method} step={args.response_step}")
             + ("" if args.labels == "auto" else f" labels={args.labels}"))
 
 
@@ -102,7 +103,8 @@ def _setup(args):
     initial student, datasets 1..ns)."""
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
                                     damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels,
-                                    response_control=getattr(args, "response_control", False))
+                                    response_control=getattr(args, "response_control", False),
+                                    response=getattr(args, "response_method", "pathwise"), response_step=getattr(args, "response_step", 0.05))
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -219,6 +221,7 @@ def main_trunk(args):
         f"N = {args.n}, C = R = {args.rank}, lr = {args.lr}, {args.steps} steps (full-batch GD), {ns} seeds, n_test = {args.n_test}",
         f"# solver: grid T = {args.steps}, draws {X} x {args.draws} per task, response draws {X} x {args.response}{' with control variate' if getattr(args, 'response_control', False) else ''}, tol {args.tol}"
         + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else "")
+        + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f", response by central differences of the process, step {args.response_step}")
         + ("" if args.labels == "auto" else f", labels {args.labels}"),
         _theory_note(args),
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
@@ -372,6 +375,9 @@ def main():
                     help="FiniteDataSolver.labels: how each draw's label enters (summed: every class, weighted)")
     ap.add_argument("--response-control", action="store_true",
                     help="the response's control variate (FiniteDataSolver(response_control=True))")
+    ap.add_argument("--response-method", default="pathwise", choices=["pathwise", "difference"],
+                    help="FiniteDataSolver.response of a nonlinear trunk: Jacobian chain, or central differences of the process")
+    ap.add_argument("--response-step", type=float, default=0.05, help="FiniteDataSolver.response_step (--response-method difference)")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

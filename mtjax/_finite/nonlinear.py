@@ -26,7 +26,7 @@ from .._metrics import expected_metrics
 from .._population_nonlinear import label_probabilities
 from .._student import ACTIVATIONS
 from .fixed_point import solve_fixed_point
-from .kernels import _causal_memory_scan, _response_sampled, _steps_padded, propagator, psd_factor
+from .kernels import _causal_memory_scan, _response_sampled, _steps_padded, _time_blocks, propagator, psd_factor
 from .sampling import _eval_points
 from .solver import FiniteDataSolver
 from .trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels, _TrunkDraws, _TrunkProblem
@@ -72,6 +72,71 @@ def _ce(activation, pre, y, Wu, bu, V, c):
     return jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, y[..., None], -1)[..., 0], z
 
 
+def _error(act, pre, y, Wu, bu, V, c):
+    """Per-draw errors δ = ∂CE/∂pre (..., H) of one head (`V` (C, H), `c` (C,)) at
+    preactivations `pre` (..., H) with labels `y` (...)."""
+    return jax.grad(lambda q: jnp.sum(_ce(act, q, y, Wu, bu, V, c)[0]))(pre)
+
+
+def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget: int = 2**24):
+    """The memory blocks Γ[n, ·, m, ·] (m < n) of one task's response by central differences of
+    each draw's example process: kick the preactivation of draw s at time m by ±ε e_j, run the
+    process on (memory term included, the low-dimensional variables held at their trajectories:
+    one example does not move them), and average (δ_+^n − δ_−^n)/2ε over the draws.
+
+    Unlike the Hessian chain (`kernels._response`) this sees a kink of φ at the scale ε (relu's
+    jump of φ' is a finite difference, not a density), and a kicked draw stays a solution of the
+    process: its difference is bounded by the range of δ over 2ε, where a chain of Jacobians
+    near a kink grows geometrically (docs/dmft.md §4.2).  Bias O(ε²) in the smooth mean response.
+
+    `act`: φ; `pre`: base preactivations (T1, X, Sr, H); `ys`, `wts`: labels and weights (X, Sr),
+    the weights summing to the draws' mass; `traj`: (Wu, bu, V, c) of this task at each grid time
+    (V (T1, C, H), c (T1, C)); `Rv` (T1, H, T1, H); `coef` = ρ_k/α_k.  Kicks run by time blocks
+    (`kernels._time_blocks`): those of block [lo, hi) from time lo on (a kick moves nothing
+    earlier), the 2 (hi − lo) H kicked copies of a chunk of draws one batch; `budget` bounds a
+    chunk's history (floats).
+    **Returns:** Γ (T1, H, T1, H), its diagonal blocks Γ[n, ·, n, ·] from the response draws."""
+    T1, X, Sr, H = pre.shape
+    pre = pre.reshape(T1, X * Sr, H)
+    ys, wts = ys.reshape(-1), wts.reshape(-1)
+    n_draws = X * Sr
+    Wu, bu, V, c = traj
+
+    G = jnp.zeros((T1, T1, H, H), pre.dtype)  # [n, m, j, h]
+    for lo, hi in zip(_time_blocks(T1)[:-1], _time_blocks(T1)[1:]):
+        P, W = 2 * (hi - lo) * H, T1 - lo  # kicks, times they see
+        # Kick p = (sign, m, j): +ε e_j at time lo + m for p < P/2, −ε e_j for the rest.
+        m_of = lo + jnp.tile(jnp.repeat(jnp.arange(hi - lo), H), 2)
+        kick = step * jnp.repeat(jnp.array([1.0, -1.0]), P // 2)[:, None] * jnp.tile(jnp.eye(H), (2 * (hi - lo), 1))
+        chunk = max(1, min(n_draws, budget // (P * W * H)))
+        n_chunks = -(-n_draws // chunk)
+        pad = n_chunks * chunk - n_draws
+        # Padded draws have weight 0.
+        args = (jnp.pad(pre[lo:], ((0, 0), (0, pad), (0, 0))).reshape(W, n_chunks, chunk, H).transpose(1, 0, 2, 3),
+                jnp.pad(ys, (0, pad)).reshape(n_chunks, chunk), jnp.pad(wts, (0, pad)).reshape(n_chunks, chunk))  # fmt: skip
+
+        def one_chunk(args, lo=lo, P=P, W=W, m_of=m_of, kick=kick):
+            pre_c, y_c, w_c = args  # (W, B, H), (B,), (B,)
+
+            def body(hist, i):
+                # hist (P, B, W, H): δ of the kicked copies minus the base δ at times lo + i' < lo + i.
+                n = lo + i
+                mem = jnp.einsum("hmg,pbmg->pbh", Rv[n, :, lo:], hist)
+                q = pre_c[i][None] + jnp.where((m_of == n)[:, None], kick, 0.0)[:, None, :] - coef * mem
+                at_n = (Wu[n], bu[n], V[n], c[n])
+                diff = jax.vmap(lambda qq: _error(act, qq, y_c, *at_n))(q) - _error(act, pre_c[i], y_c, *at_n)[None]
+                hist = jax.lax.dynamic_update_slice(hist, diff[:, :, None, :], (0, 0, i, 0))
+                return hist, jnp.einsum("b,pbh->ph", w_c, diff)
+
+            hist0 = jnp.zeros((P, pre_c.shape[1], W, H), pre_c.dtype)
+            return jax.lax.scan(body, hist0, jnp.arange(W))[1]  # (W, P, H)
+
+        out = jnp.sum(jax.lax.map(one_chunk, args), 0)
+        Gb = (out[:, : P // 2] - out[:, P // 2 :]) / (2 * step)  # (W, (m, j), h)
+        G = G.at[lo:, lo:hi].set(Gb.reshape(W, hi - lo, H, H))
+    return jnp.moveaxis(G, 3, 1)  # Γ[n, h, m, j]
+
+
 def _field_factor_h(Q0, P0, Rv, CH) -> Float[Array, "TH n"]:
     """F (T1 H, H + T1 H) with F Fᵀ = C_v = P0 Q0 P0ᵀ + R_v C_H R_vᵀ (jittered factors)."""
     T1, H = Rv.shape[0], Rv.shape[1]
@@ -80,12 +145,17 @@ def _field_factor_h(Q0, P0, Rv, CH) -> Float[Array, "TH n"]:
     return jnp.concatenate([first, second], 1)
 
 
-def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int, sharpness: float):
+def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, n_response: int, sharpness: float,
+                     response: str = "pathwise", eps: float = 0.05):
     """Sampled example processes of all K tasks (X label components each, `_trunk_labels`).
 
-    **Returns:** logits h (K, X, S, T1, C), errors δ (K, X, S, T1, H), the Hessians
-    ∂δ/∂pre of the first `n_response` draws of each component (K, X, Sr, T1, H, H), and the
-    trajectories of Ω, b_1, W_l, b_l, V, c (values at each grid time)."""
+    **Returns:** logits h (K, X, S, T1, C), errors δ (K, X, S, T1, H), the Jacobians
+    ∂δ/∂pre of the first `n_response` draws of each component (K, X, Sr, T1, H, H) — with
+    `response="pathwise"` the Hessians of the loss, with `"difference"` central differences
+    (δ(pre + ε e_j) − δ(pre − ε e_j)) / 2ε, ε = `eps` — their weighted mean over all draws
+    (T1, K, H, H), the trajectories of Ω, b_1, W_l, b_l, V, c (values at each grid time), and
+    with `"difference"` the preactivations of the first `n_response` draws (T1, K, X, Sr, H)
+    (None with `"pathwise"`)."""
     p, act = pn.trunk, dmft_activation(pn.activation, sharpness)
     T1, H = Rv.shape[0], Rv.shape[1]
     K, S = d.u.shape[0], d.u.shape[1]
@@ -115,27 +185,37 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
         # the response's diagonal block E[J^n] (from all draws: its sampling error, unlike that
         # of the memory blocks, does not fall with α, and it biases the coordinate process's
         # covariance, docs/dmft.md §4.2); the first n_response draws also carry the memory blocks.
-        hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k])[0]),
-                                          (0, 0, None)), (0, 0, None)), (0, 0, 0))  # fmt: skip
-        J = hess(pre, ys, jnp.arange(K))  # (K, X, S, H, H)
+        if response == "pathwise":
+            hess = jax.vmap(jax.vmap(jax.vmap(jax.hessian(lambda q, y, k: _ce(act, q, y, Wu, bu, V[k], c[k])[0]),
+                                              (0, 0, None)), (0, 0, None)), (0, 0, 0))  # fmt: skip
+            J = hess(pre, ys, jnp.arange(K))  # (K, X, S, H, H)
+        else:
+            # δ at pre ± ε e_j, j = 0..H−1 (2H extra forward-and-backward passes): column j of J.
+            kicks = eps * jnp.concatenate([jnp.eye(H), -jnp.eye(H)])  # (2H, H)
+            dk = jnp.stack([jnp.stack([_error(act, pre[k] + e, ys[k], Wu, bu, V[k], c[k]) for k in range(K)])
+                            for e in kicks], -1)  # (K, X, S, H, 2H)  # fmt: skip
+            J = (dk[..., :H] - dk[..., H:]) / (2 * eps)
         Jbar = jnp.einsum("kxs,kxshg->khg", wts, J)
         row = jnp.moveaxis(coef[:, None, None, None] * delta, -1, 0).reshape(H, K * X * S)
-        return new, row, (h, delta, J[:, :, :Sr], Jbar, Om, b1, Wu, bu, V, c)
+        pre_r = pre[:, :, :Sr] if response == "difference" else None
+        return new, row, (h, delta, J[:, :, :Sr], Jbar, Om, b1, Wu, bu, V, c, pre_r)
 
     init = (p.Omega0, p.b10, p.Wu0, p.bu0, p.V0, p.c0)
     _, _, outs = _causal_memory_scan(step, init, Rv.reshape(T1, H, T1 * H), _steps_padded(p.dt), H, K * X * S)
     h, delta, J = (jnp.moveaxis(o, 0, 3) for o in outs[:3])
-    return h, delta, J, outs[3], outs[4:]
+    return h, delta, J, outs[3], outs[4:10], outs[10]
 
 
 def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_response: int, sharpness: float,
-               control: bool = False):
+               control: bool = False, response: str = "pathwise", step: float = 0.05):
     """One Picard map (C_H, R_H) -> new ones (both (T1, H, T1, H)); aux = (h, Ω, b_1, W_l, b_l, V,
-    c trajectories, C_v[n, n] (T1, H, H))."""
+    c trajectories, C_v[n, n] (T1, H, H)).  `response`, `step`: `FiniteDataSolver.response`,
+    `response_step`."""
     p = pn.trunk
     Rv, P0 = propagator(RH, p.dt)
     F = _field_factor_h(p.Q0, P0, Rv, CH)
-    h, delta, J, Jbar, traj = _example_process(pn, d, F, Rv, ys, weights, n_response, sharpness)
+    out = _example_process(pn, d, F, Rv, ys, weights, n_response, sharpness, response, step)
+    h, delta, J, Jbar, traj = out[:5]
     K, S = d.u.shape[0], d.u.shape[1]
     T1, H = Rv.shape[0], Rv.shape[1]
     wts = weights / S
@@ -145,7 +225,17 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
 
     diag = jnp.eye(T1)[:, None, :, None]
 
+    def resp_difference(k):
+        _, _, Wu, bu, V, c = traj
+        act = dmft_activation(pn.activation, sharpness)
+        pre_k = out[5][:, k]  # (T1, X, Sr, H)
+        G = _response_difference(act, pre_k, ys[k, :, :Sr], weights[k, :, :Sr] / Sr, (Wu, bu, V[:, k], c[:, k]),
+                                 Rv, p.rho[k] / p.alpha[k], step)  # fmt: skip
+        return G * (1 - diag) + diag * Jbar[:, k][:, :, None, :]
+
     def resp(k):
+        if response == "difference":
+            return resp_difference(k)
         Jk = J[k].reshape(-1, T1, H, H)
         # the all-draw mean Hessian (`_example_process`) is the control variate's mean
         J_all = Jbar[:, k] / jnp.sum(wts[k]) if control else None
@@ -172,7 +262,8 @@ def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     def iterate(params, z):
         pp, dd = params
         ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness, solver.response_control)
+        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness, solver.response_control,
+                                 solver.response, solver.response_step)  # fmt: skip
         return (CH, RH), (ys, weights, aux)
 
     zero = jnp.zeros((T1, H, T1, H))

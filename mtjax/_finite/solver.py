@@ -14,6 +14,7 @@ from .sampling import SAMPLINGS
 
 STEP_SCHEDULES = ("uniform", "geometric")  # `FiniteDataSolver.step_schedule`
 LABELS = ("auto", "summed", "sampled")  # `FiniteDataSolver.labels`
+RESPONSES = ("pathwise", "difference")  # `FiniteDataSolver.response`
 
 
 class FiniteDataSolver(eqx.Module):
@@ -60,6 +61,17 @@ class FiniteDataSolver(eqx.Module):
       over the data's s.e. falls from 0.97 / 1.14 to 0.81 / 0.76 (512 plain response draws:
       0.97 / 0.83), the s.d. of the fitted r less clearly (0.062 / 0.145 to 0.058 / 0.104, each
       ±25 %; docs/dmft.md §3).  For a nonlinear trunk it uses the all-draw mean Hessian.
+    - `response`: how a nonlinear trunk's response is estimated (static): `"pathwise"` (default;
+      the chain of per-draw Jacobians ∂δ/∂pre, exact per draw) or `"difference"` (each response
+      draw's process kicked by ±`response_step` at every time and unit and run on, memory
+      included: central differences, `nonlinear._response_difference`).  Near relu's kink the
+      surrogate's chain of Jacobians expands geometrically, and a few draws carry most of the
+      memory blocks (a heavy-tailed mean, docs/dmft.md §4.2, §6.1); a kicked copy is itself a
+      solution of the process, so its difference stays bounded, and the Picard map converges where
+      the chain's did not.  Bias O(ε²); more costly per response draw (at H = 4, T = 40 a grid
+      point took ~10x the chain's time).  Linear trunks and depth 0 use their exact chains (no
+      kink) whatever this says.
+    - `response_step`: ε of `"difference"` in (0, 1] (static; preactivation units; default 0.05).
     - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
       gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
       where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
@@ -121,13 +133,15 @@ class FiniteDataSolver(eqx.Module):
     labels: str = eqx.field(static=True)
     relu_sharpness: float = eqx.field(static=True)
     response_control: bool = eqx.field(static=True)
+    response: str = eqx.field(static=True)
+    response_step: float = eqx.field(static=True)
     seed: Int[Array, ""]
     damping: Float[Array, ""]
     tol: Float[Array, ""]
 
     def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
                  step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc", min_iter: int = 1, labels: str = "auto", relu_sharpness: float = 12.0,
-                 response_control: bool = False):  # fmt: skip
+                 response_control: bool = False, response: str = "pathwise", response_step: float = 0.05):  # fmt: skip
         self.n_grid = check_int("n_grid", n_grid, 1)
         self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
         # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
@@ -148,6 +162,12 @@ class FiniteDataSolver(eqx.Module):
         if not isinstance(response_control, (bool, np.bool_)):
             raise ValueError(f"response_control must be True or False, got {response_control!r}")
         self.response_control = bool(response_control)
+        self.response = check_choice("response", response, RESPONSES)
+        if self.response == "difference" and self.response_control:
+            raise ValueError("response_control=True needs response='pathwise' (it linearises the Jacobian chain); "
+                             "set response_control=False with response='difference'")
+        # Static (a shape-free constant of the traced kicks), so a Python float.
+        self.response_step = _static_float("response_step", response_step, 0.0, 1.0, lo_open=True)
         self.seed = _check_seed(seed)
         check_range("damping", damping, 0.0, 1.0, lo_open=True)
         check_range("tol", tol, 0.0, lo_open=True)

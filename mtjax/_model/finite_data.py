@@ -15,7 +15,9 @@ from .._train import History
 from .base import AbstractTheory, check_initial
 
 
-_DEFAULT_RELU_SHARPNESS = inspect.signature(FiniteDataSolver.__init__).parameters["relu_sharpness"].default
+_SOLVER_DEFAULTS = inspect.signature(FiniteDataSolver.__init__).parameters
+# Settings added after sweeps were first stored: left out of a manifest at their defaults.
+_OMIT_AT_DEFAULT = ("relu_sharpness", "response", "response_step")
 
 
 class FiniteDataTheory(AbstractTheory):
@@ -48,11 +50,12 @@ class FiniteDataTheory(AbstractTheory):
         self.width = width
 
     def settings(self) -> dict[str, Any]:
-        # "fixed" and the default relu sharpness are left out, so the manifests (and resume
-        # fingerprints) of sweeps stored before those settings existed stay as they were.
+        # "fixed" and the later settings at their defaults are left out, so the manifests (and
+        # resume fingerprints) of sweeps stored before those settings existed stay as they were.
         base = super().settings()
-        if base.get("relu_sharpness") == _DEFAULT_RELU_SHARPNESS:
-            del base["relu_sharpness"]
+        for name in _OMIT_AT_DEFAULT:
+            if name in base and base[name] == _SOLVER_DEFAULTS[name].default:
+                del base[name]
         return base if self.width == "fixed" else {**base, "width": self.width}
 
     def check(self, experiment: Experiment) -> None:
