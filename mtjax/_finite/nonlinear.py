@@ -124,6 +124,8 @@ def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget:
                 mem = jnp.einsum("hmg,pbmg->pbh", Rv[n, :, lo:], hist)
                 q = pre_c[i][None] + jnp.where((m_of == n)[:, None], kick, 0.0)[:, None, :] - coef * mem
                 at_n = (Wu[n], bu[n], V[n], c[n])
+                # The base δ is recomputed here rather than taken from the forward process, so
+                # that a copy not yet kicked differs from it by exactly 0.
                 diff = jax.vmap(lambda qq: _error(act, qq, y_c, *at_n))(q) - _error(act, pre_c[i], y_c, *at_n)[None]
                 hist = jax.lax.dynamic_update_slice(hist, diff[:, :, None, :], (0, 0, i, 0))
                 return hist, jnp.einsum("b,pbh->ph", w_c, diff)
@@ -192,8 +194,8 @@ def _example_process(pn: _NonlinearProblem, d: _TrunkDraws, F, Rv, ys, weights, 
         else:
             # δ at pre ± ε e_j, j = 0..H−1 (2H extra forward-and-backward passes): column j of J.
             kicks = eps * jnp.concatenate([jnp.eye(H), -jnp.eye(H)])  # (2H, H)
-            dk = jnp.stack([jnp.stack([_error(act, pre[k] + e, ys[k], Wu, bu, V[k], c[k]) for k in range(K)])
-                            for e in kicks], -1)  # (K, X, S, H, 2H)  # fmt: skip
+            dk = jnp.stack([jax.vmap(lambda e, k=k: _error(act, pre[k] + e, ys[k], Wu, bu, V[k], c[k]), out_axes=-1)(kicks)
+                            for k in range(K)])  # (K, X, S, H, 2H)  # fmt: skip
             J = (dk[..., :H] - dk[..., H:]) / (2 * eps)
         Jbar = jnp.einsum("kxs,kxshg->khg", wts, J)
         row = jnp.moveaxis(coef[:, None, None, None] * delta, -1, 0).reshape(H, K * X * S)
@@ -227,10 +229,9 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
 
     def resp_difference(k):
         _, _, Wu, bu, V, c = traj
-        act = dmft_activation(pn.activation, sharpness)
         pre_k = out[5][:, k]  # (T1, X, Sr, H)
-        G = _response_difference(act, pre_k, ys[k, :, :Sr], weights[k, :, :Sr] / Sr, (Wu, bu, V[:, k], c[:, k]),
-                                 Rv, p.rho[k] / p.alpha[k], step)  # fmt: skip
+        G = _response_difference(dmft_activation(pn.activation, sharpness), pre_k, ys[k, :, :Sr], weights[k, :, :Sr] / Sr,
+                                 (Wu, bu, V[:, k], c[:, k]), Rv, p.rho[k] / p.alpha[k], step)  # fmt: skip
         return G * (1 - diag) + diag * Jbar[:, k][:, :, None, :]
 
     def resp(k):
