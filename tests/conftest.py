@@ -1,3 +1,4 @@
+import gc
 import os
 import tempfile
 
@@ -29,6 +30,31 @@ jax.config.update("jax_numpy_dtype_promotion", "standard")
 # here too; the environment variables above are for the child processes.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def _n_mappings():
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux: no such limit to watch
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Drop jax's in-process caches of compiled programs once a worker holds many mappings.
+
+    Each XLA:CPU executable keeps its own memory mappings, and a test worker that compiles
+    half of this suite without letting go of them passes the kernel's limit of 65,530 mappings
+    per process (vm.max_map_count); LLVM then segfaults in its next compile. Measured
+    (/proc/self/maps): tests/test_dmft.py and tests/test_dmft_nonlinear.py in one process reach
+    42,000 mappings. Clearing after every test keeps a worker under 13,000 but costs 7 % of the
+    suite (traces are redone; tests/test_fit.py 40 -> 183 s), so it is done only past 20,000:
+    no single test adds more than a few thousand."""
+    yield
+    if _n_mappings() > 20_000:
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture
