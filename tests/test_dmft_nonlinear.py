@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 import mtjax
-from mtjax._finite.nonlinear import _NonlinearProblem, _iteration, nonlinear_fixed_point, solve_nonlinear_trunk
+from mtjax._finite.nonlinear import (
+    _NonlinearProblem,
+    _iteration,
+    _response_difference,
+    nonlinear_fixed_point,
+    solve_nonlinear_trunk,
+)
 from mtjax._finite.theory import _problem
 from mtjax._finite.trunk import _trunk_draws, _trunk_labels, solve_trunk
 from mtjax._gaussian import sobol_normals
@@ -273,6 +279,27 @@ def test_difference_response_is_the_jacobian_chain_for_a_smooth_trunk():
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-2 * np.abs(a).max())
     for n in range(T1):  # causal: nothing before a kick
         assert np.all(R["difference"][n, :, n + 1 :] == 0)
+
+
+def test_difference_response_by_sub_blocks_is_the_stepwise_recurrence():
+    # sub = 1 reads the whole history at every time (the plain recurrence of the kicked copies);
+    # sub-blocks must give the same Γ, with a padded last sub-block (11 times, sub = 4) and the
+    # draws split into chunks (small budget).  The memory term must matter, or the check is empty.
+    T1, X, S, H, C = 11, 2, 6, 3, 4
+    k = jax.random.split(jax.random.PRNGKey(3), 4)
+    pre = jax.random.normal(k[0], (T1, X, S, H))
+    ys, wts = jnp.tile(jnp.arange(X)[:, None], (1, S)), jnp.full((X, S), 1.0 / S)
+    traj = (jnp.zeros((T1, 0, H, H)), jnp.zeros((T1, 0, H)), jax.random.normal(k[1], (T1, C, H)),
+            0.1 * jax.random.normal(k[2], (T1, C)))  # fmt: skip
+    Rv = 0.3 * jax.random.normal(k[3], (T1, H, T1, H)) * jnp.tril(jnp.ones((T1, T1)), -1)[:, None, :, None]
+    act = mtjax._finite.nonlinear.dmft_activation("relu", 12.0)
+
+    def gamma(sub, coef=0.5):
+        return np.asarray(_response_difference(act, pre, ys, wts, traj, Rv, coef, 0.05, budget=2**10, sub=sub))
+
+    plain, blocked = gamma(1), gamma(4)
+    np.testing.assert_allclose(blocked, plain, rtol=0, atol=1e-5 * np.abs(plain).max())
+    assert np.abs(gamma(4, coef=0.0) - plain).max() > 0.05 * np.abs(plain).max()
 
 
 def test_response_settings_are_checked():

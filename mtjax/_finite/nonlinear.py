@@ -78,7 +78,7 @@ def _error(act, pre, y, Wu, bu, V, c):
     return jax.grad(lambda q: jnp.sum(_ce(act, q, y, Wu, bu, V, c)[0]))(pre)
 
 
-def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget: int = 2**24):
+def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget: int = 2**24, sub: int = 4):
     """The memory blocks Γ[n, ·, m, ·] (m < n) of one task's response by central differences of
     each draw's example process: kick the preactivation of draw s at time m by ±ε e_j, run the
     process on (memory term included, the low-dimensional variables held at their trajectories:
@@ -94,7 +94,11 @@ def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget:
     (V (T1, C, H), c (T1, C)); `Rv` (T1, H, T1, H); `coef` = ρ_k/α_k.  Kicks run by time blocks
     (`kernels._time_blocks`): those of block [lo, hi) from time lo on (a kick moves nothing
     earlier), the 2 (hi − lo) H kicked copies of a chunk of draws one batch; `budget` bounds a
-    chunk's history (floats).
+    chunk's history (floats).  The memory term runs by sub-blocks of `sub` times (static): the
+    history before a sub-block enters all its times in one matrix product, that of the sub-block's
+    own earlier times step by step — the history is read once per sub-block, not once per time
+    (`sub=1` is the plain recurrence; 4 is the fastest at H = 4 and 8,
+    `python benchmarks/dmft_response_speed.py`).
     **Returns:** Γ (T1, H, T1, H), its diagonal blocks Γ[n, ·, n, ·] from the response draws."""
     T1, X, Sr, H = pre.shape
     pre = pre.reshape(T1, X * Sr, H)
@@ -117,21 +121,40 @@ def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget:
 
         def one_chunk(args, lo=lo, P=P, W=W, m_of=m_of, kick=kick):
             pre_c, y_c, w_c = args  # (W, B, H), (B,), (B,)
+            B = pre_c.shape[1]
+            n_sub = -(-W // sub)
+            Wp = n_sub * sub
+            # Times past the grid (padding to whole sub-blocks) run on zeros; their outputs are dropped.
+            pre_p = jnp.pad(pre_c, ((0, Wp - W), (0, 0), (0, 0)))
+            R_w = jnp.pad(Rv[lo:, :, lo:], ((0, Wp - W), (0, 0), (0, Wp - W), (0, 0)))  # (Wp, H, Wp, H)
 
-            def body(hist, i):
-                # hist (P, B, W, H): δ of the kicked copies minus the base δ at times lo + i' < lo + i.
-                n = lo + i
-                mem = jnp.einsum("hmg,pbmg->pbh", Rv[n, :, lo:], hist)
-                q = pre_c[i][None] + jnp.where((m_of == n)[:, None], kick, 0.0)[:, None, :] - coef * mem
-                at_n = (Wu[n], bu[n], V[n], c[n])
-                # The base δ is recomputed here rather than taken from the forward process, so
-                # that a copy not yet kicked differs from it by exactly 0.
-                diff = jax.vmap(lambda qq: _error(act, qq, y_c, *at_n))(q) - _error(act, pre_c[i], y_c, *at_n)[None]
-                hist = jax.lax.dynamic_update_slice(hist, diff[:, :, None, :], (0, 0, i, 0))
-                return hist, jnp.einsum("b,pbh->ph", w_c, diff)
+            def sub_block(hist, k):
+                # hist (P, B, Wp, H): δ of the kicked copies minus the base δ at the times before
+                # this sub-block (zero from it on).  The memory from those times enters every time
+                # of the sub-block at once, one matrix product of depth Wp·H and width sub·H: the
+                # history is read once per sub-block, not once per time.
+                i0 = k * sub
+                far = jnp.einsum("nhmg,pbmg->npbh", jax.lax.dynamic_slice_in_dim(R_w, i0, sub, 0), hist)
+                R_near = jax.lax.dynamic_slice(R_w, (i0, 0, i0, 0), (sub, H, sub, H))
+                pre_k = jax.lax.dynamic_slice_in_dim(pre_p, i0, sub, 0)
 
-            hist0 = jnp.zeros((P, pre_c.shape[1], W, H), pre_c.dtype)
-            return jax.lax.scan(body, hist0, jnp.arange(W))[1]  # (W, P, H)
+                def body(near, j):
+                    # near (P, B, sub, H): the differences at the sub-block's earlier times.
+                    n = lo + i0 + j
+                    mem = far[j] + jnp.einsum("hmg,pbmg->pbh", R_near[j], near)
+                    q = pre_k[j][None] + jnp.where((m_of == n)[:, None], kick, 0.0)[:, None, :] - coef * mem
+                    at_n = jax.tree_util.tree_map(lambda a: a[jnp.minimum(n, T1 - 1)], (Wu, bu, V, c))
+                    # The base δ is recomputed here rather than taken from the forward process, so
+                    # that a copy not yet kicked differs from it by exactly 0.
+                    diff = jax.vmap(lambda qq: _error(act, qq, y_c, *at_n))(q) - _error(act, pre_k[j], y_c, *at_n)[None]
+                    near = jax.lax.dynamic_update_slice(near, diff[:, :, None, :], (0, 0, j, 0))
+                    return near, jnp.einsum("b,pbh->ph", w_c, diff)
+
+                near, out = jax.lax.scan(body, jnp.zeros((P, B, sub, H), pre_c.dtype), jnp.arange(sub))
+                return jax.lax.dynamic_update_slice(hist, near, (0, 0, i0, 0)), out
+
+            hist0 = jnp.zeros((P, B, Wp, H), pre_c.dtype)
+            return jax.lax.scan(sub_block, hist0, jnp.arange(n_sub))[1].reshape(Wp, P, H)[:W]  # (W, P, H)
 
         out = jnp.sum(jax.lax.map(one_chunk, args), 0)
         Gb = (out[:, : P // 2] - out[:, P // 2 :]) / (2 * step)  # (W, (m, j), h)
