@@ -95,7 +95,8 @@ def _settings(args) -> str:
             f"replicas={args.replicas}" + ("" if args.activation == "linear" else f" activation={args.activation}")
             + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else "")
             + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f" response_method={args.response_method} step={args.response_step}")
-            + ("" if args.labels == "auto" else f" labels={args.labels}"))
+            + ("" if args.labels == "auto" else f" labels={args.labels}")
+            + (f" average_maps={args.average_maps}" if getattr(args, "average_maps", 0) else ""))
 
 
 def _setup(args):
@@ -104,7 +105,8 @@ def _setup(args):
     solver = mtjax.FiniteDataSolver(n_grid=args.steps, n_draws=args.draws, n_response=args.response, tol=args.tol,
                                     damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels,
                                     response_control=getattr(args, "response_control", False),
-                                    response=getattr(args, "response_method", "pathwise"), response_step=getattr(args, "response_step", 0.05))
+                                    response=getattr(args, "response_method", "pathwise"), response_step=getattr(args, "response_step", 0.05),
+                                    average_maps=getattr(args, "average_maps", 0))
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -222,7 +224,8 @@ def main_trunk(args):
         f"# solver: grid T = {args.steps}, draws {X} x {args.draws} per task, response draws {X} x {args.response}{' with control variate' if getattr(args, 'response_control', False) else ''}, tol {args.tol}"
         + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else "")
         + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f", response by central differences of the process, step {args.response_step}")
-        + ("" if args.labels == "auto" else f", labels {args.labels}"),
+        + ("" if args.labels == "auto" else f", labels {args.labels}")
+        + (f", averaged over {args.average_maps} maps with fresh draws after the fixed point" if getattr(args, "average_maps", 0) else ""),
         _theory_note(args),
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
@@ -378,6 +381,8 @@ def main():
     ap.add_argument("--response-method", default="pathwise", choices=["pathwise", "difference"],
                     help="FiniteDataSolver.response of a nonlinear trunk: Jacobian chain, or central differences of the process")
     ap.add_argument("--response-step", type=float, default=0.05, help="FiniteDataSolver.response_step (--response-method difference)")
+    ap.add_argument("--average-maps", type=int, default=0,
+                    help="FiniteDataSolver.average_maps: maps with fresh draws averaged into the kernels after the fixed point")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

@@ -39,12 +39,9 @@ def _fixed_point(F, iters: tuple[int, int], ctrl, params, z0):
     return z, i
 
 
-@_fixed_point.defjvp
-def _fixed_point_jvp(F, iters, primals, tangents):
-    ctrl, params, z0 = primals
-    _, dparams, _ = tangents
-    z, i = _fixed_point(F, iters, ctrl, params, z0)
-    # Linearise the map at z* once: the loop applies the same linear map (no primal recompute
+def _implicit_tangent(F, n_iter: int, params, dparams, z):
+    """ż = (∂F/∂z) ż + (∂F/∂params) ṗ at z, iterated `n_iter` times from ż = (∂F/∂params) ṗ."""
+    # Linearise the map at z once: the loop applies the same linear map (no primal recompute
     # per iteration, and one set of residuals when reverse mode transposes the loop).
     _, dF_dz = jax.linearize(lambda zz: F(params, zz), z)
     _, b = jax.jvp(lambda pp: F(pp, z), (params,), (dparams,))
@@ -52,24 +49,75 @@ def _fixed_point_jvp(F, iters, primals, tangents):
     def body(_, zd):
         return tuple(u + v for u, v in zip(b, dF_dz(zd)))
 
-    zd = jax.lax.fori_loop(0, iters[1], body, b)
+    return jax.lax.fori_loop(0, n_iter, body, b)
+
+
+@_fixed_point.defjvp
+def _fixed_point_jvp(F, iters, primals, tangents):
+    ctrl, params, z0 = primals
+    _, dparams, _ = tangents
+    z, i = _fixed_point(F, iters, ctrl, params, z0)
+    zd = _implicit_tangent(F, iters[1], params, dparams, z)
     return (z, i), (zd, np.zeros(np.shape(i), jax.dtypes.float0))
 
 
-def solve_fixed_point(iterate, iters: tuple[int, int], ctrl, params, z0):
-    """The one fixed-point solve of both problems (single task and trunk).
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _averaged_fixed_point(F, iters: tuple[int, int], average, ctrl, params, z0, key):
+    """The fixed point of the mean map E[F] over the Monte Carlo draws, by stochastic
+    approximation: the damped Picard fixed point z_0 of F at the solve's own draws (`params`),
+    then, with `average = (M, redraw)`, M maps z_{j+1} = z_j + (F(redraw(params, k_j), z_j) − z_j) / (j + 2)
+    whose draws are fresh (k_j = fold_in(key, j + 1)): z_M averages M + 1 maps of independent
+    draws (docs/dmft.md §3, "Averaged fixed point").
+
+    The fixed point of one draw set is biased by its own noise, fed back through the map (O(1/S)
+    in the draws S per map); averaging over fresh draws takes that feedback out.  The derivative
+    is the implicit one of the solve's own map at z_M (`_implicit_tangent`).
+    **Returns:** (z_M, maps incl. the M, the relative change of z over the last M − ⌊M/2⌋ maps)."""
+    M, redraw = average
+    z, i = _fixed_point(F, iters, ctrl, params, z0)
+
+    def body(j, state):
+        z, z_half = state
+        Fz = F(redraw(params, jax.random.fold_in(key, j + 1)), z)
+        z = tuple(a + (b - a) / (j + 2.0) for a, b in zip(z, Fz))
+        return z, tuple(jnp.where(j + 1 == M // 2, a, h) for h, a in zip(z_half, z))
+
+    z, z_half = jax.lax.fori_loop(0, M, body, (z, z))
+    return z, i + M, sum(_rel(a, b) for a, b in zip(z, z_half))
+
+
+@_averaged_fixed_point.defjvp
+def _averaged_fixed_point_jvp(F, iters, average, primals, tangents):
+    ctrl, params, z0, key = primals
+    _, dparams, _, _ = tangents
+    z, i, drift = _averaged_fixed_point(F, iters, average, ctrl, params, z0, key)
+    zd = _implicit_tangent(F, iters[1], params, dparams, z)
+    return (z, i, drift), (zd, np.zeros(np.shape(i), jax.dtypes.float0), jnp.zeros_like(drift))
+
+
+def solve_fixed_point(iterate, iters: tuple[int, int], ctrl, params, z0, average=None, key=None):
+    """The one fixed-point solve of the finite-data theory (single task, trunk, nonlinear trunk,
+    proportional width).
 
     `iterate(params, z) -> (z', aux)` is one Picard map and what it implies (labels,
     trajectories).  z* = the damped Picard fixed point of its first output (`_fixed_point`,
-    `ctrl` = (damping, tol)); then one more map at z*: its change is the reported residual, its
-    `aux` the reported curves (differentiable in `params` through the map and through z*).
+    `ctrl` = (damping, tol)); with `average = (M, redraw)`, M > 0, and `key`, then averaged over
+    M maps with fresh draws (`_averaged_fixed_point`; `redraw(params, key)` is `params` with new
+    draws).  Then one more map at z* with the solve's own draws: its `aux` the reported curves
+    (differentiable in `params` through the map and through z*).
 
     **Returns:** `(z*, aux, residual, maps)`: residual Σ max|F(z*) − z*| / max|F(z*)| over the
-    kernels, maps the Picard maps counted with the last one."""
+    kernels — with averaging, the relative change of z* over the second half of the averaging
+    maps (one draw set's map differs from z* by its Monte Carlo noise) — and maps the Picard
+    maps counted with the last one."""
 
     def F(params, z):
         return iterate(params, z)[0]
 
-    z, i = _fixed_point(F, iters, ctrl, params, z0)
-    z2, aux = iterate(params, z)
-    return z, aux, sum(_rel(a, b) for a, b in zip(z2, z)), i + 1
+    if average is None or average[0] == 0:
+        z, i = _fixed_point(F, iters, ctrl, params, z0)
+        z2, aux = iterate(params, z)
+        return z, aux, sum(_rel(a, b) for a, b in zip(z2, z)), i + 1
+    z, i, drift = _averaged_fixed_point(F, iters, average, ctrl, params, z0, key)
+    _, aux = iterate(params, z)
+    return z, aux, drift, i + 1

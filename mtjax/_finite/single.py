@@ -154,8 +154,12 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
     S = solver.n_draws
     summed = solver.summed_labels(C)
     k = jax.random.split(key, 5)
-    u, xi, y_unif = _input_draws(k[jnp.array([0, 1, 3])], (), S, R, C, solver.sampling)
-    d = _Draws(u, xi, jax.random.normal(k[2], (S, T1 * C)), y_unif)
+
+    def draws(kk):
+        u, xi, y_unif = _input_draws(kk[jnp.array([0, 1, 3])], (), S, R, C, solver.sampling)
+        return _Draws(u, xi, jax.random.normal(kk[2], (S, T1 * C)), y_unif)
+
+    d = draws(k)
 
     def iterate(params, z):
         pp, dd = params
@@ -165,7 +169,9 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
 
     z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
     ctrl = (solver.damping, solver.tol)
-    _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0)
+    average = (solver.average_maps, lambda pp, kk: (pp[0], draws(jax.random.split(kk, 5))))
+    _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(
+        iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0, average, key)  # fmt: skip
     x_eval = _eval_points(k[4], solver.n_quad_eval, R + C, solver.sampling)
     test_loss, test_acc = _test_metrics(p, Cv, M, b, x_eval)
     train_loss = mixture_train_loss(h, ys, weights)

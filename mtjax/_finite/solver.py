@@ -72,6 +72,14 @@ class FiniteDataSolver(eqx.Module):
       point took ~10x the chain's time).  Linear trunks and depth 0 use their exact chains (no
       kink) whatever this says.
     - `response_step`: ε of `"difference"` in (0, 1] (static; preactivation units; default 0.05).
+    - `average_maps`: M >= 0 maps after the fixed point, each with fresh draws, whose outputs are
+      averaged into the kernels (static; default 0: the fixed point of the solve's own draws).
+      A fixed point of one draw set is biased by that set's noise fed back through the map — the
+      response's noise late in a nonlinear trunk's curve most, O(1/n_response) — and the average
+      over fresh draws removes that feedback (Robbins–Monro steps 1/(j + 2),
+      `fixed_point._averaged_fixed_point`, docs/dmft.md §3).  Each costs one map; the reported
+      residual becomes the relative change over the last half of them, and `converged` compares
+      that with `tol`.  Gradients: the implicit derivative of the solve's own map at the average.
     - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
       gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
       where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
@@ -135,13 +143,14 @@ class FiniteDataSolver(eqx.Module):
     response_control: bool = eqx.field(static=True)
     response: str = eqx.field(static=True)
     response_step: float = eqx.field(static=True)
+    average_maps: int = eqx.field(static=True)
     seed: Int[Array, ""]
     damping: Float[Array, ""]
     tol: Float[Array, ""]
 
     def __init__(self, n_grid: int = 40, n_draws: int = 2048, n_response: int = 256, max_iter: int = 30, damping=1.0, tol=5e-3, n_quad_eval: int = 32768, seed: int = 0,
                  step_schedule: str = "uniform", step_growth: float = 1.1, sampling: str = "qmc", min_iter: int = 1, labels: str = "auto", relu_sharpness: float = 12.0,
-                 response_control: bool = False, response: str = "pathwise", response_step: float = 0.05):  # fmt: skip
+                 response_control: bool = False, response: str = "pathwise", response_step: float = 0.05, average_maps: int = 0):  # fmt: skip
         self.n_grid = check_int("n_grid", n_grid, 1)
         self.step_schedule = check_choice("step_schedule", step_schedule, STEP_SCHEDULES)
         # Static (it fixes the grid's shape-free numbers at trace time), so a Python float.
@@ -168,6 +177,7 @@ class FiniteDataSolver(eqx.Module):
                              "set response_control=False with response='difference'")
         # Static (a shape-free constant of the traced kicks), so a Python float.
         self.response_step = _static_float("response_step", response_step, 0.0, 1.0, lo_open=True)
+        self.average_maps = check_int("average_maps", average_maps, 0)
         self.seed = _check_seed(seed)
         check_range("damping", damping, 0.0, 1.0, lo_open=True)
         check_range("tol", tol, 0.0, lo_open=True)
