@@ -97,8 +97,8 @@ def _response_difference(act, pre, ys, wts, traj, Rv, coef, step: float, budget:
     chunk's history (floats).  The memory term runs by sub-blocks of `sub` times (static): the
     history before a sub-block enters all its times in one matrix product, that of the sub-block's
     own earlier times step by step — the history is read once per sub-block, not once per time
-    (`sub=1` is the plain recurrence; 4 is the fastest at H = 4 and 8,
-    `python benchmarks/dmft_response_speed.py`).
+    (`sub=1` is the plain recurrence; 4 and 8 run 1.4–1.7x faster than it at H = 4 and 8 on
+    2 shared cores, docs/results/dmft_response_speed.txt).
     **Returns:** Γ (T1, H, T1, H), its diagonal blocks Γ[n, ·, n, ·] from the response draws."""
     T1, X, Sr, H = pre.shape
     pre = pre.reshape(T1, X * Sr, H)
