@@ -20,13 +20,13 @@ def _iterate(params, z):
     return (c + jnp.mean(xi) * z[0],), None
 
 
-def _redraw(params, key):
-    return params[0], XI + SD * jax.random.normal(key, (S,))
+def _draws(c, key):
+    return XI + SD * jax.random.normal(key, (S,))
 
 
 def _solve(c, key, M):
-    params = _redraw((c, None), jax.random.fold_in(key, 0))
-    z, _, residual, maps = solve_fixed_point(_iterate, (1, 200), (1.0, 1e-7), params, (jnp.zeros(()),), (M, _redraw), key)
+    params = (c, _draws(c, jax.random.fold_in(key, 0)))
+    z, _, residual, maps = solve_fixed_point(_iterate, (1, 200), (1.0, 1e-7), params, (jnp.zeros(()),), (M, _draws), key)
     return z[0], residual, maps, params[1]
 
 

@@ -65,20 +65,20 @@ def _fixed_point_jvp(F, iters, primals, tangents):
 def _averaged_fixed_point(F, iters: tuple[int, int], average, ctrl, params, z0, key):
     """The fixed point of the mean map E[F] over the Monte Carlo draws, by stochastic
     approximation: the damped Picard fixed point z_0 of F at the solve's own draws (`params`),
-    then, with `average = (M, redraw)`, M maps z_{j+1} = z_j + (F(redraw(params, k_j), z_j) − z_j) / (j + 2)
-    whose draws are fresh (k_j = fold_in(key, j + 1)): z_M averages M + 1 maps of independent
+    then, with `average = (M, draws)`, M maps z_{j+1} = z_j + (F((p, draws(p, k_j)), z_j) − z_j) / (j + 2)
+    (`params` = (p, its draws)) whose draws are fresh (k_j = fold_in(key, j + 1)): z_M averages M + 1 maps of independent
     draws (docs/dmft.md §3, "Averaged fixed point").
 
     The fixed point of one draw set is biased by its own noise, fed back through the map (O(1/S)
     in the draws S per map); averaging over fresh draws takes that feedback out.  The derivative
     is the implicit one of the solve's own map at z_M (`_implicit_tangent`).
     **Returns:** (z_M, maps incl. the M, the relative change of z over the last M − ⌊M/2⌋ maps)."""
-    M, redraw = average
+    M, draws = average
     z, i = _fixed_point(F, iters, ctrl, params, z0)
 
     def body(j, state):
         z, z_half = state
-        Fz = F(redraw(params, jax.random.fold_in(key, j + 1)), z)
+        Fz = F((params[0], draws(params[0], jax.random.fold_in(key, j + 1))), z)
         z = tuple(a + (b - a) / (j + 2.0) for a, b in zip(z, Fz))
         return z, tuple(jnp.where(j + 1 == M // 2, a, h) for h, a in zip(z_half, z))
 
@@ -101,9 +101,9 @@ def solve_fixed_point(iterate, iters: tuple[int, int], ctrl, params, z0, average
 
     `iterate(params, z) -> (z', aux)` is one Picard map and what it implies (labels,
     trajectories).  z* = the damped Picard fixed point of its first output (`_fixed_point`,
-    `ctrl` = (damping, tol)); with `average = (M, redraw)`, M > 0, and `key`, then averaged over
-    M maps with fresh draws (`_averaged_fixed_point`; `redraw(params, key)` is `params` with new
-    draws).  Then one more map at z* with the solve's own draws: its `aux` the reported curves
+    `ctrl` = (damping, tol)); with `average = (M, draws)`, M > 0, and `key`, then averaged over
+    M maps with fresh draws (`_averaged_fixed_point`; `params` = (problem, its draws), and
+    `draws(problem, key)` makes new ones the same way).  Then one more map at z* with the solve's own draws: its `aux` the reported curves
     (differentiable in `params` through the map and through z*).
 
     **Returns:** `(z*, aux, residual, maps)`: residual Σ max|F(z*) − z*| / max|F(z*)| over the

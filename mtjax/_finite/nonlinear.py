@@ -293,7 +293,7 @@ def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     zero = jnp.zeros((T1, H, T1, H))
     ctrl = (solver.damping, solver.tol)
     # Fresh draws for `solver.average_maps` (the same construction under other keys).
-    average = (solver.average_maps, lambda pp, k: (pp[0], _trunk_draws(pp[0].trunk, solver, H + T1 * H, k)[0]))
+    average = (solver.average_maps, lambda pn_, k: _trunk_draws(pn_.trunk, solver, H + T1 * H, k)[0])
     z, out, res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero), average, key)
     return z, out, res, maps, eval_key
 

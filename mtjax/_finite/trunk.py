@@ -318,7 +318,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     zero = jnp.zeros((K, T1, C, T1, C))
     z0 = (zero, zero, jnp.broadcast_to(p.V0[None], (T1, K, C, H)))
     ctrl = (solver.damping, solver.tol)
-    average = (solver.average_maps, lambda pp, k: (pp[0], _trunk_draws(pp[0], solver, H + K * T1 * C, k)[0]))
+    average = (solver.average_maps, lambda p_, k: _trunk_draws(p_, solver, H + K * T1 * C, k)[0])
     _, (ys, weights, traj), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0, average, key)
     h, G, Om, b1, V, c, diag = traj
     x_eval = _eval_points(eval_key, solver.n_quad_eval, D + C, solver.sampling)
