@@ -96,7 +96,9 @@ def _settings(args) -> str:
             + (f" sharpness={args.relu_sharpness}" if args.activation == "relu" else "")
             + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f" response_method={args.response_method} step={args.response_step}")
             + ("" if args.labels == "auto" else f" labels={args.labels}")
-            + (f" average_maps={args.average_maps}" if getattr(args, "average_maps", 0) else ""))
+            + (f" average_maps={args.average_maps}" if getattr(args, "average_maps", 0) else "")
+            # rows stored before the clip existed were averaged unclipped (inf): same string
+            + (f" average_clip={args.average_clip:g}" if getattr(args, "average_maps", 0) and np.isfinite(args.average_clip) else ""))
 
 
 def _setup(args):
@@ -106,7 +108,7 @@ def _setup(args):
                                     damping=args.damping, relu_sharpness=args.relu_sharpness, labels=args.labels,
                                     response_control=getattr(args, "response_control", False),
                                     response=getattr(args, "response_method", "pathwise"), response_step=getattr(args, "response_step", 0.05),
-                                    average_maps=getattr(args, "average_maps", 0))
+                                    average_maps=getattr(args, "average_maps", 0), average_clip=getattr(args, "average_clip", 1.0))
     ns = args.seeds
     return solver, ns, mtjax.Seeds(jnp.zeros(ns, int), jnp.arange(1, ns + 1), jnp.zeros(ns, int), jnp.arange(1, ns + 1))
 
@@ -225,7 +227,8 @@ def main_trunk(args):
         + (f", relu surrogate softplus(beta x)/beta, beta = {args.relu_sharpness}" if args.activation == "relu" else "")
         + ("" if getattr(args, "response_method", "pathwise") == "pathwise" else f", response by central differences of the process, step {args.response_step}")
         + ("" if args.labels == "auto" else f", labels {args.labels}")
-        + (f", averaged over {args.average_maps} maps with fresh draws after the fixed point" if getattr(args, "average_maps", 0) else ""),
+        + (f", averaged over {args.average_maps} maps with fresh draws after the fixed point (step clip {args.average_clip:g})"
+           if getattr(args, "average_maps", 0) else ""),
         _theory_note(args),
         "# ES = early-stopped test loss of task 1 under multitask training; benefit = single-task ES - multitask ES of task 1 "
         "(> 0: multitask helps; theory paired per replica); sign: ok / NO / -- (|benefit sim| <= 2 s.e.: not resolved)",
@@ -383,6 +386,8 @@ def main():
     ap.add_argument("--response-step", type=float, default=0.05, help="FiniteDataSolver.response_step (--response-method difference)")
     ap.add_argument("--average-maps", type=int, default=0,
                     help="FiniteDataSolver.average_maps: maps with fresh draws averaged into the kernels after the fixed point")
+    ap.add_argument("--average-clip", type=float, default=1.0,
+                    help="FiniteDataSolver.average_clip: an averaging map's largest pull, relative to the kernel (inf: unclipped)")
     ap.add_argument("--tol", type=float, default=5e-3)
     ap.add_argument("--out", default=None)
     ap.add_argument("--table-only", action="store_true",

@@ -23,7 +23,7 @@ def _fixed_point(F, iters: tuple[int, int], ctrl, params, z0):
     iteration), so `jax.jvp`, `jax.jacfwd`, `jax.grad` and `jax.jacrev` all work.
     Returns (z*, iterations)."""
     min_iter, max_iter = iters
-    damping, tol = ctrl
+    damping, tol = ctrl[:2]
 
     def cond(state):
         i, _, res = state
@@ -65,21 +65,32 @@ def _fixed_point_jvp(F, iters, primals, tangents):
 def _averaged_fixed_point(F, iters: tuple[int, int], average, ctrl, params, z0, key):
     """The fixed point of the mean map E[F] over the Monte Carlo draws, by stochastic
     approximation: the damped Picard fixed point z_0 of F at the solve's own draws (`params`),
-    then, with `average = (M, draws)`, M maps z_{j+1} = z_j + (F((p, draws(p, k_j)), z_j) − z_j) / (j + 2)
+    then, with `average = (M, draws)`, M maps z_{j+1} = z_j + w_j (F((p, draws(p, k_j)), z_j) − z_j) / (j + 2)
     (`params` = (p, its draws)) whose draws are fresh (k_j = fold_in(key, j + 1)): z_M averages M + 1 maps of independent
     draws (docs/dmft.md §3, "Averaged fixed point").
+
+    w_j = min(1, κ / d_j) clips a map's step (`ctrl` = (damping, tol, κ)): d_j = max over the
+    kernels of max|F − z_j| / max|z_j|.  A nonlinear trunk's response has a heavy tail — one
+    draw set in tens can carry a response hundreds of times the kernel's scale (a chain of
+    surrogate-relu Hessians along one draw) — and one such map, entered at weight 1/(j + 2),
+    blows the causal process up for the rest of the average.  Clipping (the clipped stochastic
+    approximation of heavy-tailed noise) bounds each map's pull; with κ = inf it is the plain
+    average.
 
     The fixed point of one draw set is biased by its own noise, fed back through the map (O(1/S)
     in the draws S per map); averaging over fresh draws takes that feedback out.  The derivative
     is the implicit one of the solve's own map at z_M (`_implicit_tangent`).
     **Returns:** (z_M, maps incl. the M, the relative change of z over the last M − ⌊M/2⌋ maps)."""
     M, draws = average
+    kappa = ctrl[2]
     z, i = _fixed_point(F, iters, ctrl, params, z0)
 
     def body(j, state):
         z, z_half = state
         Fz = F((params[0], draws(params[0], jax.random.fold_in(key, j + 1))), z)
-        z = tuple(a + (b - a) / (j + 2.0) for a, b in zip(z, Fz))
+        d = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(b - a)) / (jnp.max(jnp.abs(a)) + 1e-30) for a, b in zip(z, Fz)])
+        w = jnp.minimum(1.0, kappa / d)
+        z = tuple(a + w * (b - a) / (j + 2.0) for a, b in zip(z, Fz))
         return z, tuple(jnp.where(j + 1 == M // 2, a, h) for h, a in zip(z_half, z))
 
     z, z_half = jax.lax.fori_loop(0, M, body, (z, z))
@@ -101,7 +112,7 @@ def solve_fixed_point(iterate, iters: tuple[int, int], ctrl, params, z0, average
 
     `iterate(params, z) -> (z', aux)` is one Picard map and what it implies (labels,
     trajectories).  z* = the damped Picard fixed point of its first output (`_fixed_point`,
-    `ctrl` = (damping, tol)); with `average = (M, draws)`, M > 0, and `key`, then averaged over
+    `ctrl` = (damping, tol, κ) = `FiniteDataSolver.controls()`); with `average = (M, draws)`, M > 0, and `key`, then averaged over
     M maps with fresh draws (`_averaged_fixed_point`; `params` = (problem, its draws), and
     `draws(problem, key)` makes new ones the same way).  Then one more map at z* with the solve's own draws: its `aux` the reported curves
     (differentiable in `params` through the map and through z*).

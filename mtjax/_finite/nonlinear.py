@@ -291,7 +291,7 @@ def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
         return (CH, RH), (ys, weights, aux)
 
     zero = jnp.zeros((T1, H, T1, H))
-    ctrl = (solver.damping, solver.tol)
+    ctrl = solver.controls()
     # Fresh draws for `solver.average_maps` (the same construction under other keys).
     average = (solver.average_maps, lambda pn_, k: _trunk_draws(pn_.trunk, solver, H + T1 * H, k)[0])
     z, out, res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (pn, d), (zero, zero), average, key)

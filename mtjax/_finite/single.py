@@ -168,7 +168,7 @@ def solve_single_task(p: _Problem, solver: FiniteDataSolver, n_grid: int, *, key
         return (Cg, Rg), (ys, weights, aux)
 
     z0 = (jnp.zeros((T1, C, T1, C)), jnp.zeros((T1, C, T1, C)))
-    ctrl = (solver.damping, solver.tol)
+    ctrl = solver.controls()
     average = (solver.average_maps, lambda _, kk: draws(jax.random.split(kk, 5)))
     _, (ys, weights, (Cv, Rv, h, G, M, b)), res, maps = solve_fixed_point(
         iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0, average, key)  # fmt: skip

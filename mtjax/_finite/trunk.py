@@ -317,7 +317,7 @@ def solve_trunk(p: _TrunkProblem, solver: "FiniteDataSolver", n_grid: int, *, ke
     # Start: no logit-space noise or memory (C_v = Q0 at every time pair, free response).
     zero = jnp.zeros((K, T1, C, T1, C))
     z0 = (zero, zero, jnp.broadcast_to(p.V0[None], (T1, K, C, H)))
-    ctrl = (solver.damping, solver.tol)
+    ctrl = solver.controls()
     average = (solver.average_maps, lambda p_, k: _trunk_draws(p_, solver, H + K * T1 * C, k)[0])
     _, (ys, weights, traj), res, maps = solve_fixed_point(iterate, (solver.min_iter, solver.max_iter), ctrl, (p, d), z0, average, key)
     h, G, Om, b1, V, c, diag = traj

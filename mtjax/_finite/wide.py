@@ -344,7 +344,7 @@ def solve_wide(p: _WideProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     zero = jnp.zeros((K, T1, C, T1, C))
     average = (solver.average_maps, lambda p_, k: _wide_draws(p_, solver, T1, k)[0])
     _, (ys, weights, (h, Cv, MLk, bk)), res, maps = solve_fixed_point(
-        iterate, (solver.min_iter, solver.max_iter), (solver.damping, solver.tol), (p, d), (zero, zero), average, key)  # fmt: skip
+        iterate, (solver.min_iter, solver.max_iter), solver.controls(), (p, d), (zero, zero), average, key)  # fmt: skip
     x_eval = _eval_points(eval_key, solver.n_quad_eval, D + C, solver.sampling)
     idx = jnp.arange(T1)
     test_loss, test_acc = [], []

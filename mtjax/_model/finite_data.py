@@ -17,7 +17,7 @@ from .base import AbstractTheory, check_initial
 
 _SOLVER_DEFAULTS = inspect.signature(FiniteDataSolver.__init__).parameters
 # Settings added after sweeps were first stored: left out of a manifest at their defaults.
-_OMIT_AT_DEFAULT = ("relu_sharpness", "response", "response_step", "average_maps")
+_OMIT_AT_DEFAULT = ("relu_sharpness", "response", "response_step", "average_maps", "average_clip")
 
 
 class FiniteDataTheory(AbstractTheory):
