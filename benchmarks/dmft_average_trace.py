@@ -44,9 +44,9 @@ from dmft_late_curve import STEPS, nonlinear_problem
 from finite_data_accuracy import experiment_trunk
 
 
-def _maps(pn, solver, kappa: float, M: int, idx):
-    """Jitted pieces of one averaged solve of `pn`: the plain fixed point, one averaging map, the
-    test-loss curve of a map's aux (task 1)."""
+def _maps(pn, solver, plain, kappa: float, idx):
+    """Jitted pieces of one averaged solve of `pn` by `solver`: the fixed point of `plain` (the
+    same solver without averaging), one averaging map, the reported test-loss curve (task 1)."""
     p = pn.trunk
     K, C, H = p.V0.shape
     D = p.T.shape[2]
@@ -73,8 +73,8 @@ def _maps(pn, solver, kappa: float, M: int, idx):
         return jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
 
     @jax.jit
-    def start(key):
-        z, *_, eval_key = nonlinear_fixed_point(pn, solver, STEPS, key=key)
+    def start(key):  # the plain fixed point z_0 (the averaging maps follow, one call each)
+        z, *_, eval_key = nonlinear_fixed_point(pn, plain, STEPS, key=key)
         return z, eval_key
 
     @jax.jit
@@ -119,10 +119,10 @@ def main():
     sim = np.asarray(eqx.filter_jit(mtjax.simulate_batch)(batch, seeds).test_loss[:, :, 0]).mean(0)
     times = " ".join(f"{t:>6g}" for t in args.times)
     for kappa in args.clip:
-        solver = mtjax.FiniteDataSolver(n_grid=STEPS, n_draws=4096, n_response=512, tol=2e-2, average_maps=args.maps,
-                                        average_clip=kappa)  # fmt: skip
+        common = dict(n_grid=STEPS, n_draws=4096, n_response=512, tol=2e-2)
+        solver = mtjax.FiniteDataSolver(**common, average_maps=args.maps, average_clip=kappa)
         pn = nonlinear_problem(e, solver)
-        start, step, report = _maps(pn, solver, kappa, args.maps, idx)
+        start, step, report = _maps(pn, solver, mtjax.FiniteDataSolver(**common), kappa, idx)
         key = jax.random.key(0)
         t0 = time.time()
         z, eval_key = start(key)
