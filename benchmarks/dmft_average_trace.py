@@ -31,13 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtjax
-from mtjax._finite.nonlinear import _forward, _iteration, nonlinear_fixed_point
-from mtjax._finite.kernels import psd_factor
-from mtjax._finite.sampling import _eval_points
-from mtjax._finite.trunk import _teacher_frame_draws, _trunk_draws, _trunk_labels
-from mtjax._metrics import expected_metrics
-from mtjax._population_nonlinear import label_probabilities
-from mtjax._student import ACTIVATIONS
+from mtjax._finite.nonlinear import _iteration, nonlinear_fixed_point, task_metrics
+from mtjax._finite.trunk import _trunk_draws, _trunk_labels
 
 from _report import Report
 from dmft_late_curve import STEPS, nonlinear_problem
@@ -49,9 +44,7 @@ def _maps(pn, solver, plain, kappa: float, idx):
     same solver without averaging), one averaging map, the reported test-loss curve (task 1)."""
     p = pn.trunk
     K, C, H = p.V0.shape
-    D = p.T.shape[2]
     T1 = STEPS + 1
-    act = ACTIVATIONS["relu"]
 
     def iterate(dd, z):
         ys, weights = _trunk_labels(p, dd, solver.summed_labels(C))
@@ -59,18 +52,8 @@ def _maps(pn, solver, plain, kappa: float, idx):
                                  solver.response_control, solver.response, solver.response_step)  # fmt: skip
         return (CH, RH), aux
 
-    def curve(aux, eval_key):  # as `solve_nonlinear_trunk` evaluates task 1
-        _, Om, b1, Wu, bu, V, c, diag = aux
-        x_eval = _eval_points(eval_key, solver.n_quad_eval, D + H, solver.sampling)
-        ue, gz = _teacher_frame_draws(p.T[0], x_eval[:, :D]), x_eval[:, D:]
-        pi = label_probabilities(ue @ p.T[0].T, p.w[0], p.scale[0], p.noise[0], p.flip[0], p.noisy_fraction[0])
-
-        def at(args):
-            Om_n, b1_n, Wu_n, bu_n, V_n, c_n, Sig = args
-            pre = ue @ Om_n.T + b1_n + gz @ psd_factor(Sig, jitter=1e-6).T
-            return expected_metrics(_forward(act, pre, Wu_n, bu_n, V_n[0], c_n[0]), pi)[0]
-
-        return jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
+    def curve(aux, eval_key):  # task 1's test loss, as `solve_nonlinear_trunk` reports it
+        return task_metrics(pn, solver, aux, eval_key)[0][:, 0]
 
     @jax.jit
     def start(key):  # the plain fixed point z_0 (the averaging maps follow, one call each)

@@ -302,13 +302,23 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     """Solve the nonlinear trunk DMFT and evaluate every task.
 
     **Returns:** (train_loss, test_loss, test_acc) each (T+1, K), residual (), iterations ()."""
+    _, (ys, weights, aux), res, maps, eval_key = nonlinear_fixed_point(pn, solver, n_grid, key=key)
+    test_loss, test_acc = task_metrics(pn, solver, aux, eval_key)
+    h, K = aux[0], pn.trunk.V0.shape[0]
+    train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
+    return train, test_loss, test_acc, res, maps
+
+
+def task_metrics(pn: _NonlinearProblem, solver: FiniteDataSolver, aux, eval_key):
+    """Test loss and accuracy of every task, (T+1, K) each, from a map's `aux` (`_iteration`:
+    the trajectories of Ω, b_1, W_l, b_l, V, c and C_v[n, n]) on `solver.n_quad_eval` points
+    of `eval_key`."""
     # The test metrics are Gaussian integrals of the network itself (no derivative of φ is
     # sampled): relu is evaluated as relu on the surrogate's order parameters.
     p, act = pn.trunk, ACTIVATIONS[pn.activation]
     K, C, H = p.V0.shape
     D = p.T.shape[2]
-    _, (ys, weights, aux), res, maps, eval_key = nonlinear_fixed_point(pn, solver, n_grid, key=key)
-    h, Om, b1, Wu, bu, V, c, diag = aux
+    _, Om, b1, Wu, bu, V, c, diag = aux
     x_eval = _eval_points(eval_key, solver.n_quad_eval, D + H, solver.sampling)
     test_loss, test_acc = [], []
     for kk in range(K):
@@ -327,5 +337,4 @@ def solve_nonlinear_trunk(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
 
         lo, ac = jax.lax.map(at, (Om, b1, Wu, bu, V, c, diag))
         test_loss.append(lo), test_acc.append(ac)
-    train = jnp.stack([mixture_train_loss(h[kk], ys[kk], weights[kk]) for kk in range(K)], -1)
-    return train, jnp.stack(test_loss, -1), jnp.stack(test_acc, -1), res, maps
+    return jnp.stack(test_loss, -1), jnp.stack(test_acc, -1)
