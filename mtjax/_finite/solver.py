@@ -84,7 +84,8 @@ class FiniteDataSolver(eqx.Module):
       map: a map that moves a kernel by d > κ times the kernel's largest entry enters with weight
       κ/d.  A relu trunk's response has a heavy tail (a draw set in tens can carry a response
       hundreds of times the kernel's scale); one such map, unclipped, blows up the rest of the
-      curve (H = 8, α = 0.5: a 66 % deviation at κ = inf, 1.1 % at κ = 1; docs/dmft.md §3).
+      curve (H = 8, α = 0.5, r = 1, s_b = 0.5: 64.8 % off the network at κ = inf, 1.5 % at
+      κ = 1; `benchmarks/dmft_average_trace.py`, docs/dmft.md §3).
     - `max_iter`: Picard iterations at most (static), and the iterations of the implicit
       gradient's adjoint solve (each one vector–Jacobian product of the map: keep it small
       where gradients are taken, `fit_solver`); `damping` λ in (0, 1] (new = (1−λ) old + λ F(old)).
