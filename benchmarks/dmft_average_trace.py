@@ -9,7 +9,7 @@ Setting: a relu trunk point of `benchmarks/finite_data_accuracy.py` (N = 400, C 
 σ = 0.5, lr 0.5, 40 full-batch GD steps, depth 1, 4096 draws, 512 response draws, tol 0.02, the
 solver's default labels).  The multitask solve's Picard fixed point z_0 of draw seed 0, then the
 averaging maps of `FiniteDataSolver(average_maps=M, average_clip=κ)` as
-`fixed_point._averaged_fixed_point` runs them (the same keys, the same step), printed per map j:
+`fixed_point._averaged_fixed_point` runs them (the same keys, its step `averaging_step`), printed per map j:
 
 - d_C, d_R: the map's relative pull max|F − z_j| / max|z_j| on the error covariance C_H and the
   response R_H, and the step weight w_j = min(1, κ / max(d_C, d_R));
@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mtjax
+from mtjax._finite.fixed_point import averaging_step
 from mtjax._finite.nonlinear import _iteration, nonlinear_fixed_point, task_metrics
 from mtjax._finite.trunk import _trunk_draws, _trunk_labels
 
@@ -63,9 +64,7 @@ def _maps(pn, solver, plain, kappa: float, idx):
     @jax.jit
     def step(z, j, key, eval_key):
         Fz, aux = iterate(_trunk_draws(p, solver, H + T1 * H, jax.random.fold_in(key, j + 1))[0], z)
-        d = jnp.stack([jnp.max(jnp.abs(b - a)) / (jnp.max(jnp.abs(a)) + 1e-30) for a, b in zip(z, Fz)])
-        w = jnp.minimum(1.0, kappa / jnp.max(d))
-        z = tuple(a + w * (b - a) / (j + 2.0) for a, b in zip(z, Fz))
+        z, d, w = averaging_step(z, Fz, j, kappa)
         return z, d, w, jnp.max(jnp.abs(Fz[1][idx]), (1, 2, 3)), curve(aux, eval_key)[idx]
 
     @jax.jit

@@ -61,6 +61,15 @@ def _fixed_point_jvp(F, iters, primals, tangents):
     return (z, i), (zd, np.zeros(np.shape(i), jax.dtypes.float0))
 
 
+def averaging_step(z, Fz, j, kappa):
+    """One clipped averaging step (`_averaged_fixed_point`): z_{j+1} = z_j + w_j (F − z_j) / (j + 2),
+    w_j = min(1, κ / d_j), d_j the largest of the pulls max|F − z_j| / max|z_j| of the kernels.
+    **Returns:** (z_{j+1}, the pulls (one per kernel), w_j)."""
+    pulls = jnp.stack([jnp.max(jnp.abs(b - a)) / (jnp.max(jnp.abs(a)) + 1e-30) for a, b in zip(z, Fz)])
+    w = jnp.minimum(1.0, kappa / jnp.max(pulls))
+    return tuple(a + w * (b - a) / (j + 2.0) for a, b in zip(z, Fz)), pulls, w
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
 def _averaged_fixed_point(F, iters: tuple[int, int], average, ctrl, params, z0, key):
     """The fixed point of the mean map E[F] over the Monte Carlo draws, by stochastic
@@ -88,9 +97,7 @@ def _averaged_fixed_point(F, iters: tuple[int, int], average, ctrl, params, z0, 
     def body(j, state):
         z, z_half = state
         Fz = F((params[0], draws(params[0], jax.random.fold_in(key, j + 1))), z)
-        d = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(b - a)) / (jnp.max(jnp.abs(a)) + 1e-30) for a, b in zip(z, Fz)])
-        w = jnp.minimum(1.0, kappa / d)
-        z = tuple(a + w * (b - a) / (j + 2.0) for a, b in zip(z, Fz))
+        z = averaging_step(z, Fz, j, kappa)[0]
         return z, tuple(jnp.where(j + 1 == M // 2, a, h) for h, a in zip(z_half, z))
 
     z, z_half = jax.lax.fori_loop(0, M, body, (z, z))
