@@ -32,8 +32,8 @@ import numpy as np
 
 import mtjax
 from mtjax._finite.fixed_point import averaging_step
-from mtjax._finite.nonlinear import _iteration, nonlinear_fixed_point, task_metrics
-from mtjax._finite.trunk import _trunk_draws, _trunk_labels
+from mtjax._finite.nonlinear import nonlinear_fixed_point, picard_map, task_metrics
+from mtjax._finite.trunk import _trunk_draws
 
 from _report import Report
 from dmft_late_curve import STEPS, nonlinear_problem
@@ -44,14 +44,12 @@ def _maps(pn, solver, plain, kappa: float, idx):
     """Jitted pieces of one averaged solve of `pn` by `solver`: the fixed point of `plain` (the
     same solver without averaging), one averaging map, the reported test-loss curve (task 1)."""
     p = pn.trunk
-    K, C, H = p.V0.shape
+    H = p.V0.shape[2]
     T1 = STEPS + 1
 
-    def iterate(dd, z):
-        ys, weights = _trunk_labels(p, dd, solver.summed_labels(C))
-        CH, RH, aux = _iteration(pn, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness,
-                                 solver.response_control, solver.response, solver.response_step)  # fmt: skip
-        return (CH, RH), aux
+    def iterate(dd, z):  # the solver's own map: new kernels and the trajectories (aux)
+        new, (_, _, aux) = picard_map(pn, dd, solver, z)
+        return new, aux
 
     def curve(aux, eval_key):  # task 1's test loss, as `solve_nonlinear_trunk` reports it
         return task_metrics(pn, solver, aux, eval_key)[0][:, 0]

@@ -273,6 +273,15 @@ def _iteration(pn: _NonlinearProblem, d: _TrunkDraws, ys, weights, CH, RH, n_res
     return CH_new, RH_new, (h, *traj, Cvd)
 
 
+def picard_map(pn: _NonlinearProblem, d: _TrunkDraws, solver: FiniteDataSolver, z):
+    """One Picard map of the nonlinear trunk DMFT on draws `d`: z = (C_H, R_H) -> ((C_H, R_H)
+    new, (ys, weights, aux)), aux as in `_iteration`."""
+    ys, weights = _trunk_labels(pn.trunk, d, solver.summed_labels(pn.trunk.V0.shape[1]))
+    CH, RH, aux = _iteration(pn, d, ys, weights, *z, solver.n_response, solver.relu_sharpness, solver.response_control,
+                             solver.response, solver.response_step)  # fmt: skip
+    return (CH, RH), (ys, weights, aux)
+
+
 def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_grid: int, *, key):
     """The fixed point of the nonlinear trunk DMFT (no test metrics).
 
@@ -284,11 +293,7 @@ def nonlinear_fixed_point(pn: _NonlinearProblem, solver: FiniteDataSolver, n_gri
     d, eval_key = _trunk_draws(p, solver, H + T1 * H, key)  # columns of `_field_factor_h`
 
     def iterate(params, z):
-        pp, dd = params
-        ys, weights = _trunk_labels(pp.trunk, dd, solver.summed_labels(C))
-        CH, RH, aux = _iteration(pp, dd, ys, weights, *z, solver.n_response, solver.relu_sharpness, solver.response_control,
-                                 solver.response, solver.response_step)  # fmt: skip
-        return (CH, RH), (ys, weights, aux)
+        return picard_map(*params, solver, z)
 
     zero = jnp.zeros((T1, H, T1, H))
     ctrl = solver.controls()
